@@ -1,0 +1,18 @@
+"""litefs-route: send every write to the LiteFS primary, for any WSGI or ASGI app.
+
+Standard library only; importing this package imports no web framework.
+
+- :mod:`litefs_route.wsgi` / :mod:`litefs_route.asgi`: ``PrimaryRoutingMiddleware``.
+- :func:`ensure_primary`: in a handler, end the request in a replay to the
+  primary unless this instance is the primary.
+- :func:`get_instance_info`: this instance, the primary, and whether they are the same.
+"""
+
+from __future__ import annotations
+
+from .context import InstanceInfo, PrimaryRequired, ensure_primary, get_instance_info
+from .mount import NodeState, Role
+
+__all__ = ["InstanceInfo", "NodeState", "PrimaryRequired", "Role", "ensure_primary", "get_instance_info"]
+
+__version__ = "0.1.0"

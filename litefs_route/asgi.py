@@ -1,0 +1,180 @@
+"""Primary routing for ASGI apps (Starlette, FastAPI, Django's ASGI, Quart).
+
+::
+
+    from starlette.middleware import Middleware
+    from litefs_route.asgi import PrimaryRoutingMiddleware
+    app = Starlette(routes=..., middleware=[Middleware(PrimaryRoutingMiddleware, write_on_read=["/session/refresh"])])
+
+    # or around any ASGI app
+    app = PrimaryRoutingMiddleware(app)
+
+Pure ASGI (no Starlette import): ``http`` scopes are routed; ``websocket``
+and ``lifespan`` scopes pass straight through. Response headers are added by
+wrapping ``send``; body messages are forwarded one by one, never buffered.
+
+The event loop never waits on the mount: a refresh of the node's state (at
+most once per ``cache_ttl``, or for a replayed request) runs in a worker
+thread, through anyio when it is installed (Starlette, FastAPI) and
+``asyncio.to_thread`` otherwise. Options: see :class:`~litefs_route.routing.Router`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Generator, MutableMapping
+from typing import Any
+
+from .context import PrimaryRequired, RequestContext, _current
+from .decision import Kind, RequestInfo
+from .mount import NodeState
+from .routing import (
+    INSTANCE_HEADER,
+    PRIMARY_HEADER,
+    REPLAY_HEADER,
+    MeasureBody,
+    Outcome,
+    ReadState,
+    Reply,
+    RoutingMiddleware,
+    Sleep,
+)
+
+__all__ = ["PrimaryRoutingMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+RawHeaders = list[tuple[bytes, bytes]]
+
+_OURS = {PRIMARY_HEADER.lower().encode(), INSTANCE_HEADER.lower().encode()}
+_REPLAY = REPLAY_HEADER.encode()
+
+
+@functools.cache
+def _async_backend() -> tuple[Callable[[Callable[[], Any]], Awaitable[Any]], Callable[[float], Awaitable[None]]]:
+    """(run_in_thread, sleep) for the running loop: anyio's when installed,
+    so trio-hosted apps work too; asyncio's otherwise."""
+    try:
+        import anyio
+        import anyio.to_thread
+
+        return anyio.to_thread.run_sync, anyio.sleep
+    except ImportError:
+        import asyncio
+
+        return asyncio.to_thread, asyncio.sleep
+
+
+def _request_info(scope: Scope) -> RequestInfo:
+    replay_src = content_length = transfer_encoding = None
+    for name, value in scope.get("headers", ()):
+        if name == b"fly-replay-src":
+            replay_src = value.decode("latin-1")
+        elif name == b"content-length":
+            content_length = value.decode("latin-1")
+        elif name == b"transfer-encoding":
+            transfer_encoding = value.decode("latin-1")
+    return RequestInfo.from_headers(
+        scope["method"],
+        scope["path"],
+        replay_src=replay_src,
+        content_length=content_length,
+        transfer_encoding=transfer_encoding,
+    )
+
+
+def _encode(headers: list[tuple[str, str]]) -> RawHeaders:
+    return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+
+
+def _with_tags(headers: RawHeaders, tags: RawHeaders) -> RawHeaders:
+    return [h for h in headers if h[0].lower() not in _OURS] + tags
+
+
+async def _measure_body(receive: Receive, limit: int) -> int:
+    size = 0
+    while size <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            break  # http.disconnect: the client is gone
+        size += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return size
+
+
+class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
+    """ASGI middleware that routes writes to the LiteFS primary."""
+
+    async def _drive(self, plan: Generator[Any, Any, Outcome], receive: Receive) -> Outcome:
+        cache = self.router.cache
+        run_in_thread, sleep = _async_backend()
+        try:
+            need = next(plan)
+            while True:
+                if isinstance(need, ReadState):
+                    state = cache.cached(need.max_age) or await run_in_thread(cache.refresh)
+                    need = plan.send(state)
+                elif isinstance(need, Sleep):
+                    await sleep(need.seconds)
+                    need = plan.send(None)
+                else:
+                    assert isinstance(need, MeasureBody)
+                    need = plan.send(await _measure_body(receive, need.limit))
+        except StopIteration as stop:
+            outcome: Outcome = stop.value
+            return outcome
+
+    async def _reply(self, send: Send, reply: Reply, state: NodeState) -> None:
+        headers = _with_tags(_encode(list(reply.headers)), _encode(self.router.tags(state)))
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body, "more_body": False})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        router = self.router
+        request = _request_info(scope)
+        outcome = await self._drive(router.plan(request), receive)
+        state = outcome.state
+        if outcome.decision.kind is not Kind.RUN:
+            await self._reply(send, router.reply(outcome.decision), state)
+            return
+
+        ctx = RequestContext(router, request, state, "asgi", write=outcome.decision.write)
+        tags = _encode(router.tags(state))
+        started = False
+        replaced = False
+
+        async def routed_send(message: Message) -> None:
+            nonlocal started, replaced
+            if replaced:
+                return  # the rest of a response we replaced
+            if message["type"] == "http.response.start":
+                started = True
+                headers: RawHeaders = list(message.get("headers", ()))
+                if ctx.required is not None and not any(name.lower() == _REPLAY for name, _ in headers):
+                    # ensure_primary() was called and the app answered
+                    # something else: the request still ends in the replay.
+                    replaced = True
+                    await self._reply(send, router.reply(ctx.required), state)
+                    return
+                message = {**message, "headers": _with_tags(headers, tags)}
+            await send(message)
+
+        token = _current.set(ctx)
+        try:
+            await self.app(scope, receive, routed_send)
+        except PrimaryRequired as exc:
+            if started:
+                raise
+            await self._reply(send, exc.reply, state)
+            return
+        finally:
+            _current.reset(token)
+        if ctx.required is not None and not started:
+            await self._reply(send, router.reply(ctx.required), state)

@@ -1,0 +1,255 @@
+"""The router: settings, node state and the plan both adapters drive.
+
+:meth:`Router.plan` is a generator that holds every routing rule that needs
+I/O (fresh state for replayed requests, waiting for a primary, measuring a
+body of unknown length) without doing any: it *yields* what it needs
+(:class:`ReadState`, :class:`Sleep`, :class:`MeasureBody`) and the WSGI
+adapter fulfils those inline while the ASGI adapter awaits them off the
+event loop. One plan, two drivers, so the adapters cannot disagree.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Generator, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+from .decision import Decision, Kind, PathGlobs, RequestInfo, Rules, decide, replay_state
+from .mount import NodeState, Role, default_instance_id, is_valid_instance_id
+from .node import StateCache
+
+__all__ = [
+    "MeasureBody",
+    "Need",
+    "Outcome",
+    "ReadState",
+    "Reply",
+    "Router",
+    "RouterOptions",
+    "RoutingMiddleware",
+    "Sleep",
+]
+
+# While a write waits for a primary, the mount is read at most this often
+# (shared by every waiting request through the single-flight cache).
+_PRIMARY_POLL = 0.05
+
+# Our own headers: tagged on every response, and dropped from the app's
+# response first so that a stale copy set by the app cannot survive.
+PRIMARY_HEADER = "Fly-Primary-Instance"
+INSTANCE_HEADER = "Fly-Instance"
+REPLAY_HEADER = "fly-replay"
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """Need: the node state, at most *max_age* seconds old (None: the TTL)."""
+
+    max_age: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Need: wait *seconds* (without blocking an event loop)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class MeasureBody:
+    """Need: the request body's size, reading at most *limit* + 1 bytes."""
+
+    limit: int
+
+
+Need = ReadState | Sleep | MeasureBody
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    decision: Decision
+    state: NodeState
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A response the middleware makes itself (replay, 503, 413)."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+    @property
+    def status_line(self) -> str:
+        return f"{self.status} {_REASONS[self.status]}"
+
+
+_REASONS = {409: "Conflict", 413: "Content Too Large", 503: "Service Unavailable"}
+
+
+def _env_dir() -> str | None:
+    return os.environ.get("LITEFS_DIR") or None
+
+
+class Router:
+    """Everything both middleware adapters share. Built once per middleware.
+
+    Options (keyword-only, the same for WSGI and ASGI):
+
+    litefs_dir
+        The LiteFS mount directory. Default: ``$LITEFS_DIR``. Unset or
+        missing: standalone, every request runs locally.
+    instance_id
+        This instance's id. Default: ``$FLY_MACHINE_ID``, then the host name.
+    write_on_read
+        Path globs of GET/HEAD requests that write and must run on the
+        primary (``"/auth/callback/*"``).
+    passthrough
+        Path globs never routed (static files, health checks).
+    cache_ttl
+        Seconds a reading of the mount is reused (default 1.0; 0 reads on
+        every request). The staleness bound of every routing decision.
+    primary_wait
+        Seconds a write waits for a primary when none is known (default 5.0,
+        as LiteFS's proxy) before it is answered 503.
+    max_replays
+        Replays of one request before it is answered 503 (default 3).
+    replay_body_limit
+        The largest body Fly's proxy replays (default 1,000,000 bytes).
+    retry_after
+        Seconds in the ``Retry-After`` of a 503 (default 2).
+    """
+
+    def __init__(
+        self,
+        *,
+        litefs_dir: str | os.PathLike[str] | None = None,
+        instance_id: str | None = None,
+        write_on_read: Iterable[str] = (),
+        passthrough: Iterable[str] = (),
+        cache_ttl: float = 1.0,
+        primary_wait: float = 5.0,
+        max_replays: int = 3,
+        replay_body_limit: int = 1_000_000,
+        retry_after: int = 2,
+    ) -> None:
+        if isinstance(write_on_read, str) or isinstance(passthrough, str):
+            raise TypeError("write_on_read and passthrough take a list of globs, not a string")
+        self.instance_id = instance_id or default_instance_id()
+        if not is_valid_instance_id(self.instance_id):
+            raise ValueError(f"instance_id must be a host name or Fly Machine ID, got {self.instance_id!r}")
+        for name, value in (("cache_ttl", cache_ttl), ("primary_wait", primary_wait)):
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
+        if max_replays < 1 or replay_body_limit < 0 or retry_after < 0:
+            raise ValueError("max_replays must be >= 1; replay_body_limit and retry_after >= 0")
+        self.litefs_dir = os.fspath(litefs_dir) if litefs_dir is not None else _env_dir()
+        self.rules = Rules(PathGlobs(write_on_read), PathGlobs(passthrough), max_replays, replay_body_limit)
+        self.primary_wait = float(primary_wait)
+        self.retry_after = retry_after
+        self.cache = StateCache(self.litefs_dir, self.instance_id, float(cache_ttl))
+
+    # -- the plan ---------------------------------------------------------
+
+    def plan(self, request: RequestInfo) -> Generator[Need, Any, Outcome]:
+        """Decide *request*, yielding each piece of I/O the decision needs."""
+        # A replayed request was sent here because another node believes this
+        # one is primary: decide on the truth, not on our cached reading, so a
+        # node that was just promoted keeps the write instead of bouncing it.
+        state: NodeState = yield ReadState(0 if request.replay_src is not None else None)
+        decision = decide(request, state, self.rules)
+        if decision.kind is Kind.WAIT_FOR_PRIMARY:
+            deadline = time.monotonic() + self.primary_wait
+            while state.role is Role.NO_PRIMARY and time.monotonic() < deadline:
+                yield Sleep(_PRIMARY_POLL)
+                state = yield ReadState(_PRIMARY_POLL)
+            decision = decide(request, state, self.rules, waited_for_primary=True)
+        if decision.kind is Kind.MEASURE_BODY:
+            size: int = yield MeasureBody(self.rules.replay_body_limit)
+            decision = decide(request, state, self.rules, waited_for_primary=True, body_size=size)
+        return Outcome(decision, state)
+
+    def require_primary(self, request: RequestInfo, state: NodeState) -> Decision:
+        """The decision for a handler that called ``ensure_primary()``."""
+        return decide(request, state, self.rules, force_write=True)
+
+    # -- responses --------------------------------------------------------
+
+    def tags(self, state: NodeState) -> list[tuple[str, str]]:
+        """The headers every response carries: who is primary, who answered."""
+        tags = [(INSTANCE_HEADER, self.instance_id)]
+        if state.primary_id is not None:
+            tags.insert(0, (PRIMARY_HEADER, state.primary_id))
+        return tags
+
+    def reply(self, decision: Decision) -> Reply:
+        """The response for a decision that does not run the app."""
+        if decision.kind is Kind.REPLAY:
+            assert decision.target is not None
+            body = (
+                f"This request must run on the primary instance, {decision.target}.\n"
+                "Fly's proxy replays it there when it sees the fly-replay header; if you are\n"
+                "reading this, nothing did (local development or private-network traffic).\n"
+            )
+            extra = [(REPLAY_HEADER, f"instance={decision.target};state={replay_state(decision.hops)}")]
+            return _text_reply(409, body, extra)
+        if decision.kind is Kind.TOO_LARGE:
+            body = (
+                f"This write must run on the primary instance, {decision.target}, but {decision.reason}\n"
+                "and Fly's proxy cannot replay it there. Send it to the primary directly\n"
+                f"(header fly-force-instance-id: {decision.target}) or make it smaller.\n"
+            )
+            return _text_reply(413, body, [])
+        if decision.kind is Kind.UNAVAILABLE:
+            body = f"This write cannot run now: {decision.reason}. Retry shortly.\n"
+            return _text_reply(503, body, [("Retry-After", str(self.retry_after))])
+        raise ValueError(f"no reply for {decision.kind}")
+
+
+def _text_reply(status: int, body: str, extra: list[tuple[str, str]]) -> Reply:
+    data = body.encode()
+    headers = [
+        *extra,
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Length", str(len(data))),
+        ("Cache-Control", "no-store"),
+    ]
+    return Reply(status, tuple(headers), data)
+
+
+class RouterOptions(TypedDict, total=False):
+    """The keyword options of :class:`Router`, as the middlewares take them."""
+
+    litefs_dir: str | os.PathLike[str] | None
+    instance_id: str | None
+    write_on_read: Iterable[str]
+    passthrough: Iterable[str]
+    cache_ttl: float
+    primary_wait: float
+    max_replays: int
+    replay_body_limit: int
+    retry_after: int
+
+
+AppT = TypeVar("AppT")
+
+
+class RoutingMiddleware(Generic[AppT]):
+    """The part of the WSGI and ASGI middlewares that is the same.
+
+    ``Middleware(app, **options)``; options are :class:`Router`'s. A
+    ready-made ``router=`` may be passed instead, to share one node-state
+    cache between several middlewares of one process.
+    """
+
+    def __init__(self, app: AppT, *, router: Router | None = None, **options: Unpack[RouterOptions]) -> None:
+        if router is not None and options:
+            raise TypeError("pass either router= or options, not both")
+        self.app = app
+        self.router = router or Router(**options)

@@ -1,0 +1,169 @@
+"""Primary routing for WSGI apps (Flask, Django, Falcon, bare WSGI).
+
+::
+
+    from litefs_route.wsgi import PrimaryRoutingMiddleware
+    app.wsgi_app = PrimaryRoutingMiddleware(app.wsgi_app, write_on_read=["/auth/callback/*"])
+
+On a replica, writes are answered with ``409`` + ``fly-replay:
+instance=<primary>`` without calling the app or reading the body, and Fly's
+proxy replays them on the primary. Every response is tagged with
+``Fly-Primary-Instance`` and ``Fly-Instance``. See :class:`~litefs_route.routing.Router`
+for the options, which are the same as the ASGI middleware's.
+
+The node's state is read from the mount inline, at most once per
+``cache_ttl`` per process (a replayed request reads it fresh). The app's
+response iterable is returned unchanged (``close()`` and
+``wsgi.file_wrapper`` keep working), so nothing is buffered. The request's
+:class:`~litefs_route.context.RequestContext` is also in
+``environ["litefs_route.context"]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Generator, Iterable
+from typing import TYPE_CHECKING, Any
+
+from .context import PrimaryRequired, RequestContext, _current
+from .decision import Kind, RequestInfo
+from .mount import NodeState
+from .routing import (
+    INSTANCE_HEADER,
+    PRIMARY_HEADER,
+    REPLAY_HEADER,
+    MeasureBody,
+    Outcome,
+    ReadState,
+    Reply,
+    RoutingMiddleware,
+    Sleep,
+)
+
+if TYPE_CHECKING:
+    from _typeshed import OptExcInfo
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment  # noqa: F401 (used in a string)
+
+__all__ = ["PrimaryRoutingMiddleware"]
+
+_OURS = {PRIMARY_HEADER.lower(), INSTANCE_HEADER.lower()}
+_CHUNK = 65536
+
+
+def _request_info(environ: WSGIEnvironment) -> RequestInfo:
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    # PEP 3333 hands the path over as a latin-1 "native string" of the raw
+    # bytes; the app (and LiteFS's globs) see it decoded as UTF-8.
+    with contextlib.suppress(UnicodeError):
+        path = path.encode("latin-1").decode("utf-8", "surrogateescape")
+    return RequestInfo.from_headers(
+        environ.get("REQUEST_METHOD", "GET"),
+        path,
+        replay_src=environ.get("HTTP_FLY_REPLAY_SRC"),
+        content_length=environ.get("CONTENT_LENGTH"),
+        transfer_encoding=environ.get("HTTP_TRANSFER_ENCODING"),
+    )
+
+
+def _with_tags(headers: list[tuple[str, str]], tags: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [h for h in headers if h[0].lower() not in _OURS] + tags
+
+
+def _has_replay(headers: list[tuple[str, str]]) -> bool:
+    return any(name.lower() == REPLAY_HEADER for name, _ in headers)
+
+
+def _measure_body(environ: WSGIEnvironment, limit: int) -> int:
+    # Only a server that marks the input as terminated (gunicorn, Werkzeug
+    # for chunked bodies) lets us read to EOF without hanging.
+    if not environ.get("wsgi.input_terminated"):
+        return 0
+    stream = environ["wsgi.input"]
+    size = 0
+    while size <= limit:
+        chunk = stream.read(min(_CHUNK, limit + 1 - size))
+        if not chunk:
+            break
+        size += len(chunk)
+    return size
+
+
+def _discarding_write(data: bytes) -> None:
+    """The write() callable of a response the middleware replaced."""
+
+
+def _close(result: Iterable[bytes]) -> None:
+    close = getattr(result, "close", None)
+    if close is not None:
+        close()
+
+
+class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
+    """WSGI middleware that routes writes to the LiteFS primary."""
+
+    def _drive(self, plan: Generator[Any, Any, Outcome], environ: WSGIEnvironment) -> Outcome:
+        cache = self.router.cache
+        try:
+            need = next(plan)
+            while True:
+                if isinstance(need, ReadState):
+                    need = plan.send(cache.get(need.max_age))
+                elif isinstance(need, Sleep):
+                    time.sleep(need.seconds)
+                    need = plan.send(None)
+                else:
+                    assert isinstance(need, MeasureBody)
+                    need = plan.send(_measure_body(environ, need.limit))
+        except StopIteration as stop:
+            outcome: Outcome = stop.value
+            return outcome
+
+    def _reply(self, start_response: StartResponse, reply: Reply, state: NodeState) -> list[bytes]:
+        start_response(reply.status_line, _with_tags(list(reply.headers), self.router.tags(state)))
+        return [reply.body]
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        router = self.router
+        request = _request_info(environ)
+        outcome = self._drive(router.plan(request), environ)
+        state = outcome.state
+        if outcome.decision.kind is not Kind.RUN:
+            return self._reply(start_response, router.reply(outcome.decision), state)
+
+        ctx = RequestContext(router, request, state, "wsgi", write=outcome.decision.write)
+        environ["litefs_route.context"] = ctx
+        tags = router.tags(state)
+        started = False
+        replaced: Reply | None = None
+
+        def routed_start_response(
+            status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
+        ) -> Any:
+            nonlocal started, replaced
+            if ctx.required is not None and not _has_replay(headers):
+                # ensure_primary() was called and the app answered something
+                # else (its error handler ate the exception): the request
+                # still ends in the replay.
+                replaced = router.reply(ctx.required)
+                status, headers = replaced.status_line, list(replaced.headers)
+            started = True
+            write = start_response(status, _with_tags(headers, tags), exc_info)
+            return _discarding_write if replaced is not None else write
+
+        token = _current.set(ctx)
+        try:
+            result = self.app(environ, routed_start_response)
+        except PrimaryRequired as exc:
+            if started:
+                raise
+            return self._reply(start_response, exc.reply, state)
+        finally:
+            _current.reset(token)
+        if replaced is not None:
+            _close(result)
+            return [replaced.body]
+        if ctx.required is not None and not started:
+            _close(result)
+            return self._reply(start_response, router.reply(ctx.required), state)
+        return result
