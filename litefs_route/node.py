@@ -60,7 +60,7 @@ class StateCache:
         """
         state = self._state
         age = self._clock() - self._read_at
-        if state is not None and age <= (self.ttl if max_age is None else max_age):
+        if state is not None and age < (self.ttl if max_age is None else max_age):
             return state
         if state is not None and max_age != 0 and self._lock.locked():
             return state

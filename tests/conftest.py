@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.support import Mount
+
+
+@pytest.fixture
+def mount(tmp_path: Path) -> Mount:
+    """A fresh LiteFS-format mount directory; starts as a primary."""
+    m = Mount(tmp_path / "litefs")
+    m.make_primary()
+    return m
+
+
+@pytest.fixture(autouse=True)
+def _no_fly_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests say which mount and instance they mean; the host's env must not leak in.
+    for name in ("LITEFS_DIR", "FLY_MACHINE_ID", "DATABASE_FILENAME"):
+        monkeypatch.delenv(name, raising=False)

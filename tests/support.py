@@ -1,0 +1,116 @@
+"""Test support: a LiteFS mount written in LiteFS's exact formats, and real servers.
+
+The mount is a real directory; the servers are real (uvicorn and Werkzeug's
+threaded server on 127.0.0.1, in this process so tests can observe the app).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
+
+    from litefs_route.asgi import ASGIApp
+
+NO_PRIMARY_LAG = 2147483647
+
+
+class Mount:
+    """A directory holding what a LiteFS FUSE mount shows, byte for byte."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+
+    def _write(self, name: str, data: bytes) -> None:
+        # Atomic, as LiteFS's files never show partial content.
+        tmp = self.path / f".{name}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, self.path / name)
+
+    def _remove(self, name: str) -> None:
+        (self.path / name).unlink(missing_ok=True)
+
+    def set_lag(self, ms: int | None) -> None:
+        if ms is None:
+            self._remove(".lag")
+        else:
+            self._write(".lag", b"%+010d" % ms)  # LiteFS writes no newline
+
+    def make_primary(self) -> None:
+        self._remove(".primary")
+        self.set_lag(0)
+
+    def make_replica(self, primary: str, lag_ms: int = 12) -> None:
+        self._write(".primary", primary.encode() + b"\n")
+        self.set_lag(lag_ms)
+
+    def make_no_primary(self) -> None:
+        self._remove(".primary")
+        self.set_lag(NO_PRIMARY_LAG)
+
+    def write_primary_raw(self, data: bytes) -> None:
+        self._write(".primary", data)
+
+    def set_pos(self, database: str, txid: int, checksum: int = 0x1234ABCD) -> None:
+        self._write(f"{database}-pos", b"%016x/%016x\n" % (txid, checksum))
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll for a condition (bounded): waiting for an event, not a sleep."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.002)
+
+
+def _free_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextmanager
+def serve_asgi(app: ASGIApp | Any) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on 127.0.0.1; yields the base URL."""
+    import uvicorn
+
+    sock = _free_socket()
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="auto", ws="auto")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started, what="uvicorn to start")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@contextmanager
+def serve_wsgi(app: WSGIApplication | Any) -> Iterator[str]:
+    """Serve a WSGI app with Werkzeug's threaded server; yields the base URL."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()

@@ -1,0 +1,224 @@
+"""The behaviour table of the README, row by row, in both adapters, on real servers.
+
+WSGI: Flask under Werkzeug's threaded server. ASGI: Starlette under uvicorn.
+The mount is a real directory in LiteFS's formats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from litefs_route import asgi, wsgi
+from tests.apps import BodyReadRecorder, Gate, flask_app, starlette_app
+from tests.support import Mount, serve_asgi, serve_wsgi, wait_until
+
+ME = "e784079b449483"
+PRIMARY = "3d8d9e5b711e68"
+OPTIONS: dict[str, Any] = {
+    "instance_id": ME,
+    "write_on_read": ["/auth/callback/*"],
+    "passthrough": ["/static/*"],
+    "cache_ttl": 0,  # every request sees the mount as the test just wrote it
+}
+
+
+@dataclass
+class Stack:
+    url: str
+    client: httpx.Client
+    calls: list[str]
+    body_reads: BodyReadRecorder
+    gate: Gate = field(default_factory=Gate)
+
+
+@pytest.fixture(params=["wsgi", "asgi"])
+def adapter(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _serve(adapter: str, litefs_dir: str | None, **options: Any) -> Iterator[Stack]:
+    calls: list[str] = []
+    gate = Gate()
+    recorder = BodyReadRecorder()
+    opts = {**OPTIONS, **options}
+    if adapter == "wsgi":
+        flask = flask_app(calls, gate)
+        flask.wsgi_app = wsgi.PrimaryRoutingMiddleware(flask.wsgi_app, litefs_dir=litefs_dir, **opts)
+        server = serve_wsgi(recorder.wsgi(flask))
+    else:
+        app = asgi.PrimaryRoutingMiddleware(starlette_app(calls, gate), litefs_dir=litefs_dir, **opts)
+        server = serve_asgi(recorder.asgi(app))
+    with server as url, httpx.Client(base_url=url, timeout=10) as client:
+        yield Stack(url, client, calls, recorder, gate)
+
+
+@pytest.fixture
+def stack(adapter: str, mount: Mount) -> Iterator[Stack]:
+    yield from _serve(adapter, str(mount.path))
+
+
+def assert_replayed(response: httpx.Response, stack: Stack, hop: int = 1) -> None:
+    assert response.status_code == 409
+    assert response.headers["fly-replay"] == f"instance={PRIMARY};state=litefs-route-hop-{hop}"
+    assert response.headers["fly-primary-instance"] == PRIMARY
+    assert response.headers["fly-instance"] == ME
+    assert response.headers["content-type"].startswith("text/plain")
+    if response.request.method != "HEAD":
+        assert PRIMARY in response.text
+
+
+# -- rows: where the app runs ------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["option-and-env-unset", "directory-missing"])
+def test_no_mount_is_standalone(adapter: str, how: str, tmp_path: Any) -> None:
+    litefs_dir = None if how == "option-and-env-unset" else str(tmp_path / "nope")
+    for stack in _serve(adapter, litefs_dir):
+        r = stack.client.post("/", content=b"x")
+        assert (r.status_code, r.text) == (200, "ran")
+        assert r.headers["fly-primary-instance"] == ME
+        assert r.headers["fly-instance"] == ME
+        assert stack.calls == ["POST /"]
+
+
+def test_primary_runs_writes(stack: Stack, mount: Mount) -> None:
+    mount.make_primary()
+    r = stack.client.post("/", content=b"x")
+    assert (r.status_code, r.text) == (200, "ran")
+    assert "fly-replay" not in r.headers
+    assert r.headers["fly-primary-instance"] == ME
+    assert r.headers["fly-instance"] == ME
+    assert stack.calls == ["POST /"]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS"])
+def test_replica_runs_reads(stack: Stack, mount: Mount, method: str) -> None:
+    mount.make_replica(PRIMARY)
+    r = stack.client.request(method, "/")
+    assert r.status_code == 200
+    assert "fly-replay" not in r.headers
+    assert r.headers["fly-primary-instance"] == PRIMARY
+    assert r.headers["fly-instance"] == ME
+    assert stack.calls == [f"{method} /"]
+
+
+def test_replica_trace_is_not_replayed(stack: Stack, mount: Mount) -> None:
+    mount.make_replica(PRIMARY)
+    r = stack.client.request("TRACE", "/")
+    assert "fly-replay" not in r.headers  # the app answers (405: it has no TRACE route)
+    assert r.headers["fly-primary-instance"] == PRIMARY
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE", "PURGE"])
+def test_replica_replays_writes_without_calling_the_app(stack: Stack, mount: Mount, method: str) -> None:
+    mount.make_replica(PRIMARY)
+    r = stack.client.request(method, "/", content=b"a body the middleware must not read")
+    assert_replayed(r, stack)
+    assert stack.calls == []
+    assert stack.body_reads.reads == 0
+
+
+def test_replica_replays_write_on_read_paths(stack: Stack, mount: Mount) -> None:
+    mount.make_replica(PRIMARY)
+    assert_replayed(stack.client.get("/auth/callback/github"), stack)
+    assert_replayed(stack.client.head("/auth/callback/github"), stack)
+    assert stack.calls == []
+
+
+def test_passthrough_is_never_replayed(stack: Stack, mount: Mount) -> None:
+    mount.make_replica(PRIMARY)
+    r = stack.client.post("/static/upload")
+    assert (r.status_code, r.text) == (200, "static")
+    assert r.headers["fly-primary-instance"] == PRIMARY
+    assert stack.calls == ["POST /static/upload"]
+
+
+def test_no_header_invented_when_primary_unknown(stack: Stack, mount: Mount) -> None:
+    mount.make_no_primary()
+    r = stack.client.get("/")
+    assert r.status_code == 200
+    assert "fly-primary-instance" not in r.headers
+    assert r.headers["fly-instance"] == ME
+
+
+# -- ensure_primary() -----------------------------------------------------------
+
+
+def test_ensure_primary_on_replica_replays(stack: Stack, mount: Mount) -> None:
+    mount.make_replica(PRIMARY)
+    assert_replayed(stack.client.get("/ensure"), stack)
+    assert stack.calls == []
+
+
+def test_ensure_primary_swallowed_still_replays(stack: Stack, mount: Mount) -> None:
+    mount.make_replica(PRIMARY)
+    assert_replayed(stack.client.get("/ensure-swallow"), stack)
+    assert stack.calls == ["swallowed"]  # the handler ran on; its answer was replaced
+
+
+@pytest.mark.parametrize("state", ["primary", "standalone"])
+def test_ensure_primary_on_primary_returns(adapter: str, mount: Mount, state: str) -> None:
+    for stack in _serve(adapter, str(mount.path) if state == "primary" else None):
+        r = stack.client.get("/ensure")
+        assert (r.status_code, r.text) == (200, "wrote")
+        assert stack.calls == ["ensure"]
+
+
+def test_ensure_primary_without_primary_is_503(stack: Stack, mount: Mount) -> None:
+    mount.make_no_primary()
+    r = stack.client.get("/ensure")
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "2"
+    assert "fly-replay" not in r.headers
+    assert stack.calls == []
+
+
+def test_instance_info_in_handler(stack: Stack, mount: Mount) -> None:
+    mount.make_replica(PRIMARY)
+    assert stack.client.get("/info").json() == {"current": ME, "primary": PRIMARY, "is_primary": False}
+    mount.make_primary()
+    assert stack.client.get("/info").json() == {"current": ME, "primary": ME, "is_primary": True}
+
+
+# -- streaming, websockets, lifespan ------------------------------------------
+
+
+def test_streaming_is_not_buffered(stack: Stack, mount: Mount) -> None:
+    mount.make_replica(PRIMARY)
+    with stack.client.stream("GET", "/stream") as r:
+        assert r.headers["fly-primary-instance"] == PRIMARY
+        chunks = r.iter_raw()
+        stack.gate.release(0)
+        first = next(chunks)
+        # chunk 0 arrived while chunks 1 and 2 are still held back by the app
+        assert first == b"chunk0;"
+        assert not stack.gate.events[1].is_set()
+        stack.gate.release(1)
+        stack.gate.release(2)
+        assert b"".join(chunks) == b"chunk1;chunk2;"
+
+
+def test_websocket_and_lifespan_pass_through(mount: Mount) -> None:
+    from websockets.sync.client import connect
+
+    started: list[str] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        started.append("startup")
+        yield
+
+    inner = starlette_app([], lifespan=lifespan)
+    mount.make_replica(PRIMARY)
+    app = asgi.PrimaryRoutingMiddleware(inner, litefs_dir=str(mount.path), **OPTIONS)
+    with serve_asgi(app) as url:
+        wait_until(lambda: started == ["startup"], what="lifespan startup")
+        with connect(url.replace("http", "ws") + "/ws") as ws:
+            ws.send("hi")
+            assert ws.recv() == "echo:hi"

@@ -1,0 +1,145 @@
+"""The routing decision, one row per rule (both adapters call this function)."""
+
+from __future__ import annotations
+
+import pytest
+
+from litefs_route.decision import Decision, Kind, PathGlobs, RequestInfo, Rules, decide, replay_hops
+from litefs_route.mount import NodeState, Role
+
+ME, P = "me0000000000aa", "pp0000000000bb"
+PRIMARY = NodeState(Role.PRIMARY, ME, ME)
+STANDALONE = NodeState(Role.STANDALONE, ME, ME)
+REPLICA = NodeState(Role.REPLICA, ME, P)
+NO_PRIMARY = NodeState(Role.NO_PRIMARY, ME, None)
+RULES = Rules(PathGlobs(["/auth/callback/*", "/session/refresh"]), PathGlobs(["/static/*", "/healthz"]))
+RUN_READ = Decision(Kind.RUN, write=False)
+RUN_WRITE = Decision(Kind.RUN, write=True)
+
+
+def replay(hops: int = 1) -> Decision:
+    return Decision(Kind.REPLAY, True, target=P, hops=hops)
+
+
+def req(method: str = "GET", path: str = "/", **kw: object) -> RequestInfo:
+    return RequestInfo(method, path, **kw)  # type: ignore[arg-type]
+
+
+CASES = [
+    # (id, request, state, expected kind / decision)
+    ("primary-get", req(), PRIMARY, RUN_READ),
+    ("primary-post", req("POST"), PRIMARY, RUN_WRITE),
+    ("standalone-post", req("POST"), STANDALONE, RUN_WRITE),
+    ("replica-get", req(), REPLICA, RUN_READ),
+    ("replica-head", req("HEAD"), REPLICA, RUN_READ),
+    ("replica-options", req("OPTIONS"), REPLICA, RUN_READ),
+    ("replica-trace", req("TRACE"), REPLICA, RUN_READ),
+    ("replica-post", req("POST"), REPLICA, replay()),
+    ("replica-put", req("PUT"), REPLICA, replay()),
+    ("replica-patch", req("PATCH"), REPLICA, replay()),
+    ("replica-delete", req("DELETE"), REPLICA, replay()),
+    ("replica-odd-method", req("PURGE"), REPLICA, replay()),
+    ("replica-lowercase-get-is-not-GET", req("get"), REPLICA, replay()),
+    ("replica-write-on-read-glob", req("GET", "/auth/callback/github"), REPLICA, replay()),
+    ("replica-write-on-read-glob-nested", req("GET", "/auth/callback/a/b"), REPLICA, replay()),
+    ("replica-write-on-read-exact", req("HEAD", "/session/refresh"), REPLICA, replay()),
+    ("replica-write-on-read-anchored-end", req("GET", "/session/refresh/x"), REPLICA, RUN_READ),
+    ("replica-write-on-read-anchored-start", req("GET", "/x/auth/callback/y"), REPLICA, RUN_READ),
+    ("replica-write-on-read-options-stays-local", req("OPTIONS", "/session/refresh"), REPLICA, RUN_READ),
+    ("replica-passthrough-post", req("POST", "/static/app.css"), REPLICA, RUN_READ),
+    ("replica-passthrough-exact", req("DELETE", "/healthz"), REPLICA, RUN_READ),
+    ("replica-passthrough-dotdot-matches-literally", req("POST", "/static/../admin"), REPLICA, RUN_READ),
+    ("no-primary-get", req(), NO_PRIMARY, RUN_READ),
+    ("no-primary-post-waits", req("POST"), NO_PRIMARY, Decision(Kind.WAIT_FOR_PRIMARY, True)),
+    ("replica-replayed-once", req("POST", replay_src="instance=x;state=litefs-route-hop-1"), REPLICA, replay(2)),
+    ("replica-replayed-twice", req("POST", replay_src="instance=x;state=litefs-route-hop-2"), REPLICA, replay(3)),
+    ("replica-foreign-state-counts-zero", req("POST", replay_src="instance=x;state=other"), REPLICA, replay(1)),
+    ("replica-body-at-limit", req("POST", content_length=1_000_000), REPLICA, replay()),
+    ("replica-chunked-body-measured", req("POST", unknown_length=True), REPLICA, Decision(Kind.MEASURE_BODY, True)),
+    ("primary-huge-body-runs", req("POST", content_length=10**9), PRIMARY, RUN_WRITE),
+]
+
+
+@pytest.mark.parametrize(("request_", "state", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_decide(request_: RequestInfo, state: NodeState, expected: Decision) -> None:
+    assert decide(request_, state, RULES) == expected
+
+
+REFUSALS = [
+    ("replay-limit", req("POST", replay_src="instance=x;state=litefs-route-hop-3"), REPLICA, {}, Kind.UNAVAILABLE),
+    ("no-primary-after-wait", req("POST"), NO_PRIMARY, {"waited_for_primary": True}, Kind.UNAVAILABLE),
+    ("body-over-limit", req("POST", content_length=1_000_001), REPLICA, {}, Kind.TOO_LARGE),
+    ("measured-body-over-limit", req("POST", unknown_length=True), REPLICA, {"body_size": 1_000_001}, Kind.TOO_LARGE),
+    ("measured-body-fits", req("POST", unknown_length=True), REPLICA, {"body_size": 10}, Kind.REPLAY),
+    ("ensure-primary-on-replica", req("GET"), REPLICA, {"force_write": True}, Kind.REPLAY),
+    ("ensure-primary-passthrough-path", req("GET", "/healthz"), REPLICA, {"force_write": True}, Kind.REPLAY),
+    ("ensure-primary-no-primary", req("GET"), NO_PRIMARY, {"force_write": True}, Kind.UNAVAILABLE),
+    ("ensure-primary-on-primary", req("GET"), PRIMARY, {"force_write": True}, Kind.RUN),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_", "state", "kwargs", "kind"), [c[1:] for c in REFUSALS], ids=[c[0] for c in REFUSALS]
+)
+def test_decide_refusals(request_: RequestInfo, state: NodeState, kwargs: dict[str, object], kind: Kind) -> None:
+    decision = decide(request_, state, RULES, **kwargs)  # type: ignore[arg-type]
+    assert decision.kind is kind
+    assert decision.write
+
+
+@pytest.mark.parametrize(
+    ("header", "hops"),
+    [
+        (None, 0),
+        ("", 0),
+        ("instance=abc;region=ams;t=123;state=litefs-route-hop-2", 2),
+        ("state=litefs-route-hop-7", 7),
+        ("instance=abc;state=litefs-route-hop-2x", 0),
+        ("instance=abc;state=litefs-route-hop-", 0),
+        ("instance=abc;state=litefs-route-hop-1234", 0),
+        ("instance=abc;xstate=litefs-route-hop-5", 0),
+        ("state=litefs-route-hop-2;" + "x" * 2000, 0),
+    ],
+    ids=["absent", "empty", "fly-format", "alone", "trailing-junk", "no-number", "too-long-number", "other-field", "huge"],
+)
+def test_replay_hops(header: str | None, hops: int) -> None:
+    assert replay_hops(header) == hops
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "content_length", "transfer_encoding", "expected_length", "unknown"),
+    [
+        ("POST", "/", "12", None, 12, False),
+        ("POST", "/", "-1", None, None, False),
+        ("POST", "/", "1e3", None, None, False),
+        ("POST", "/", "١٢", None, None, False),  # Arabic-Indic digits: str.isdigit() would say yes
+        ("POST", "/", None, "chunked", None, True),
+        ("POST", "/", None, "gzip, Chunked", None, True),
+        ("POST", "/", "5", "chunked", 5, False),
+    ],
+    ids=["plain", "negative", "float", "unicode-digits", "chunked", "chunked-last", "both"],
+)
+def test_request_info_from_headers(
+    method: str,
+    path: str,
+    content_length: str | None,
+    transfer_encoding: str | None,
+    expected_length: int | None,
+    unknown: bool,
+) -> None:
+    info = RequestInfo.from_headers(
+        method, path, replay_src=None, content_length=content_length, transfer_encoding=transfer_encoding
+    )
+    assert (info.content_length, info.unknown_length) == (expected_length, unknown)
+
+
+def test_globs_reject_relative_patterns() -> None:
+    with pytest.raises(ValueError, match="path glob"):
+        PathGlobs(["static/*"])
+
+
+def test_globs_escape_regex_metacharacters() -> None:
+    globs = PathGlobs(["/a.b/(x)+"])
+    assert globs.match("/a.b/(x)+")
+    assert not globs.match("/aXb/(x)+")
+    assert not globs.match("/a.b/xx")

@@ -1,0 +1,139 @@
+"""Reading the mount: every state LiteFS can show, and garbage it should not."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from litefs_route.mount import Position, Role, parse_lag, parse_position, parse_primary, read_node_state
+from litefs_route.node import StateCache
+from tests.support import Mount
+
+ME = "e784079b449483"
+OTHER = "3d8d9e5b711e68"
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"3d8d9e5b711e68\n", OTHER),
+        (b"3d8d9e5b711e68", OTHER),
+        (b"host.example.internal\n", "host.example.internal"),
+        (b"\n", None),  # static lease without a hostname: never a target
+        (b"", None),
+        (b"a\nb\n", None),
+        (b"a\r\nfly-replay: instance=evil\n", None),
+        (b"abc;state=x\n", None),
+        (b"abc def\n", None),
+        (b"-abc\n", None),
+        (b"\xff\xfe\n", None),
+        (b"a" * 254 + b"\n", None),
+        (b"a" * 253 + b"\n", "a" * 253),
+    ],
+    ids=[
+        "machine-id",
+        "no-newline",
+        "fqdn",
+        "empty-line",
+        "empty",
+        "two-lines",
+        "header-injection",
+        "separator",
+        "space",
+        "leading-dash",
+        "binary",
+        "too-long",
+        "max-length",
+    ],
+)
+def test_parse_primary(data: bytes, expected: str | None) -> None:
+    assert parse_primary(data) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"+000000000", 0),
+        (b"+000000042\n", 42),
+        (b"+2147483647", 2147483647),
+        (b"-000000005", -5),
+        (b"", None),
+        (b"abc", None),
+        (b"+1.5", None),
+    ],
+    ids=["zero", "newline", "no-primary", "negative", "empty", "text", "float"],
+)
+def test_parse_lag(data: bytes, expected: int | None) -> None:
+    assert parse_lag(data) == expected
+
+
+def test_parse_position() -> None:
+    assert parse_position(b"00000000000000ff/00000000deadbeef\n") == Position(255, 0xDEADBEEF)
+    assert parse_position(b"00000000000000ff/00000000deadbeef") == Position(255, 0xDEADBEEF)
+    for bad in (b"", b"ff/ee\n", b"00000000000000FF/00000000deadbeef\n", b"00000000000000ff/00000000deadbeef\nx"):
+        assert parse_position(bad) is None
+
+
+def test_states(mount: Mount, tmp_path: Path) -> None:
+    d = str(mount.path)
+    assert read_node_state(None, ME).role is Role.STANDALONE
+    assert read_node_state(str(tmp_path / "missing"), ME).role is Role.STANDALONE
+
+    mount.make_primary()
+    state = read_node_state(d, ME)
+    assert (state.role, state.primary_id, state.lag_ms) == (Role.PRIMARY, ME, 0)
+
+    mount.make_replica(OTHER, lag_ms=42)
+    state = read_node_state(d, ME)
+    assert (state.role, state.primary_id, state.lag_ms) == (Role.REPLICA, OTHER, 42)
+
+    mount.make_replica(ME)  # .primary names this instance: we are the primary
+    assert read_node_state(d, ME).role is Role.PRIMARY
+
+    mount.make_no_primary()
+    state = read_node_state(d, ME)
+    assert (state.role, state.primary_id) == (Role.NO_PRIMARY, None)
+
+    mount.set_lag(None)  # a mount from before .lag existed: no .primary means primary
+    assert read_node_state(d, ME).role is Role.PRIMARY
+
+    mount.set_lag(0)
+    (mount.path / ".lag").write_bytes(b"garbage")  # unparsable .lag counts as absent
+    assert read_node_state(d, ME).role is Role.PRIMARY
+
+    mount.write_primary_raw(b"evil\r\nx: y\n")
+    state = read_node_state(d, ME)
+    assert (state.role, state.primary_id) == (Role.NO_PRIMARY, None)
+    assert "evil" not in state.detail
+
+
+def test_unreadable_primary_means_unknown(mount: Mount) -> None:
+    # A directory where the file should be: read() fails with EISDIR, a real
+    # I/O error from the mount (as EIO or ENOTCONN from a dead FUSE mount).
+    (mount.path / ".primary").mkdir()
+    state = read_node_state(str(mount.path), ME)
+    assert (state.role, state.primary_id) == (Role.NO_PRIMARY, None)
+    assert "unreadable" in state.detail
+
+
+def test_cache_reads_once_per_ttl_and_logs_changes(mount: Mount, caplog: pytest.LogCaptureFixture) -> None:
+    now = [100.0]
+    cache = StateCache(str(mount.path), ME, ttl=1.0, clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="litefs_route")
+    assert cache.get().role is Role.PRIMARY
+    mount.make_replica(OTHER)
+    for _ in range(100):
+        assert cache.get().role is Role.PRIMARY  # within the TTL: no read
+    assert cache.reads == 1
+    now[0] += 1.01
+    assert cache.get().role is Role.REPLICA
+    assert cache.reads == 2
+    assert cache.get(max_age=0).role is Role.REPLICA  # forced fresh read
+    assert cache.reads == 3
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2  # one line per change, not per read
+    assert "unknown -> primary" in messages[0]
+    assert "primary -> replica" in messages[1]
+    assert OTHER in messages[1]
