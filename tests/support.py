@@ -6,6 +6,7 @@ threaded server on 127.0.0.1, in this process so tests can observe the app).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -114,3 +115,42 @@ def serve_wsgi(app: WSGIApplication | Any) -> Iterator[str]:
         server.shutdown()
         thread.join(10)
         server.server_close()
+
+
+def free_port() -> int:
+    with _free_socket() as sock:
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def run_server(argv: list[str], port: int, env: dict[str, str]) -> Iterator[str]:
+    """Run a server command in its own process group; yields its base URL.
+
+    Stops the whole group on exit, even when the test failed.
+    """
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(argv, env={**os.environ, **env}, start_new_session=True)
+
+    def accepting() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}: {argv}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        except OSError:
+            return False
+        return True
+
+    try:
+        wait_until(accepting, timeout=30, what=f"{argv[0]} to listen on {port}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

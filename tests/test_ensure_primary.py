@@ -1,0 +1,224 @@
+"""ensure_primary() ends the request in the replay in every framework mode.
+
+The matrix from the issue: Flask in production, debug and testing modes, with
+TRAP_HTTP_EXCEPTIONS, with user error handlers that would eat an ordinary
+409; Starlette and FastAPI with async and sync endpoints, custom exception
+handlers, the middleware inside (Middleware(...)) and outside (wrapping the
+app), and FastAPI's Depends(ensure_primary). All against real servers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from litefs_route import PrimaryRequired, asgi, ensure_primary, get_instance_info, wsgi
+from tests.support import Mount, serve_asgi, serve_wsgi
+
+ME = "e784079b449483"
+PRIMARY = "3d8d9e5b711e68"
+
+
+def assert_replay(r: httpx.Response) -> None:
+    assert r.status_code == 409, r.text
+    assert r.headers["fly-replay"] == f"instance={PRIMARY};state=litefs-route-hop-1"
+    assert r.headers["fly-primary-instance"] == PRIMARY
+    assert r.headers["fly-instance"] == ME
+
+
+# -- Flask ---------------------------------------------------------------------
+
+
+def _error_handlers(app: Any, style: str) -> None:
+    from flask import jsonify
+    from werkzeug.exceptions import HTTPException
+
+    if style == "exception":
+
+        @app.errorhandler(Exception)
+        def on_exception(e: Exception) -> Any:
+            return jsonify(error="oops"), 500
+
+    elif style == "http-exception-json":
+
+        @app.errorhandler(HTTPException)
+        def on_http(e: HTTPException) -> Any:
+            return jsonify(error=str(e)), e.code or 500
+
+    elif style == "409":
+
+        @app.errorhandler(409)
+        def on_409(e: Exception) -> Any:
+            return "custom conflict", 409
+
+
+FLASK_MODES = {
+    "production": {},
+    "debug": {"DEBUG": True},
+    "testing": {"TESTING": True},
+    "trap-http-exceptions": {"TRAP_HTTP_EXCEPTIONS": True},
+}
+
+
+@pytest.mark.parametrize("handlers", ["none", "exception", "http-exception-json", "409"])
+@pytest.mark.parametrize("mode", list(FLASK_MODES))
+@pytest.mark.parametrize("swallow", [False, True], ids=["raises", "swallows"])
+def test_flask(mount: Mount, mode: str, handlers: str, swallow: bool) -> None:
+    from flask import Flask
+
+    app = Flask("ensure_test")
+    app.config.update(FLASK_MODES[mode])
+    _error_handlers(app, handlers)
+    ran_on: list[str] = []
+
+    @app.route("/w", methods=["GET"])
+    def w() -> str:
+        try:
+            ensure_primary()
+        except PrimaryRequired:
+            if not swallow:
+                raise
+        ran_on.append("after")
+        return "wrote"
+
+    app.wsgi_app = wsgi.PrimaryRoutingMiddleware(app.wsgi_app, litefs_dir=str(mount.path), instance_id=ME, cache_ttl=0)
+    with serve_wsgi(app) as url:
+        mount.make_replica(PRIMARY)
+        assert_replay(httpx.get(url + "/w"))
+        assert ran_on == (["after"] if swallow else [])
+        mount.make_primary()
+        r = httpx.get(url + "/w")
+        assert (r.status_code, r.text) == (200, "wrote")
+
+
+def test_flask_async_view(mount: Mount) -> None:
+    from flask import Flask
+
+    app = Flask("ensure_async")
+
+    @app.route("/w")
+    async def w() -> str:
+        ensure_primary()
+        return "wrote"
+
+    @app.route("/who")
+    async def who() -> str:
+        return get_instance_info().primary_instance or "-"
+
+    app.wsgi_app = wsgi.PrimaryRoutingMiddleware(app.wsgi_app, litefs_dir=str(mount.path), instance_id=ME, cache_ttl=0)
+    mount.make_replica(PRIMARY)
+    with serve_wsgi(app) as url:
+        assert_replay(httpx.get(url + "/w"))
+        assert httpx.get(url + "/who").text == PRIMARY
+
+
+# -- Starlette / FastAPI -----------------------------------------------------
+
+
+def _starlette(handlers: str, placement: str, litefs_dir: str, debug: bool) -> Any:
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.routing import Route
+
+    async def aw(request: Request) -> Response:
+        ensure_primary()
+        return PlainTextResponse("wrote")
+
+    def sw(request: Request) -> Response:
+        ensure_primary()
+        return PlainTextResponse("wrote")
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)  # drops exc.headers
+
+    async def on_exception(request: Request, exc: Exception) -> Response:
+        return JSONResponse({"error": "oops"}, status_code=500)
+
+    exception_handlers: dict[Any, Callable[..., Any]] = {
+        "none": {},
+        "http-exception-drops-headers": {HTTPException: on_http},
+        "409": {409: on_http},
+        "exception": {Exception: on_exception},
+    }[handlers]  # type: ignore[assignment]
+    options: dict[str, Any] = {"litefs_dir": litefs_dir, "instance_id": ME, "cache_ttl": 0}
+    middleware = [Middleware(asgi.PrimaryRoutingMiddleware, **options)] if placement == "inside" else []
+    app = Starlette(
+        debug=debug,
+        routes=[Route("/w", aw), Route("/sw", sw)],
+        middleware=middleware,
+        exception_handlers=exception_handlers,
+    )
+    return asgi.PrimaryRoutingMiddleware(app, **options) if placement == "outside" else app
+
+
+@pytest.mark.parametrize("handlers", ["none", "http-exception-drops-headers", "409", "exception"])
+@pytest.mark.parametrize("placement", ["inside", "outside"])
+@pytest.mark.parametrize("debug", [False, True], ids=["prod", "debug"])
+def test_starlette(mount: Mount, handlers: str, placement: str, debug: bool) -> None:
+    mount.make_replica(PRIMARY)
+    with serve_asgi(_starlette(handlers, placement, str(mount.path), debug)) as url:
+        assert_replay(httpx.get(url + "/w"))
+        assert_replay(httpx.get(url + "/sw"))
+        mount.make_primary()
+        assert httpx.get(url + "/w").text == "wrote"
+        assert httpx.get(url + "/sw").text == "wrote"
+
+
+@pytest.mark.parametrize("placement", ["inside", "outside"])
+def test_fastapi(mount: Mount, placement: str) -> None:
+    from fastapi import Depends, FastAPI
+
+    options: dict[str, Any] = {"litefs_dir": str(mount.path), "instance_id": ME, "cache_ttl": 0}
+    app = FastAPI()
+    if placement == "inside":
+        app.add_middleware(asgi.PrimaryRoutingMiddleware, **options)
+
+    @app.post("/items")
+    async def create() -> dict[str, str]:
+        ensure_primary()
+        return {"ok": "yes"}
+
+    @app.get("/sync")
+    def sync_endpoint() -> dict[str, str]:
+        ensure_primary()
+        return {"ok": "yes"}
+
+    @app.get("/dep", dependencies=[Depends(ensure_primary)])
+    async def dep() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    served: Any = asgi.PrimaryRoutingMiddleware(app, **options) if placement == "outside" else app
+    mount.make_replica(PRIMARY)
+    with serve_asgi(served) as url:
+        # the POST never reaches FastAPI on a replica; the GETs call ensure_primary()
+        assert_replay(httpx.post(url + "/items"))
+        assert_replay(httpx.get(url + "/sync"))
+        assert_replay(httpx.get(url + "/dep"))
+        mount.make_primary()
+        assert httpx.get(url + "/dep").json() == {"ok": "yes"}
+        assert httpx.get(url + "/sync").json() == {"ok": "yes"}
+
+
+def test_outside_a_request_is_an_error() -> None:
+    with pytest.raises(RuntimeError, match="outside a request"):
+        ensure_primary()
+
+
+def test_importing_the_package_imports_no_framework() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, litefs_route, litefs_route.wsgi, litefs_route.asgi;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'starlette','werkzeug','flask','anyio','fastapi','django'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
