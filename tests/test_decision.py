@@ -100,7 +100,17 @@ def test_decide_refusals(request_: RequestInfo, state: NodeState, kwargs: dict[s
         ("instance=abc;xstate=litefs-route-hop-5", 0),
         ("state=litefs-route-hop-2;" + "x" * 2000, 0),
     ],
-    ids=["absent", "empty", "fly-format", "alone", "trailing-junk", "no-number", "too-long-number", "other-field", "huge"],
+    ids=[
+        "absent",
+        "empty",
+        "fly-format",
+        "alone",
+        "trailing-junk",
+        "no-number",
+        "too-long-number",
+        "other-field",
+        "huge",
+    ],
 )
 def test_replay_hops(header: str | None, hops: int) -> None:
     assert replay_hops(header) == hops
