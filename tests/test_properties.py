@@ -1,0 +1,282 @@
+"""Property tests: the parsers, the decision and the router never raise, and
+nothing they produce can carry a hostile byte into a response header.
+
+Whatever a mount holds and whatever a client sends, every request gets a
+decision, and every header value litefs-route writes is visible ASCII.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Generator
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from litefs_route.decision import Decision, Kind, RequestInfo, decide, replay_hops
+from litefs_route.mount import NodeState, Role, parse_lag, parse_position, parse_primary, read_node_state
+from litefs_route.routing import MeasureBody, Outcome, ReadState, Router, Sleep
+
+ME = "e784079b449483"
+SAFE_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+# A header value we write: visible ASCII and spaces, no CR, LF, NUL or other controls.
+SAFE_VALUE = re.compile(r"[\x20-\x7e]*")
+SAFE_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+REPLAY_VALUE = re.compile(r"instance=([^;]*);state=litefs-route-hop-([0-9]+)")
+
+FAST = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# -- strategies ------------------------------------------------------------
+
+safe_tokens = st.from_regex(SAFE_TOKEN, fullmatch=True)
+# Bytes that look like what LiteFS writes, and bytes that do not at all.
+primary_bytes = st.one_of(
+    st.binary(max_size=600),
+    safe_tokens.map(lambda s: s.encode() + b"\n"),
+    st.builds(lambda a, b: a.encode() + b + b"\n", safe_tokens, st.binary(max_size=8)),
+    st.sampled_from([b"\n", b"", b"\r\n", b"a\r\nSet-Cookie: x=1\n", b"a;state=x\n", b"a" * 300 + b"\n", b"\x00\n"]),
+)
+lag_bytes = st.one_of(
+    st.binary(max_size=40),
+    st.integers(-(2**40), 2**40).map(lambda n: b"%+010d" % n),
+    st.integers(0, 2**31).map(lambda n: b"%+010d\n" % n),
+    st.sampled_from([b"+000000000", b"+2147483647", b"  +12  ", b"+", b"-0", b"\xff"]),
+)
+pos_bytes = st.one_of(
+    st.binary(max_size=40),
+    st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1)).map(lambda t: b"%016x/%016x\n" % t),
+)
+# Paths as servers hand them over: any text, lone surrogates (surrogateescape
+# of non-UTF-8 bytes), dot segments and still-encoded slashes.
+paths = st.one_of(
+    st.text(max_size=80),
+    st.text(alphabet=st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF), max_size=8).map(lambda s: "/" + s),
+    st.lists(st.sampled_from(["auth", "callback", "static", "..", ".", "%2F", "%2f", "", "x", "\udcff", "é", "*"])).map(
+        lambda parts: "/" + "/".join(parts)
+    ),
+)
+methods = st.one_of(
+    st.sampled_from(["GET", "HEAD", "OPTIONS", "TRACE", "POST", "PUT", "PATCH", "DELETE", "PURGE", "get", ""]),
+    st.text(max_size=20),
+)
+replay_srcs = st.one_of(
+    st.none(),
+    st.text(max_size=200),
+    st.text(max_size=20).map(lambda s: s * 500),  # huge
+    st.builds(
+        lambda pre, n, post: f"{pre}state=litefs-route-hop-{n}{post}",
+        st.sampled_from(["", "instance=x;", "instance=x;region=ams;t=1;", ";", " "]),
+        st.integers(-5, 10_000),
+        st.sampled_from(["", ";", "x", " ;t=2", "\n"]),
+    ),
+)
+length_headers = st.one_of(
+    st.none(),
+    st.text(max_size=30),
+    st.integers(-(10**20), 10**20).map(str),
+    st.sampled_from(["", "0", "1000000", "1000001", "١٢", "1_000", " 12", "0x10", "+5"]),
+)
+transfer_encodings = st.one_of(st.none(), st.text(max_size=30), st.sampled_from(["chunked", "gzip, CHUNKED", ""]))
+globs = st.lists(st.sampled_from(["/auth/callback/*", "/static/*", "*", "/*.css", "/session/refresh", "/%2F*"]))
+
+
+def states(primary: str) -> list[NodeState]:
+    """One reading per role, with the primary id as read_node_state gives it."""
+    return [
+        NodeState(Role.PRIMARY, ME, ME, 0),
+        NodeState(Role.STANDALONE, ME, ME),
+        NodeState(Role.REPLICA, ME, primary, 42),
+        NodeState(Role.NO_PRIMARY, ME, None, 2147483647),
+    ]
+
+
+def assert_safe_headers(headers: Any) -> None:
+    for name, value in headers:
+        assert isinstance(name, str)
+        assert isinstance(value, str)
+        assert SAFE_NAME.fullmatch(name), name
+        assert SAFE_VALUE.fullmatch(value), (name, value)
+        assert value == value.strip(), (name, value)  # no leading/trailing space a proxy could fold
+
+
+def assert_safe_reply(router: Router, decision: Decision) -> None:
+    reply = router.reply(decision)
+    assert reply.status in (409, 413, 503)
+    assert reply.status_line.split(" ", 1)[0] == str(reply.status)
+    assert_safe_headers(reply.headers)
+    names = [name.lower() for name, _ in reply.headers]
+    assert len(names) == len(set(names))
+    assert dict((n.lower(), v) for n, v in reply.headers)["content-length"] == str(len(reply.body))
+    if decision.kind is Kind.REPLAY:
+        replay = dict(reply.headers)["fly-replay"]
+        match = REPLAY_VALUE.fullmatch(replay)
+        assert match is not None, replay
+        assert SAFE_TOKEN.fullmatch(match[1]), replay
+        assert int(match[2]) >= 1
+    if decision.kind is Kind.UNAVAILABLE:
+        assert dict(reply.headers)["Retry-After"].isdigit()
+
+
+# -- the mount ----------------------------------------------------------------
+
+
+@FAST
+@given(primary_bytes)
+def test_parse_primary_returns_none_or_a_safe_token(data: bytes) -> None:
+    primary = parse_primary(data)
+    assert primary is None or SAFE_TOKEN.fullmatch(primary)
+
+
+@FAST
+@given(safe_tokens)
+def test_parse_primary_accepts_what_litefs_writes(token: str) -> None:
+    assert parse_primary(token.encode() + b"\n") == token
+
+
+@FAST
+@given(lag_bytes)
+def test_parse_lag_never_raises(data: bytes) -> None:
+    lag = parse_lag(data)
+    assert lag is None or isinstance(lag, int)
+
+
+@FAST
+@given(pos_bytes)
+def test_parse_position_never_raises(data: bytes) -> None:
+    position = parse_position(data)
+    assert position is None or (0 <= position.txid < 2**64 and 0 <= position.checksum < 2**64)
+
+
+@FAST
+@given(st.one_of(st.none(), primary_bytes), st.one_of(st.none(), lag_bytes), st.sampled_from([ME, "other-host"]))
+def test_read_node_state_never_raises(primary: bytes | None, lag: bytes | None, instance: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        if primary is not None:
+            with open(os.path.join(tmp, ".primary"), "wb") as f:
+                f.write(primary)
+        if lag is not None:
+            with open(os.path.join(tmp, ".lag"), "wb") as f:
+                f.write(lag)
+        state = read_node_state(tmp, instance)
+    assert state.instance_id == instance
+    assert state.primary_id is None or SAFE_TOKEN.fullmatch(state.primary_id)
+    assert (state.primary_id is None) == (state.role is Role.NO_PRIMARY)
+    if state.role is Role.PRIMARY:
+        assert state.primary_id == instance
+    if primary is not None and parse_primary(primary) is None:
+        # Garbled: "primary unknown", and the detail (it goes to the logs) never quotes the file.
+        assert state.role is Role.NO_PRIMARY
+        assert re.fullmatch(r"\.primary garbled \([0-9]+ bytes\)", state.detail), state.detail
+    router = Router(instance_id=instance)
+    assert_safe_headers(router.tags(state))
+
+
+@FAST
+@given(st.sampled_from(["primary-dir", "lag-dir", "both-dirs"]))
+def test_read_node_state_unreadable_mount(which: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        if which in ("primary-dir", "both-dirs"):
+            os.mkdir(os.path.join(tmp, ".primary"))
+        if which in ("lag-dir", "both-dirs"):
+            os.mkdir(os.path.join(tmp, ".lag"))
+        state = read_node_state(tmp, ME)
+    assert state.role is Role.NO_PRIMARY
+    assert state.primary_id is None
+
+
+# -- requests -----------------------------------------------------------------
+
+
+@FAST
+@given(
+    method=methods,
+    path=paths,
+    replay_src=replay_srcs,
+    content_length=length_headers,
+    transfer_encoding=transfer_encodings,
+    primary=safe_tokens,
+    write_on_read=globs,
+    passthrough=globs,
+    body_size=st.one_of(st.none(), st.integers(0, 3_000_000)),
+    max_replays=st.integers(1, 12),
+)
+def test_every_request_gets_a_decision_and_safe_headers(
+    method: str,
+    path: str,
+    replay_src: str | None,
+    content_length: str | None,
+    transfer_encoding: str | None,
+    primary: str,
+    write_on_read: list[str],
+    passthrough: list[str],
+    body_size: int | None,
+    max_replays: int,
+) -> None:
+    router = Router(
+        instance_id=ME, write_on_read=write_on_read, passthrough=passthrough, max_replays=max_replays, primary_wait=0
+    )
+    request = RequestInfo.from_headers(
+        method, path, replay_src=replay_src, content_length=content_length, transfer_encoding=transfer_encoding
+    )
+    assert request.content_length is None or request.content_length >= 0
+    for state in states(primary):
+        assert_safe_headers(router.tags(state))
+        variants = [
+            decide(request, state, router.rules),
+            decide(request, state, router.rules, waited_for_primary=True),
+            decide(request, state, router.rules, waited_for_primary=True, body_size=body_size),
+            decide(request, state, router.rules, force_write=True),
+            drive(router, request, state, body_size or 0),
+        ]
+        for decision in variants:
+            assert isinstance(decision, Decision)
+            if state.is_primary:
+                assert decision.kind is Kind.RUN
+            if decision.kind is Kind.REPLAY:
+                assert decision.target == primary
+                assert 1 <= decision.hops <= max_replays
+            if decision.kind in (Kind.REPLAY, Kind.TOO_LARGE, Kind.UNAVAILABLE):
+                assert decision.write
+                assert_safe_reply(router, decision)
+        # After the plan, nothing is left to wait for or measure.
+        assert variants[-1].kind not in (Kind.WAIT_FOR_PRIMARY, Kind.MEASURE_BODY)
+
+
+def drive(router: Router, request: RequestInfo, state: NodeState, body_size: int) -> Decision:
+    """Run the router's plan as the adapters do, with a mount that never changes."""
+    plan: Generator[Any, Any, Outcome] = router.plan(request)
+    try:
+        need = next(plan)
+        while True:
+            if isinstance(need, ReadState):
+                need = plan.send(state)
+            elif isinstance(need, Sleep):
+                need = plan.send(None)
+            else:
+                assert isinstance(need, MeasureBody)
+                need = plan.send(min(body_size, need.limit + 1))
+    except StopIteration as stop:
+        outcome: Outcome = stop.value
+        return outcome.decision
+
+
+@FAST
+@given(replay_srcs)
+def test_replay_hops_is_small_and_non_negative(replay_src: str | None) -> None:
+    hops = replay_hops(replay_src)
+    assert 0 <= hops <= 999
+
+
+@FAST
+@given(st.text(max_size=300))
+def test_router_accepts_only_safe_instance_ids(instance_id: str) -> None:
+    try:
+        router = Router(instance_id=instance_id)
+    except ValueError:
+        assert not SAFE_TOKEN.fullmatch(instance_id)
+        return
+    assert SAFE_TOKEN.fullmatch(router.instance_id)
+    assert_safe_headers(router.tags(NodeState(Role.STANDALONE, router.instance_id, router.instance_id)))
