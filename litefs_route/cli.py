@@ -197,6 +197,10 @@ def _describe(state: NodeState) -> str:
     return f"this node is {state.role.value} ({state.detail})"
 
 
+def _ms(lag_ms: int | None) -> str:
+    return "unknown" if lag_ms is None else f"{lag_ms} ms"
+
+
 def _status(args: argparse.Namespace, instance_id: str) -> int:
     litefs_dir = _mount_dir(args)
     state = _read_state(litefs_dir, instance_id)
@@ -282,10 +286,10 @@ def _wait(args: argparse.Namespace, instance_id: str) -> int:
                 max_lag_ms=args.max_lag,
                 instance_id=instance_id,
                 on_wait=lambda s: _say(
-                    f"waiting up to {timeout:g} s for lag <= {args.max_lag} ms; {_describe(s)}, lag {s.lag_ms} ms"
+                    f"waiting up to {timeout:g} s for lag <= {args.max_lag} ms; {_describe(s)}, lag {_ms(s.lag_ms)}"
                 ),
             )
-            _say(f"synced: {_describe(state)}, lag {state.lag_ms} ms")
+            _say(f"synced: {_describe(state)}, lag {_ms(state.lag_ms)}")
         elif litefs_dir is None:
             _say(f"no LiteFS mount (standalone): no TXID to wait for on {args.database}")
         else:

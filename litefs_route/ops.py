@@ -381,7 +381,12 @@ def halt_lock(
         return
     acq = _Acquisition(_open_lock_file(path))
     acq.start()
-    acq.wait(timeout)
+    try:
+        acq.wait(timeout)
+    except BaseException:  # KeyboardInterrupt while waiting: give the request up, or the lock back
+        if not acq.abandon():
+            _release(acq.fd, path)
+        raise
     fd = _acquired_or_raise(acq, path, timeout)
     logger.info("HALT lock on %s taken", path)
     try:
