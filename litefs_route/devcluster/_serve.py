@@ -1,0 +1,96 @@
+"""Run one instance of a WSGI or ASGI app (the dev cluster starts this in a subprocess).
+
+``python -m litefs_route.devcluster._serve module:attr --port 8001``
+
+ASGI apps run under uvicorn; WSGI apps under Werkzeug's development server
+(threaded), or wsgiref with a thread per request when Werkzeug is absent.
+``--interface auto`` tells them apart: an ASGI app is a coroutine function or
+has an ``async def __call__``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import logging
+import socketserver
+import sys
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+__all__ = ["is_asgi", "load_app", "main"]
+
+
+def load_app(spec: str) -> Any:
+    """Import ``module:attr`` (``attr`` may be dotted)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"APP must look like module:attribute, got {spec!r}")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def is_asgi(app: Any) -> bool:
+    """True for an ASGI application (``async def app(scope, receive, send)`` or an async ``__call__``)."""
+    if inspect.iscoroutinefunction(app):
+        return True
+    call = getattr(app, "__call__", None)  # noqa: B004 (we want the method, not callable())
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _serve_wsgi(app: Any, host: str, port: int, server: str) -> None:
+    if server in ("auto", "werkzeug"):
+        try:
+            from werkzeug.serving import run_simple
+        except ImportError:
+            if server == "werkzeug":
+                raise
+        else:
+            logging.getLogger("werkzeug").setLevel(logging.WARNING)
+            run_simple(host, port, app, threaded=True, use_reloader=False, use_debugger=False)
+            return
+    with make_server(host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler) as httpd:
+        httpd.serve_forever()
+
+
+def _serve_asgi(app: Any, host: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="auto", timeout_graceful_shutdown=3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m litefs_route.devcluster._serve")
+    parser.add_argument("app")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--interface", choices=["auto", "asgi", "wsgi"], default="auto")
+    parser.add_argument("--server", choices=["auto", "werkzeug", "wsgiref"], default="auto")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app = load_app(args.app)
+    interface = args.interface
+    if interface == "auto":
+        interface = "asgi" if is_asgi(app) else "wsgi"
+    print(f"serving {args.app} ({interface}) on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+    if interface == "asgi":
+        _serve_asgi(app, args.host, args.port)
+    else:
+        _serve_wsgi(app, args.host, args.port, args.server)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

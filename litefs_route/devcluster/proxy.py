@@ -1,0 +1,554 @@
+"""A local stand-in for Fly's edge proxy: round-robin plus ``fly-replay``.
+
+:class:`FrontProxy` imitates the parts of Fly's proxy that litefs-route
+depends on, and nothing else:
+
+- requests are load-balanced round-robin over the instances; an instance that
+  refuses the connection is skipped (as Fly skips a stopped Machine);
+- ``fly-force-instance-id: <id>`` sends the request straight to that instance;
+- a response carrying ``fly-replay`` is discarded and the *whole original
+  request* (method, path and query, headers, body) is sent again to the
+  instance it names (``instance=``; ``prefer_instance=``, ``region=`` and
+  ``elsewhere=true`` are honoured in a simple way), with
+  ``fly-replay-src: instance=<sender>;region=<region>;t=<µs>;state=<state>``;
+- a request is replayed at most 10 times; the next ``fly-replay`` is answered
+  ``502`` with a body naming Fly's error code ``PA02`` and "replay limit";
+- a request whose body is over 1 MB is forwarded once but cannot be
+  replayed: its ``fly-replay`` is answered ``502`` ("body too large to replay");
+- responses stream through chunk by chunk, never buffered.
+
+Every error the proxy makes itself carries ``fly-devcluster-error: <code>``.
+
+Standard library only (``http.server`` + ``http.client``)::
+
+    with FrontProxy({"a": ("127.0.0.1", 8001), "b": ("127.0.0.1", 8002)}) as front:
+        urllib.request.urlopen(front.url + "/")
+        front.replays       # [ReplayEvent(...)], what was replayed to whom
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import http.client
+import itertools
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+
+__all__ = ["MAX_REPLAYS", "REPLAY_BODY_LIMIT", "FrontProxy", "ReplayEvent", "parse_fly_replay"]
+
+logger = logging.getLogger("litefs_route.devcluster")
+
+#: Fly replays one request at most this many times, then answers PA02.
+MAX_REPLAYS = 10
+#: Fly cannot replay a request whose body is larger than this.
+REPLAY_BODY_LIMIT = 1_000_000
+
+# Hop-by-hop headers (RFC 9110 7.6.1): never forwarded.
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Headers Fly's edge sets itself; a client's copy is dropped.
+_EDGE_SET = frozenset({"fly-replay-src", "fly-request-id", "fly-client-ip"})
+_READ_SIZE = 65536
+_UPSTREAM_TIMEOUT = 300.0
+
+
+def parse_fly_replay(value: str) -> dict[str, str]:
+    """The fields of a ``fly-replay`` header: ``"instance=a;state=s"`` -> ``{"instance": "a", "state": "s"}``.
+
+    Field names are lower-cased; blank or malformed fields are skipped.
+    """
+    fields: dict[str, str] = {}
+    for part in value.split(";"):
+        name, sep, val = part.partition("=")
+        name = name.strip().lower()
+        if sep and name:
+            fields[name] = val.strip()
+    return fields
+
+
+@dataclass(frozen=True)
+class ReplayEvent:
+    """One replay the proxy performed (or refused)."""
+
+    #: The ``fly-request-id`` the proxy gave the original request.
+    request_id: str
+    method: str
+    #: Path and query string.
+    target: str
+    #: The instance whose response asked for the replay.
+    from_instance: str
+    #: The instance the request was replayed to (None if refused).
+    to_instance: str | None
+    #: The ``state`` field of the ``fly-replay`` header, if any.
+    state: str | None
+    #: Which replay of this request this is (1 for the first).
+    hop: int
+    #: Why it was refused ("replay-limit", "body-too-large", "no-target"), or None.
+    refused: str | None = None
+
+
+class _ProxyError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    front: FrontProxy
+
+
+class FrontProxy:
+    """Fly's edge for a set of local instances. See the module docstring.
+
+    *instances* maps instance id to ``(host, port)``. *regions* maps instance
+    id to its region (default *default_region*), used in ``fly-replay-src``
+    and for ``fly-replay: region=``. The proxy listens on *host*:*port*
+    (port 0: a free one; see :attr:`url`).
+
+    Thread-safe; :meth:`set_instances` may be called while traffic flows.
+    """
+
+    def __init__(
+        self,
+        instances: Mapping[str, tuple[str, int]],
+        *,
+        regions: Mapping[str, str] | None = None,
+        default_region: str = "local",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_replays: int = MAX_REPLAYS,
+        replay_body_limit: int = REPLAY_BODY_LIMIT,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._instances: dict[str, tuple[str, int]] = {}
+        self._regions: dict[str, str] = {}
+        self._rr = itertools.count()
+        self.default_region = default_region
+        self.max_replays = max_replays
+        self.replay_body_limit = replay_body_limit
+        self.set_instances(instances, regions)
+        self._host = host
+        self._port = port
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._connections: set[socket.socket] = set()
+        #: Every replay performed or refused, in order.
+        self.replays: list[ReplayEvent] = []
+        #: Instance id -> how many final responses it served.
+        self.served: dict[str, int] = {}
+
+    # -- configuration ---------------------------------------------------
+
+    def set_instances(self, instances: Mapping[str, tuple[str, int]], regions: Mapping[str, str] | None = None) -> None:
+        """Replace the instance table (and, if given, the regions)."""
+        with self._lock:
+            self._instances = dict(instances)
+            if regions is not None:
+                self._regions = dict(regions)
+
+    @property
+    def instances(self) -> dict[str, tuple[str, int]]:
+        with self._lock:
+            return dict(self._instances)
+
+    def region_of(self, instance_id: str) -> str:
+        with self._lock:
+            return self._regions.get(instance_id, self.default_region)
+
+    # -- life cycle --------------------------------------------------------
+
+    def start(self) -> FrontProxy:
+        """Start listening (in a background thread). Returns self."""
+        if self._server is not None:
+            return self
+        server = _Server((self._host, self._port), _Handler)
+        server.front = self
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="devcluster-front", daemon=True
+        )
+        self._thread.start()
+        logger.info("front proxy listening on %s", self.url)
+        return self
+
+    def close(self) -> None:
+        """Stop listening and drop every client connection. Idempotent."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> FrontProxy:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._server is None:
+            raise RuntimeError("the front proxy is not running")
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://{host}:{port}"
+
+    # -- statistics --------------------------------------------------------
+
+    @property
+    def replay_count(self) -> int:
+        """How many replays were performed (refusals not counted)."""
+        with self._lock:
+            return sum(1 for event in self.replays if event.refused is None)
+
+    def replays_to(self, instance_id: str) -> list[ReplayEvent]:
+        with self._lock:
+            return [event for event in self.replays if event.to_instance == instance_id]
+
+    def reset_stats(self) -> None:
+        with self._lock:
+            self.replays.clear()
+            self.served.clear()
+
+    # -- routing (called from handler threads) ---------------------------
+
+    def _record(self, event: ReplayEvent) -> None:
+        with self._lock:
+            self.replays.append(event)
+        logger.debug("replay %s", event)
+
+    def _served(self, instance_id: str) -> None:
+        with self._lock:
+            self.served[instance_id] = self.served.get(instance_id, 0) + 1
+
+    def _round_robin(self, exclude: str | None = None, region: str | None = None) -> list[str]:
+        """Instance ids in the order to try for a load-balanced request."""
+        with self._lock:
+            ids = sorted(self._instances)
+            start = next(self._rr)
+            if region is not None:
+                ids = [i for i in ids if self._regions.get(i, self.default_region) == region]
+        if not ids:
+            return []
+        ordered = ids[start % len(ids) :] + ids[: start % len(ids)]
+        return [i for i in ordered if i != exclude] or ordered
+
+    def _address(self, instance_id: str) -> tuple[str, int] | None:
+        with self._lock:
+            return self._instances.get(instance_id)
+
+    def _replay_targets(self, fields: Mapping[str, str], sender: str) -> list[str]:
+        """The instances to try for a replay, from ``fly-replay``'s fields."""
+        instance = fields.get("instance")
+        if instance:
+            return [instance]
+        exclude = sender if fields.get("elsewhere", "").lower() == "true" else None
+        preferred = fields.get("prefer_instance")
+        rest = self._round_robin(exclude=exclude, region=fields.get("region") or None)
+        if preferred:
+            return [preferred] + [i for i in rest if i != preferred]
+        return rest
+
+    def _track(self, conn: socket.socket, alive: bool) -> None:
+        with self._lock:
+            if alive:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+
+@dataclass
+class _Request:
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    request_id: str
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+    # Idle keep-alive connections are closed after this many seconds.
+    timeout = 60
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.front._track(self.connection, True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.server.front._track(self.connection, False)
+
+    def log_message(self, format: str, *args: object) -> None:
+        logger.debug("front: " + format, *args)
+
+    # Every method goes through the same path.
+    def do_GET(self) -> None:
+        self._proxy()
+
+    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_TRACE = do_GET
+
+    # -- request -------------------------------------------------------------
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            parts: list[bytes] = []
+            while True:
+                size_line = self.rfile.readline(1024)
+                size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(8192).strip():
+                        pass  # trailers
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline(8)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _request(self) -> _Request:
+        body = self._read_body()
+        request_id = uuid.uuid4().hex
+        client_ip = self.client_address[0]
+        headers = [
+            (name, value)
+            for name, value in self.headers.items()
+            if name.lower() not in _HOP_BY_HOP and name.lower() not in _EDGE_SET and name.lower() != "content-length"
+        ]
+        forwarded_for = self.headers.get("X-Forwarded-For")
+        headers = [h for h in headers if h[0].lower() not in ("x-forwarded-for", "x-forwarded-proto")]
+        headers += [
+            ("Fly-Request-Id", request_id),
+            ("Fly-Client-IP", client_ip),
+            ("X-Forwarded-For", f"{forwarded_for}, {client_ip}" if forwarded_for else client_ip),
+            ("X-Forwarded-Proto", "http"),
+        ]
+        if body or self.command not in ("GET", "HEAD", "OPTIONS", "TRACE", "DELETE"):
+            headers.append(("Content-Length", str(len(body))))
+        return _Request(self.command, self.path, headers, body, request_id)
+
+    # -- the proxy loop ----------------------------------------------------
+
+    def _proxy(self) -> None:
+        front = self.server.front
+        try:
+            request = self._request()
+        except (ValueError, OSError):
+            self.close_connection = True
+            self._error(_ProxyError(400, "bad-request", "could not read the request"))
+            return
+        forced = self.headers.get("fly-force-instance-id", "").strip()
+        try:
+            if forced:
+                if front._address(forced) is None:
+                    raise _ProxyError(502, "unknown-instance", f"fly-force-instance-id: no instance {forced!r}")
+                candidates = [forced]
+            else:
+                candidates = front._round_robin()
+            response, conn, instance = self._send_first(request, candidates)
+            hop = 0
+            while True:
+                replay = response.getheader("fly-replay")
+                if replay is None:
+                    break
+                _discard(response, conn)
+                fields = parse_fly_replay(replay)
+                state = fields.get("state")
+                hop += 1
+
+                refused = _Refusal(
+                    front, ReplayEvent(request.request_id, request.method, request.target, instance, None, state, hop)
+                )
+                if hop > front.max_replays:
+                    raise refused(
+                        "replay-limit",
+                        502,
+                        "PA02",
+                        f"PA02: replay limit reached: the request was replayed {front.max_replays} times "
+                        f"and {instance} asked for another replay ({replay})",
+                    )
+                if len(request.body) > front.replay_body_limit:
+                    raise refused(
+                        "body-too-large",
+                        502,
+                        "replay-body-too-large",
+                        f"request body too large to replay ({len(request.body)} bytes, "
+                        f"limit {front.replay_body_limit}); {instance} asked for a replay ({replay})",
+                    )
+                targets = front._replay_targets(fields, instance)
+                if not targets or front._address(targets[0]) is None:
+                    raise refused("no-target", 502, "replay-no-target", f"fly-replay names no known instance: {replay}")
+                src = f"instance={instance};region={front.region_of(instance)};t={time.time_ns() // 1000}"
+                if state is not None:
+                    src += f";state={state}"
+                front._record(
+                    ReplayEvent(request.request_id, request.method, request.target, instance, targets[0], state, hop)
+                )
+                replayed = _Request(
+                    request.method,
+                    request.target,
+                    [*request.headers, ("fly-replay-src", src)],
+                    request.body,
+                    request.request_id,
+                )
+                response, conn, instance = self._send_first(replayed, targets, retry=False)
+        except _ProxyError as exc:
+            self._error(exc)
+            return
+        front._served(instance)
+        try:
+            self._relay(response, instance)
+        finally:
+            conn.close()
+
+    def _send_first(
+        self, request: _Request, candidates: list[str], *, retry: bool = True
+    ) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection, str]:
+        """Send *request* to the first candidate that accepts the connection."""
+        front = self.server.front
+        if not candidates:
+            raise _ProxyError(503, "no-instances", "no instances to send the request to")
+        last_error: Exception | None = None
+        for instance in candidates if retry else candidates[:1]:
+            address = front._address(instance)
+            if address is None:
+                continue
+            conn = http.client.HTTPConnection(address[0], address[1], timeout=_UPSTREAM_TIMEOUT)
+            try:
+                conn.connect()
+            except OSError as exc:
+                conn.close()
+                last_error = exc
+                logger.debug("front: %s refused the connection (%s)", instance, exc)
+                continue
+            try:
+                conn.putrequest(request.method, request.target, skip_host=True, skip_accept_encoding=True)
+                for name, value in request.headers:
+                    conn.putheader(name, value)
+                conn.endheaders(request.body or None)
+                return conn.getresponse(), conn, instance
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                raise _ProxyError(502, "upstream-failed", f"instance {instance} failed: {exc!r}") from exc
+        raise _ProxyError(502, "unreachable", f"no instance accepted the connection ({last_error!r})")
+
+    # -- response ------------------------------------------------------------
+
+    def _relay(self, response: http.client.HTTPResponse, instance: str) -> None:
+        no_body = self.command == "HEAD" or response.status in (204, 304) or 100 <= response.status < 200
+        length = response.getheader("Content-Length")
+        chunked = not no_body and length is None
+        if chunked and self.request_version != "HTTP/1.1":
+            self.close_connection = True
+        upstream_close = response.will_close and length is None and not chunked
+        self.send_response_only(response.status, response.reason)
+        for name, value in response.getheaders():
+            if name.lower() not in _HOP_BY_HOP:
+                self.send_header(name, value)
+        if chunked and not self.close_connection:
+            self.send_header("Transfer-Encoding", "chunked")
+        if upstream_close:
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.flush()
+        if no_body:
+            response.close()
+            return
+        framed = chunked and not self.close_connection
+        try:
+            while True:
+                data = response.read1(_READ_SIZE)
+                if not data:
+                    break
+                if framed:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                else:
+                    self.wfile.write(data)
+                self.wfile.flush()
+            if framed:
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+        except (OSError, http.client.HTTPException) as exc:
+            logger.debug("front: relay from %s cut short: %r", instance, exc)
+            self.close_connection = True
+
+    def _error(self, exc: _ProxyError) -> None:
+        logger.info("front: %s %s -> %d %s", self.command, self.path, exc.status, exc.message)
+        body = f"devcluster front proxy: {exc.message}\n".encode()
+        try:
+            self.send_response_only(exc.status)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("fly-devcluster-error", exc.code)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True
+
+
+class _Refusal:
+    """Records a refused replay and makes the error response for it."""
+
+    def __init__(self, front: FrontProxy, event: ReplayEvent) -> None:
+        self.front = front
+        self.event = event
+
+    def __call__(self, reason: str, status: int, code: str, message: str) -> _ProxyError:
+        self.front._record(dataclasses.replace(self.event, refused=reason))
+        return _ProxyError(status, code, message)
+
+
+def _discard(response: http.client.HTTPResponse, conn: http.client.HTTPConnection) -> None:
+    """Drop a response that asked for a replay (and its connection)."""
+    response.close()
+    conn.close()
+
+
+def iter_chunks(response: http.client.HTTPResponse) -> Iterator[bytes]:
+    """Yield a response's body as it arrives (a helper for tests and tools)."""
+    while True:
+        data = response.read1(_READ_SIZE)
+        if not data:
+            return
+        yield data

@@ -1,0 +1,68 @@
+"""The database side shared by the dev-cluster test apps: one table of writes.
+
+Each write carries a unique id (UNIQUE constraint) and records which instance
+ran it, so a test can tell a write that ran twice from one that ran once.
+A connection is opened per request, as LiteFS apps usually do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+
+INSTANCE = os.environ.get("FLY_MACHINE_ID", "standalone")
+CACHE_TTL = float(os.environ.get("DEVCLUSTER_CACHE_TTL", "0.05"))
+
+
+def db_path() -> str:
+    return os.path.join(os.environ["LITEFS_DIR"], os.environ.get("DATABASE_FILENAME", "app.db"))
+
+
+def connect() -> sqlite3.Connection:
+    return sqlite3.connect(db_path(), timeout=10, isolation_level=None)
+
+
+def init_schema() -> None:
+    """Create the table on the primary; a replica gets it by replication."""
+    conn = connect()
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS writes (id TEXT PRIMARY KEY, instance TEXT NOT NULL, body TEXT)")
+    except sqlite3.OperationalError as exc:
+        if "readonly" not in str(exc):
+            raise
+    finally:
+        conn.close()
+
+
+def record_write(write_id: str, body: str = "") -> tuple[int, dict[str, str]]:
+    """Insert one write; (status, JSON payload). A duplicate id is a 500 the tests look for."""
+    conn = connect()
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("INSERT INTO writes (id, instance, body) VALUES (?, ?, ?)", (write_id, INSTANCE, body))
+        except sqlite3.IntegrityError:
+            conn.execute("ROLLBACK")
+            return 500, {"error": "duplicate", "id": write_id, "instance": INSTANCE}
+        conn.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        return 500, {"error": str(exc), "id": write_id, "instance": INSTANCE}
+    finally:
+        conn.close()
+    return 200, {"id": write_id, "instance": INSTANCE}
+
+
+def read_write(write_id: str) -> dict[str, str] | None:
+    conn = connect()
+    try:
+        row = conn.execute("SELECT id, instance FROM writes WHERE id = ?", (write_id,)).fetchone()
+    except sqlite3.OperationalError:
+        return None  # the table has not replicated here yet
+    finally:
+        conn.close()
+    return None if row is None else {"id": row[0], "instance": row[1], "read_on": INSTANCE}
+
+
+def dumps(payload: object) -> bytes:
+    return json.dumps(payload).encode()
