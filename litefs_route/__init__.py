@@ -10,9 +10,17 @@ Standard library only; importing this package imports no web framework.
 
 from __future__ import annotations
 
-from .context import InstanceInfo, PrimaryRequired, ensure_primary, get_instance_info
+from .context import InstanceInfo, PrimaryRequired, ensure_primary, get_instance_info, report_exception
 from .mount import NodeState, Role
 
-__all__ = ["InstanceInfo", "NodeState", "PrimaryRequired", "Role", "ensure_primary", "get_instance_info"]
+__all__ = [
+    "InstanceInfo",
+    "NodeState",
+    "PrimaryRequired",
+    "Role",
+    "ensure_primary",
+    "get_instance_info",
+    "report_exception",
+]
 
 __version__ = "0.1.0"

@@ -25,7 +25,7 @@ import functools
 from collections.abc import Awaitable, Callable, Generator, MutableMapping
 from typing import Any
 
-from .context import PrimaryRequired, RequestContext, _current
+from .context import PrimaryRequired, RequestContext, _current, mark_readonly_failure
 from .decision import Kind, RequestInfo
 from .mount import NodeState
 from .routing import (
@@ -38,6 +38,7 @@ from .routing import (
     Reply,
     RoutingMiddleware,
     Sleep,
+    is_readonly_error,
 )
 
 __all__ = ["PrimaryRoutingMiddleware"]
@@ -173,6 +174,18 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             if started:
                 raise
             await self._reply(send, exc.reply, state)
+            return
+        except Exception as exc:
+            # The safety net: SQLite refused a write that slipped through.
+            # (It reads the mount afresh, so off the event loop.)
+            # (Or any exception after ensure_primary() marked the request.)
+            if started or (ctx.required is None and not is_readonly_error(exc)):
+                raise
+            if ctx.required is None:
+                run_in_thread, _ = _async_backend()
+                await run_in_thread(functools.partial(mark_readonly_failure, ctx, exc))
+            assert ctx.required is not None
+            await self._reply(send, router.reply(ctx.required), state)
             return
         finally:
             _current.reset(token)

@@ -12,6 +12,7 @@ the request's own task or thread.
 
 from __future__ import annotations
 
+import logging
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -22,7 +23,16 @@ from .mount import NodeState, Role, default_instance_id, read_node_state
 if TYPE_CHECKING:
     from .routing import Reply, Router
 
-__all__ = ["InstanceInfo", "PrimaryRequired", "RequestContext", "ensure_primary", "get_instance_info"]
+__all__ = [
+    "InstanceInfo",
+    "PrimaryRequired",
+    "RequestContext",
+    "ensure_primary",
+    "get_instance_info",
+    "report_exception",
+]
+
+logger = logging.getLogger("litefs_route")
 
 
 class PrimaryRequired(Exception):
@@ -87,6 +97,40 @@ def ensure_primary() -> None:
     from ._frameworks import primary_required
 
     raise primary_required(ctx.router.reply(decision), ctx.adapter)
+
+
+def report_exception(exc: BaseException) -> bool:
+    """Tell the middleware that the current request failed with *exc*.
+
+    If *exc* is SQLite refusing a write because this node is not the primary
+    after all, the request will end in a replay to the primary (or a 503)
+    instead of the app's error response. Returns True if it will.
+
+    The middleware calls this itself for exceptions that reach it, and Flask's
+    ``got_request_exception`` signal is connected to it. Frameworks that turn
+    exceptions into a 500 before the middleware sees them can connect their
+    own hook (Django: ``got_request_exception.connect(lambda sender, request,
+    **kw: report_exception(sys.exc_info()[1]))``). A safety net, not a
+    substitute for ``ensure_primary()``: side effects before the failed write
+    happened here. Reads the mount (blocking): call it from a thread.
+    """
+    ctx = _current.get()
+    return ctx is not None and mark_readonly_failure(ctx, exc)
+
+
+def mark_readonly_failure(ctx: RequestContext, exc: BaseException) -> bool:
+    """:func:`report_exception` for a known request context (blocking)."""
+    from .routing import is_readonly_error
+
+    if ctx.required is not None or not is_readonly_error(exc):
+        return False
+    fresh = ctx.router.cache.get(max_age=0)
+    ctx.required = ctx.router.after_readonly_error(ctx.request, fresh)
+    logger.warning(
+        "a write slipped through to a non-primary (SQLite refused it as read-only); answering %s",
+        ctx.required.kind.value,
+    )
+    return True
 
 
 @dataclass(frozen=True, slots=True)

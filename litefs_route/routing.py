@@ -34,6 +34,7 @@ __all__ = [
     "RouterOptions",
     "RoutingMiddleware",
     "Sleep",
+    "is_readonly_error",
 ]
 
 # While a write waits for a primary, the mount is read at most this often
@@ -179,6 +180,18 @@ class Router:
         """The decision for a handler that called ``ensure_primary()``."""
         return decide(request, state, self.rules, force_write=True)
 
+    def after_readonly_error(self, request: RequestInfo, fresh_state: NodeState) -> Decision:
+        """The decision for a request whose write SQLite refused as read-only.
+
+        The safety net for writes that slipped through (a stale reading, an
+        unflagged GET): replay to the primary if one is known now, else 503.
+        Never RUN: the app already ran and failed here.
+        """
+        decision = decide(request, fresh_state, self.rules, force_write=True)
+        if decision.kind is Kind.RUN:
+            return Decision(Kind.UNAVAILABLE, True, reason="the database refused the write as read-only")
+        return decision
+
     # -- responses --------------------------------------------------------
 
     def tags(self, state: NodeState) -> list[tuple[str, str]]:
@@ -210,6 +223,35 @@ class Router:
             body = f"This write cannot run now: {decision.reason}. Retry shortly.\n"
             return _text_reply(503, body, [("Retry-After", str(self.retry_after))])
         raise ValueError(f"no reply for {decision.kind}")
+
+
+# SQLITE_READONLY (8) in rollback mode, SQLITE_IOERR (10) in WAL mode: what
+# a write on a LiteFS replica fails with (primary result code = low byte).
+_READONLY_CODES = {8, 10}
+_READONLY_MESSAGES = ("attempt to write a readonly database", "disk I/O error")
+
+
+def is_readonly_error(exc: BaseException) -> bool:
+    """True if *exc* is, or wraps, SQLite refusing a write on a replica.
+
+    Follows ``__cause__``/``__context__`` and SQLAlchemy's ``.orig``, so
+    Django's and SQLAlchemy's wrappers are recognised too.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        code = getattr(e, "sqlite_errorcode", None)
+        if isinstance(code, int) and code & 0xFF in _READONLY_CODES:
+            return True
+        if type(e).__name__ == "OperationalError" and any(m in str(e) for m in _READONLY_MESSAGES):
+            return True
+        orig = getattr(e, "orig", None)
+        todo += [e.__cause__, e.__context__, orig if isinstance(orig, BaseException) else None]
+    return False
 
 
 def _text_reply(status: int, body: str, extra: list[tuple[str, str]]) -> Reply:
@@ -253,3 +295,7 @@ class RoutingMiddleware(Generic[AppT]):
             raise TypeError("pass either router= or options, not both")
         self.app = app
         self.router = router or Router(**options)
+        self._setup()
+
+    def _setup(self) -> None:
+        """Adapter-specific set-up, after the router exists."""

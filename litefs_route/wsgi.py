@@ -22,11 +22,13 @@ response iterable is returned unchanged (``close()`` and
 from __future__ import annotations
 
 import contextlib
+import functools
+import sys
 import time
 from collections.abc import Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .context import PrimaryRequired, RequestContext, _current
+from .context import PrimaryRequired, RequestContext, _current, mark_readonly_failure, report_exception
 from .decision import Kind, RequestInfo
 from .mount import NodeState
 from .routing import (
@@ -89,6 +91,16 @@ def _measure_body(environ: WSGIEnvironment, limit: int) -> int:
     return size
 
 
+@functools.cache
+def _connect_flask_signal() -> None:
+    from flask import got_request_exception
+
+    def on_exception(sender: object, exception: BaseException, **extra: object) -> None:
+        report_exception(exception)
+
+    got_request_exception.connect(on_exception, weak=False)
+
+
 def _discarding_write(data: bytes) -> None:
     """The write() callable of a response the middleware replaced."""
 
@@ -101,6 +113,12 @@ def _close(result: Iterable[bytes]) -> None:
 
 class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
     """WSGI middleware that routes writes to the LiteFS primary."""
+
+    def _setup(self) -> None:
+        # Production Flask turns an exception into a 500 before it reaches us;
+        # its got_request_exception signal still lets the safety net see it.
+        if "flask" in sys.modules:
+            _connect_flask_signal()
 
     def _drive(self, plan: Generator[Any, Any, Outcome], environ: WSGIEnvironment) -> Outcome:
         cache = self.router.cache
@@ -158,6 +176,14 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
             if started:
                 raise
             return self._reply(start_response, exc.reply, state)
+        except Exception as exc:
+            # The safety net: SQLite refused a write that slipped through.
+            # (Or any exception after ensure_primary()/the Flask signal marked
+            # the request: it ends in that reply all the same.)
+            if started or (ctx.required is None and not mark_readonly_failure(ctx, exc)):
+                raise
+            assert ctx.required is not None
+            return self._reply(start_response, router.reply(ctx.required), state)
         finally:
             _current.reset(token)
         if replaced is not None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from flask import Flask
 
 from litefs_route import PrimaryRequired, asgi, ensure_primary, get_instance_info, wsgi
 from tests.support import Mount, serve_asgi, serve_wsgi
@@ -32,7 +33,7 @@ def assert_replay(r: httpx.Response) -> None:
 # -- Flask ---------------------------------------------------------------------
 
 
-def _error_handlers(app: Any, style: str) -> None:
+def _error_handlers(app: Flask, style: str) -> None:
     from flask import jsonify
     from werkzeug.exceptions import HTTPException
 
@@ -67,8 +68,6 @@ FLASK_MODES = {
 @pytest.mark.parametrize("mode", list(FLASK_MODES))
 @pytest.mark.parametrize("swallow", [False, True], ids=["raises", "swallows"])
 def test_flask(mount: Mount, mode: str, handlers: str, swallow: bool) -> None:
-    from flask import Flask
-
     app = Flask("ensure_test")
     app.config.update(FLASK_MODES[mode])
     _error_handlers(app, handlers)
@@ -84,7 +83,9 @@ def test_flask(mount: Mount, mode: str, handlers: str, swallow: bool) -> None:
         ran_on.append("after")
         return "wrote"
 
-    app.wsgi_app = wsgi.PrimaryRoutingMiddleware(app.wsgi_app, litefs_dir=str(mount.path), instance_id=ME, cache_ttl=0)
+    app.wsgi_app = wsgi.PrimaryRoutingMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, litefs_dir=str(mount.path), instance_id=ME, cache_ttl=0
+    )
     with serve_wsgi(app) as url:
         mount.make_replica(PRIMARY)
         assert_replay(httpx.get(url + "/w"))
@@ -95,8 +96,6 @@ def test_flask(mount: Mount, mode: str, handlers: str, swallow: bool) -> None:
 
 
 def test_flask_async_view(mount: Mount) -> None:
-    from flask import Flask
-
     app = Flask("ensure_async")
 
     @app.route("/w")
@@ -108,7 +107,9 @@ def test_flask_async_view(mount: Mount) -> None:
     async def who() -> str:
         return get_instance_info().primary_instance or "-"
 
-    app.wsgi_app = wsgi.PrimaryRoutingMiddleware(app.wsgi_app, litefs_dir=str(mount.path), instance_id=ME, cache_ttl=0)
+    app.wsgi_app = wsgi.PrimaryRoutingMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, litefs_dir=str(mount.path), instance_id=ME, cache_ttl=0
+    )
     mount.make_replica(PRIMARY)
     with serve_wsgi(app) as url:
         assert_replay(httpx.get(url + "/w"))

@@ -143,6 +143,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "litefs-route dev") -
                 break
         else:
             # stdin closed (or never was a terminal): run until a signal.
+            print("stdin closed; running until SIGINT or SIGTERM", flush=True)
             while not stop.wait(3600):
                 pass
     except (_Stop, KeyboardInterrupt):

@@ -1,0 +1,131 @@
+"""Writes that slip through: SQLite's read-only error ends in a replay, not a 500.
+
+The node believes it is primary (a cached reading), the mount has just moved
+the primary elsewhere, and the handler's write hits a database SQLite refuses
+as read-only, exactly as on a LiteFS replica ("attempt to write a readonly
+database"). A file-format write version above 2 makes SQLite refuse writes
+even for root, which a chmod would not.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from litefs_route import asgi, wsgi
+from litefs_route.routing import is_readonly_error
+from tests.support import Mount, serve_asgi, serve_wsgi
+
+ME = "e784079b449483"
+PRIMARY = "3d8d9e5b711e68"
+
+
+def readonly_database(path: Path) -> Path:
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE t (x)")
+    db.close()
+    data = bytearray(path.read_bytes())
+    data[18] = 3  # file format write version > 2: SQLite opens it read-only
+    path.write_bytes(bytes(data))
+    return path
+
+
+def write(path: Path) -> None:
+    db = sqlite3.connect(path)
+    try:
+        with db:
+            db.execute("INSERT INTO t VALUES (1)")
+    finally:
+        db.close()
+
+
+def test_the_database_really_is_readonly(tmp_path: Path) -> None:
+    db = readonly_database(tmp_path / "app.db")
+    with pytest.raises(sqlite3.OperationalError, match="attempt to write a readonly database") as info:
+        write(db)
+    assert is_readonly_error(info.value)
+
+
+def test_wrapped_errors_are_recognised() -> None:
+    class OperationalError(Exception):  # the shape of SQLAlchemy's and Django's wrappers
+        def __init__(self, orig: BaseException | None = None) -> None:
+            super().__init__("(sqlite3.OperationalError) wrapped")
+            self.orig = orig
+
+    inner = sqlite3.OperationalError("disk I/O error")
+    assert is_readonly_error(OperationalError(inner))  # SQLAlchemy: .orig
+    django_style = RuntimeError("Django-style wrapper")
+    django_style.__cause__ = inner
+    assert is_readonly_error(django_style)  # __cause__
+    assert not is_readonly_error(sqlite3.OperationalError("no such table: t"))
+    assert not is_readonly_error(ValueError("attempt to write a readonly database"))
+
+
+def _flask(db: Path, mode: dict[str, Any]) -> Any:
+    from flask import Flask
+
+    app = Flask("readonly")
+    app.config.update(mode)
+
+    @app.post("/w")
+    def w() -> str:
+        write(db)
+        return "wrote"
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise ValueError("an ordinary bug")
+
+    return app
+
+
+def _starlette(db: Path) -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse, Response
+    from starlette.routing import Route
+
+    def w(request: Request) -> Response:
+        write(db)
+        return PlainTextResponse("wrote")
+
+    def boom(request: Request) -> Response:
+        raise ValueError("an ordinary bug")
+
+    return Starlette(routes=[Route("/w", w, methods=["POST"]), Route("/boom", boom)])
+
+
+@pytest.mark.parametrize("stack", ["flask-production", "flask-debug", "starlette-inside"], ids=lambda s: str(s))
+def test_slipped_write_is_replayed(stack: str, mount: Mount, tmp_path: Path) -> None:
+    db = readonly_database(tmp_path / "app.db")
+    options: dict[str, Any] = {"litefs_dir": str(mount.path), "instance_id": ME, "cache_ttl": 3600}
+    if stack.startswith("flask"):
+        app = _flask(db, {"DEBUG": True} if stack == "flask-debug" else {})
+        app.wsgi_app = wsgi.PrimaryRoutingMiddleware(app.wsgi_app, **options)
+        server = serve_wsgi(app)
+    else:
+        from starlette.middleware import Middleware
+
+        app = _starlette(db)
+        app.user_middleware.append(Middleware(asgi.PrimaryRoutingMiddleware, **options))
+        server = serve_asgi(app)
+    with server as url:
+        mount.make_primary()
+        assert httpx.get(url + "/nothing").headers["fly-primary-instance"] == ME  # cached: "I am primary"
+        mount.make_replica(PRIMARY)  # the primary moved; the cache does not know yet
+        r = httpx.post(url + "/w")
+        assert r.status_code == 409, r.text
+        assert r.headers["fly-replay"] == f"instance={PRIMARY};state=litefs-route-hop-1"
+        # an ordinary exception is still the app's own error
+        assert httpx.get(url + "/boom").status_code == 500
+        # nobody primary now: the slipped write is refused with 503, not a 500
+        mount.make_primary()
+        replayed_read = httpx.get(url + "/nothing", headers={"fly-replay-src": "instance=x"})
+        assert replayed_read.headers["fly-primary-instance"] == ME  # a fresh read re-warmed the cache
+        mount.make_no_primary()
+        r = httpx.post(url + "/w")
+        assert (r.status_code, r.headers["retry-after"]) == (503, "2")
