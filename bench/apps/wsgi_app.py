@@ -1,0 +1,40 @@
+"""Flask hello-world, served by gunicorn: ``gunicorn bench.apps.wsgi_app:app``.
+
+``BENCH_VARIANT``: ``bare`` (no middleware), ``naive`` (:mod:`bench.apps.naive`)
+or ``route`` (litefs-route's :class:`~litefs_route.wsgi.PrimaryRoutingMiddleware`,
+default options, installed the documented way: ``app.wsgi_app = ...``).
+``LITEFS_DIR`` is the mount. In the ``route`` variant, ``GET /__reads`` (a
+passthrough path) answers how many times the mount was read.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask
+
+from bench.apps.naive import NaiveWSGI
+from litefs_route.wsgi import PrimaryRoutingMiddleware
+
+VARIANT = os.environ.get("BENCH_VARIANT", "bare")
+middleware: PrimaryRoutingMiddleware | None = None
+
+app = Flask(__name__)
+
+
+@app.route("/", methods=["GET", "POST"])
+def hello() -> str:
+    return "Hello, world!"
+
+
+@app.route("/__reads")
+def reads() -> str:
+    return str(middleware.router.cache.reads if middleware is not None else -1)
+
+
+if VARIANT == "naive":
+    app.wsgi_app = NaiveWSGI(app.wsgi_app, os.environ["LITEFS_DIR"])  # type: ignore[method-assign]
+elif VARIANT == "route":
+    app.wsgi_app = middleware = PrimaryRoutingMiddleware(app.wsgi_app, passthrough=["/__reads"])  # type: ignore[method-assign]
+elif VARIANT != "bare":
+    raise SystemExit(f"BENCH_VARIANT must be bare, naive or route, not {VARIANT!r}")
