@@ -12,15 +12,31 @@ from __future__ import annotations
 
 from .context import InstanceInfo, PrimaryRequired, ensure_primary, get_instance_info, report_exception
 from .mount import NodeState, Role
+from .ops import (
+    HaltLockError,
+    WaitTimeout,
+    halt_lock,
+    halt_lock_async,
+    wait_for_primary,
+    wait_for_sync,
+    wait_for_txid,
+)
 
 __all__ = [
+    "HaltLockError",
     "InstanceInfo",
     "NodeState",
     "PrimaryRequired",
     "Role",
+    "WaitTimeout",
     "ensure_primary",
     "get_instance_info",
+    "halt_lock",
+    "halt_lock_async",
     "report_exception",
+    "wait_for_primary",
+    "wait_for_sync",
+    "wait_for_txid",
 ]
 
 __version__ = "0.1.0"

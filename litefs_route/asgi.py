@@ -38,6 +38,7 @@ from .routing import (
     Reply,
     RoutingMiddleware,
     Sleep,
+    WaitForTxid,
     is_readonly_error,
 )
 
@@ -71,8 +72,11 @@ def _async_backend() -> tuple[Callable[[Callable[[], Any]], Awaitable[Any]], Cal
 
 def _request_info(scope: Scope) -> RequestInfo:
     replay_src = content_length = transfer_encoding = None
+    cookies: list[str] = []
     for name, value in scope.get("headers", ()):
-        if name == b"fly-replay-src":
+        if name == b"cookie":
+            cookies.append(value.decode("latin-1"))
+        elif name == b"fly-replay-src":
             replay_src = value.decode("latin-1")
         elif name == b"content-length":
             content_length = value.decode("latin-1")
@@ -84,6 +88,7 @@ def _request_info(scope: Scope) -> RequestInfo:
         replay_src=replay_src,
         content_length=content_length,
         transfer_encoding=transfer_encoding,
+        cookie="; ".join(cookies) or None,  # HTTP/2 may split the header
     )
 
 
@@ -122,12 +127,27 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
                 elif isinstance(need, Sleep):
                     await sleep(need.seconds)
                     need = plan.send(None)
-                else:
-                    assert isinstance(need, MeasureBody)
+                elif isinstance(need, MeasureBody):
                     need = plan.send(await _measure_body(receive, need.limit))
+                else:
+                    positions = self.router.positions
+                    assert positions is not None
+                    if isinstance(need, WaitForTxid):
+                        need = plan.send(await positions.wait_async(need.txid, need.timeout))
+                    else:
+                        need = plan.send(await run_in_thread(positions.read))
         except StopIteration as stop:
             outcome: Outcome = stop.value
             return outcome
+
+    async def _txid_cookies(self, ctx: RequestContext) -> list[tuple[str, str]]:
+        # Read after the handler ran (the TXID must include its write), off the loop.
+        router = self.router
+        txid = None
+        if router.positions is not None and router.needs_txid(ctx.write, ctx.state, ctx.request):
+            run_in_thread, _ = _async_backend()
+            txid = await run_in_thread(router.positions.read)
+        return router.txid_cookies(txid, ctx.clear_txid)
 
     async def _reply(self, send: Send, reply: Reply, state: NodeState) -> None:
         headers = _with_tags(_encode(list(reply.headers)), _encode(self.router.tags(state)))
@@ -146,7 +166,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             await self._reply(send, router.reply(outcome.decision), state)
             return
 
-        ctx = RequestContext(router, request, state, "asgi", write=outcome.decision.write)
+        ctx = RequestContext(router, request, state, "asgi", outcome.decision.write, clear_txid=outcome.clear_txid)
         tags = _encode(router.tags(state))
         started = False
         replaced = False
@@ -164,6 +184,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
                     replaced = True
                     await self._reply(send, router.reply(ctx.required), state)
                     return
+                headers += _encode(await self._txid_cookies(ctx))
                 message = {**message, "headers": _with_tags(headers, tags)}
             await send(message)
 

@@ -61,6 +61,8 @@ class RequestContext:
     #: Set by ensure_primary() on a non-primary: the response the request
     #: must end in, whatever the app does with the exception.
     required: Decision | None = field(default=None)
+    #: The request's __txid cookie must be cleared (see consistency.py).
+    clear_txid: bool = False
 
 
 _current: ContextVar[RequestContext | None] = ContextVar("litefs_route_request", default=None)

@@ -37,6 +37,7 @@ __all__ = [
     "RequestInfo",
     "Rules",
     "decide",
+    "decide_lagging_read",
     "replay_hops",
     "replay_state",
 ]
@@ -104,6 +105,8 @@ class RequestInfo:
     content_length: int | None = None
     #: True when the body's length is unknown (``Transfer-Encoding: chunked``).
     unknown_length: bool = False
+    #: The read-your-writes TXID from the ``__txid`` cookie, None if none.
+    txid: int | None = None
 
     @classmethod
     def from_headers(
@@ -114,11 +117,14 @@ class RequestInfo:
         replay_src: str | None,
         content_length: str | None,
         transfer_encoding: str | None,
+        cookie: str | None = None,
     ) -> RequestInfo:
         """Build from raw header values; anything malformed counts as absent."""
+        from .consistency import parse_txid_cookie
+
         length = int(content_length) if content_length and _CONTENT_LENGTH.fullmatch(content_length) else None
         chunked = transfer_encoding is not None and "chunked" in transfer_encoding.lower()
-        return cls(method, path, replay_src, length, chunked and length is None)
+        return cls(method, path, replay_src, length, chunked and length is None, parse_txid_cookie(cookie))
 
 
 class Kind(enum.Enum):
@@ -165,6 +171,18 @@ def is_write(request: RequestInfo, rules: Rules) -> bool:
     if request.method not in READ_METHODS:
         return True
     return request.method in _WRITE_ON_READ_METHODS and rules.write_on_read.match(request.path)
+
+
+def decide_lagging_read(request: RequestInfo, state: NodeState, rules: Rules) -> Decision:
+    """A read whose TXID cookie the replica did not reach in time.
+
+    Replayed to the primary, which has the data, within the replay limit;
+    past it (or with no primary known) it runs here rather than fail.
+    """
+    hops = replay_hops(request.replay_src)
+    if state.role is not Role.REPLICA or state.primary_id is None or hops >= rules.max_replays:
+        return _RUN_READ
+    return Decision(Kind.REPLAY, False, target=state.primary_id, hops=hops + 1)
 
 
 def decide(

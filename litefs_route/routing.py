@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-from .decision import Decision, Kind, PathGlobs, RequestInfo, Rules, decide, replay_state
+from .consistency import TXID_COOKIE, PositionWatcher
+from .decision import Decision, Kind, PathGlobs, RequestInfo, Rules, decide, decide_lagging_read, replay_state
 from .mount import NodeState, Role, default_instance_id, is_valid_instance_id
 from .node import StateCache
 
@@ -28,12 +29,14 @@ __all__ = [
     "MeasureBody",
     "Need",
     "Outcome",
+    "ReadPosition",
     "ReadState",
     "Reply",
     "Router",
     "RouterOptions",
     "RoutingMiddleware",
     "Sleep",
+    "WaitForTxid",
     "is_readonly_error",
 ]
 
@@ -69,13 +72,28 @@ class MeasureBody:
     limit: int
 
 
-Need = ReadState | Sleep | MeasureBody
+@dataclass(frozen=True, slots=True)
+class WaitForTxid:
+    """Need: wait until the local TXID reaches *txid*; sends back True if it did."""
+
+    txid: int
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPosition:
+    """Need: the local TXID, read now (None if unknown)."""
+
+
+Need = ReadState | Sleep | MeasureBody | WaitForTxid | ReadPosition
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     decision: Decision
     state: NodeState
+    #: The request's __txid cookie is ahead of this primary: clear it.
+    clear_txid: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +143,16 @@ class Router:
         The largest body Fly's proxy replays (default 1,000,000 bytes).
     retry_after
         Seconds in the ``Retry-After`` of a 503 (default 2).
+    database
+        The database file name in the mount, for read-your-writes. Default:
+        ``$DATABASE_FILENAME``. Without one, consistency is off.
+    consistency_wait
+        Seconds a read on a replica waits for the TXID in its ``__txid``
+        cookie before it is replayed to the primary (default 1.0).
+    txid_cookie_max_age
+        Lifetime of the ``__txid`` cookie in seconds (default 300, as LiteFS).
+    txid_cookie_secure
+        Add ``Secure`` to the cookie (default False, as LiteFS's proxy).
     """
 
     def __init__(
@@ -139,13 +167,21 @@ class Router:
         max_replays: int = 3,
         replay_body_limit: int = 1_000_000,
         retry_after: int = 2,
+        database: str | None = None,
+        consistency_wait: float = 1.0,
+        txid_cookie_max_age: int = 300,
+        txid_cookie_secure: bool = False,
     ) -> None:
         if isinstance(write_on_read, str) or isinstance(passthrough, str):
             raise TypeError("write_on_read and passthrough take a list of globs, not a string")
         self.instance_id = instance_id or default_instance_id()
         if not is_valid_instance_id(self.instance_id):
             raise ValueError(f"instance_id must be a host name or Fly Machine ID, got {self.instance_id!r}")
-        for name, value in (("cache_ttl", cache_ttl), ("primary_wait", primary_wait)):
+        for name, value in (
+            ("cache_ttl", cache_ttl),
+            ("primary_wait", primary_wait),
+            ("consistency_wait", consistency_wait),
+        ):
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
         if max_replays < 1 or replay_body_limit < 0 or retry_after < 0:
@@ -155,6 +191,14 @@ class Router:
         self.primary_wait = float(primary_wait)
         self.retry_after = retry_after
         self.cache = StateCache(self.litefs_dir, self.instance_id, float(cache_ttl))
+        database = database or os.environ.get("DATABASE_FILENAME") or None
+        if database is not None and (os.sep in database or database.startswith(".")):
+            raise ValueError(f"database must be a file name in the mount, got {database!r}")
+        #: The read-your-writes watcher; None when consistency is off.
+        self.positions = PositionWatcher(self.litefs_dir, database) if self.litefs_dir and database else None
+        self.consistency_wait = float(consistency_wait)
+        attributes = f"Path=/; Max-Age={int(txid_cookie_max_age)}; HttpOnly; SameSite=Lax"
+        self._txid_cookie_attributes = attributes + ("; Secure" if txid_cookie_secure else "")
 
     # -- the plan ---------------------------------------------------------
 
@@ -174,7 +218,45 @@ class Router:
         if decision.kind is Kind.MEASURE_BODY:
             size: int = yield MeasureBody(self.rules.replay_body_limit)
             decision = decide(request, state, self.rules, waited_for_primary=True, body_size=size)
-        return Outcome(decision, state)
+        clear_txid = False
+        if decision.kind is Kind.RUN and not decision.write and self._consistent_read(request):
+            assert request.txid is not None
+            if state.role is Role.REPLICA:
+                caught_up: bool = yield WaitForTxid(request.txid, self.consistency_wait)
+                if not caught_up:
+                    decision = decide_lagging_read(request, state, self.rules)
+            elif state.role is Role.PRIMARY:
+                # The primary never waits; a cookie ahead of it is from before a
+                # failover that lost writes, and would make replicas wait in vain.
+                txid: int | None = yield ReadPosition()
+                clear_txid = txid is None or request.txid > txid
+        return Outcome(decision, state, clear_txid)
+
+    def _consistent_read(self, request: RequestInfo) -> bool:
+        """True if *request* carries a TXID not known to be reached yet."""
+        return (
+            request.txid is not None
+            and self.positions is not None
+            and not self.positions.reached(request.txid)
+            and not self.rules.passthrough.match(request.path)
+        )
+
+    def needs_txid(self, write: bool, state: NodeState, request: RequestInfo) -> bool:
+        """True if the response to this request gets a fresh ``__txid`` cookie."""
+        return (
+            write
+            and self.positions is not None
+            and state.role is Role.PRIMARY
+            and not self.rules.passthrough.match(request.path)
+        )
+
+    def txid_cookies(self, txid: int | None, clear: bool) -> list[tuple[str, str]]:
+        """``Set-Cookie`` headers: the TXID after a write, or the clearing one."""
+        if txid:
+            return [("Set-Cookie", f"{TXID_COOKIE}={txid:016x}; {self._txid_cookie_attributes}")]
+        if clear:
+            return [("Set-Cookie", f"{TXID_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax")]
+        return []
 
     def require_primary(self, request: RequestInfo, state: NodeState) -> Decision:
         """The decision for a handler that called ``ensure_primary()``."""
@@ -277,6 +359,10 @@ class RouterOptions(TypedDict, total=False):
     max_replays: int
     replay_body_limit: int
     retry_after: int
+    database: str | None
+    consistency_wait: float
+    txid_cookie_max_age: int
+    txid_cookie_secure: bool
 
 
 AppT = TypeVar("AppT")

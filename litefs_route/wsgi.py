@@ -41,6 +41,7 @@ from .routing import (
     Reply,
     RoutingMiddleware,
     Sleep,
+    WaitForTxid,
 )
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ def _request_info(environ: WSGIEnvironment) -> RequestInfo:
         replay_src=environ.get("HTTP_FLY_REPLAY_SRC"),
         content_length=environ.get("CONTENT_LENGTH"),
         transfer_encoding=environ.get("HTTP_TRANSFER_ENCODING"),
+        cookie=environ.get("HTTP_COOKIE"),
     )
 
 
@@ -130,12 +132,26 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
                 elif isinstance(need, Sleep):
                     time.sleep(need.seconds)
                     need = plan.send(None)
-                else:
-                    assert isinstance(need, MeasureBody)
+                elif isinstance(need, MeasureBody):
                     need = plan.send(_measure_body(environ, need.limit))
+                else:
+                    positions = self.router.positions
+                    assert positions is not None
+                    if isinstance(need, WaitForTxid):
+                        need = plan.send(positions.wait(need.txid, need.timeout))
+                    else:
+                        need = plan.send(positions.read())
         except StopIteration as stop:
             outcome: Outcome = stop.value
             return outcome
+
+    def _txid_cookies(self, ctx: RequestContext) -> list[tuple[str, str]]:
+        # Read after the handler ran: the TXID must include its write.
+        router = self.router
+        txid = None
+        if router.positions is not None and router.needs_txid(ctx.write, ctx.state, ctx.request):
+            txid = router.positions.read()
+        return router.txid_cookies(txid, ctx.clear_txid)
 
     def _reply(self, start_response: StartResponse, reply: Reply, state: NodeState) -> list[bytes]:
         start_response(reply.status_line, _with_tags(list(reply.headers), self.router.tags(state)))
@@ -149,7 +165,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
         if outcome.decision.kind is not Kind.RUN:
             return self._reply(start_response, router.reply(outcome.decision), state)
 
-        ctx = RequestContext(router, request, state, "wsgi", write=outcome.decision.write)
+        ctx = RequestContext(router, request, state, "wsgi", outcome.decision.write, clear_txid=outcome.clear_txid)
         environ["litefs_route.context"] = ctx
         tags = router.tags(state)
         started = False
@@ -165,6 +181,8 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
                 # still ends in the replay.
                 replaced = router.reply(ctx.required)
                 status, headers = replaced.status_line, list(replaced.headers)
+            else:
+                headers = headers + self._txid_cookies(ctx)
             started = True
             write = start_response(status, _with_tags(headers, tags), exc_info)
             return _discarding_write if replaced is not None else write

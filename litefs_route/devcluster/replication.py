@@ -376,11 +376,11 @@ class Replicator:
                 if old == node_id:
                     return
                 logger.info("failover: %s -> %s (handover %s s, graceful=%s)", old, node_id, handover, graceful)
-                self._primary = None
                 for node in self._nodes.values():
                     write_primary(node.folder, None)
                     write_lag(node.folder, NO_PRIMARY_LAG)
                     node.lag_ms = NO_PRIMARY_LAG
+                self._primary = None  # after the files: whoever sees None sees them too
                 final = self._demote(self._nodes[old]) if old is not None else None
             if handover > 0:
                 time.sleep(handover)
