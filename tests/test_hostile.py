@@ -208,6 +208,12 @@ def _primary_is_a_directory(mount: Mount) -> None:
     (mount.path / ".primary").mkdir()  # open() works, read() fails with EISDIR
 
 
+def _primary_is_a_symlink_loop(mount: Mount) -> None:
+    mount.make_replica(PRIMARY)
+    (mount.path / ".primary").unlink()
+    (mount.path / ".primary").symlink_to(".primary")  # open() fails with ELOOP
+
+
 UNKNOWN_PRIMARY = [
     ("crlf-header-injection", _garbled(b"x\r\nSet-Cookie: INJECTED=1\r\n\n")),
     ("fly-replay-injection", _garbled(b"a\r\nfly-replay: instance=INJECTED\n")),
@@ -218,6 +224,7 @@ UNKNOWN_PRIMARY = [
     ("two-lines", _garbled(MARKER.encode() + b"\n" + PRIMARY.encode() + b"\n")),
     ("space-separated", _garbled(PRIMARY.encode() + b" " + MARKER.encode() + b"\n")),
     ("unreadable-eisdir", _primary_is_a_directory),
+    ("unreadable-eloop", _primary_is_a_symlink_loop),
 ]
 
 
@@ -242,7 +249,8 @@ def test_garbled_or_unreadable_primary_is_unknown(
     assert_clean_httpx(write, MARKER, PRIMARY)
 
     assert stack.calls == ["GET /"]  # the write never reached the app
-    assert MARKER not in caplog.text  # nor did the file's content reach the logs
+    assert "-> no-primary" in caplog.text  # the role change was logged...
+    assert MARKER not in caplog.text  # ...without the file's content
 
 
 def test_primary_naming_this_instance_is_primary(stack: Stack, mount: Mount) -> None:
@@ -256,7 +264,7 @@ def test_primary_naming_this_instance_is_primary(stack: Stack, mount: Mount) -> 
 
 # -- hostile requests -----------------------------------------------------------------
 
-CB = "/static/../auth/callback/x"
+DOTDOT_CALLBACK = "/static/../auth/callback/x"
 HUGE_REPLAY_SRC = b"instance=x;region=ams;t=1;state=litefs-route-hop-3;" + b"x" * 8192
 
 
@@ -331,7 +339,10 @@ HOSTILE = [
     # passthrough /static/* matches dot segments literally, before any write rule
     ("path-dotdot-passthrough", Row("replica", b"POST", b"/static/../admin", (), b"x", call="POST /static/../admin")),
     ("path-enc-dotdot-passthrough", Row("replica", b"POST", b"/static/%2E%2E/a", (), b"x", call="POST /static/../a")),
-    ("path-dotdot-over-write-on-read", Row("replica", b"GET", b"/static/../auth/callback/x", call=f"GET {CB}")),
+    (
+        "path-dotdot-over-write-on-read",
+        Row("replica", b"GET", b"/static/../auth/callback/x", call=f"GET {DOTDOT_CALLBACK}"),
+    ),
 ]
 
 

@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Generator
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -174,17 +175,41 @@ def test_read_node_state_never_raises(primary: bytes | None, lag: bytes | None, 
     assert_safe_headers(router.tags(state))
 
 
-@FAST
-@given(st.sampled_from(["primary-dir", "lag-dir", "both-dirs"]))
-def test_read_node_state_unreadable_mount(which: str) -> None:
+@pytest.mark.parametrize(
+    ("primary", "lag", "role"),
+    [
+        ("dir", None, Role.NO_PRIMARY),  # EISDIR from read()
+        ("loop", None, Role.NO_PRIMARY),  # ELOOP from open()
+        ("loop", "dir", Role.NO_PRIMARY),
+        (None, "dir", Role.NO_PRIMARY),
+        ("dangling", None, Role.PRIMARY),  # ENOENT: absent, and no .lag (pre-.lag LiteFS)
+        ("dangling", "zero", Role.PRIMARY),
+        ("dangling", "lagging", Role.NO_PRIMARY),
+        ("valid", "dir", Role.NO_PRIMARY),
+    ],
+)
+def test_read_node_state_odd_files(primary: str | None, lag: str | None, role: Role) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        if which in ("primary-dir", "both-dirs"):
-            os.mkdir(os.path.join(tmp, ".primary"))
-        if which in ("lag-dir", "both-dirs"):
-            os.mkdir(os.path.join(tmp, ".lag"))
+        for name, kind in ((".primary", primary), (".lag", lag)):
+            path = os.path.join(tmp, name)
+            if kind == "dir":
+                os.mkdir(path)
+            elif kind == "loop":
+                os.symlink(name, path)
+            elif kind == "dangling":
+                os.symlink("nowhere", path)
+            elif kind == "zero":
+                with open(path, "wb") as f:
+                    f.write(b"+000000000")
+            elif kind == "lagging":
+                with open(path, "wb") as f:
+                    f.write(b"+2147483647")
+            elif kind == "valid":
+                with open(path, "wb") as f:
+                    f.write(b"3d8d9e5b711e68\n")
         state = read_node_state(tmp, ME)
-    assert state.role is Role.NO_PRIMARY
-    assert state.primary_id is None
+    assert state.role is role
+    assert (state.primary_id is None) == (role is Role.NO_PRIMARY)
 
 
 # -- requests -----------------------------------------------------------------
