@@ -42,9 +42,14 @@ def wake_latency(rounds: int = 300) -> tuple[list[float], list[float]]:
     write_pos(folder, 1)
     watcher = PositionWatcher(str(folder), DB)
     sync_ms: list[float] = []
+
+    def waiter(txid: int, woke: threading.Event) -> None:
+        if watcher.wait(txid, 10):
+            woke.set()
+
     for txid in range(2, rounds + 2):
         woke = threading.Event()
-        t = threading.Thread(target=lambda n=txid: watcher.wait(n, 10) and woke.set())
+        t = threading.Thread(target=waiter, args=(txid, woke))
         t.start()
         while watcher.waiting == 0:
             time.sleep(0.0002)
