@@ -138,7 +138,8 @@ class Router:
         Seconds a write waits for a primary when none is known (default 5.0,
         as LiteFS's proxy) before it is answered 503.
     max_replays
-        Replays of one request before it is answered 503 (default 3).
+        Replays of one request before it is answered 503 (default 3, at most
+        9: Fly's edge gives up after 10).
     replay_body_limit
         The largest body Fly's proxy replays (default 1,000,000 bytes).
     retry_after
@@ -184,8 +185,9 @@ class Router:
         ):
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
-        if max_replays < 1 or replay_body_limit < 0 or retry_after < 0:
-            raise ValueError("max_replays must be >= 1; replay_body_limit and retry_after >= 0")
+        # Fly's edge gives up after 10 replays; ours must answer 503 before that.
+        if not 1 <= max_replays <= 9 or replay_body_limit < 0 or retry_after < 0:
+            raise ValueError("max_replays must be 1 to 9; replay_body_limit and retry_after >= 0")
         self.litefs_dir = os.fspath(litefs_dir) if litefs_dir is not None else _env_dir()
         self.rules = Rules(PathGlobs(write_on_read), PathGlobs(passthrough), max_replays, replay_body_limit)
         self.primary_wait = float(primary_wait)

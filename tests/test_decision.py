@@ -153,3 +153,11 @@ def test_globs_escape_regex_metacharacters() -> None:
     assert globs.match("/a.b/(x)+")
     assert not globs.match("/aXb/(x)+")
     assert not globs.match("/a.b/xx")
+
+
+@pytest.mark.parametrize("max_replays", [0, 10, 1000])
+def test_max_replays_must_end_before_flys_limit(max_replays: int) -> None:
+    from litefs_route.routing import Router
+
+    with pytest.raises(ValueError, match="max_replays"):
+        Router(instance_id=ME, max_replays=max_replays)

@@ -226,7 +226,7 @@ def test_read_node_state_odd_files(primary: str | None, lag: str | None, role: R
     write_on_read=globs,
     passthrough=globs,
     body_size=st.one_of(st.none(), st.integers(0, 3_000_000)),
-    max_replays=st.integers(1, 12),
+    max_replays=st.integers(1, 9),
 )
 def test_every_request_gets_a_decision_and_safe_headers(
     method: str,
