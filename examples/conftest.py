@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -17,7 +17,7 @@ ServeExample = Callable[[str, str], AbstractContextManager[str]]
 
 
 @pytest.fixture
-def serve_example(tmp_path: Path) -> Iterator[ServeExample]:
+def serve_example(tmp_path: Path) -> ServeExample:
     """serve_example(server, role) runs an example in a real server process.
 
     Both roles share one database file, as LiteFS would show the replica a
@@ -37,7 +37,8 @@ def serve_example(tmp_path: Path) -> Iterator[ServeExample]:
             db.symlink_to(shared / "app.db")
         port = free_port()
         if server == "gunicorn":
-            argv = [sys.executable, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}", "examples.flask_app.app:app"]
+            app = "examples.flask_app.app:app"
+            argv = [sys.executable, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}", app]
         else:
             argv = [sys.executable, "-m", "uvicorn", "--port", str(port), "examples.starlette_app.app:app"]
         env = {
@@ -48,4 +49,4 @@ def serve_example(tmp_path: Path) -> Iterator[ServeExample]:
         }
         return run_server(argv, port, env)
 
-    yield serve
+    return serve
