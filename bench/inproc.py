@@ -30,8 +30,9 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -158,8 +159,8 @@ def build_cases(primary_dir: str, replica_dir: str) -> list[Case]:
     for method in ("GET", "POST"):
         scope, environ = scope_for(method), environ_for(method)
         base = f"inner app alone, {method}"
-        cases.append(Case("ASGI", base, base, lambda n, s=scope: asgi_loop(inner_asgi, s, n)))
-        cases.append(Case("WSGI", base, base, lambda n, e=environ: wsgi_loop(inner_wsgi, e, n)))
+        cases.append(Case("ASGI", base, base, partial(asgi_loop, inner_asgi, scope)))
+        cases.append(Case("WSGI", base, base, partial(wsgi_loop, inner_wsgi, environ)))
     for mount, where, method in (
         (primary_dir, "primary", "GET"),
         (replica_dir, "replica", "GET"),
@@ -172,12 +173,12 @@ def build_cases(primary_dir: str, replica_dir: str) -> list[Case]:
         wsgi_mw = RouteWSGI(inner_wsgi, litefs_dir=mount, instance_id="bench-self", cache_ttl=ttl)
         for mw in (asgi_mw, wsgi_mw):
             mw.router.cache.refresh()  # warm: the timed path is the cache hit
-        cases.append(Case("ASGI", f"litefs-route, {label}", base, lambda n, a=asgi_mw, s=scope: asgi_loop(a, s, n)))
-        cases.append(Case("WSGI", f"litefs-route, {label}", base, lambda n, w=wsgi_mw, e=environ: wsgi_loop(w, e, n)))
+        cases.append(Case("ASGI", f"litefs-route, {label}", base, partial(asgi_loop, asgi_mw, scope)))
+        cases.append(Case("WSGI", f"litefs-route, {label}", base, partial(wsgi_loop, wsgi_mw, environ)))
         naive_a = NaiveASGI(inner_asgi, mount)
         naive_w = NaiveWSGI(inner_wsgi, mount)
-        cases.append(Case("ASGI", f"naive, {label}", base, lambda n, a=naive_a, s=scope: asgi_loop(a, s, n)))
-        cases.append(Case("WSGI", f"naive, {label}", base, lambda n, w=naive_w, e=environ: wsgi_loop(w, e, n)))
+        cases.append(Case("ASGI", f"naive, {label}", base, partial(asgi_loop, naive_a, scope)))
+        cases.append(Case("WSGI", f"naive, {label}", base, partial(wsgi_loop, naive_w, environ)))
     return cases
 
 
