@@ -183,7 +183,12 @@ def test_failover_shows_no_primary_then_moves_writability(replicator: Replicator
 
 def test_no_primary_files_during_handover(replicator: Replicator) -> None:
     done = threading.Event()
-    thread = threading.Thread(target=lambda: (replicator.promote("c", handover=1), done.set()))
+
+    def promote() -> None:
+        replicator.promote("c", handover=1)
+        done.set()
+
+    thread = threading.Thread(target=promote)
     thread.start()
     try:
         wait_for(lambda: replicator.primary is None)
