@@ -2,8 +2,9 @@
 
 ``BENCH_VARIANT``: ``bare`` (no middleware), ``naive`` (:mod:`bench.apps.naive`)
 or ``route`` (litefs-route's :class:`~litefs_route.asgi.PrimaryRoutingMiddleware`,
-default options). ``LITEFS_DIR`` is the mount. In the ``route`` variant,
-``GET /__reads`` (a passthrough path) answers how many times the mount was read.
+default options; ``BENCH_CACHE_TTL`` overrides ``cache_ttl``, for diagnosis).
+``LITEFS_DIR`` is the mount. In the ``route`` variant, ``GET /__reads`` (a
+passthrough path) answers how many times the mount was read.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from bench.apps.naive import ASGIApp, NaiveASGI
 from litefs_route.asgi import PrimaryRoutingMiddleware
 
 VARIANT = os.environ.get("BENCH_VARIANT", "bare")
+# For diagnosis only (the report always uses the default, 1.0).
+CACHE_TTL = float(os.environ.get("BENCH_CACHE_TTL", "1.0"))
 middleware: PrimaryRoutingMiddleware | None = None
 
 
@@ -37,6 +40,6 @@ if VARIANT == "bare":
 elif VARIANT == "naive":
     app = NaiveASGI(inner, os.environ["LITEFS_DIR"])
 elif VARIANT == "route":
-    app = middleware = PrimaryRoutingMiddleware(inner, passthrough=["/__reads"])
+    app = middleware = PrimaryRoutingMiddleware(inner, passthrough=["/__reads"], cache_ttl=CACHE_TTL)
 else:
     raise SystemExit(f"BENCH_VARIANT must be bare, naive or route, not {VARIANT!r}")

@@ -17,6 +17,8 @@ from bench.apps.naive import NaiveWSGI
 from litefs_route.wsgi import PrimaryRoutingMiddleware
 
 VARIANT = os.environ.get("BENCH_VARIANT", "bare")
+# For diagnosis only (the report always uses the default, 1.0).
+CACHE_TTL = float(os.environ.get("BENCH_CACHE_TTL", "1.0"))
 middleware: PrimaryRoutingMiddleware | None = None
 
 app = Flask(__name__)
@@ -35,6 +37,7 @@ def reads() -> str:
 if VARIANT == "naive":
     app.wsgi_app = NaiveWSGI(app.wsgi_app, os.environ["LITEFS_DIR"])  # type: ignore[method-assign]
 elif VARIANT == "route":
-    app.wsgi_app = middleware = PrimaryRoutingMiddleware(app.wsgi_app, passthrough=["/__reads"])  # type: ignore[method-assign]
+    middleware = PrimaryRoutingMiddleware(app.wsgi_app, passthrough=["/__reads"], cache_ttl=CACHE_TTL)
+    app.wsgi_app = middleware  # type: ignore[method-assign]
 elif VARIANT != "bare":
     raise SystemExit(f"BENCH_VARIANT must be bare, naive or route, not {VARIANT!r}")
