@@ -144,7 +144,9 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "litefs-route dev") -
         else:
             # stdin closed (or never was a terminal): run until a signal.
             print("stdin closed; running until SIGINT or SIGTERM", flush=True)
-            while not stop.wait(3600):
+            # A short timeout: a signal that lands just before a long blocking
+            # wait would only be handled when the wait ends.
+            while not stop.wait(0.2):
                 pass
     except (_Stop, KeyboardInterrupt):
         pass
