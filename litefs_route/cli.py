@@ -125,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=formatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{status,exec,wait}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{status,exec,wait,dev}")
 
     status = sub.add_parser(
         "status",
@@ -311,6 +311,11 @@ def _wait(args: argparse.Namespace, instance_id: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see :data:`EXIT_CODES_HELP`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "dev":  # the local cluster: its own options, see docs/devcluster.md
+        from litefs_route.devcluster.cli import main as dev_main
+
+        return dev_main(argv[1:], prog="litefs-route dev")
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING, format="litefs-route: %(levelname)s %(message)s"
