@@ -27,6 +27,9 @@ __all__ = ["StateCache"]
 
 logger = logging.getLogger("litefs_route")
 
+# Seconds after which an unfinished refresh claim counts as abandoned.
+_CLAIM_EXPIRY = 5.0
+
 
 class StateCache:
     """Thread-safe TTL cache of :func:`~litefs_route.mount.read_node_state`."""
@@ -46,6 +49,8 @@ class StateCache:
         self._reader = reader
         self._clock = clock
         self._lock = threading.Lock()
+        self._claim = threading.Lock()
+        self._claimed_at: float | None = None
         self._state: NodeState | None = None
         self._read_at = float("-inf")
         #: How many times the mount was read; the benchmarks report it.
@@ -54,25 +59,36 @@ class StateCache:
     def cached(self, max_age: float | None = None) -> NodeState | None:
         """The reading if it is at most *max_age* (default: the TTL) old.
 
-        If it is older, and no other caller is refreshing it, returns None:
-        the caller must refresh. If another caller is already refreshing,
-        returns the previous reading rather than reading the mount again.
+        If it is older, the first caller gets None and has thereby claimed the
+        refresh: it must call :meth:`refresh` (in ASGI, after a thread hop).
+        Until that refresh lands, every other caller gets the previous
+        reading instead of piling more reads onto the mount. ``max_age=0``
+        always returns None (the caller reads for itself).
         """
         state = self._state
-        age = self._clock() - self._read_at
-        if state is not None and age < (self.ttl if max_age is None else max_age):
+        now = self._clock()
+        if state is not None and now - self._read_at < (self.ttl if max_age is None else max_age):
             return state
-        if state is not None and max_age != 0 and self._lock.locked():
-            return state
+        if state is None or max_age == 0:
+            return None
+        with self._claim:
+            # A claim older than _CLAIM_EXPIRY was abandoned (a cancelled
+            # request): take it over rather than serve a stale reading forever.
+            if self._claimed_at is not None and now - self._claimed_at < _CLAIM_EXPIRY:
+                return state
+            self._claimed_at = now
         return None
 
     def refresh(self) -> NodeState:
         """Read the mount now (blocking: call it off the event loop)."""
-        with self._lock:
-            state = self._reader(self.litefs_dir, self.instance_id)
-            self.reads += 1
-            previous, self._state = self._state, state
-            self._read_at = self._clock()
+        try:
+            with self._lock:
+                state = self._reader(self.litefs_dir, self.instance_id)
+                self.reads += 1
+                previous, self._state = self._state, state
+                self._read_at = self._clock()
+        finally:
+            self._claimed_at = None
         if previous is None or (previous.role, previous.primary_id) != (state.role, state.primary_id):
             self._log_change(previous, state)
         return state

@@ -137,3 +137,31 @@ def test_cache_reads_once_per_ttl_and_logs_changes(mount: Mount, caplog: pytest.
     assert "unknown -> primary" in messages[0]
     assert "primary -> replica" in messages[1]
     assert OTHER in messages[1]
+
+
+def test_cache_refresh_is_single_flight(mount: Mount) -> None:
+    """Expired: the first caller claims the refresh; the others keep the old reading.
+
+    This is what stops an ASGI server from starting one thread-hop read per
+    request in flight when the TTL runs out.
+    """
+    now = [100.0]
+    cache = StateCache(str(mount.path), ME, ttl=1.0, clock=lambda: now[0])
+    assert cache.get().role is Role.PRIMARY
+    mount.make_replica(OTHER)
+    now[0] += 2.0
+    assert cache.cached() is None  # claimed by this caller
+    for _ in range(64):
+        stale = cache.cached()
+        assert stale is not None
+        assert stale.role is Role.PRIMARY  # everyone else: the previous reading, no read
+    assert cache.reads == 1
+    assert cache.refresh().role is Role.REPLICA
+    assert cache.reads == 2
+    assert cache.cached() is not None
+    # an abandoned claim (the claimer was cancelled) expires
+    now[0] += 2.0
+    assert cache.cached() is None
+    assert cache.cached() is not None
+    now[0] += 6.0
+    assert cache.cached() is None  # taken over
