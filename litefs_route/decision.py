@@ -27,6 +27,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from .consistency import parse_txid_cookie
 from .mount import NodeState, Role
 
 __all__ = [
@@ -120,8 +121,6 @@ class RequestInfo:
         cookie: str | None = None,
     ) -> RequestInfo:
         """Build from raw header values; anything malformed counts as absent."""
-        from .consistency import parse_txid_cookie
-
         length = int(content_length) if content_length and _CONTENT_LENGTH.fullmatch(content_length) else None
         chunked = transfer_encoding is not None and "chunked" in transfer_encoding.lower()
         return cls(method, path, replay_src, length, chunked and length is None, parse_txid_cookie(cookie))
