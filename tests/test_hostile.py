@@ -24,7 +24,7 @@ import pytest
 from litefs_route import asgi, wsgi
 from litefs_route.routing import Router
 from tests.apps import BodyReadRecorder, flask_app, starlette_app
-from tests.support import Mount, serve_asgi, wait_until
+from tests.support import Mount, serve_asgi, serve_wsgi, wait_until
 
 ME = "e784079b449483"
 PRIMARY = "3d8d9e5b711e68"
@@ -69,22 +69,6 @@ class Stack:
         assert split.hostname is not None
         assert split.port is not None
         self.address = (split.hostname, split.port)
-
-
-@contextmanager
-def serve_wsgi(app: Any) -> Iterator[str]:
-    """tests.support.serve_wsgi, with a short poll interval: shutdown takes 20 ms, not 500."""
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.port}"
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
 
 
 @pytest.fixture(params=["wsgi", "asgi"])
