@@ -15,13 +15,11 @@ from __future__ import annotations
 import logging
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from .decision import Decision, RequestInfo
 from .mount import NodeState, Role, default_instance_id, read_node_state
-
-if TYPE_CHECKING:
-    from .routing import Reply, Router
+from .routing import Reply, Router, is_readonly_error
 
 __all__ = [
     "InstanceInfo",
@@ -122,8 +120,6 @@ def report_exception(exc: BaseException) -> bool:
 
 def mark_readonly_failure(ctx: RequestContext, exc: BaseException) -> bool:
     """:func:`report_exception` for a known request context (blocking)."""
-    from .routing import is_readonly_error
-
     if ctx.required is not None or not is_readonly_error(exc):
         return False
     fresh = ctx.router.cache.get(max_age=0)
