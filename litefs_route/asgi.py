@@ -22,7 +22,7 @@ thread, through anyio when it is installed (Starlette, FastAPI) and
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Generator, MutableMapping
+from collections.abc import Awaitable, Callable, Generator, Iterable, MutableMapping
 from typing import Any
 
 from .context import PrimaryRequired, RequestContext, _current, mark_readonly_failure
@@ -32,6 +32,7 @@ from .routing import (
     INSTANCE_HEADER,
     PRIMARY_HEADER,
     REPLAY_HEADER,
+    Headers,
     MeasureBody,
     Outcome,
     ReadState,
@@ -92,12 +93,14 @@ def _request_info(scope: Scope) -> RequestInfo:
     )
 
 
-def _encode(headers: list[tuple[str, str]]) -> RawHeaders:
+def _encode(headers: Iterable[tuple[str, str]]) -> RawHeaders:
     return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
 
-def _with_tags(headers: RawHeaders, tags: RawHeaders) -> RawHeaders:
-    return [h for h in headers if h[0].lower() not in _OURS] + tags
+def _with_tags(headers: Iterable[tuple[bytes, bytes]], tags: RawHeaders) -> RawHeaders:
+    tagged = [h for h in headers if h[0].lower() not in _OURS]
+    tagged += tags
+    return tagged
 
 
 async def _measure_body(receive: Receive, limit: int) -> int:
@@ -114,6 +117,19 @@ async def _measure_body(receive: Receive, limit: int) -> int:
 
 class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
     """ASGI middleware that routes writes to the LiteFS primary."""
+
+    def _setup(self) -> None:
+        # Encoded once per reading of the mount / per reply, not per request.
+        self._last_tags: tuple[Headers, RawHeaders] = ((), [])
+        self._last_reply: tuple[Reply | None, Headers, RawHeaders] = (None, (), [])
+
+    def _raw_tags(self, state: NodeState) -> RawHeaders:
+        tags = self.router.tags(state)
+        last, raw = self._last_tags
+        if tags is not last:
+            raw = _encode(tags)
+            self._last_tags = (tags, raw)
+        return raw
 
     async def _drive(self, plan: Generator[Any, Any, Outcome], receive: Receive) -> Outcome:
         cache = self.router.cache
@@ -150,7 +166,11 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         return router.txid_cookies(txid, ctx.clear_txid)
 
     async def _reply(self, send: Send, reply: Reply, state: NodeState) -> None:
-        headers = _with_tags(_encode(list(reply.headers)), _encode(self.router.tags(state)))
+        tags = self.router.tags(state)
+        last_reply, last_tags, headers = self._last_reply
+        if reply is not last_reply or tags is not last_tags:
+            headers = _with_tags(_encode(reply.headers), self._raw_tags(state))
+            self._last_reply = (reply, tags, headers)
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body, "more_body": False})
 
@@ -160,14 +180,14 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             return
         router = self.router
         request = _request_info(scope)
-        outcome = await self._drive(router.plan(request), receive)
+        outcome = router.outcome_without_io(request) or await self._drive(router.plan(request), receive)
         state = outcome.state
         if outcome.decision.kind is not Kind.RUN:
             await self._reply(send, router.reply(outcome.decision), state)
             return
 
         ctx = RequestContext(router, request, state, "asgi", outcome.decision.write, clear_txid=outcome.clear_txid)
-        tags = _encode(router.tags(state))
+        tags = self._raw_tags(state)
         started = False
         replaced = False
 
@@ -177,15 +197,17 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
                 return  # the rest of a response we replaced
             if message["type"] == "http.response.start":
                 started = True
-                headers: RawHeaders = list(message.get("headers", ()))
+                headers: Iterable[tuple[bytes, bytes]] = message.get("headers", ())
                 if ctx.required is not None and not any(name.lower() == _REPLAY for name, _ in headers):
                     # ensure_primary() was called and the app answered
                     # something else: the request still ends in the replay.
                     replaced = True
                     await self._reply(send, router.reply(ctx.required), state)
                     return
-                headers += _encode(await self._txid_cookies(ctx))
-                message = {**message, "headers": _with_tags(headers, tags)}
+                tagged = _with_tags(headers, tags)
+                if ctx.clear_txid or router.positions is not None:
+                    tagged += _encode(await self._txid_cookies(ctx))
+                message = {**message, "headers": tagged}
             await send(message)
 
         token = _current.set(ctx)

@@ -93,7 +93,10 @@ class Rules:
     replay_body_limit: int = 1_000_000
 
 
-@dataclass(frozen=True, slots=True)
+# RequestInfo and Decision are built on every request: plain slotted classes,
+# not frozen ones (a frozen dataclass's __init__ costs ~0.5 µs more). Treat
+# them as values all the same: nothing in litefs-route mutates one.
+@dataclass(slots=True)
 class RequestInfo:
     """What the decision needs to know about a request."""
 
@@ -121,6 +124,8 @@ class RequestInfo:
         cookie: str | None = None,
     ) -> RequestInfo:
         """Build from raw header values; anything malformed counts as absent."""
+        if content_length is None and transfer_encoding is None and cookie is None:
+            return cls(method, path, replay_src)  # most reads: nothing to parse
         length = int(content_length) if content_length and _CONTENT_LENGTH.fullmatch(content_length) else None
         chunked = transfer_encoding is not None and "chunked" in transfer_encoding.lower()
         return cls(method, path, replay_src, length, chunked and length is None, parse_txid_cookie(cookie))
@@ -135,7 +140,7 @@ class Kind(enum.Enum):
     MEASURE_BODY = "measure-body"  # read up to the replay limit, decide again
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
     kind: Kind
     #: True if the request was routed as a write (it mutates the database).

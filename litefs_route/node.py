@@ -79,6 +79,13 @@ class StateCache:
             self._claimed_at = now
         return None
 
+    def fresh(self) -> NodeState | None:
+        """The reading if it is younger than the TTL, else None (claims nothing)."""
+        state = self._state
+        if state is not None and self._clock() - self._read_at < self.ttl:
+            return state
+        return None
+
     def refresh(self) -> NodeState:
         """Read the mount now (blocking: call it off the event loop)."""
         try:

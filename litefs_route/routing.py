@@ -26,6 +26,7 @@ from .mount import NodeState, Role, default_instance_id, is_valid_instance_id
 from .node import StateCache
 
 __all__ = [
+    "Headers",
     "MeasureBody",
     "Need",
     "Outcome",
@@ -43,6 +44,8 @@ __all__ = [
 # While a write waits for a primary, the mount is read at most this often
 # (shared by every waiting request through the single-flight cache).
 _PRIMARY_POLL = 0.05
+# Distinct replies remembered by Router.reply().
+_REPLY_MEMO_SIZE = 64
 
 # Our own headers: tagged on every response, and dropped from the app's
 # response first so that a stale copy set by the app cannot survive.
@@ -88,7 +91,7 @@ class ReadPosition:
 Need = ReadState | Sleep | MeasureBody | WaitForTxid | ReadPosition
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # built per request: not frozen, see RequestInfo
 class Outcome:
     decision: Decision
     state: NodeState
@@ -101,13 +104,15 @@ class Reply:
     """A response the middleware makes itself (replay, 503, 413)."""
 
     status: int
-    headers: tuple[tuple[str, str], ...]
+    headers: Headers
     body: bytes
 
     @property
     def status_line(self) -> str:
         return f"{self.status} {_REASONS[self.status]}"
 
+
+Headers = tuple[tuple[str, str], ...]
 
 _REASONS = {409: "Conflict", 413: "Content Too Large", 503: "Service Unavailable"}
 
@@ -201,6 +206,8 @@ class Router:
         self.consistency_wait = float(consistency_wait)
         attributes = f"Path=/; Max-Age={int(txid_cookie_max_age)}; HttpOnly; SameSite=Lax"
         self._txid_cookie_attributes = attributes + ("; Secure" if txid_cookie_secure else "")
+        self._last_tags: tuple[NodeState | None, Headers] = (None, ())
+        self._replies: dict[tuple[Kind, str | None, int, str], Reply] = {}
 
     # -- the plan ---------------------------------------------------------
 
@@ -211,6 +218,8 @@ class Router:
         # node that was just promoted keeps the write instead of bouncing it.
         state: NodeState = yield ReadState(0 if request.replay_src is not None else None)
         decision = decide(request, state, self.rules)
+        if self._settled(request, decision):
+            return Outcome(decision, state)
         if decision.kind is Kind.WAIT_FOR_PRIMARY:
             deadline = time.monotonic() + self.primary_wait
             while state.role is Role.NO_PRIMARY and time.monotonic() < deadline:
@@ -233,6 +242,29 @@ class Router:
                 txid: int | None = yield ReadPosition()
                 clear_txid = txid is None or request.txid > txid
         return Outcome(decision, state, clear_txid)
+
+    def outcome_without_io(self, request: RequestInfo) -> Outcome | None:
+        """The plan's outcome if it needs no I/O at all, else None.
+
+        The common case (a cached reading that is fresh, a request that is
+        not a replay, a decision that is final) without the cost of a
+        generator: adapters try this first and drive :meth:`plan` only when
+        it returns None. It is the plan's own first step, so the two agree.
+        """
+        if request.replay_src is not None:
+            return None
+        state = self.cache.fresh()
+        if state is None:
+            return None
+        decision = decide(request, state, self.rules)
+        return Outcome(decision, state) if self._settled(request, decision) else None
+
+    def _settled(self, request: RequestInfo, decision: Decision) -> bool:
+        """True if *decision* is final: no wait, no body to measure, no TXID to wait for."""
+        kind = decision.kind
+        if kind is Kind.RUN:
+            return decision.write or not self._consistent_read(request)
+        return kind is not Kind.WAIT_FOR_PRIMARY and kind is not Kind.MEASURE_BODY
 
     def _consistent_read(self, request: RequestInfo) -> bool:
         """True if *request* carries a TXID not known to be reached yet."""
@@ -278,15 +310,29 @@ class Router:
 
     # -- responses --------------------------------------------------------
 
-    def tags(self, state: NodeState) -> list[tuple[str, str]]:
+    def tags(self, state: NodeState) -> Headers:
         """The headers every response carries: who is primary, who answered."""
-        tags = [(INSTANCE_HEADER, self.instance_id)]
-        if state.primary_id is not None:
-            tags.insert(0, (PRIMARY_HEADER, state.primary_id))
+        last_state, tags = self._last_tags
+        if state is not last_state:  # a new reading: at most once per cache_ttl
+            tags = ((PRIMARY_HEADER, state.primary_id),) if state.primary_id is not None else ()
+            tags += ((INSTANCE_HEADER, self.instance_id),)
+            self._last_tags = (state, tags)
         return tags
 
     def reply(self, decision: Decision) -> Reply:
         """The response for a decision that does not run the app."""
+        # Replies are built once per distinct decision: a replica answers a
+        # flood of writes with the same few bytes. (Bounded: targets are
+        # validated host names, hops <= 9, reasons a handful of strings.)
+        key = (decision.kind, decision.target, decision.hops, decision.reason)
+        reply = self._replies.get(key)
+        if reply is None:
+            if len(self._replies) >= _REPLY_MEMO_SIZE:
+                self._replies.clear()
+            reply = self._replies[key] = self._build_reply(decision)
+        return reply
+
+    def _build_reply(self, decision: Decision) -> Reply:
         if decision.kind is Kind.REPLAY:
             assert decision.target is not None
             body = (

@@ -35,6 +35,7 @@ from .routing import (
     INSTANCE_HEADER,
     PRIMARY_HEADER,
     REPLAY_HEADER,
+    Headers,
     MeasureBody,
     Outcome,
     ReadState,
@@ -56,10 +57,11 @@ _CHUNK = 65536
 
 def _request_info(environ: WSGIEnvironment) -> RequestInfo:
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    # PEP 3333 hands the path over as a latin-1 "native string" of the raw
-    # bytes; the app (and LiteFS's globs) see it decoded as UTF-8.
-    with contextlib.suppress(UnicodeError):
-        path = path.encode("latin-1").decode("utf-8", "surrogateescape")
+    if not path.isascii():
+        # PEP 3333 hands the path over as a latin-1 "native string" of the
+        # raw bytes; the app (and LiteFS's globs) see it decoded as UTF-8.
+        with contextlib.suppress(UnicodeError):
+            path = path.encode("latin-1").decode("utf-8", "surrogateescape")
     return RequestInfo.from_headers(
         environ.get("REQUEST_METHOD", "GET"),
         path,
@@ -70,8 +72,10 @@ def _request_info(environ: WSGIEnvironment) -> RequestInfo:
     )
 
 
-def _with_tags(headers: list[tuple[str, str]], tags: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [h for h in headers if h[0].lower() not in _OURS] + tags
+def _with_tags(headers: Iterable[tuple[str, str]], tags: Headers) -> list[tuple[str, str]]:
+    tagged = [h for h in headers if h[0].lower() not in _OURS]
+    tagged += tags
+    return tagged
 
 
 def _has_replay(headers: list[tuple[str, str]]) -> bool:
@@ -154,13 +158,13 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
         return router.txid_cookies(txid, ctx.clear_txid)
 
     def _reply(self, start_response: StartResponse, reply: Reply, state: NodeState) -> list[bytes]:
-        start_response(reply.status_line, _with_tags(list(reply.headers), self.router.tags(state)))
+        start_response(reply.status_line, _with_tags(reply.headers, self.router.tags(state)))
         return [reply.body]
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         router = self.router
         request = _request_info(environ)
-        outcome = self._drive(router.plan(request), environ)
+        outcome = router.outcome_without_io(request) or self._drive(router.plan(request), environ)
         state = outcome.state
         if outcome.decision.kind is not Kind.RUN:
             return self._reply(start_response, router.reply(outcome.decision), state)
@@ -181,7 +185,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
                 # still ends in the replay.
                 replaced = router.reply(ctx.required)
                 status, headers = replaced.status_line, list(replaced.headers)
-            else:
+            elif ctx.clear_txid or router.positions is not None:
                 headers = headers + self._txid_cookies(ctx)
             started = True
             write = start_response(status, _with_tags(headers, tags), exc_info)

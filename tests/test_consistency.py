@@ -17,6 +17,7 @@ import pytest
 
 from litefs_route import asgi, wsgi
 from litefs_route.consistency import parse_txid_cookie
+from litefs_route.decision import Kind, RequestInfo
 from litefs_route.routing import Router
 from tests.support import Mount, serve_asgi, serve_wsgi, wait_until
 
@@ -214,3 +215,21 @@ def test_many_waiters_share_one_watcher(mount: Mount) -> None:
 )
 def test_parse_txid_cookie(header: str | None, txid: int | None) -> None:
     assert parse_txid_cookie(header) == txid
+
+
+def test_a_cookie_not_yet_reached_takes_the_plan_not_the_fast_path(mount: Mount) -> None:
+    """The fast path never skips a read-your-writes wait (nor a primary's check)."""
+    mount.make_replica("primary-1")
+    mount.set_pos(DB, 9)
+    router = Router(litefs_dir=str(mount.path), instance_id="replica-1", database=DB, cache_ttl=3600)
+    router.cache.refresh()
+    request = RequestInfo.from_headers(
+        "GET", "/", replay_src=None, content_length=None, transfer_encoding=None, cookie="__txid=000000000000000a"
+    )
+    assert router.outcome_without_io(request) is None  # TXID 10 not known to be reached
+    assert router.positions is not None
+    mount.set_pos(DB, 10)
+    assert router.positions.wait(10, timeout=5)
+    outcome = router.outcome_without_io(request)  # now known reached: nothing to wait for
+    assert outcome is not None
+    assert outcome.decision.kind is Kind.RUN

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from litefs_route.decision import Decision, Kind, RequestInfo, decide, replay_hops
 from litefs_route.mount import NodeState, Role, parse_lag, parse_position, parse_primary, read_node_state
+from litefs_route.node import StateCache
 from litefs_route.routing import MeasureBody, Outcome, ReadState, Router, Sleep
 
 ME = "e784079b449483"
@@ -268,6 +269,53 @@ def test_every_request_gets_a_decision_and_safe_headers(
                 assert_safe_reply(router, decision)
         # After the plan, nothing is left to wait for or measure.
         assert variants[-1].kind not in (Kind.WAIT_FOR_PRIMARY, Kind.MEASURE_BODY)
+
+
+def _reads(state: NodeState) -> Callable[[str | None, str], NodeState]:
+    """A StateCache reader that always finds *state*."""
+    return lambda _dir, _id: state
+
+
+@FAST
+@given(
+    method=methods,
+    path=paths,
+    replay_src=replay_srcs,
+    content_length=length_headers,
+    transfer_encoding=transfer_encodings,
+    primary=safe_tokens,
+    write_on_read=globs,
+    passthrough=globs,
+)
+def test_the_fast_path_agrees_with_the_plan(
+    method: str,
+    path: str,
+    replay_src: str | None,
+    content_length: str | None,
+    transfer_encoding: str | None,
+    primary: str,
+    write_on_read: list[str],
+    passthrough: list[str],
+) -> None:
+    """outcome_without_io() either declines or gives exactly the plan's outcome."""
+    request = RequestInfo.from_headers(
+        method, path, replay_src=replay_src, content_length=content_length, transfer_encoding=transfer_encoding
+    )
+    for state in states(primary):
+        router = Router(
+            instance_id=ME, write_on_read=write_on_read, passthrough=passthrough, cache_ttl=3600, primary_wait=0
+        )
+        router.cache = StateCache(None, ME, 3600, reader=_reads(state))
+        assert router.outcome_without_io(request) is None  # nothing read yet: the plan reads
+        router.cache.refresh()
+        fast = router.outcome_without_io(request)
+        planned = drive(router, request, state, 0)
+        first = decide(request, state, router.rules)
+        if replay_src is not None or first.kind in (Kind.WAIT_FOR_PRIMARY, Kind.MEASURE_BODY):
+            assert fast is None  # fresh state, a wait for a primary, a body to measure: I/O
+        else:
+            assert fast is not None
+            assert (fast.decision, fast.state, fast.clear_txid) == (planned, state, False)
 
 
 def drive(router: Router, request: RequestInfo, state: NodeState, body_size: int) -> Decision:
