@@ -53,6 +53,7 @@ class StateCache:
         self._claimed_at: float | None = None
         self._state: NodeState | None = None
         self._read_at = float("-inf")
+        self._began_at = float("-inf")
         #: How many times the mount was read; the benchmarks report it.
         self.reads = 0
 
@@ -87,12 +88,23 @@ class StateCache:
         return None
 
     def refresh(self) -> NodeState:
-        """Read the mount now (blocking: call it off the event loop)."""
+        """Read the mount now (blocking: call it off the event loop).
+
+        Concurrent callers share reads: a caller that finds a reading which
+        *began* after it called takes that one (it is as fresh as its own
+        would be) instead of reading again. A cold start or a burst of
+        replayed requests costs two reads, not one per request.
+        """
+        asked = self._clock()
         try:
             with self._lock:
+                if self._state is not None and self._began_at > asked:
+                    return self._state
+                began = self._clock()
                 state = self._reader(self.litefs_dir, self.instance_id)
                 self.reads += 1
                 previous, self._state = self._state, state
+                self._began_at = began
                 self._read_at = self._clock()
         finally:
             self._claimed_at = None

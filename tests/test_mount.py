@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from litefs_route.mount import Position, Role, parse_lag, parse_position, parse_primary, read_node_state
+from litefs_route.mount import NodeState, Position, Role, parse_lag, parse_position, parse_primary, read_node_state
 from litefs_route.node import StateCache
 from tests.support import Mount
 
@@ -165,3 +167,46 @@ def test_cache_refresh_is_single_flight(mount: Mount) -> None:
     assert cache.cached() is not None
     now[0] += 6.0
     assert cache.cached() is None  # taken over
+
+
+def test_concurrent_refreshes_share_reads(mount: Mount) -> None:
+    """A burst of refreshes (a cold start, replayed requests) costs two reads.
+
+    The first caller reads; every caller that was already waiting when a later
+    read began takes that read's result instead of reading again.
+    """
+    reading = threading.Event()
+    release = threading.Event()
+    asked = threading.Semaphore(0)
+    waiters: set[threading.Thread] = set()
+
+    def clock() -> float:
+        now = time.monotonic()
+        if threading.current_thread() in waiters:
+            asked.release()  # a waiter took a time: the first is when it asked
+        return now
+
+    def slow_reader(litefs_dir: str | None, instance_id: str) -> NodeState:
+        reading.set()
+        release.wait(10)
+        return read_node_state(litefs_dir, instance_id)
+
+    cache = StateCache(str(mount.path), ME, ttl=1.0, reader=slow_reader, clock=clock)
+    first = threading.Thread(target=cache.refresh)
+    first.start()
+    assert reading.wait(10)  # the first read began (and holds the lock)
+
+    results: list[NodeState] = []
+    threads = [threading.Thread(target=lambda: results.append(cache.refresh())) for _ in range(16)]
+    waiters.update(threads)
+    for thread in threads:
+        thread.start()
+    for _ in threads:
+        assert asked.acquire(timeout=10)  # every waiter asked after the first read began
+    release.set()
+    first.join(10)
+    for thread in threads:
+        thread.join(10)
+    assert len(results) == 16
+    assert all(state.role is Role.PRIMARY for state in results)
+    assert cache.reads == 2  # the first, and one for all sixteen
