@@ -186,7 +186,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             await self._reply(send, router.reply(outcome.decision), state)
             return
 
-        ctx = RequestContext(router, request, state, "asgi", outcome.decision.write, clear_txid=outcome.clear_txid)
+        ctx = RequestContext(router, request, state, "asgi", outcome.decision.write, None, outcome.clear_txid)
         tags = self._raw_tags(state)
         started = False
         replaced = False

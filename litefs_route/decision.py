@@ -124,7 +124,7 @@ class RequestInfo:
         cookie: str | None = None,
     ) -> RequestInfo:
         """Build from raw header values; anything malformed counts as absent."""
-        if content_length is None and transfer_encoding is None and cookie is None:
+        if not (content_length or transfer_encoding or cookie):
             return cls(method, path, replay_src)  # most reads: nothing to parse
         length = int(content_length) if content_length and _CONTENT_LENGTH.fullmatch(content_length) else None
         chunked = transfer_encoding is not None and "chunked" in transfer_encoding.lower()
@@ -206,11 +206,10 @@ def decide(
     method no longer matter, and the body is not measured again (it may have
     been read by the app).
     """
-    if not force_write:
-        if rules.passthrough.match(request.path):
-            return _RUN_READ
-        if not is_write(request, rules):
-            return _RUN_READ
+    # Reads first: most requests are, and then passthrough cannot matter
+    # (both run here), so its globs are matched against writes only.
+    if not force_write and (not is_write(request, rules) or rules.passthrough.match(request.path)):
+        return _RUN_READ
     if state.is_primary:
         return _RUN_WRITE
     if state.role is Role.NO_PRIMARY or state.primary_id is None:

@@ -169,7 +169,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
         if outcome.decision.kind is not Kind.RUN:
             return self._reply(start_response, router.reply(outcome.decision), state)
 
-        ctx = RequestContext(router, request, state, "wsgi", outcome.decision.write, clear_txid=outcome.clear_txid)
+        ctx = RequestContext(router, request, state, "wsgi", outcome.decision.write, None, outcome.clear_txid)
         environ["litefs_route.context"] = ctx
         tags = router.tags(state)
         started = False
