@@ -1,7 +1,7 @@
 """Flask hello-world, served by gunicorn: ``gunicorn bench.apps.wsgi_app:app``.
 
-``BENCH_VARIANT``: ``bare`` (no middleware), ``naive`` (:mod:`bench.apps.naive`)
-or ``route`` (litefs-route's :class:`~litefs_route.wsgi.PrimaryRoutingMiddleware`,
+``BENCH_VARIANT``: ``bare`` (no middleware), ``floor`` (:mod:`bench.apps.floor`),
+``naive`` (:mod:`bench.apps.naive`) or ``route`` (litefs-route's :class:`~litefs_route.wsgi.PrimaryRoutingMiddleware`,
 default options, installed the documented way: ``app.wsgi_app = ...``).
 ``LITEFS_DIR`` is the mount. In the ``route`` variant, ``GET /__reads`` (a
 passthrough path) answers how many times the mount was read.
@@ -13,6 +13,7 @@ import os
 
 from flask import Flask
 
+from bench.apps.floor import FloorWSGI
 from bench.apps.naive import NaiveWSGI
 from litefs_route.wsgi import PrimaryRoutingMiddleware
 
@@ -34,10 +35,12 @@ def reads() -> str:
     return str(middleware.router.cache.reads if middleware is not None else -1)
 
 
-if VARIANT == "naive":
+if VARIANT == "floor":
+    app.wsgi_app = FloorWSGI(app.wsgi_app)  # type: ignore[method-assign]
+elif VARIANT == "naive":
     app.wsgi_app = NaiveWSGI(app.wsgi_app, os.environ["LITEFS_DIR"])  # type: ignore[method-assign]
 elif VARIANT == "route":
     middleware = PrimaryRoutingMiddleware(app.wsgi_app, passthrough=["/__reads"], cache_ttl=CACHE_TTL)
     app.wsgi_app = middleware  # type: ignore[method-assign]
 elif VARIANT != "bare":
-    raise SystemExit(f"BENCH_VARIANT must be bare, naive or route, not {VARIANT!r}")
+    raise SystemExit(f"BENCH_VARIANT must be bare, floor, naive or route, not {VARIANT!r}")
