@@ -158,6 +158,11 @@ class Server:
     cpu: int
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    #: Prefixed to the command (bench/instructions.py runs servers under valgrind).
+    wrapper: tuple[str, ...] = ()
+    extra_env: dict[str, str] = field(default_factory=dict)
+    start_timeout: float = 20.0
+    stop_timeout: float = 10.0
 
     def command(self) -> list[str]:
         if self.stack == "ASGI":
@@ -166,6 +171,9 @@ class Server:
         else:
             cmd = [PY, "-m", "gunicorn", "bench.apps.wsgi_app:app", "-b", f"127.0.0.1:{self.port}"]
             cmd += ["-w", "1", "-k", "sync", "--log-level", "warning"]
+            if self.wrapper:  # valgrind: a worker 50x slower must not be killed as hung
+                cmd += ["--timeout", "600"]
+        cmd = [*self.wrapper, *cmd]
         return ["taskset", "-c", str(self.cpu), *cmd] if self.cpu >= 0 else cmd
 
     def start(self) -> None:
@@ -175,9 +183,11 @@ class Server:
             "LITEFS_DIR": str(self.litefs_dir),
             "FLY_MACHINE_ID": SELF_ID,
             "PYTHONPATH": str(ROOT),
+            **self.extra_env,
         }
-        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
+        stderr = subprocess.DEVNULL if self.wrapper else None
+        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.monotonic() + self.start_timeout
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.stack} {self.variant} server exited with {self.proc.returncode}")
@@ -192,7 +202,7 @@ class Server:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(10)
+                self.proc.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
