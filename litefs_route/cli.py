@@ -64,11 +64,6 @@ With no --dir and no $LITEFS_DIR the node is standalone (local development)
 and counts as the primary: exec runs the command, wait --primary succeeds.
 """
 
-# read_node_state() never raises: it reports an unreadable mount as a node
-# with no primary, with this prefix on the detail.
-_UNREADABLE = "mount unreadable"
-
-
 class _Fail(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -184,7 +179,7 @@ def _mount_dir(args: argparse.Namespace) -> str | None:
 
 def _read_state(litefs_dir: str | None, instance_id: str) -> NodeState:
     state = read_node_state(litefs_dir, instance_id)
-    if state.role is Role.NO_PRIMARY and state.detail.startswith(_UNREADABLE):
+    if state.mount_error is not None:
         raise _Fail(EXIT_MOUNT, f"{litefs_dir}: not a readable LiteFS mount ({state.detail})")
     return state
 

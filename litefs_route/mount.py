@@ -150,6 +150,9 @@ class NodeState:
     lag_ms: int | None = None
     #: Why the role was chosen, for logs (never contains file content).
     detail: str = ""
+    #: The errno name (``"EIO"``, ``"ENOTCONN"``) when the mount itself could
+    #: not be read; None when it was read (whatever it held).
+    mount_error: str | None = None
 
     @property
     def is_primary(self) -> bool:
@@ -182,9 +185,8 @@ def read_node_state(litefs_dir: str | None, instance_id: str) -> NodeState:
         if raw_primary is None and raw_lag is None and not os.path.isdir(litefs_dir):
             return NodeState(Role.STANDALONE, instance_id, instance_id, detail=f"{litefs_dir} does not exist")
     except OSError as exc:
-        return NodeState(
-            Role.NO_PRIMARY, instance_id, None, detail=f"mount unreadable: {errno.errorcode.get(exc.errno or 0, exc)}"
-        )
+        error = errno.errorcode.get(exc.errno or 0, "EIO")
+        return NodeState(Role.NO_PRIMARY, instance_id, None, detail=f"mount unreadable: {error}", mount_error=error)
     lag = parse_lag(raw_lag) if raw_lag is not None else None
     if raw_primary is not None:
         primary = parse_primary(raw_primary)

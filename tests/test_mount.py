@@ -118,6 +118,8 @@ def test_unreadable_primary_means_unknown(mount: Mount) -> None:
     state = read_node_state(str(mount.path), ME)
     assert (state.role, state.primary_id) == (Role.NO_PRIMARY, None)
     assert "unreadable" in state.detail
+    assert state.mount_error == "EISDIR"
+    assert read_node_state(str(mount.path.parent), ME).mount_error is None  # read fine, holds nothing
 
 
 def test_cache_reads_once_per_ttl_and_logs_changes(mount: Mount, caplog: pytest.LogCaptureFixture) -> None:
