@@ -64,6 +64,7 @@ With no --dir and no $LITEFS_DIR the node is standalone (local development)
 and counts as the primary: exec runs the command, wait --primary succeeds.
 """
 
+
 class _Fail(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
