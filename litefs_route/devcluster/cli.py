@@ -71,8 +71,9 @@ litefs-route dev cluster (a development tool, not LiteFS)
 Open {front}/ (requests are load-balanced round-robin, like Fly's proxy).
 Things to try:
   * post a form on a replica and watch it land on the primary ({primary}):
-      curl -i -X POST -H 'fly-force-instance-id: {replica}' -d 'x=1' {front}/
-    the replica answers 409 + fly-replay, the front replays the request on {primary}.
+      curl -i -H 'fly-force-instance-id: {replica}' -d 'text=hello' {front}/entries
+    the replica answers 409 + fly-replay, the front replays the request on {primary}
+    (/entries is the example apps' form; with your own app, post to one of its paths).
   * read your writes: post, then read from every instance (lag {cluster.lag:g} s; try 'lag 2').
   * fail the primary over: type 'promote {replica}' while traffic flows.
 Instance logs: {cluster.base_dir}/logs
