@@ -198,12 +198,14 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             if message["type"] == "http.response.start":
                 started = True
                 headers: Iterable[tuple[bytes, bytes]] = message.get("headers", ())
-                if ctx.required is not None and not any(name.lower() == _REPLAY for name, _ in headers):
-                    # ensure_primary() was called and the app answered
-                    # something else: the request still ends in the replay.
-                    replaced = True
-                    await self._reply(send, router.reply(ctx.required), state)
-                    return
+                if ctx.required is not None:
+                    headers = list(headers)  # read twice below; ASGI allows a one-shot iterable
+                    if not any(name.lower() == _REPLAY for name, _ in headers):
+                        # ensure_primary() was called and the app answered
+                        # something else: the request still ends in the replay.
+                        replaced = True
+                        await self._reply(send, router.reply(ctx.required), state)
+                        return
                 tagged = _with_tags(headers, tags)
                 if ctx.clear_txid or router.positions is not None:
                     tagged += _encode(await self._txid_cookies(ctx))

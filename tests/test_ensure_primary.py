@@ -223,3 +223,30 @@ def test_importing_the_package_imports_no_framework() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_app_answering_the_replay_with_a_header_generator_keeps_every_header(mount: Mount) -> None:
+    """ASGI allows any iterable of headers, a one-shot generator included.
+
+    After ensure_primary(), the middleware looks for the app's fly-replay and
+    then tags the response: both must see every header the app sent.
+    """
+    mount.make_replica(PRIMARY)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        try:
+            ensure_primary()
+        except PrimaryRequired as exc:
+            reply = exc.reply
+        headers = ((name.lower().encode(), value.encode()) for name, value in reply.headers)
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body})
+
+    routed = asgi.PrimaryRoutingMiddleware(app, litefs_dir=str(mount.path), instance_id=ME)
+    with serve_asgi(routed) as url:
+        r = httpx.get(url + "/")
+    assert_replay(r)  # fly-replay is the first header: the one a second pass would miss
+    assert r.headers["content-type"] == "text/plain; charset=utf-8"
+    assert r.headers["content-length"] == str(len(r.content))
