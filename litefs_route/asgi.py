@@ -186,7 +186,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             await self._reply(send, router.reply(outcome.decision), state)
             return
 
-        ctx = RequestContext(router, request, state, "asgi", outcome.decision.write, None, outcome.clear_txid)
+        ctx = RequestContext(router, request, state, "asgi", outcome.decision.write, clear_txid=outcome.clear_txid)
         tags = self._raw_tags(state)
         started = False
         replaced = False
@@ -207,7 +207,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
                         await self._reply(send, router.reply(ctx.required), state)
                         return
                 tagged = _with_tags(headers, tags)
-                if ctx.clear_txid or router.positions is not None:
+                if router.positions is not None:  # consistency on: a cookie may be due
                     tagged += _encode(await self._txid_cookies(ctx))
                 message = {**message, "headers": tagged}
             await send(message)

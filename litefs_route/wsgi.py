@@ -169,7 +169,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
         if outcome.decision.kind is not Kind.RUN:
             return self._reply(start_response, router.reply(outcome.decision), state)
 
-        ctx = RequestContext(router, request, state, "wsgi", outcome.decision.write, None, outcome.clear_txid)
+        ctx = RequestContext(router, request, state, "wsgi", outcome.decision.write, clear_txid=outcome.clear_txid)
         environ["litefs_route.context"] = ctx
         tags = router.tags(state)
         started = False
@@ -185,7 +185,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
                 # still ends in the replay.
                 replaced = router.reply(ctx.required)
                 status, headers = replaced.status_line, list(replaced.headers)
-            elif ctx.clear_txid or router.positions is not None:
+            elif router.positions is not None:  # consistency on: a cookie may be due
                 headers = headers + self._txid_cookies(ctx)
             started = True
             write = start_response(status, _with_tags(headers, tags), exc_info)
