@@ -66,12 +66,13 @@ class StateCache:
         reading instead of piling more reads onto the mount. ``max_age=0``
         always returns None (the caller reads for itself).
         """
-        state = self._state
-        now = self._clock()
-        if state is not None and now - self._read_at < (self.ttl if max_age is None else max_age):
+        state = self.fresh(max_age)
+        if state is not None:
             return state
+        state = self._state
         if state is None or max_age == 0:
             return None
+        now = self._clock()
         with self._claim:
             # A claim older than _CLAIM_EXPIRY was abandoned (a cancelled
             # request): take it over rather than serve a stale reading forever.
@@ -80,10 +81,10 @@ class StateCache:
             self._claimed_at = now
         return None
 
-    def fresh(self) -> NodeState | None:
-        """The reading if it is younger than the TTL, else None (claims nothing)."""
+    def fresh(self, max_age: float | None = None) -> NodeState | None:
+        """The reading if it is younger than *max_age* (default: the TTL), else None (claims nothing)."""
         state = self._state
-        if state is not None and self._clock() - self._read_at < self.ttl:
+        if state is not None and self._clock() - self._read_at < (self.ttl if max_age is None else max_age):
             return state
         return None
 
