@@ -150,8 +150,9 @@ class NodeState:
     lag_ms: int | None = None
     #: Why the role was chosen, for logs (never contains file content).
     detail: str = ""
-    #: The errno name (``"EIO"``, ``"ENOTCONN"``) when the mount itself could
-    #: not be read; None when it was read (whatever it held).
+    #: The errno name (``"EIO"``, ``"ENOTCONN"``; the exception's class name
+    #: if it has no errno) when the mount itself could not be read; None when
+    #: it was read (whatever it held).
     mount_error: str | None = None
 
     @property
@@ -185,7 +186,7 @@ def read_node_state(litefs_dir: str | None, instance_id: str) -> NodeState:
         if raw_primary is None and raw_lag is None and not os.path.isdir(litefs_dir):
             return NodeState(Role.STANDALONE, instance_id, instance_id, detail=f"{litefs_dir} does not exist")
     except OSError as exc:
-        error = errno.errorcode.get(exc.errno or 0, "EIO")
+        error = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
         return NodeState(Role.NO_PRIMARY, instance_id, None, detail=f"mount unreadable: {error}", mount_error=error)
     lag = parse_lag(raw_lag) if raw_lag is not None else None
     if raw_primary is not None:

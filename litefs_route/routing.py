@@ -99,6 +99,9 @@ class Outcome:
     clear_txid: bool = False
 
 
+Headers = tuple[tuple[str, str], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     """A response the middleware makes itself (replay, 503, 413)."""
@@ -111,8 +114,6 @@ class Reply:
     def status_line(self) -> str:
         return f"{self.status} {_REASONS[self.status]}"
 
-
-Headers = tuple[tuple[str, str], ...]
 
 _REASONS = {409: "Conflict", 413: "Content Too Large", 503: "Service Unavailable"}
 
