@@ -86,10 +86,8 @@ def send_requests(port: int, method: str, n: int, *, keep_alive: bool) -> None:
         conn.close()
 
 
-def _total_at_exit(
-    stack: str, variant: str, litefs_dir: Path, method: str, requests: int, out_dir: Path
-) -> tuple[int, int]:
-    """(instructions, requests served) of the app process over its whole life."""
+def _total_at_exit(stack: str, variant: str, litefs_dir: Path, method: str, requests: int, out_dir: Path) -> int:
+    """Instructions of the app process over its whole life, having served *requests*."""
     out = out_dir / f"{stack}-{variant}-{litefs_dir.name}-{method}-{requests}"
     server = Server(
         stack,
@@ -111,15 +109,15 @@ def _total_at_exit(
     totals = [line for line in dump.read_text().splitlines() if line.startswith(("summary:", "totals:"))]
     if not totals:
         raise RuntimeError(f"callgrind wrote no totals to {dump}")
-    return int(totals[0].split()[1]), requests
+    return int(totals[0].split()[1])
 
 
 def count(stack: str, variant: str, litefs_dir: Path, method: str, n: int, warmup: int, out_dir: Path) -> float:
     """Instructions per request of one cell: the difference between a server
     that served *warmup* requests and one that served *warmup* + *n*, so that
     start-up, imports and shutdown cancel out."""
-    short, _ = _total_at_exit(stack, variant, litefs_dir, method, warmup, out_dir)
-    long, _ = _total_at_exit(stack, variant, litefs_dir, method, warmup + n, out_dir)
+    short = _total_at_exit(stack, variant, litefs_dir, method, warmup, out_dir)
+    long = _total_at_exit(stack, variant, litefs_dir, method, warmup + n, out_dir)
     return (long - short) / n
 
 

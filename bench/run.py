@@ -548,6 +548,10 @@ def report(
                 )
             )
     if decision:
+        from bench.inproc import Row
+        from bench.inproc import markdown as decision_table
+
+        drows = [Row(**row) for row in decision]  # type: ignore[arg-type]
         out += [
             "## Decision cost, in-process (no server): µs per request",
             "",
@@ -555,28 +559,17 @@ def report(
             f"CPU {cfg.server_cpu}, cache warm; Δ = the case minus the trivial inner app alone on the same request "
             "(min: best round, median: typical round).",
             "",
-            "| stack | case | µs/request, min | median | Δ min | Δ median |",
-            "|---|---|---:|---:|---:|---:|",
+            decision_table(drows),
         ]
-    for row in decision:
-        name = str(row["name"])
-        inner = name.startswith("inner")
-        d_min, d_med = float(str(row["delta_min_us"])), float(str(row["delta_median_us"]))
-        out.append(
-            f"| {row['stack']} | {name} | {float(str(row['min_us'])):.2f} | {float(str(row['median_us'])):.2f} | "
-            + ("—" if inner else f"**{d_min:+.2f}**")
-            + " | "
-            + ("—" if inner else f"{d_med:+.2f}")
-            + " |"
-        )
-        if name.startswith("litefs-route"):
-            goals.append(
-                (
-                    f"{row['stack']}: decision path ≤ 5 µs ({name[len('litefs-route, ') :]})",
-                    d_min <= 5,
-                    f"{d_min:.2f} µs (min)",
+        for drow in drows:
+            if drow.name.startswith("litefs-route"):
+                goals.append(
+                    (
+                        f"{drow.stack}: decision path ≤ 5 µs ({drow.name[len('litefs-route, ') :]})",
+                        drow.delta_min_us <= 5,
+                        f"{drow.delta_min_us:.2f} µs (min)",
+                    )
                 )
-            )
     if reads:
         out += [
             "",
