@@ -215,17 +215,22 @@ def test_read_node_state_odd_files(primary: str | None, lag: str | None, role: R
 
 # -- requests -----------------------------------------------------------------
 
+# A request as the adapters see it, and the router's settings.
+ROUTED_REQUESTS: dict[str, st.SearchStrategy[Any]] = {
+    "method": methods,
+    "path": paths,
+    "replay_src": replay_srcs,
+    "content_length": length_headers,
+    "transfer_encoding": transfer_encodings,
+    "primary": safe_tokens,
+    "write_on_read": globs,
+    "passthrough": globs,
+}
+
 
 @FAST
 @given(
-    method=methods,
-    path=paths,
-    replay_src=replay_srcs,
-    content_length=length_headers,
-    transfer_encoding=transfer_encodings,
-    primary=safe_tokens,
-    write_on_read=globs,
-    passthrough=globs,
+    **ROUTED_REQUESTS,
     body_size=st.one_of(st.none(), st.integers(0, 3_000_000)),
     max_replays=st.integers(1, 9),
 )
@@ -277,16 +282,7 @@ def _reads(state: NodeState) -> Callable[[str | None, str], NodeState]:
 
 
 @FAST
-@given(
-    method=methods,
-    path=paths,
-    replay_src=replay_srcs,
-    content_length=length_headers,
-    transfer_encoding=transfer_encodings,
-    primary=safe_tokens,
-    write_on_read=globs,
-    passthrough=globs,
-)
+@given(**ROUTED_REQUESTS)
 def test_the_fast_path_agrees_with_the_plan(
     method: str,
     path: str,
