@@ -623,13 +623,13 @@ def test_close_stops_everything(tmp_path: Path) -> None:
 # -- the command ------------------------------------------------------------------
 
 
-def _start_cli(*args: str, stdin: int) -> tuple[subprocess.Popen[str], list[str]]:
+def _start_cli(*args: str, stdin: int, stderr: int = subprocess.DEVNULL) -> tuple[subprocess.Popen[str], list[str]]:
     process = subprocess.Popen(
         [sys.executable, "-m", "litefs_route.devcluster", ASGI_APP, "--instances", "2", "--port", "0", "-q", *args],
         cwd=ROOT,
         stdin=stdin,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
         text=True,
     )
     assert process.stdout is not None
@@ -678,3 +678,27 @@ def test_cli_without_stdin_runs_until_sigterm() -> None:
             if process.poll() is None:
                 process.kill()
     assert not port_open("127.0.0.1", front_port)
+
+
+def test_cli_a_second_signal_does_not_cut_the_cleanup_short() -> None:
+    """`timeout`, a supervisor or an impatient ^C often signal twice: the
+    second one, landing while the instances are being stopped, must not kill
+    the command before it has stopped them all."""
+    process, lines = _start_cli(stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    instance_ports = [int(m[1]) for line in lines if (m := re.search(r"node\d\s.*http://127\.0\.0\.1:(\d+)", line))]
+    with process:
+        try:
+            assert process.stderr is not None
+            assert process.stdout is not None
+            assert len(instance_ports) == 2
+            process.send_signal(signal.SIGTERM)
+            for line in process.stderr:
+                if "stopping node1" in line:
+                    break
+            process.send_signal(signal.SIGTERM)  # during the clean-up
+            assert process.wait(30) == 0
+            assert process.stdout.read().rstrip().endswith("stopped")
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert not any(port_open("127.0.0.1", port) for port in instance_ports)

@@ -152,8 +152,14 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "litefs-route dev") -
     except (_Stop, KeyboardInterrupt):
         pass
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        cluster.close()
+        # A second signal (`timeout`, a supervisor, a second ^C) must not cut
+        # the clean-up short and orphan the instances: ignore it until done.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            cluster.close()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         print("stopped", flush=True)
     return 0
