@@ -35,7 +35,6 @@ from litefs_route.mount import Role, parse_lag, parse_position, read_node_state,
 if TYPE_CHECKING:
     from litefs_route.devcluster.pytest_plugin import ClusterFactory
 
-pytest_plugins = ["litefs_route.devcluster.pytest_plugin"]
 
 ROOT = Path(__file__).resolve().parents[1]
 ASGI_APP = "tests.devcluster_apps.asgi_app:app"

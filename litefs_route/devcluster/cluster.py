@@ -21,7 +21,17 @@ from typing import IO, Literal
 from .proxy import FrontProxy
 from .replication import Replicator, resolve_ids
 
-__all__ = ["DEFAULT_APP", "Cluster", "Instance", "free_port", "wait_for"]
+__all__ = [
+    "DEFAULT_APP",
+    "AppRunner",
+    "Cluster",
+    "Instance",
+    "free_port",
+    "log_tail",
+    "pump_output",
+    "stop_process_group",
+    "wait_for",
+]
 
 logger = logging.getLogger("litefs_route.devcluster")
 
@@ -133,6 +143,14 @@ class Cluster:
         self.stop_timeout = stop_timeout
         self.poll_interval = poll_interval
         self.echo = echo
+        self.runner = AppRunner(
+            app,
+            interface=interface,
+            app_dir=self.app_dir,
+            startup_timeout=startup_timeout,
+            stop_timeout=stop_timeout,
+            echo=echo,
+        )
         self._initial_lag = lag
         self._initial_primary = primary or self.ids[0]
         if self._initial_primary not in self.ids:
@@ -328,26 +346,59 @@ class Cluster:
     # -- processes -----------------------------------------------------------
 
     def _environment(self, instance: Instance) -> dict[str, str]:
-        env = dict(os.environ)
-        python_path = [self.app_dir, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])]
-        env.update(
-            {
-                "PYTHONPATH": os.pathsep.join(python_path),
-                "PYTHONUNBUFFERED": "1",
-                "FLY_MACHINE_ID": instance.id,
-                "FLY_ALLOC_ID": instance.id,
-                "FLY_REGION": instance.region,
-                "PRIMARY_REGION": self._regions[self._initial_primary],
-                "FLY_APP_NAME": "devcluster",
-                "LITEFS_DIR": instance.litefs_dir,
-                "DATABASE_FILENAME": self.database,
-                "DATABASE_PATH": instance.db_path,
-            }
-        )
-        env.update(self.env)
-        return env
+        return {
+            "FLY_MACHINE_ID": instance.id,
+            "FLY_ALLOC_ID": instance.id,
+            "FLY_REGION": instance.region,
+            "PRIMARY_REGION": self._regions[self._initial_primary],
+            "FLY_APP_NAME": "devcluster",
+            "LITEFS_DIR": instance.litefs_dir,
+            "DATABASE_FILENAME": self.database,
+            "DATABASE_PATH": instance.db_path,
+            **self.env,
+        }
 
     def _spawn(self, instance: Instance) -> None:
+        self.runner.spawn(instance, self._environment(instance))
+
+    def _wait_ready(self, instance: Instance) -> None:
+        self.runner.wait_ready(instance)
+
+    def _terminate(self, instance: Instance) -> None:
+        self.runner.terminate(instance)
+
+
+class AppRunner:
+    """Starts, watches and stops the app server of each instance, one process group each.
+
+    Shared by the imitation :class:`Cluster` and the real-LiteFS cluster
+    (:class:`~litefs_route.devcluster.litefs.LiteFSCluster`): the app side of
+    an instance is the same whatever provides its mount.
+    """
+
+    def __init__(
+        self,
+        app: str,
+        *,
+        interface: Interface = "auto",
+        app_dir: str,
+        startup_timeout: float = 30.0,
+        stop_timeout: float = 5.0,
+        echo: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.app = app
+        self.interface: Interface = interface
+        self.app_dir = app_dir
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self.echo = echo
+
+    def spawn(self, instance: Instance, env: Mapping[str, str]) -> None:
+        """Start *instance*'s server with the process environment plus *env*."""
+        environment = dict(os.environ)
+        python_path = [self.app_dir, *([environment["PYTHONPATH"]] if environment.get("PYTHONPATH") else [])]
+        environment.update({"PYTHONPATH": os.pathsep.join(python_path), "PYTHONUNBUFFERED": "1"})
+        environment.update(env)
         command = [
             sys.executable,
             "-m",
@@ -364,7 +415,7 @@ class Cluster:
         process = subprocess.Popen(
             command,
             cwd=self.app_dir,
-            env=self._environment(instance),
+            env=environment,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -373,26 +424,12 @@ class Cluster:
         instance.process = process
         assert process.stdout is not None
         instance._pump = threading.Thread(
-            target=self._pump, args=(instance.id, process.stdout, instance.log_path), daemon=True
+            target=pump_output, args=(instance.id, process.stdout, instance.log_path, self.echo), daemon=True
         )
         instance._pump.start()
 
-    def _pump(self, instance_id: str, stream: IO[bytes], log_path: str) -> None:
-        with stream, open(log_path, "ab") as log:
-            for line in iter(stream.readline, b""):
-                log.write(line)
-                log.flush()
-                if self.echo is not None:
-                    self.echo(instance_id, line.decode("utf-8", "replace").rstrip("\n"))
-
-    def _log_tail(self, instance: Instance, lines: int = 30) -> str:
-        try:
-            with open(instance.log_path, encoding="utf-8", errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return ""
-
-    def _wait_ready(self, instance: Instance) -> None:
+    def wait_ready(self, instance: Instance) -> None:
+        """Wait until *instance* listens; RuntimeError (with its log's tail) if it exits or takes too long."""
         deadline = time.monotonic() + self.startup_timeout
         process = instance.process
         assert process is not None
@@ -402,28 +439,53 @@ class Cluster:
                     instance._pump.join(2)
                 raise RuntimeError(
                     f"instance {instance.id} exited with {process.returncode} before listening; "
-                    f"log {instance.log_path}:\n{self._log_tail(instance)}"
+                    f"log {instance.log_path}:\n{log_tail(instance.log_path)}"
                 )
             if time.monotonic() > deadline:
                 raise RuntimeError(f"instance {instance.id} did not listen within {self.startup_timeout} s")
             time.sleep(0.02)
 
-    def _terminate(self, instance: Instance) -> None:
+    def terminate(self, instance: Instance) -> None:
+        """Stop *instance*'s process group (SIGTERM, then SIGKILL after ``stop_timeout``). Idempotent."""
         process = instance.process
         if process is None:
             return
         logger.info("stopping %s (pid %d)", instance.id, process.pid)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(self.stop_timeout)
-        except subprocess.TimeoutExpired:
-            logger.warning("%s did not stop within %s s; killing it", instance.id, self.stop_timeout)
-        # Whatever is left of the group (children of the server) goes too.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        stop_process_group(process, self.stop_timeout, instance.id)
         if instance._pump is not None:
             instance._pump.join(5)
             instance._pump = None
         instance.process = None
+
+
+def stop_process_group(process: subprocess.Popen[bytes], timeout: float, name: str) -> None:
+    """SIGTERM *process*'s group, SIGKILL what is left after *timeout* seconds, reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        logger.warning("%s did not stop within %s s; killing it", name, timeout)
+    # Whatever is left of the group (children of the server) goes too.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def pump_output(name: str, stream: IO[bytes], log_path: str, echo: Callable[[str, str], None] | None) -> None:
+    """Copy a child's output to *log_path*, line by line, and to *echo* (with *name*) if given."""
+    with stream, open(log_path, "ab") as log:
+        for line in iter(stream.readline, b""):
+            log.write(line)
+            log.flush()
+            if echo is not None:
+                echo(name, line.decode("utf-8", "replace").rstrip("\n"))
+
+
+def log_tail(path: str, lines: int = 30) -> str:
+    """The last *lines* lines of the log at *path* ("" if unreadable)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""

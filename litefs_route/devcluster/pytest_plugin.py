@@ -13,10 +13,23 @@ when the test ends, whether it passed or failed::
 
 ``litefs_front_proxy`` is the same for a bare :class:`FrontProxy` over
 servers you run yourself.
+
+``litefs_real_cluster`` is the same for :class:`LiteFSCluster`: real LiteFS
+nodes on FUSE mounts. Where LiteFS cannot run (no FUSE, no binary, not
+Linux) the test is skipped with the reason, unless ``LITEFS_REQUIRED=1`` is
+set (as the project's CI does): then it fails, so a machine that should run
+LiteFS never passes by skipping::
+
+    @pytest.mark.litefs
+    def test_failover(litefs_real_cluster):
+        cluster = litefs_real_cluster("myapp:app", instances=3, lease="consul")
+        cluster.kill_node(cluster.primary)
+        ...
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,13 +37,30 @@ from typing import Any, Protocol
 import pytest
 
 from .cluster import Cluster
+from .litefs import LiteFSCluster, litefs_unavailable
 from .proxy import FrontProxy
 
-__all__ = ["ClusterFactory", "FrontProxyFactory", "litefs_cluster", "litefs_front_proxy"]
+__all__ = [
+    "ClusterFactory",
+    "FrontProxyFactory",
+    "LiteFSClusterFactory",
+    "litefs_cluster",
+    "litefs_front_proxy",
+    "litefs_real_cluster",
+    "require_litefs",
+]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "litefs: runs real LiteFS nodes (FUSE mounts); see litefs_real_cluster")
 
 
 class ClusterFactory(Protocol):
     def __call__(self, app: str = ..., **options: Any) -> Cluster: ...
+
+
+class LiteFSClusterFactory(Protocol):
+    def __call__(self, app: str | None = ..., **options: Any) -> LiteFSCluster: ...
 
 
 class FrontProxyFactory(Protocol):
@@ -70,3 +100,32 @@ def litefs_front_proxy() -> Iterator[FrontProxyFactory]:
     finally:
         for proxy in reversed(proxies):
             proxy.close()
+
+
+def require_litefs() -> None:
+    """Skip the calling test where real LiteFS cannot run; fail instead under ``LITEFS_REQUIRED=1``."""
+    reason = litefs_unavailable()
+    if reason is None:
+        return
+    if os.environ.get("LITEFS_REQUIRED", "") not in ("", "0"):
+        pytest.fail(f"LITEFS_REQUIRED is set but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def litefs_real_cluster(tmp_path: Path) -> Iterator[LiteFSClusterFactory]:
+    """A factory of started :class:`LiteFSCluster` objects (real LiteFS), all closed at teardown."""
+    require_litefs()
+    clusters: list[LiteFSCluster] = []
+
+    def factory(app: str | None = None, **options: Any) -> LiteFSCluster:
+        options.setdefault("base_dir", tmp_path / f"litefs-{len(clusters)}")
+        cluster = LiteFSCluster(app, **options)
+        clusters.append(cluster)
+        return cluster.start()
+
+    try:
+        yield factory
+    finally:
+        for cluster in reversed(clusters):
+            cluster.close()

@@ -3,6 +3,7 @@
 - ``GET /whoami``: the instance id.
 - ``POST /write`` (form ``id``): records a write; ``?redirect=1`` answers 303 to ``/item/<id>``.
 - ``GET /item/<id>``: the write as this instance's copy has it, or 404.
+- ``GET|POST /unguarded-write/<id>``: a write whose SQLite errors propagate (a GET: hidden, no ``ensure_primary()``).
 - ``GET /stream``: three chunks; chunk N > 1 is sent only after ``POST /release/N``.
 """
 
@@ -47,6 +48,10 @@ async def item(request: Request) -> Response:
     return JSONResponse(found or {"read_on": common.INSTANCE}, status_code=200 if found else 404)
 
 
+def unguarded_write(request: Request) -> Response:
+    return JSONResponse(common.record_write_unguarded(request.path_params["id"]))
+
+
 async def stream(request: Request) -> Response:
     async def chunks() -> AsyncIterator[bytes]:
         yield b"chunk-1;"
@@ -77,10 +82,18 @@ app = Starlette(
         Route("/whoami", whoami),
         Route("/write", write, methods=["POST"]),
         Route("/item/{id}", item),
+        Route("/unguarded-write/{id}", unguarded_write, methods=["GET", "POST"]),
         Route("/stream", stream),
         # A read by method, but it must not be replayed: passthrough.
         Route("/release/{n:int}", release, methods=["POST"]),
     ],
-    middleware=[Middleware(PrimaryRoutingMiddleware, cache_ttl=common.CACHE_TTL, passthrough=["/release/*"])],
+    middleware=[
+        Middleware(
+            PrimaryRoutingMiddleware,
+            cache_ttl=common.CACHE_TTL,
+            primary_wait=common.PRIMARY_WAIT,
+            passthrough=["/release/*"],
+        )
+    ],
     lifespan=lifespan,
 )

@@ -13,6 +13,7 @@ import sqlite3
 
 INSTANCE = os.environ.get("FLY_MACHINE_ID", "standalone")
 CACHE_TTL = float(os.environ.get("DEVCLUSTER_CACHE_TTL", "0.05"))
+PRIMARY_WAIT = float(os.environ.get("DEVCLUSTER_PRIMARY_WAIT", "5"))
 
 
 def db_path() -> str:
@@ -24,9 +25,14 @@ def connect() -> sqlite3.Connection:
 
 
 def init_schema() -> None:
-    """Create the table on the primary; a replica gets it by replication."""
+    """Create the table on the primary; a replica gets it by replication.
+
+    ``DEVCLUSTER_JOURNAL_MODE=wal`` switches the database to WAL mode first.
+    """
     conn = connect()
     try:
+        if os.environ.get("DEVCLUSTER_JOURNAL_MODE"):
+            conn.execute(f"PRAGMA journal_mode={os.environ['DEVCLUSTER_JOURNAL_MODE']}")
         conn.execute("CREATE TABLE IF NOT EXISTS writes (id TEXT PRIMARY KEY, instance TEXT NOT NULL, body TEXT)")
     except sqlite3.OperationalError as exc:
         if "readonly" not in str(exc):
@@ -51,6 +57,16 @@ def record_write(write_id: str, body: str = "") -> tuple[int, dict[str, str]]:
     finally:
         conn.close()
     return 200, {"id": write_id, "instance": INSTANCE}
+
+
+def record_write_unguarded(write_id: str) -> dict[str, str]:
+    """Insert one write and let SQLite's errors propagate: what the read-only safety net must catch."""
+    conn = connect()
+    try:
+        conn.execute("INSERT INTO writes (id, instance) VALUES (?, ?)", (write_id, INSTANCE))
+    finally:
+        conn.close()
+    return {"id": write_id, "instance": INSTANCE}
 
 
 def read_write(write_id: str) -> dict[str, str] | None:

@@ -34,6 +34,8 @@ def inner(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[b
         form = parse_qs(environ["wsgi.input"].read(length).decode())
         status, payload = common.record_write(form["id"][0], form.get("body", [""])[0])
         return _json(start_response, status, payload)
+    if path.startswith("/unguarded-write/"):
+        return _json(start_response, 200, common.record_write_unguarded(path.removeprefix("/unguarded-write/")))
     if path.startswith("/item/"):
         found = common.read_write(path.removeprefix("/item/"))
         return _json(start_response, 200 if found else 404, found or {"read_on": common.INSTANCE})
@@ -41,4 +43,4 @@ def inner(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[b
 
 
 common.init_schema()
-app = PrimaryRoutingMiddleware(inner, cache_ttl=common.CACHE_TTL)
+app = PrimaryRoutingMiddleware(inner, cache_ttl=common.CACHE_TTL, primary_wait=common.PRIMARY_WAIT)

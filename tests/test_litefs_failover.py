@@ -1,0 +1,217 @@
+"""The primary moving on real LiteFS (Consul lease), and the CLI on real mounts (marker ``litefs``).
+
+The Consul lease is served by :class:`~litefs_route.devcluster.consul.ConsulStandIn`
+with a 3 s TTL, so a killed primary's lease expires within seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from litefs_route.cli import EXIT_NO_PRIMARY, EXIT_OK, EXIT_TIMEOUT
+from litefs_route.mount import Role, parse_lag, read_node_state
+
+if TYPE_CHECKING:
+    from litefs_route.devcluster.litefs import LiteFSCluster
+    from litefs_route.devcluster.pytest_plugin import LiteFSClusterFactory
+
+pytestmark = pytest.mark.litefs
+
+
+def _roles(cluster: LiteFSCluster, nodes: list[str]) -> dict[str, tuple[Role, str | None]]:
+    out = {}
+    for node in nodes:
+        state = read_node_state(cluster.mount_dir(node), node)
+        out[node] = (state.role, state.primary_id)
+    return out
+
+
+def _seed(cluster: LiteFSCluster, node: str) -> None:
+    with sqlite3.connect(cluster.db_path(node)) as db:
+        db.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        db.execute("INSERT INTO t DEFAULT VALUES")
+    db.close()
+
+
+def _watch_until(cluster: LiteFSCluster, nodes: list[str], done: Any, timeout: float = 30.0) -> list[Any]:
+    """Every distinct (roles) reading of *nodes* until *done(roles)*; each reading is one FUSE read per file."""
+    seen: list[Any] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        roles = _roles(cluster, nodes)
+        if not seen or seen[-1] != roles:
+            seen.append(roles)
+        if done(roles):
+            return seen
+        time.sleep(0.02)
+    raise AssertionError(f"not done within {timeout} s; seen: {seen}")
+
+
+def test_a_killed_primary_leaves_no_primary_until_its_lease_expires(
+    litefs_real_cluster: LiteFSClusterFactory,
+) -> None:
+    cluster = litefs_real_cluster(instances=3, lease="consul")
+    _seed(cluster, "node1")
+    txid = cluster.wait_replicated()["node1"]
+    survivors = ["node2", "node3"]
+
+    cluster.kill_node("node1")
+
+    def elected(roles: dict[str, tuple[Role, str | None]]) -> bool:
+        primaries = [n for n, (role, _) in roles.items() if role is Role.PRIMARY]
+        return len(primaries) == 1 and all(
+            r == (Role.REPLICA, primaries[0]) for n, r in roles.items() if n not in primaries
+        )
+
+    seen = _watch_until(cluster, survivors, elected)
+    # In between, both survivors had no primary: no .primary, and a .lag that is not zero.
+    assert any(all(role is Role.NO_PRIMARY for role, _ in r.values()) for r in seen), seen
+    assert all(role is not Role.PRIMARY for r in seen[:-1] for role, _ in r.values() if len(r) == 2), seen
+    new_primary = cluster.wait_primary()
+    assert new_primary in survivors
+    assert cluster.read(new_primary, ".primary") is None
+    assert cluster.read(new_primary, ".lag") == b"+000000000\n"
+    # The committed, replicated data survived the failover.
+    assert cluster.position(new_primary) == txid
+
+
+def test_no_primary_files(litefs_real_cluster: LiteFSClusterFactory) -> None:
+    # During the election: .primary absent (ENOENT) and .lag counting the ms since the primary was last heard.
+    cluster = litefs_real_cluster(instances=2, lease="consul", consul_ttl=10.0)
+    cluster.wait_replicated()
+    cluster.kill_node("node1")
+    _watch_until(cluster, ["node2"], lambda r: r["node2"][0] is Role.NO_PRIMARY)
+    first = parse_lag(cluster.read("node2", ".lag") or b"")
+    assert cluster.read("node2", ".primary") is None
+    assert first is not None
+    assert first > 0
+    _watch_until(cluster, ["node2"], lambda r: (parse_lag(cluster.read("node2", ".lag") or b"") or 0) > first)
+
+
+def test_graceful_handoff_moves_the_primary_at_once(litefs_real_cluster: LiteFSClusterFactory) -> None:
+    cluster = litefs_real_cluster(instances=3, lease="consul")
+    _seed(cluster, "node1")
+    cluster.wait_replicated()
+    cluster.promote("node3")
+    assert _roles(cluster, ["node1", "node2", "node3"]) == {
+        "node1": (Role.REPLICA, "node3"),
+        "node2": (Role.REPLICA, "node3"),
+        "node3": (Role.PRIMARY, "node3"),
+    }
+    with sqlite3.connect(cluster.db_path("node3")) as db:
+        db.execute("INSERT INTO t DEFAULT VALUES")
+    db.close()
+    positions = cluster.wait_replicated()
+    assert set(positions.values()) == {positions["node3"]}
+
+
+def test_a_stopped_primary_hands_over_and_rejoins_as_a_replica(litefs_real_cluster: LiteFSClusterFactory) -> None:
+    cluster = litefs_real_cluster(instances=2, lease="consul")
+    _seed(cluster, "node1")
+    cluster.wait_replicated()
+    cluster.stop_node("node1")  # SIGTERM: LiteFS releases its lease
+    assert cluster.wait_primary("node2", timeout=10) == "node2"
+    cluster.start_node("node1")
+    cluster.wait_primary("node2")
+    assert _roles(cluster, ["node1"]) == {"node1": (Role.REPLICA, "node2")}
+    assert cluster.wait_replicated()["node1"] == cluster.position("node2")
+
+
+def test_litefs_refuses_to_promote_a_non_candidate(litefs_real_cluster: LiteFSClusterFactory) -> None:
+    import urllib.error
+    import urllib.request
+
+    cluster = litefs_real_cluster(instances=2, lease="static")
+    request = urllib.request.Request(cluster.nodes["node2"].api_url + "/promote", method="POST")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5)
+    refused.value.close()
+    assert refused.value.code == 409
+    info = cluster.info("node2")
+    assert (info["isPrimary"], info["candidate"], info["primary"]["hostname"]) == (False, False, "node1")
+
+
+# -- the CLI on real mounts --------------------------------------------------------------
+
+
+def _cli_args(cluster: LiteFSCluster, node: str, command: str, *args: str) -> list[str]:
+    mount = ["--dir", cluster.mount_dir(node), "--instance-id", node, "--database", "app.db"]
+    return [sys.executable, "-m", "litefs_route", command, *mount, *args]
+
+
+def _cli(cluster: LiteFSCluster, node: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _cli_args(cluster, node, *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={k: v for k, v in os.environ.items() if k not in ("LITEFS_DIR", "FLY_MACHINE_ID")},
+    )
+
+
+def _status(cluster: LiteFSCluster, node: str) -> dict[str, Any]:
+    done = _cli(cluster, node, "status", "--json")
+    assert done.returncode == EXIT_OK, done.stderr
+    payload: dict[str, Any] = json.loads(done.stdout)
+    return payload
+
+
+def test_cli_status_wait_and_exec_on_real_mounts(litefs_real_cluster: LiteFSClusterFactory) -> None:
+    cluster = litefs_real_cluster(instances=2, lease="consul")
+    _seed(cluster, "node1")
+    txid = cluster.wait_replicated()["node1"]
+
+    primary, replica = _status(cluster, "node1"), _status(cluster, "node2")
+    assert (primary["role"], primary["primary"], primary["lag_ms"], primary["txid"]) == ("primary", "node1", 0, txid)
+    assert (replica["role"], replica["primary"], replica["txid"]) == ("replica", "node1", txid)
+
+    assert _cli(cluster, "node1", "wait", "--primary", "--timeout", "0").returncode == EXIT_OK
+    assert _cli(cluster, "node2", "wait", "--primary", "--timeout", "0.2").returncode == EXIT_TIMEOUT
+    assert _cli(cluster, "node2", "wait", "--synced", "--max-lag", "5000", "--timeout", "10").returncode == EXIT_OK
+    assert _cli(cluster, "node2", "wait", "--txid", str(txid), "--timeout", "0").returncode == EXIT_OK
+    assert _cli(cluster, "node2", "wait", "--txid", str(txid + 1), "--timeout", "0.2").returncode == EXIT_TIMEOUT
+
+    ran = _cli(cluster, "node1", "exec", "--if-primary", "--", sys.executable, "-c", "print('ran here')")
+    skipped = _cli(cluster, "node2", "exec", "--if-primary", "--", sys.executable, "-c", "print('ran here')")
+    assert (ran.returncode, ran.stdout) == (EXIT_OK, "ran here\n")
+    assert (skipped.returncode, skipped.stdout) == (EXIT_OK, "")
+    assert "skipped" in skipped.stderr
+
+    # A wait for a TXID that a write on the primary then reaches.
+    waiter = subprocess.Popen(
+        _cli_args(cluster, "node2", "wait", "--txid", str(txid + 1), "--timeout", "30"),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert waiter.stderr is not None
+    assert "waiting" in waiter.stderr.readline()
+    with sqlite3.connect(cluster.db_path("node1")) as db:
+        db.execute("INSERT INTO t DEFAULT VALUES")
+    db.close()
+    waiter.communicate(timeout=30)
+    assert waiter.returncode == EXIT_OK
+
+
+def test_cli_during_an_election(litefs_real_cluster: LiteFSClusterFactory) -> None:
+    cluster = litefs_real_cluster(instances=2, lease="consul", consul_ttl=10.0)
+    cluster.wait_replicated()
+    cluster.kill_node("node1")
+    _watch_until(cluster, ["node2"], lambda r: r["node2"][0] is Role.NO_PRIMARY)
+
+    assert _status(cluster, "node2")["role"] == "no-primary"
+    refused = _cli(cluster, "node2", "exec", "--if-primary", "--", sys.executable, "-c", "print('ran')")
+    assert (refused.returncode, refused.stdout) == (EXIT_NO_PRIMARY, "")
+    # `wait --primary` on the survivor returns once the dead primary's lease expired and it took over.
+    waited = _cli(cluster, "node2", "wait", "--primary", "--timeout", "40")
+    assert waited.returncode == EXIT_OK, waited.stderr
+    assert _status(cluster, "node2")["role"] == "primary"
+    ran = _cli(cluster, "node2", "exec", "--if-primary", "--wait", "5", "--", sys.executable, "-c", "print('ran')")
+    assert (ran.returncode, ran.stdout) == (EXIT_OK, "ran\n")
