@@ -122,8 +122,7 @@ def mark_readonly_failure(ctx: RequestContext, exc: BaseException) -> bool:
     """:func:`report_exception` for a known request context (blocking)."""
     if ctx.required is not None or not is_readonly_error(exc):
         return False
-    fresh = ctx.router.cache.get(max_age=0)
-    ctx.required = ctx.router.after_readonly_error(ctx.request, fresh)
+    ctx.required = ctx.router.after_readonly_error(ctx.request)
     logger.warning(
         "a write slipped through to a non-primary (SQLite refused it as read-only); answering %s",
         ctx.required.kind.value,

@@ -9,7 +9,9 @@ LiteFS exposes its state as small files in the mount (see the LiteFS docs):
 ``.lag``
     ``%+010d`` milliseconds of replication lag; exactly ``+000000000`` only
     while this node holds the lease. This is what tells "I am primary" from
-    "nobody is primary" when ``.primary`` is absent. Older mounts have none.
+    "nobody is primary" when ``.primary`` is absent. Every LiteFS since 0.5
+    has it; a folder with neither file is a mount point whose LiteFS is not
+    running (real LiteFS unmounts on exit), so it counts as "no primary".
 ``<db>-pos``
     ``%016x/%016x\\n``: the database's TXID and checksum.
 
@@ -175,7 +177,7 @@ def read_node_state(litefs_dir: str | None, instance_id: str) -> NodeState:
     ``.primary`` garbled, or the mount unreadable NO_PRIMARY
     no ``.primary``, ``.lag`` is zero             PRIMARY
     no ``.primary``, ``.lag`` non-zero            NO_PRIMARY
-    no ``.primary``, no parsable ``.lag``         PRIMARY (pre-``.lag`` LiteFS)
+    no ``.primary``, no parsable ``.lag``         NO_PRIMARY (not a live mount)
     ============================================  ============
     """
     if not litefs_dir:
@@ -197,7 +199,11 @@ def read_node_state(litefs_dir: str | None, instance_id: str) -> NodeState:
             return NodeState(Role.PRIMARY, instance_id, instance_id, lag, ".primary names this instance")
         return NodeState(Role.REPLICA, instance_id, primary, lag, ".primary present")
     if lag is None:
-        return NodeState(Role.PRIMARY, instance_id, instance_id, detail="no .primary, no .lag")
+        # Every LiteFS since 0.5 shows .lag. A folder without it is not a live
+        # mount: typically the mount point left behind when LiteFS stopped, where
+        # a write would land in a stray local file. Refuse rather than guess.
+        detail = "no .primary and no readable .lag: not a LiteFS mount (is LiteFS running?)"
+        return NodeState(Role.NO_PRIMARY, instance_id, None, detail=detail)
     if lag == 0:
         return NodeState(Role.PRIMARY, instance_id, instance_id, lag_ms=0, detail="holds the lease (.lag is zero)")
     return NodeState(Role.NO_PRIMARY, instance_id, None, lag_ms=lag, detail="no .primary and .lag is non-zero")

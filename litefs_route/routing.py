@@ -222,10 +222,7 @@ class Router:
         if self._settled(request, decision):
             return Outcome(decision, state)
         if decision.kind is Kind.WAIT_FOR_PRIMARY:
-            deadline = time.monotonic() + self.primary_wait
-            while state.role is Role.NO_PRIMARY and time.monotonic() < deadline:
-                yield Sleep(_PRIMARY_POLL)
-                state = yield ReadState(_PRIMARY_POLL)
+            state = yield from self._wait_for_primary(state)
             decision = decide(request, state, self.rules, waited_for_primary=True)
         if decision.kind is Kind.MEASURE_BODY:
             size: int = yield MeasureBody(self.rules.replay_body_limit)
@@ -243,6 +240,14 @@ class Router:
                 txid: int | None = yield ReadPosition()
                 clear_txid = txid is None or request.txid > txid
         return Outcome(decision, state, clear_txid)
+
+    def _wait_for_primary(self, state: NodeState) -> Generator[Need, Any, NodeState]:
+        """Re-read the state until a primary is known or ``primary_wait`` has passed."""
+        deadline = time.monotonic() + self.primary_wait
+        while state.role is Role.NO_PRIMARY and time.monotonic() < deadline:
+            yield Sleep(_PRIMARY_POLL)
+            state = yield ReadState(_PRIMARY_POLL)
+        return state
 
     def outcome_without_io(self, request: RequestInfo) -> Outcome | None:
         """The plan's outcome if it needs no I/O at all, else None.
@@ -297,14 +302,28 @@ class Router:
         """The decision for a handler that called ``ensure_primary()``."""
         return decide(request, state, self.rules, force_write=True)
 
-    def after_readonly_error(self, request: RequestInfo, fresh_state: NodeState) -> Decision:
-        """The decision for a request whose write SQLite refused as read-only.
+    def after_readonly_error(self, request: RequestInfo) -> Decision:
+        """The decision for a request whose write SQLite refused as read-only (blocking: call off the loop).
 
         The safety net for writes that slipped through (a stale reading, an
-        unflagged GET): replay to the primary if one is known now, else 503.
+        unflagged GET, a write under way while LiteFS handed the lease off):
+        read the mount afresh; with no primary known, wait for one as any
+        write does (``primary_wait``); replay to the primary, else 503.
         Never RUN: the app already ran and failed here.
         """
-        decision = decide(request, fresh_state, self.rules, force_write=True)
+        waiting = self._wait_for_primary(self.cache.get(max_age=0))
+        try:
+            need = next(waiting)
+            while True:
+                if isinstance(need, Sleep):
+                    time.sleep(need.seconds)
+                    need = waiting.send(None)
+                else:
+                    assert isinstance(need, ReadState)
+                    need = waiting.send(self.cache.get(need.max_age))
+        except StopIteration as done:
+            state: NodeState = done.value
+        decision = decide(request, state, self.rules, force_write=True, waited_for_primary=True)
         if decision.kind is Kind.RUN:
             return Decision(Kind.UNAVAILABLE, True, reason="the database refused the write as read-only")
         return decision

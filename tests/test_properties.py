@@ -183,7 +183,7 @@ def test_read_node_state_never_raises(primary: bytes | None, lag: bytes | None, 
         ("loop", None, Role.NO_PRIMARY),  # ELOOP from open()
         ("loop", "dir", Role.NO_PRIMARY),
         (None, "dir", Role.NO_PRIMARY),
-        ("dangling", None, Role.PRIMARY),  # ENOENT: absent, and no .lag (pre-.lag LiteFS)
+        ("dangling", None, Role.NO_PRIMARY),  # ENOENT: absent, and no .lag (not a live mount)
         ("dangling", "zero", Role.PRIMARY),
         ("dangling", "lagging", Role.NO_PRIMARY),
         ("valid", "dir", Role.NO_PRIMARY),

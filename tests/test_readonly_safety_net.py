@@ -102,7 +102,7 @@ def _starlette(db: Path) -> Any:
 @pytest.mark.parametrize("stack", ["flask-production", "flask-debug", "starlette-inside"], ids=lambda s: str(s))
 def test_slipped_write_is_replayed(stack: str, mount: Mount, tmp_path: Path) -> None:
     db = readonly_database(tmp_path / "app.db")
-    options: dict[str, Any] = {"litefs_dir": str(mount.path), "instance_id": ME, "cache_ttl": 3600}
+    options: dict[str, Any] = {"litefs_dir": str(mount.path), "instance_id": ME, "cache_ttl": 3600, "primary_wait": 0.3}
     if stack.startswith("flask"):
         app = _flask(db, {"DEBUG": True} if stack == "flask-debug" else {})
         app.wsgi_app = wsgi.PrimaryRoutingMiddleware(app.wsgi_app, **options)
@@ -122,7 +122,7 @@ def test_slipped_write_is_replayed(stack: str, mount: Mount, tmp_path: Path) -> 
         assert r.headers["fly-replay"] == f"instance={PRIMARY};state=litefs-route-hop-1"
         # an ordinary exception is still the app's own error
         assert httpx.get(url + "/boom").status_code == 500
-        # nobody primary now: the slipped write is refused with 503, not a 500
+        # nobody primary now: the slipped write waits primary_wait for one, then gets 503, not a 500
         mount.make_primary()
         replayed_read = httpx.get(url + "/nothing", headers={"fly-replay-src": "instance=x"})
         assert replayed_read.headers["fly-primary-instance"] == ME  # a fresh read re-warmed the cache
