@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -215,3 +216,51 @@ def test_cli_during_an_election(litefs_real_cluster: LiteFSClusterFactory) -> No
     assert _status(cluster, "node2")["role"] == "primary"
     ran = _cli(cluster, "node2", "exec", "--if-primary", "--wait", "5", "--", sys.executable, "-c", "print('ran')")
     assert (ran.returncode, ran.stdout) == (EXIT_OK, "ran\n")
+
+
+# -- litefs-route dev --litefs ------------------------------------------------------------
+
+
+def test_dev_command_runs_real_litefs() -> None:
+    from litefs_route.devcluster.pytest_plugin import require_litefs
+
+    require_litefs()
+    app = "tests.devcluster_apps.asgi_app:app"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "litefs_route", "dev", app, "--litefs", "--instances", "2", "--port", "0", "-q"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    with process:
+        try:
+            assert process.stdin is not None
+            assert process.stdout is not None
+            lines: list[str] = []
+            for line in process.stdout:
+                lines.append(line)
+                if line.startswith("ready: front "):
+                    break
+            assert "real LiteFS v0.5.14" in "".join(lines)
+            mounts = [m[1] for line in lines if (m := re.search(r"\s(/\S+/mnt)$", line))]
+            assert len(mounts) == 2
+            assert all(_is_mounted(m) for m in mounts)
+            process.stdin.write("promote node2\nkill node2\nstatus\nstart node2\nquit\n")
+            process.stdin.flush()
+            out = process.stdout.read()
+            assert process.wait(60) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert "promote node2: primary is now node2" in out
+    assert "kill node2: primary is now node1" in out
+    assert re.search(r"node2\s+replica\s+stopped", out)
+    assert "start node2: primary is now node1" in out
+    assert out.rstrip().endswith("stopped")
+    assert not any(_is_mounted(m) for m in mounts)
+
+
+def _is_mounted(path: str) -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == path for line in f)

@@ -2,12 +2,16 @@
 
 ::
 
-    python -m litefs_route.devcluster [APP] [--instances N] [--lag SECONDS] [--port PORT]
+    python -m litefs_route.devcluster [APP] [--instances N] [--lag SECONDS] [--port PORT] [--litefs]
 
 Starts the cluster, prints what to open and what to try, then reads simple
 commands from stdin (``promote node2``, ``lag 2``, ``stop node1``,
 ``start node1``, ``status``, ``help``, ``quit``). When stdin is not a
 terminal or is closed, it keeps running until SIGINT or SIGTERM.
+
+``--litefs`` runs real LiteFS nodes (FUSE mounts, a Consul lease served by
+the stand-in) instead of the imitation: see
+:class:`~litefs_route.devcluster.litefs.LiteFSCluster`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from types import FrameType
 from typing import TextIO
 
 from .cluster import DEFAULT_APP, Cluster
+from .litefs import LITEFS_VERSION, LiteFSCluster, litefs_unavailable
 
 __all__ = ["build_parser", "main", "run_command"]
 
@@ -34,6 +39,15 @@ _HELP = """commands:
   lag SECONDS            change the replication lag
   stop ID / start ID     stop or restart an instance
   quit                   stop everything"""
+
+_LITEFS_HELP = """commands (real LiteFS):
+  status                 who is primary, each node's TXID
+  promote ID             hand the lease to ID (LiteFS's own handoff)
+  kill ID                SIGKILL ID's LiteFS: its lease expires, another node takes over
+  stop ID / start ID     stop ID's LiteFS gracefully (it releases its lease) / start it again
+  quit                   stop everything"""
+
+AnyCluster = Cluster | LiteFSCluster
 
 
 class _Stop(Exception):
@@ -57,15 +71,30 @@ def build_parser(prog: str = "litefs-route dev") -> argparse.ArgumentParser:
     parser.add_argument("--interface", choices=["auto", "asgi", "wsgi"], default="auto", help="app interface (auto)")
     parser.add_argument("--base-dir", help="where the instance folders go (a temporary directory)")
     parser.add_argument("--quiet", "-q", action="store_true", help="do not echo the instances' output")
+    parser.add_argument(
+        "--litefs",
+        action="store_true",
+        help=f"run real LiteFS {LITEFS_VERSION} nodes (Linux, FUSE, the litefs binary) instead of the imitation",
+    )
     return parser
 
 
-def _banner(cluster: Cluster) -> str:
+def _banner(cluster: AnyCluster) -> str:
     primary = cluster.primary or "?"
     replica = next((i for i in cluster.ids if i != primary), primary)
     front = cluster.front_url
+    if isinstance(cluster, LiteFSCluster):
+        what = f"real LiteFS {LITEFS_VERSION}, Consul lease (stand-in)"
+        lag = "replication is LiteFS's own"
+        failover = f"type 'promote {replica}' (a handoff) or 'kill {primary}' (a crash) while traffic flows"
+        help_text = _LITEFS_HELP
+    else:
+        what = "a development tool, not LiteFS"
+        lag = f"lag {cluster.lag:g} s; try 'lag 2'"
+        failover = f"type 'promote {replica}' while traffic flows"
+        help_text = _HELP
     return f"""
-litefs-route dev cluster (a development tool, not LiteFS)
+litefs-route dev cluster ({what})
 {cluster.status()}
 
 Open {front}/ (requests are load-balanced round-robin, like Fly's proxy).
@@ -74,14 +103,14 @@ Things to try:
       curl -i -H 'fly-force-instance-id: {replica}' -d 'text=hello' {front}/entries
     the replica answers 409 + fly-replay, the front replays the request on {primary}
     (/entries is the example apps' form; with your own app, post to one of its paths).
-  * read your writes: post, then read from every instance (lag {cluster.lag:g} s; try 'lag 2').
-  * fail the primary over: type 'promote {replica}' while traffic flows.
-Instance logs: {cluster.base_dir}/logs
-{_HELP}
+  * read your writes: post, then read from every instance ({lag}).
+  * fail the primary over: {failover}.
+Logs: {cluster.base_dir}/logs
+{help_text}
 """
 
 
-def run_command(cluster: Cluster, line: str, out: TextIO) -> bool:
+def run_command(cluster: AnyCluster, line: str, out: TextIO) -> bool:
     """Run one interactive command; False when it was ``quit``."""
     words = line.split()
     if not words:
@@ -92,6 +121,8 @@ def run_command(cluster: Cluster, line: str, out: TextIO) -> bool:
             return False
         if command == "status":
             print(cluster.status(), file=out)
+        elif isinstance(cluster, LiteFSCluster):
+            _run_litefs_command(cluster, command, args, out)
         elif command in ("promote", "crash") and args:
             handover = float(args[1]) if len(args) > 1 else None
             cluster.promote(args[0], handover=handover, graceful=command == "promote")
@@ -107,16 +138,40 @@ def run_command(cluster: Cluster, line: str, out: TextIO) -> bool:
             print(f"started {args[0]} on {cluster.url(args[0])}", file=out)
         else:
             print(_HELP, file=out)
-    except (KeyError, ValueError, RuntimeError) as exc:
+    except (KeyError, ValueError, RuntimeError, OSError, TimeoutError) as exc:
         print(f"error: {exc}", file=out)
     out.flush()
     return True
+
+
+def _run_litefs_command(cluster: LiteFSCluster, command: str, args: list[str], out: TextIO) -> None:
+    if len(args) != 1 or command not in ("promote", "kill", "stop", "start"):
+        print(_LITEFS_HELP, file=out)
+        return
+    node = args[0]
+    if node not in cluster.nodes:
+        raise KeyError(f"no node {node!r}; nodes: {cluster.ids}")
+    if command == "promote":
+        cluster.promote(node)
+    elif command == "kill":
+        cluster.kill_node(node)
+        print(f"killed {node}'s LiteFS; waiting for its lease to expire ({cluster.consul_ttl:g} s)", file=out)
+        out.flush()
+        cluster.wait_primary()
+    elif command == "stop":
+        cluster.stop_node(node)
+    else:
+        cluster.start_node(node)
+    print(f"{command} {node}: primary is now {cluster.primary or '(none)'}", file=out)
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "litefs-route dev") -> int:
     """The ``dev`` command. *argv* excludes the program (and sub-command) name."""
     args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.litefs and (reason := litefs_unavailable()) is not None:
+        print(f"litefs-route dev --litefs: {reason}; without --litefs the imitation runs anywhere", file=sys.stderr)
+        return 2
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -124,17 +179,32 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "litefs-route dev") -
         raise _Stop
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    cluster = Cluster(
-        args.app,
-        instances=args.instances,
-        lag=args.lag,
-        port=args.port,
-        database=args.database,
-        region=args.region,
-        interface=args.interface,
-        base_dir=args.base_dir,
-        echo=None if args.quiet else lambda instance, line: print(f"[{instance}] {line}", file=sys.stderr),
-    )
+    echo = None if args.quiet else lambda instance, line: print(f"[{instance}] {line}", file=sys.stderr)
+    cluster: AnyCluster
+    if args.litefs:
+        cluster = LiteFSCluster(
+            args.app,
+            instances=args.instances,
+            lease="consul",
+            port=args.port,
+            database=args.database,
+            region=args.region,
+            interface=args.interface,
+            base_dir=args.base_dir,
+            echo=echo,
+        )
+    else:
+        cluster = Cluster(
+            args.app,
+            instances=args.instances,
+            lag=args.lag,
+            port=args.port,
+            database=args.database,
+            region=args.region,
+            interface=args.interface,
+            base_dir=args.base_dir,
+            echo=echo,
+        )
     try:
         cluster.start()
         print(_banner(cluster), flush=True)
