@@ -51,6 +51,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
@@ -266,7 +267,7 @@ class LiteFSCluster:
         demote_delay: float = 2.0,
         litefs_bin: str | None = None,
         startup_timeout: float = 30.0,
-        stop_timeout: float = 10.0,
+        stop_timeout: float = 5.0,
         echo: Callable[[str, str], None] | None = None,
     ) -> None:
         self.app = app
@@ -358,8 +359,11 @@ class LiteFSCluster:
             self._front = None
         for instance in self.instances.values():
             self.runner.terminate(instance)
+        # In parallel: a node that ignores SIGTERM (LiteFS handles it only once
+        # it has mounted) costs one stop_timeout in all, not one per node.
+        with ThreadPoolExecutor(max(1, len(self.nodes))) as pool:
+            list(pool.map(self._stop_litefs, self.nodes.values()))
         for node in self.nodes.values():
-            self._stop_litefs(node)
             if node.relay is not None:
                 node.relay.close()
                 node.relay = None

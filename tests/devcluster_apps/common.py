@@ -11,6 +11,8 @@ import json
 import os
 import sqlite3
 
+from litefs_route.routing import is_readonly_error
+
 INSTANCE = os.environ.get("FLY_MACHINE_ID", "standalone")
 CACHE_TTL = float(os.environ.get("DEVCLUSTER_CACHE_TTL", "0.05"))
 PRIMARY_WAIT = float(os.environ.get("DEVCLUSTER_PRIMARY_WAIT", "5"))
@@ -35,7 +37,8 @@ def init_schema() -> None:
             conn.execute(f"PRAGMA journal_mode={os.environ['DEVCLUSTER_JOURNAL_MODE']}")
         conn.execute("CREATE TABLE IF NOT EXISTS writes (id TEXT PRIMARY KEY, instance TEXT NOT NULL, body TEXT)")
     except sqlite3.OperationalError as exc:
-        if "readonly" not in str(exc):
+        # A replica refuses: "readonly" in rollback mode, "disk I/O error" in WAL mode.
+        if not is_readonly_error(exc):
             raise
     finally:
         conn.close()
