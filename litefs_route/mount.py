@@ -152,10 +152,12 @@ class NodeState:
     lag_ms: int | None = None
     #: Why the role was chosen, for logs (never contains file content).
     detail: str = ""
-    #: The errno name (``"EIO"``, ``"ENOTCONN"``; the exception's class name
-    #: if it has no errno) when the mount itself could not be read; None when
-    #: it was read (whatever it held).
+    #: The errno name (``"EIO"``, ``"ENOTCONN"``, ``"ENOENT"`` for a missing
+    #: directory; the exception's class name if it has no errno) when the
+    #: mount itself could not be read; None when it was read (whatever it held).
     mount_error: str | None = None
+    #: True if the folder held LiteFS's files (``.primary`` or ``.lag``).
+    litefs_seen: bool = False
 
     @property
     def is_primary(self) -> bool:
@@ -171,7 +173,8 @@ def read_node_state(litefs_dir: str | None, instance_id: str) -> NodeState:
     ============================================  ============
     mount                                         role
     ============================================  ============
-    no directory configured, or it is missing     STANDALONE
+    no directory configured (None or "")          STANDALONE
+    a directory that does not exist               NO_PRIMARY
     ``.primary`` names another valid host         REPLICA
     ``.primary`` names this instance              PRIMARY
     ``.primary`` garbled, or the mount unreadable NO_PRIMARY
@@ -186,7 +189,11 @@ def read_node_state(litefs_dir: str | None, instance_id: str) -> NodeState:
         raw_primary = _read_small(os.path.join(litefs_dir, ".primary"))
         raw_lag = _read_small(os.path.join(litefs_dir, ".lag"))
         if raw_primary is None and raw_lag is None and not os.path.isdir(litefs_dir):
-            return NodeState(Role.STANDALONE, instance_id, instance_id, detail=f"{litefs_dir} does not exist")
+            # Configured but missing: a typo, or LiteFS not mounted yet. Never
+            # "standalone", where every write would run here.
+            return NodeState(
+                Role.NO_PRIMARY, instance_id, None, detail=f"{litefs_dir} does not exist", mount_error="ENOENT"
+            )
     except OSError as exc:
         error = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
         return NodeState(Role.NO_PRIMARY, instance_id, None, detail=f"mount unreadable: {error}", mount_error=error)
@@ -194,10 +201,12 @@ def read_node_state(litefs_dir: str | None, instance_id: str) -> NodeState:
     if raw_primary is not None:
         primary = parse_primary(raw_primary)
         if primary is None:
-            return NodeState(Role.NO_PRIMARY, instance_id, None, lag, f".primary garbled ({len(raw_primary)} bytes)")
+            garbled = f".primary garbled ({len(raw_primary)} bytes)"
+            return NodeState(Role.NO_PRIMARY, instance_id, None, lag, garbled, litefs_seen=True)
         if primary == instance_id:
-            return NodeState(Role.PRIMARY, instance_id, instance_id, lag, ".primary names this instance")
-        return NodeState(Role.REPLICA, instance_id, primary, lag, ".primary present")
+            named = ".primary names this instance"
+            return NodeState(Role.PRIMARY, instance_id, instance_id, lag, named, litefs_seen=True)
+        return NodeState(Role.REPLICA, instance_id, primary, lag, ".primary present", litefs_seen=True)
     if lag is None:
         # Every LiteFS since 0.5 shows .lag. A folder without it is not a live
         # mount: typically the mount point left behind when LiteFS stopped, where
@@ -205,8 +214,8 @@ def read_node_state(litefs_dir: str | None, instance_id: str) -> NodeState:
         detail = "no .primary and no readable .lag: not a LiteFS mount (is LiteFS running?)"
         return NodeState(Role.NO_PRIMARY, instance_id, None, detail=detail)
     if lag == 0:
-        return NodeState(Role.PRIMARY, instance_id, instance_id, lag_ms=0, detail="holds the lease (.lag is zero)")
-    return NodeState(Role.NO_PRIMARY, instance_id, None, lag_ms=lag, detail="no .primary and .lag is non-zero")
+        return NodeState(Role.PRIMARY, instance_id, instance_id, 0, "holds the lease (.lag is zero)", litefs_seen=True)
+    return NodeState(Role.NO_PRIMARY, instance_id, None, lag, "no .primary and .lag is non-zero", litefs_seen=True)
 
 
 def read_position(litefs_dir: str, database: str) -> Position | None:

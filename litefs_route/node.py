@@ -119,7 +119,11 @@ class StateCache:
 
     @staticmethod
     def _log_change(previous: NodeState | None, state: NodeState) -> None:
-        level = logging.WARNING if state.role is Role.NO_PRIMARY else logging.INFO
+        # A mount that is missing or unreadable is a deployment error, not an election.
+        if state.mount_error is not None:
+            level = logging.ERROR
+        else:
+            level = logging.WARNING if state.role is Role.NO_PRIMARY else logging.INFO
         was = "unknown" if previous is None else previous.role.value
         logger.log(
             level,

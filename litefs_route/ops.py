@@ -322,9 +322,13 @@ def _open_lock_file(db_path: str) -> int:
 
 
 def _needs_halt(db_path: str, instance_id: str | None) -> bool:
-    """True on a replica; False on the primary or standalone; raises with no primary."""
+    """True on a replica; False on the primary or with no LiteFS at all; raises with no primary."""
     mount = os.path.dirname(os.path.abspath(db_path))
     state = read_node_state(mount, instance_id or default_instance_id())
+    if not state.litefs_seen and state.mount_error in (None, "ENOENT"):
+        # A plain folder or none (local development): no LiteFS, nothing to lock.
+        logger.debug("HALT lock for %s not needed: no LiteFS mount (%s)", db_path, state.detail)
+        return False
     if state.is_primary:
         logger.debug("HALT lock for %s not needed: %s (%s)", db_path, state.role.value, state.detail)
         return False

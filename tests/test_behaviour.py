@@ -7,6 +7,7 @@ The mount is a real directory in LiteFS's formats.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,15 +77,32 @@ def assert_replayed(response: httpx.Response, stack: Stack, hop: int = 1) -> Non
 # -- rows: where the app runs ------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["option-and-env-unset", "directory-missing"])
+@pytest.mark.parametrize("how", ["option-and-env-unset", "option-empty"])
 def test_no_mount_is_standalone(adapter: str, how: str, tmp_path: Any) -> None:
-    litefs_dir = None if how == "option-and-env-unset" else str(tmp_path / "nope")
+    litefs_dir = None if how == "option-and-env-unset" else ""
     for stack in _serve(adapter, litefs_dir):
         r = stack.client.post("/", content=b"x")
         assert (r.status_code, r.text) == (200, "ran")
         assert r.headers["fly-primary-instance"] == ME
         assert r.headers["fly-instance"] == ME
         assert stack.calls == ["POST /"]
+
+
+def test_a_configured_mount_that_is_missing_is_no_primary(
+    adapter: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A typo in LITEFS_DIR (or LiteFS not mounted yet) must not make every write run here."""
+    missing = str(tmp_path / "nope")
+    with caplog.at_level(logging.INFO, logger="litefs_route"):
+        for stack in _serve(adapter, missing, primary_wait=0.2):
+            assert stack.client.get("/").status_code == 200  # reads run
+            r = stack.client.post("/", content=b"x")
+            assert (r.status_code, r.headers["retry-after"]) == (503, "2")
+            assert "fly-primary-instance" not in r.headers
+            assert stack.calls == ["GET /"]
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in caplog.records]
+    assert f"{missing} does not exist" in errors[0].getMessage()
 
 
 def test_primary_runs_writes(stack: Stack, mount: Mount) -> None:

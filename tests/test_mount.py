@@ -81,7 +81,8 @@ def test_parse_position() -> None:
 def test_states(mount: Mount, tmp_path: Path) -> None:
     d = str(mount.path)
     assert read_node_state(None, ME).role is Role.STANDALONE
-    assert read_node_state(str(tmp_path / "missing"), ME).role is Role.STANDALONE
+    missing = read_node_state(str(tmp_path / "missing"), ME)  # configured, but not there: never standalone
+    assert (missing.role, missing.mount_error, missing.litefs_seen) == (Role.NO_PRIMARY, "ENOENT", False)
 
     mount.make_primary()
     state = read_node_state(d, ME)
