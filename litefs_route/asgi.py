@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Generator, Iterable, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 from .context import PrimaryRequired, RequestContext, _current, mark_readonly_failure
 from .decision import Kind, RequestInfo
@@ -34,13 +34,11 @@ from .routing import (
     REPLAY_HEADER,
     Headers,
     MeasureBody,
-    Outcome,
     ReadState,
     Reply,
     RoutingMiddleware,
     Sleep,
     WaitForTxid,
-    is_readonly_error,
 )
 
 __all__ = ["PrimaryRoutingMiddleware"]
@@ -51,6 +49,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 RawHeaders = list[tuple[bytes, bytes]]
+T = TypeVar("T")
 
 _OURS = {PRIMARY_HEADER.lower().encode(), INSTANCE_HEADER.lower().encode()}
 _REPLAY = REPLAY_HEADER.encode()
@@ -131,7 +130,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             self._last_tags = (tags, raw)
         return raw
 
-    async def _drive(self, plan: Generator[Any, Any, Outcome], receive: Receive) -> Outcome:
+    async def _drive(self, plan: Generator[Any, Any, T], receive: Receive) -> T:
         cache = self.router.cache
         run_in_thread, sleep = _async_backend()
         try:
@@ -153,8 +152,16 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
                     else:
                         need = plan.send(await run_in_thread(positions.read))
         except StopIteration as stop:
-            outcome: Outcome = stop.value
-            return outcome
+            result: T = stop.value
+            return result
+
+    async def _required_reply(self, ctx: RequestContext, receive: Receive) -> Reply:
+        """The reply a request that must end on the primary ends in; settled first if need be (updates ctx)."""
+        assert ctx.required is not None
+        if ctx.required.kind is Kind.WAIT_FOR_PRIMARY:  # SETTLE, or ensure_primary() with no primary
+            outcome = await self._drive(self.router.settle(ctx.request), receive)
+            ctx.required, ctx.state = outcome.decision, outcome.state
+        return self.router.reply(ctx.required)
 
     async def _txid_cookies(self, ctx: RequestContext) -> list[tuple[str, str]]:
         # Read after the handler ran (the TXID must include its write), off the loop.
@@ -180,7 +187,9 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             return
         router = self.router
         request = _request_info(scope)
-        outcome = router.outcome_without_io(request) or await self._drive(router.plan(request), receive)
+        outcome = router.outcome_without_io(request)
+        if outcome is None:
+            outcome = await self._drive(router.plan(request), receive)
         state = outcome.state
         if outcome.decision.kind is not Kind.RUN:
             await self._reply(send, router.reply(outcome.decision), state)
@@ -204,7 +213,8 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
                         # ensure_primary() was called and the app answered
                         # something else: the request still ends in the replay.
                         replaced = True
-                        await self._reply(send, router.reply(ctx.required), state)
+                        reply = await self._required_reply(ctx, receive)
+                        await self._reply(send, reply, ctx.state)
                         return
                 tagged = _with_tags(headers, tags)
                 if router.positions is not None:  # consistency on: a cookie may be due
@@ -218,21 +228,19 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         except PrimaryRequired as exc:
             if started:
                 raise
-            await self._reply(send, exc.reply, state)
+            reply = exc.reply if ctx.required is None else await self._required_reply(ctx, receive)
+            await self._reply(send, reply, ctx.state)
             return
         except Exception as exc:
             # The safety net: SQLite refused a write that slipped through.
-            # (It reads the mount afresh, so off the event loop.)
             # (Or any exception after ensure_primary() marked the request.)
-            if started or (ctx.required is None and not is_readonly_error(exc)):
+            if started or (ctx.required is None and not mark_readonly_failure(ctx, exc)):
                 raise
-            if ctx.required is None:
-                run_in_thread, _ = _async_backend()
-                await run_in_thread(functools.partial(mark_readonly_failure, ctx, exc))
-            assert ctx.required is not None
-            await self._reply(send, router.reply(ctx.required), state)
+            reply = await self._required_reply(ctx, receive)
+            await self._reply(send, reply, ctx.state)
             return
         finally:
             _current.reset(token)
         if ctx.required is not None and not started:
-            await self._reply(send, router.reply(ctx.required), state)
+            reply = await self._required_reply(ctx, receive)
+            await self._reply(send, reply, ctx.state)

@@ -17,7 +17,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .decision import Decision, RequestInfo
+from .decision import SETTLE, Decision, RequestInfo
 from .mount import NodeState, Role, default_instance_id, read_node_state
 from .routing import Reply, Router, is_readonly_error
 
@@ -56,8 +56,9 @@ class RequestContext:
     adapter: Literal["wsgi", "asgi"]
     #: Routed as a write, or a handler asked for the primary.
     write: bool = False
-    #: Set by ensure_primary() on a non-primary: the response the request
-    #: must end in, whatever the app does with the exception.
+    #: Set by ensure_primary() on a non-primary, or by the safety net: what
+    #: the request must end in, whatever the app does with the exception
+    #: (SETTLE: decided again by the middleware, see Router.settle).
     required: Decision | None = field(default=None)
     #: The request's __txid cookie must be cleared (see consistency.py).
     clear_txid: bool = False
@@ -119,13 +120,13 @@ def report_exception(exc: BaseException) -> bool:
 
 
 def mark_readonly_failure(ctx: RequestContext, exc: BaseException) -> bool:
-    """:func:`report_exception` for a known request context (blocking)."""
+    """:func:`report_exception` for a known request context (no I/O: the middleware settles it)."""
     if ctx.required is not None or not is_readonly_error(exc):
         return False
-    ctx.required = ctx.router.after_readonly_error(ctx.request)
+    ctx.required = SETTLE
     logger.warning(
-        "a write slipped through to a non-primary (SQLite refused it as read-only); answering %s",
-        ctx.required.kind.value,
+        "a write slipped through to a non-primary (SQLite refused it as read-only); "
+        "replaying it to the primary or refusing it"
     )
     return True
 

@@ -31,7 +31,9 @@ from .consistency import parse_txid_cookie
 from .mount import NodeState, Role
 
 __all__ = [
+    "NO_PRIMARY_REASON",
     "READ_METHODS",
+    "SETTLE",
     "Decision",
     "Kind",
     "PathGlobs",
@@ -156,6 +158,13 @@ class Decision:
 _RUN_READ = Decision(Kind.RUN, write=False)
 _RUN_WRITE = Decision(Kind.RUN, write=True)
 
+NO_PRIMARY_REASON = "no primary is known right now (a LiteFS election or failover)"
+#: What a request must end in when its app ran here but it belongs on the
+#: primary and no primary was known (``ensure_primary()``) or the database
+#: refused its write: to be decided again on a fresh reading, after waiting
+#: for a primary (``Router.settle``).
+SETTLE = Decision(Kind.WAIT_FOR_PRIMARY, write=True)
+
 
 def replay_hops(replay_src: str | None) -> int:
     """How many times litefs-route already replayed this request (0 if none)."""
@@ -213,10 +222,8 @@ def decide(
     if state.is_primary:
         return _RUN_WRITE
     if state.role is Role.NO_PRIMARY or state.primary_id is None:
-        if waited_for_primary or force_write:
-            return Decision(
-                Kind.UNAVAILABLE, True, reason="no primary is known right now (a LiteFS election or failover)"
-            )
+        if waited_for_primary:
+            return Decision(Kind.UNAVAILABLE, True, reason=NO_PRIMARY_REASON)
         return Decision(Kind.WAIT_FOR_PRIMARY, True)
     hops = replay_hops(request.replay_src)
     if hops >= rules.max_replays:

@@ -21,7 +21,17 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 from .consistency import TXID_COOKIE, PositionWatcher
-from .decision import Decision, Kind, PathGlobs, RequestInfo, Rules, decide, decide_lagging_read, replay_state
+from .decision import (
+    NO_PRIMARY_REASON,
+    Decision,
+    Kind,
+    PathGlobs,
+    RequestInfo,
+    Rules,
+    decide,
+    decide_lagging_read,
+    replay_state,
+)
 from .mount import NodeState, Role, default_instance_id, is_valid_instance_id
 from .node import StateCache
 
@@ -302,31 +312,24 @@ class Router:
         """The decision for a handler that called ``ensure_primary()``."""
         return decide(request, state, self.rules, force_write=True)
 
-    def after_readonly_error(self, request: RequestInfo) -> Decision:
-        """The decision for a request whose write SQLite refused as read-only (blocking: call off the loop).
+    def settle(self, request: RequestInfo) -> Generator[Need, Any, Outcome]:
+        """Decide, after its app ran here, a request that must end on the primary.
 
-        The safety net for writes that slipped through (a stale reading, an
-        unflagged GET, a write under way while LiteFS handed the lease off):
-        read the mount afresh; with no primary known, wait for one as any
-        write does (``primary_wait``); replay to the primary, else 503.
-        Never RUN: the app already ran and failed here.
+        For :data:`SETTLE` decisions: ``ensure_primary()`` with no primary
+        known, and the safety net (SQLite refused a write that slipped
+        through: a stale reading, an unflagged GET, a write under way while
+        LiteFS handed the lease off). Reads the mount afresh; with no primary
+        known, waits up to ``primary_wait`` for one, as any write does; then
+        replays to it, else 503. Never RUN: the app already ran here. The
+        outcome's state is the reading it decided on (for the reply's tags).
         """
-        waiting = self._wait_for_primary(self.cache.get(max_age=0))
-        try:
-            need = next(waiting)
-            while True:
-                if isinstance(need, Sleep):
-                    time.sleep(need.seconds)
-                    need = waiting.send(None)
-                else:
-                    assert isinstance(need, ReadState)
-                    need = waiting.send(self.cache.get(need.max_age))
-        except StopIteration as done:
-            state: NodeState = done.value
+        state: NodeState = yield ReadState(0)
+        state = yield from self._wait_for_primary(state)
         decision = decide(request, state, self.rules, force_write=True, waited_for_primary=True)
         if decision.kind is Kind.RUN:
-            return Decision(Kind.UNAVAILABLE, True, reason="the database refused the write as read-only")
-        return decision
+            reason = "this instance was not the primary when the request ran"
+            decision = Decision(Kind.UNAVAILABLE, True, reason=reason)
+        return Outcome(decision, state)
 
     # -- responses --------------------------------------------------------
 
@@ -369,6 +372,8 @@ class Router:
                 f"(header fly-force-instance-id: {decision.target}) or make it smaller.\n"
             )
             return _text_reply(413, body, [])
+        if decision.kind is Kind.WAIT_FOR_PRIMARY:  # SETTLE: replaced once settled, see settle()
+            decision = Decision(Kind.UNAVAILABLE, True, reason=NO_PRIMARY_REASON)
         if decision.kind is Kind.UNAVAILABLE:
             body = f"This write cannot run now: {decision.reason}. Retry shortly.\n"
             return _text_reply(503, body, [("Retry-After", str(self.retry_after))])

@@ -26,7 +26,7 @@ import functools
 import sys
 import time
 from collections.abc import Generator, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .context import PrimaryRequired, RequestContext, _current, mark_readonly_failure, report_exception
 from .decision import Kind, RequestInfo
@@ -37,13 +37,14 @@ from .routing import (
     REPLAY_HEADER,
     Headers,
     MeasureBody,
-    Outcome,
     ReadState,
     Reply,
     RoutingMiddleware,
     Sleep,
     WaitForTxid,
 )
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -126,7 +127,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
         if "flask" in sys.modules:
             _connect_flask_signal()
 
-    def _drive(self, plan: Generator[Any, Any, Outcome], environ: WSGIEnvironment) -> Outcome:
+    def _drive(self, plan: Generator[Any, Any, T], environ: WSGIEnvironment) -> T:
         cache = self.router.cache
         try:
             need = next(plan)
@@ -146,8 +147,16 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
                     else:
                         need = plan.send(positions.read())
         except StopIteration as stop:
-            outcome: Outcome = stop.value
-            return outcome
+            result: T = stop.value
+            return result
+
+    def _required_reply(self, ctx: RequestContext, environ: WSGIEnvironment) -> Reply:
+        """The reply a request that must end on the primary ends in; settled first if need be (updates ctx)."""
+        assert ctx.required is not None
+        if ctx.required.kind is Kind.WAIT_FOR_PRIMARY:  # SETTLE, or ensure_primary() with no primary
+            outcome = self._drive(self.router.settle(ctx.request), environ)
+            ctx.required, ctx.state = outcome.decision, outcome.state
+        return self.router.reply(ctx.required)
 
     def _txid_cookies(self, ctx: RequestContext) -> list[tuple[str, str]]:
         # Read after the handler ran: the TXID must include its write.
@@ -171,7 +180,6 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
 
         ctx = RequestContext(router, request, state, "wsgi", outcome.decision.write, clear_txid=outcome.clear_txid)
         environ["litefs_route.context"] = ctx
-        tags = router.tags(state)
         started = False
         replaced: Reply | None = None
 
@@ -183,12 +191,13 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
                 # ensure_primary() was called and the app answered something
                 # else (its error handler ate the exception): the request
                 # still ends in the replay.
-                replaced = router.reply(ctx.required)
+                replaced = self._required_reply(ctx, environ)
                 status, headers = replaced.status_line, list(replaced.headers)
             elif router.positions is not None:  # consistency on: a cookie may be due
                 headers = headers + self._txid_cookies(ctx)
             started = True
-            write = start_response(status, _with_tags(headers, tags), exc_info)
+            # ctx.state: the reading the request was routed on, or a fresher one it was settled on.
+            write = start_response(status, _with_tags(headers, router.tags(ctx.state)), exc_info)
             return _discarding_write if replaced is not None else write
 
         token = _current.set(ctx)
@@ -197,15 +206,16 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
         except PrimaryRequired as exc:
             if started:
                 raise
-            return self._reply(start_response, exc.reply, state)
+            reply = exc.reply if ctx.required is None else self._required_reply(ctx, environ)
+            return self._reply(start_response, reply, ctx.state)
         except Exception as exc:
             # The safety net: SQLite refused a write that slipped through.
             # (Or any exception after ensure_primary()/the Flask signal marked
             # the request: it ends in that reply all the same.)
             if started or (ctx.required is None and not mark_readonly_failure(ctx, exc)):
                 raise
-            assert ctx.required is not None
-            return self._reply(start_response, router.reply(ctx.required), state)
+            reply = self._required_reply(ctx, environ)
+            return self._reply(start_response, reply, ctx.state)
         finally:
             _current.reset(token)
         if replaced is not None:
@@ -213,5 +223,6 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
             return [replaced.body]
         if ctx.required is not None and not started:
             _close(result)
-            return self._reply(start_response, router.reply(ctx.required), state)
+            reply = self._required_reply(ctx, environ)
+            return self._reply(start_response, reply, ctx.state)
         return result

@@ -73,7 +73,15 @@ REFUSALS = [
     ("measured-body-fits", req("POST", unknown_length=True), REPLICA, {"body_size": 10}, Kind.REPLAY),
     ("ensure-primary-on-replica", req("GET"), REPLICA, {"force_write": True}, Kind.REPLAY),
     ("ensure-primary-passthrough-path", req("GET", "/healthz"), REPLICA, {"force_write": True}, Kind.REPLAY),
-    ("ensure-primary-no-primary", req("GET"), NO_PRIMARY, {"force_write": True}, Kind.UNAVAILABLE),
+    # ensure_primary() with no primary known waits for one, like any write (then: settled by Router.settle).
+    ("ensure-primary-no-primary", req("GET"), NO_PRIMARY, {"force_write": True}, Kind.WAIT_FOR_PRIMARY),
+    (
+        "ensure-primary-no-primary-after-waiting",
+        req("GET"),
+        NO_PRIMARY,
+        {"force_write": True, "waited_for_primary": True},
+        Kind.UNAVAILABLE,
+    ),
     ("ensure-primary-on-primary", req("GET"), PRIMARY, {"force_write": True}, Kind.RUN),
 ]
 

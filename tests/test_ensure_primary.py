@@ -250,3 +250,68 @@ def test_app_answering_the_replay_with_a_header_generator_keeps_every_header(mou
     assert_replay(r)  # fly-replay is the first header: the one a second pass would miss
     assert r.headers["content-type"] == "text/plain; charset=utf-8"
     assert r.headers["content-length"] == str(len(r.content))
+
+
+# -- no primary known: ensure_primary() waits for one, as a write does ----------------------
+
+
+def _waiting_app(adapter: str, router: Any, called: list[str]) -> Any:
+    if adapter == "wsgi":
+        flask = Flask("ensure_wait")
+
+        @flask.get("/visit")
+        def visit() -> str:
+            called.append("visit")
+            ensure_primary()
+            return "wrote"
+
+        flask.wsgi_app = wsgi.PrimaryRoutingMiddleware(flask.wsgi_app, router=router)  # type: ignore[method-assign]
+        return serve_wsgi(flask)
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    def visit_endpoint(request: Request) -> PlainTextResponse:
+        called.append("visit")
+        ensure_primary()
+        return PlainTextResponse("wrote")
+
+    app = Starlette(routes=[Route("/visit", visit_endpoint)])
+    return serve_asgi(asgi.PrimaryRoutingMiddleware(app, router=router))
+
+
+@pytest.mark.parametrize("adapter", ["wsgi", "asgi"])
+def test_ensure_primary_with_no_primary_waits_for_one(mount: Mount, adapter: str) -> None:
+    """During a failover a GET that writes rides it out like a form POST: the replay once a primary is known."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from litefs_route.routing import Router
+    from tests.support import wait_until
+
+    mount.make_no_primary()
+    router = Router(litefs_dir=str(mount.path), instance_id=ME, cache_ttl=0, primary_wait=30)
+    called: list[str] = []
+    with _waiting_app(adapter, router, called) as url, ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.get, url + "/visit", timeout=30)
+        wait_until(lambda: called == ["visit"], what="the handler to run")
+        reads = router.cache.reads
+        # The middleware now re-reads the mount while it waits: let it see a primary.
+        wait_until(lambda: router.cache.reads >= reads + 2, what="the middleware to wait for a primary")
+        assert not pending.done()
+        mount.make_replica(PRIMARY)
+        assert_replay(pending.result())
+
+
+@pytest.mark.parametrize("adapter", ["wsgi", "asgi"])
+def test_ensure_primary_with_no_primary_gets_503_after_primary_wait(mount: Mount, adapter: str) -> None:
+    from litefs_route.routing import Router
+
+    mount.make_no_primary()
+    router = Router(litefs_dir=str(mount.path), instance_id=ME, cache_ttl=0, primary_wait=0.2)
+    called: list[str] = []
+    with _waiting_app(adapter, router, called) as url:
+        r = httpx.get(url + "/visit")
+    assert (r.status_code, r.headers["retry-after"]) == (503, "2")
+    assert "no primary is known" in r.text
+    assert called == ["visit"]
