@@ -38,7 +38,9 @@ logger = logging.getLogger("litefs_route")
 
 TXID_COOKIE = "__txid"
 # LiteFS writes %016x; accept what it writes and nothing longer. Zero is "no write".
-_COOKIE = re.compile(r"(?:^|[;,])\s*__txid=([0-9a-f]{1,16})\s*(?=[;,]|$)")
+# Exactly 16 hex digits, any case: what LiteFS's proxy accepts (ltx.ParseTXID:
+# the length checked, then strconv.ParseUint(s, 16, 64)). Anything else is ignored.
+_COOKIE = re.compile(r"(?:^|[;,])\s*__txid=([0-9a-fA-F]{16})\s*(?=[;,]|$)")
 _COOKIE_HEADER_LIMIT = 16384
 # Seconds without waiters after which the watcher thread ends.
 _IDLE_EXIT = 5.0

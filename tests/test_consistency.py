@@ -210,8 +210,25 @@ def test_many_waiters_share_one_watcher(mount: Mount) -> None:
         ("__txid=0000000000000001; __txid=00000000000000ff", 255),
         ("x__txid=00000000000000ff", None),
         ("__txid=00000000000000ff" + "; a=b" * 5000, None),
+        ("__txid=a", None),
+        ("__txid=00000000000000f", None),
+        ("__txid=00000000000000fff", None),
+        ("__txid=00000000000000FF", 255),
+        ("__txid=0x000000000000ff", None),
     ],
-    ids=["absent", "alone", "among-others", "repeated-takes-max", "other-name", "huge-header"],
+    ids=[
+        "absent",
+        "alone",
+        "among-others",
+        "repeated-takes-max",
+        "other-name",
+        "huge-header",
+        "short",
+        "15-digits",
+        "17-digits",
+        "upper-case-as-litefs",
+        "0x-prefix",
+    ],
 )
 def test_parse_txid_cookie(header: str | None, txid: int | None) -> None:
     assert parse_txid_cookie(header) == txid
