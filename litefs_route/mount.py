@@ -129,7 +129,7 @@ def _read_small(path: str) -> bytes | None:
 class Role(str, enum.Enum):
     """What this node is, as far as routing is concerned."""
 
-    #: This node holds the lease (or the mount predates ``.lag``).
+    #: This node holds the lease.
     PRIMARY = "primary"
     #: Another node is primary; writes must be replayed to it.
     REPLICA = "replica"
@@ -137,6 +137,13 @@ class Role(str, enum.Enum):
     NO_PRIMARY = "no-primary"
     #: No LiteFS mount at all: local development, every request runs here.
     STANDALONE = "standalone"
+
+    # "replica", not "Role.REPLICA": the value is what logs, f-strings and JSON show.
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +221,7 @@ def read_node_state(litefs_dir: str | None, instance_id: str) -> NodeState:
         detail = "no .primary and no readable .lag: not a LiteFS mount (is LiteFS running?)"
         return NodeState(Role.NO_PRIMARY, instance_id, None, detail=detail)
     if lag == 0:
-        return NodeState(Role.PRIMARY, instance_id, instance_id, 0, "holds the lease (.lag is zero)", litefs_seen=True)
+        return NodeState(Role.PRIMARY, instance_id, instance_id, 0, "holds the lease: .lag is zero", litefs_seen=True)
     return NodeState(Role.NO_PRIMARY, instance_id, None, lag, "no .primary and .lag is non-zero", litefs_seen=True)
 
 

@@ -77,7 +77,7 @@ def test_status_primary(mount: Mount) -> None:
         "dir": str(mount.path),
         "database": "app.db",
         "txid": 42,
-        "detail": "holds the lease (.lag is zero)",
+        "detail": "holds the lease: .lag is zero",
     }
 
 

@@ -215,3 +215,7 @@ def test_concurrent_refreshes_share_reads(mount: Mount) -> None:
     assert len(results) == 16
     assert all(state.role is Role.PRIMARY for state in results)
     assert cache.reads == 2  # the first, and one for all sixteen
+
+
+def test_a_role_reads_as_its_value() -> None:
+    assert (str(Role.REPLICA), f"{Role.NO_PRIMARY}", f"{Role.PRIMARY:>8}") == ("replica", "no-primary", " primary")
