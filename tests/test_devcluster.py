@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -701,3 +702,57 @@ def test_cli_a_second_signal_does_not_cut_the_cleanup_short() -> None:
             if process.poll() is None:
                 process.kill()
     assert not any(port_open("127.0.0.1", port) for port in instance_ports)
+
+
+def test_cli_prompt_answers_mistakes_in_plain_words() -> None:
+    process, _ = _start_cli(stdin=subprocess.PIPE)
+    with process:
+        try:
+            assert process.stdin is not None
+            assert process.stdout is not None
+            process.stdin.write("lag abc\npromote nodeX\nfrobnicate\nhelp\nquit\n")
+            process.stdin.flush()
+            out = process.stdout.read()
+            assert process.wait(30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert "error: lag takes a number of seconds, not 'abc'" in out
+    assert "error: no instance 'nodeX'; instances: ['node1', 'node2']" in out
+    assert "unknown command: 'frobnicate'" in out
+    assert "Traceback" not in out
+    assert "could not convert" not in out
+
+
+def test_cli_ctrl_c_exits_130_after_cleaning_up() -> None:
+    process, lines = _start_cli(stdin=subprocess.DEVNULL)
+    with process:
+        try:
+            assert process.stdout is not None
+            front_port = int(lines[-1].rsplit(":", 1)[1])
+            assert process.stdout.readline() == "stdin closed; running until SIGINT or SIGTERM\n"
+            process.send_signal(signal.SIGINT)
+            assert process.wait(30) == 130
+            assert process.stdout.read().rstrip().endswith("stopped")
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert not port_open("127.0.0.1", front_port)
+
+
+def test_cli_busy_port_is_one_clear_line() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "litefs_route.devcluster", ASGI_APP, "--port", str(port)],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 2
+    assert f"port {port} is in use" in done.stderr
+    assert "--port 0" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout == ""

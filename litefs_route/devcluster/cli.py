@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TextIO
 
-from .cluster import DEFAULT_APP, Cluster
+from .cluster import DEFAULT_APP, Cluster, port_free
 from .litefs import LITEFS_VERSION, LiteFSCluster, litefs_unavailable
 
 __all__ = ["build_parser", "main", "run_command"]
@@ -121,14 +121,16 @@ def run_command(cluster: AnyCluster, line: str, out: TextIO) -> bool:
             return False
         if command == "status":
             print(cluster.status(), file=out)
+        elif command in ("help", "?"):
+            print(_LITEFS_HELP if isinstance(cluster, LiteFSCluster) else _HELP, file=out)
         elif isinstance(cluster, LiteFSCluster):
             _run_litefs_command(cluster, command, args, out)
         elif command in ("promote", "crash") and args:
-            handover = float(args[1]) if len(args) > 1 else None
+            handover = _seconds(args[1], command) if len(args) > 1 else None
             cluster.promote(args[0], handover=handover, graceful=command == "promote")
             print(f"primary is now {cluster.primary}", file=out)
         elif command == "lag" and len(args) == 1:
-            cluster.set_lag(float(args[0]))
+            cluster.set_lag(_seconds(args[0], "lag"))
             print(f"lag is now {cluster.lag:g} s", file=out)
         elif command == "stop" and len(args) == 1:
             cluster.stop_instance(args[0])
@@ -137,16 +139,34 @@ def run_command(cluster: AnyCluster, line: str, out: TextIO) -> bool:
             cluster.start_instance(args[0])
             print(f"started {args[0]} on {cluster.url(args[0])}", file=out)
         else:
-            print(_HELP, file=out)
-    except (KeyError, ValueError, RuntimeError, OSError, TimeoutError) as exc:
+            print(f"unknown command: {line.strip()!r}\n{_HELP}", file=out)
+    except _CommandError as exc:
+        print(f"error: {exc}", file=out)
+    except KeyError as exc:  # str(KeyError) quotes its message: show the message
+        print(f"error: {exc.args[0] if exc.args else exc}", file=out)
+    except (RuntimeError, OSError, TimeoutError) as exc:
         print(f"error: {exc}", file=out)
     out.flush()
     return True
 
 
+class _CommandError(Exception):
+    """A command typed wrong: the message says how to type it."""
+
+
+def _seconds(text: str, command: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise _CommandError(f"{command} takes a number of seconds, not {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise _CommandError(f"{command} takes a number of seconds >= 0, not {text!r}")
+    return value
+
+
 def _run_litefs_command(cluster: LiteFSCluster, command: str, args: list[str], out: TextIO) -> None:
     if len(args) != 1 or command not in ("promote", "kill", "stop", "start"):
-        print(_LITEFS_HELP, file=out)
+        print(f"unknown command: {' '.join([command, *args])!r}\n{_LITEFS_HELP}", file=out)
         return
     node = args[0]
     if node not in cluster.nodes:
@@ -172,13 +192,24 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "litefs-route dev") -
     if args.litefs and (reason := litefs_unavailable()) is not None:
         print(f"litefs-route dev --litefs: {reason}; without --litefs the imitation runs anywhere", file=sys.stderr)
         return 2
+    if args.port and not port_free("127.0.0.1", args.port):
+        print(
+            f"litefs-route dev: port {args.port} is in use (another dev cluster?); "
+            "pick another with --port N, or --port 0 for any free port",
+            file=sys.stderr,
+        )
+        return 2
     stop = threading.Event()
+    received: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
         stop.set()
         raise _Stop
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP: the terminal was closed. Each ends in the same clean-up.
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, on_signal) for sig in handled}
     echo = None if args.quiet else lambda instance, line: print(f"[{instance}] {line}", file=sys.stderr)
     cluster: AnyCluster
     if args.litefs:
@@ -220,7 +251,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "litefs-route dev") -
             while not stop.wait(0.2):
                 pass
     except (_Stop, KeyboardInterrupt):
-        pass
+        if not received:  # a KeyboardInterrupt raised before our handler was in place
+            received.append(signal.SIGINT)
     finally:
         # A second signal (`timeout`, a supervisor, a second ^C) must not cut
         # the clean-up short and orphan the instances: ignore it until done.
@@ -232,4 +264,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "litefs-route dev") -
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         print("stopped", flush=True)
-    return 0
+    # Ctrl-C and a closed terminal exit as the shell expects (128 + signal);
+    # SIGTERM, end of input and `quit` are the normal ways to stop: 0.
+    first = received[0] if received else None
+    return 128 + first if first in (signal.SIGINT, signal.SIGHUP) else 0
