@@ -756,3 +756,25 @@ def test_cli_busy_port_is_one_clear_line() -> None:
     assert "--port 0" in done.stderr
     assert "Traceback" not in done.stderr
     assert done.stdout == ""
+
+
+@pytest.mark.parametrize("how", ["kill-9", "sighup"])
+def test_cli_killed_or_hung_up_leaves_no_instance_and_no_folder(how: str) -> None:
+    """Instances die with the command (PR_SET_PDEATHSIG), and the reaper removes the folder."""
+    process, lines = _start_cli(stdin=subprocess.DEVNULL)
+    instance_ports = [int(m[1]) for line in lines if (m := re.search(r"node\d\s.*http://127\.0\.0\.1:(\d+)", line))]
+    [base] = [m[1] for line in lines if (m := re.match(r"Logs: (\S+)/logs$", line.strip()))]
+    with process:
+        try:
+            assert len(instance_ports) == 2
+            assert os.path.isdir(base)
+            process.send_signal(signal.SIGKILL if how == "kill-9" else signal.SIGHUP)
+            assert process.wait(30) == (-signal.SIGKILL if how == "kill-9" else 128 + signal.SIGHUP)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    wait_for(
+        lambda: not any(port_open("127.0.0.1", port) for port in instance_ports) and not os.path.exists(base),
+        timeout=20,
+        message="instances or their folder outlived the command",
+    )

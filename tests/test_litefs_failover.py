@@ -264,3 +264,47 @@ def test_dev_command_runs_real_litefs() -> None:
 def _is_mounted(path: str) -> bool:
     with open("/proc/self/mounts") as f:
         return any(line.split()[1] == path for line in f)
+
+
+def test_dev_command_killed_hard_leaves_no_mount_process_or_folder() -> None:
+    from litefs_route.devcluster import wait_for
+    from litefs_route.devcluster.pytest_plugin import require_litefs
+    from litefs_route.devcluster.reaper import mounts_under
+
+    require_litefs()
+    app = "tests.devcluster_apps.asgi_app:app"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "litefs_route", "dev", app, "--litefs", "--instances", "2", "--port", "0", "-q"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    with process:
+        try:
+            assert process.stdout is not None
+            lines: list[str] = []
+            for line in process.stdout:
+                lines.append(line)
+                if line.startswith("ready: front "):
+                    break
+            [base] = [m[1] for line in lines if (m := re.match(r"Logs: (\S+)/logs$", line.strip()))]
+            assert len(mounts_under(base)) == 2
+            process.kill()
+            process.wait(30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+    wait_for(lambda: not mounts_under(base) and not os.path.exists(base), timeout=30, message="left behind")
+    assert not [p for p in _litefs_processes() if base in p]
+
+
+def _litefs_processes() -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                found.append(f.read().replace(b"\0", b" ").decode(errors="replace"))
+        except (OSError, ValueError):
+            continue
+    return [c for c in found if "litefs" in c and " mount " in c]

@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import IO, Literal
 
 from .proxy import FrontProxy
+from .reaper import FolderReaper, die_with_parent
 from .replication import Replicator, resolve_ids
 
 __all__ = [
@@ -172,6 +173,7 @@ class Cluster:
         self.base_dir = os.path.abspath(os.fspath(base_dir)) if base_dir is not None else ""
         self._replicator: Replicator | None = None
         self._front: FrontProxy | None = None
+        self._reaper: FolderReaper | None = None
         self.instances: dict[str, Instance] = {}
         self._lock = threading.RLock()
         self._started = False
@@ -186,6 +188,7 @@ class Cluster:
         try:
             if self._owns_base:
                 self.base_dir = tempfile.mkdtemp(prefix="litefs-devcluster-")
+                self._reaper = FolderReaper(self.base_dir)
             os.makedirs(os.path.join(self.base_dir, "logs"), exist_ok=True)
             for instance_id in self.ids:
                 folder = os.path.join(self.base_dir, instance_id)
@@ -233,6 +236,9 @@ class Cluster:
             self._replicator = None
         if self._owns_base and self.base_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
+        if self._reaper is not None:
+            self._reaper.close()
+            self._reaper = None
 
     stop = close
 
@@ -431,6 +437,7 @@ class AppRunner:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         instance.process = process
         assert process.stdout is not None

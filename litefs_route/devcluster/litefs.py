@@ -60,6 +60,7 @@ from ..mount import parse_position
 from .cluster import AppRunner, Instance, Interface, free_port, log_tail, pump_output, stop_process_group, wait_for
 from .consul import ConsulStandIn
 from .proxy import FrontProxy
+from .reaper import FolderReaper, die_with_parent, is_mounted, mounts_under, unmount
 from .replication import resolve_ids
 
 __all__ = [
@@ -93,11 +94,6 @@ def find_litefs() -> str | None:
         os.path.join(os.path.expanduser("~"), "go", "bin", "litefs"),
     ]
     return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
-
-
-def fusermount() -> str | None:
-    """``fusermount3`` (what LiteFS's FUSE library calls), else ``fusermount``."""
-    return shutil.which("fusermount3") or shutil.which("fusermount")
 
 
 def litefs_unavailable() -> str | None:
@@ -308,6 +304,7 @@ class LiteFSCluster:
         self.instances: dict[str, Instance] = {}
         self.consul: ConsulStandIn | None = None
         self._front: FrontProxy | None = None
+        self._reaper: FolderReaper | None = None
         self._started = False
         self._lock = threading.RLock()
 
@@ -324,6 +321,7 @@ class LiteFSCluster:
         try:
             if self._owns_base:
                 self.base_dir = tempfile.mkdtemp(prefix="litefs-cluster-")
+                self._reaper = FolderReaper(self.base_dir)
             os.makedirs(os.path.join(self.base_dir, "logs"), exist_ok=True)
             if self.lease == "consul":
                 self.consul = ConsulStandIn().start()
@@ -372,6 +370,9 @@ class LiteFSCluster:
             self.consul = None
         if self._owns_base and self.base_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
+        if self._reaper is not None:
+            self._reaper.close()
+            self._reaper = None
 
     def __enter__(self) -> LiteFSCluster:
         return self.start()
@@ -625,6 +626,7 @@ class LiteFSCluster:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         node.process = process
         assert process.stdout is not None
@@ -648,7 +650,7 @@ class LiteFSCluster:
             self.info(node.id, timeout=0.5)
         except (OSError, ValueError):
             return False
-        return _mounted(node.mount_dir)
+        return is_mounted(node.mount_dir)
 
     def _knows_primary(self, node_id: str, primary: str | None = None) -> bool:
         try:
@@ -675,13 +677,8 @@ class LiteFSCluster:
     @staticmethod
     def _unmount(node: LiteFSNode) -> None:
         """Remove a mount its LiteFS left behind (killed): lazily, so open files do not block it."""
-        if not _mounted(node.mount_dir):
-            return
-        tool = fusermount()
-        if tool is not None:
-            subprocess.run([tool, "-u", "-z", node.mount_dir], check=False, capture_output=True)
-        if _mounted(node.mount_dir):
-            subprocess.run(["umount", "-l", node.mount_dir], check=False, capture_output=True)
+        for point in mounts_under(node.mount_dir):
+            unmount(point)
 
     def _relay(self, node_id: str) -> TcpRelay:
         relay = self.nodes[node_id].relay
@@ -724,18 +721,3 @@ class LiteFSCluster:
             "DATABASE_PATH": instance.db_path,
             **self.env,
         }
-
-
-def _mounted(path: str) -> bool:
-    """True if *path* is a mount point, dead FUSE mounts included (``os.path.ismount`` says False for those)."""
-    target = os.path.realpath(path)
-    try:
-        with open("/proc/self/mounts", encoding="utf-8", errors="replace") as mounts:
-            for line in mounts:
-                fields = line.split()
-                # Spaces and other specials in mount points are octal escapes (\040).
-                if len(fields) > 1 and fields[1].encode().decode("unicode_escape") == target:
-                    return True
-    except OSError:
-        return os.path.ismount(path)
-    return False
