@@ -625,7 +625,19 @@ def test_close_stops_everything(tmp_path: Path) -> None:
 
 def _start_cli(*args: str, stdin: int, stderr: int = subprocess.DEVNULL) -> tuple[subprocess.Popen[str], list[str]]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "litefs_route.devcluster", ASGI_APP, "--instances", "2", "--port", "0", "-q", *args],
+        [
+            sys.executable,
+            "-m",
+            "litefs_route.devcluster",
+            ASGI_APP,
+            "--imitation",
+            "--instances",
+            "2",
+            "--port",
+            "0",
+            "-q",
+            *args,
+        ],
         cwd=ROOT,
         stdin=stdin,
         stdout=subprocess.PIPE,

@@ -308,3 +308,46 @@ def _litefs_processes() -> list[str]:
         except (OSError, ValueError):
             continue
     return [c for c in found if "litefs" in c and " mount " in c]
+
+
+def test_dev_command_demo_does_what_its_banner_says() -> None:
+    """The bundled demo on real LiteFS: the form posted on a replica lands on the primary, and reads see it."""
+    import httpx
+
+    from litefs_route.devcluster.pytest_plugin import require_litefs
+
+    require_litefs()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "litefs_route", "dev", "--port", "0", "-q"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    with process:
+        try:
+            assert process.stdin is not None
+            assert process.stdout is not None
+            lines: list[str] = []
+            for line in process.stdout:
+                lines.append(line)
+                if line.startswith("ready: front "):
+                    break
+            banner = "".join(lines)
+            assert "real LiteFS v0.5.14" in banner
+            front = lines[-1].split()[-1]
+            with httpx.Client(base_url=front, timeout=30) as client:
+                # What the banner suggests: post the form on a replica.
+                posted = client.post("/entries", data={"text": "hello"}, headers={"fly-force-instance-id": "node2"})
+                assert (posted.status_code, posted.headers["location"]) == (303, "/")
+                assert posted.headers["fly-instance"] == "node1"  # replayed to the primary
+                for node in ("node2", "node3"):  # read your writes, on every replica, at once
+                    page = client.get("/", headers={"fly-force-instance-id": node})
+                    assert "hello" in page.text, node
+                    assert f"This is instance <b>{node}</b>" in page.text
+            process.stdin.write("quit\n")
+            process.stdin.flush()
+            assert process.wait(60) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import inspect
 import logging
 import socketserver
@@ -66,7 +67,7 @@ def _serve_wsgi(app: Any, host: str, port: int, server: str) -> None:
 
 
 def _serve_asgi(app: Any, host: str, port: int) -> None:
-    import uvicorn
+    import uvicorn  # checked in main()
 
     uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="auto", timeout_graceful_shutdown=3)
 
@@ -80,10 +81,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", choices=["auto", "werkzeug", "wsgiref"], default="auto")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    app = load_app(args.app)
+    try:
+        app = load_app(args.app)
+    except (ImportError, AttributeError, ValueError) as exc:
+        # One line (the dev command shows the last line of this log): what is missing.
+        print(f"cannot load the app {args.app}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        return 3
     interface = args.interface
     if interface == "auto":
         interface = "asgi" if is_asgi(app) else "wsgi"
+    if interface == "asgi" and importlib.util.find_spec("uvicorn") is None:
+        print(
+            f"serving the ASGI app {args.app} needs uvicorn: pip install 'litefs-route[cluster]'",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 3
     print(f"serving {args.app} ({interface}) on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
     if interface == "asgi":
         _serve_asgi(app, args.host, args.port)

@@ -2,16 +2,18 @@
 
 ::
 
-    python -m litefs_route.devcluster [APP] [--instances N] [--lag SECONDS] [--port PORT] [--litefs]
+    python -m litefs_route.devcluster [APP] [--instances N] [--port PORT] [--litefs | --imitation] [--lag SECONDS]
 
 Starts the cluster, prints what to open and what to try, then reads simple
 commands from stdin (``promote node2``, ``lag 2``, ``stop node1``,
 ``start node1``, ``status``, ``help``, ``quit``). When stdin is not a
 terminal or is closed, it keeps running until SIGINT or SIGTERM.
 
-``--litefs`` runs real LiteFS nodes (FUSE mounts, a Consul lease served by
-the stand-in) instead of the imitation: see
-:class:`~litefs_route.devcluster.litefs.LiteFSCluster`.
+It runs real LiteFS nodes (FUSE mounts, a Consul lease served by the
+stand-in: :class:`~litefs_route.devcluster.litefs.LiteFSCluster`) where
+LiteFS can run, else the imitation (:class:`Cluster`), and says which.
+``--litefs`` insists on real LiteFS; ``--imitation`` (or ``--lag``, which
+only the imitation has) asks for the imitation.
 """
 
 from __future__ import annotations
@@ -64,18 +66,20 @@ def build_parser(prog: str = "litefs-route dev") -> argparse.ArgumentParser:
         "app", nargs="?", default=DEFAULT_APP, help=f"module:attr of a WSGI or ASGI app ({DEFAULT_APP})"
     )
     parser.add_argument("--instances", "-n", type=int, default=3, help="how many instances (3)")
-    parser.add_argument("--lag", type=float, default=0.0, help="replication lag in seconds (0)")
+    parser.add_argument("--lag", type=float, default=None, help="replication lag in seconds (the imitation only)")
     parser.add_argument("--port", type=int, default=8080, help="the front proxy's port (8080; 0 picks a free one)")
     parser.add_argument("--database", default="app.db", help="the database file name (app.db)")
     parser.add_argument("--region", default="local", help="FLY_REGION of every instance (local)")
     parser.add_argument("--interface", choices=["auto", "asgi", "wsgi"], default="auto", help="app interface (auto)")
     parser.add_argument("--base-dir", help="where the instance folders go (a temporary directory)")
     parser.add_argument("--quiet", "-q", action="store_true", help="do not echo the instances' output")
-    parser.add_argument(
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
         "--litefs",
         action="store_true",
-        help=f"run real LiteFS {LITEFS_VERSION} nodes (Linux, FUSE, the litefs binary) instead of the imitation",
+        help=f"real LiteFS {LITEFS_VERSION} nodes, or fail (default: real LiteFS where it can run)",
     )
+    which.add_argument("--imitation", action="store_true", help="the imitation (plain folders), even where LiteFS runs")
     return parser
 
 
@@ -89,8 +93,10 @@ def _banner(cluster: AnyCluster) -> str:
         failover = f"type 'promote {replica}' (a handoff) or 'kill {primary}' (a crash) while traffic flows"
         help_text = _LITEFS_HELP
     else:
-        what = "a development tool, not LiteFS"
-        lag = f"lag {cluster.lag:g} s; try 'lag 2'"
+        what = "an imitation of LiteFS: a development tool"
+        # The imitation writes <db>-pos on a poll, so a cookie minted right after
+        # a commit can name the TXID before it: say so rather than promise.
+        lag = f"lag {cluster.lag:g} s, try 'lag 2'; the imitation's check is approximate, real LiteFS's exact"
         failover = f"type 'promote {replica}' while traffic flows"
         help_text = _HELP
     return f"""
@@ -189,9 +195,16 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "litefs-route dev") -
     """The ``dev`` command. *argv* excludes the program (and sub-command) name."""
     args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    if args.litefs and (reason := litefs_unavailable()) is not None:
+    if args.litefs and args.lag is not None:
+        print("litefs-route dev: --lag is the imitation's; real LiteFS replicates at its own pace", file=sys.stderr)
+        return 2
+    reason = litefs_unavailable()
+    if args.litefs and reason is not None:
         print(f"litefs-route dev --litefs: {reason}; without --litefs the imitation runs anywhere", file=sys.stderr)
         return 2
+    real = reason is None and not args.imitation and args.lag is None
+    if not real and not args.imitation and args.lag is None:
+        print(f"litefs-route dev: running the imitation ({reason})", file=sys.stderr)
     if args.port and not port_free("127.0.0.1", args.port):
         print(
             f"litefs-route dev: port {args.port} is in use (another dev cluster?); "
@@ -212,7 +225,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "litefs-route dev") -
     previous = {sig: signal.signal(sig, on_signal) for sig in handled}
     echo = None if args.quiet else lambda instance, line: print(f"[{instance}] {line}", file=sys.stderr)
     cluster: AnyCluster
-    if args.litefs:
+    if real:
         cluster = LiteFSCluster(
             args.app,
             instances=args.instances,
@@ -228,7 +241,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "litefs-route dev") -
         cluster = Cluster(
             args.app,
             instances=args.instances,
-            lag=args.lag,
+            lag=args.lag or 0.0,
             port=args.port,
             database=args.database,
             region=args.region,
@@ -237,7 +250,13 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "litefs-route dev") -
             echo=echo,
         )
     try:
-        cluster.start()
+        try:
+            cluster.start()
+        except RuntimeError as exc:
+            # An instance that would not start: its log's last line says why.
+            reason = str(exc).strip().splitlines()[-1]
+            print(f"litefs-route dev: {reason}", file=sys.stderr)
+            return 1
         print(_banner(cluster), flush=True)
         print(f"ready: front {cluster.front_url}", flush=True)
         for line in sys.stdin:

@@ -36,8 +36,9 @@ __all__ = [
 
 logger = logging.getLogger("litefs_route.devcluster")
 
-#: The app ``litefs-route dev`` runs when none is named.
-DEFAULT_APP = "examples.starlette_app.app:app"
+#: The app ``litefs-route dev`` runs when none is named: a guest book that
+#: needs nothing beyond litefs-route (standard library WSGI).
+DEFAULT_APP = "litefs_route.devcluster.demo:app"
 
 Interface = Literal["auto", "asgi", "wsgi"]
 

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from .cluster import Cluster
+from .cluster import DEFAULT_APP, Cluster
 from .litefs import LiteFSCluster, litefs_unavailable
 from .proxy import FrontProxy
 
@@ -72,7 +72,7 @@ def litefs_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
     """A factory of started :class:`Cluster` objects, all closed at teardown."""
     clusters: list[Cluster] = []
 
-    def factory(app: str = "examples.starlette_app.app:app", **options: Any) -> Cluster:
+    def factory(app: str = DEFAULT_APP, **options: Any) -> Cluster:
         options.setdefault("base_dir", tmp_path / f"devcluster-{len(clusters)}")
         cluster = Cluster(app, **options)
         clusters.append(cluster)
