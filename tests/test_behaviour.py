@@ -188,13 +188,15 @@ def test_ensure_primary_on_primary_returns(adapter: str, mount: Mount, state: st
         assert stack.calls == ["ensure"]
 
 
-def test_ensure_primary_without_primary_is_503(stack: Stack, mount: Mount) -> None:
+def test_ensure_primary_without_primary_is_503(adapter: str, mount: Mount) -> None:
+    # After waiting primary_wait for a primary, as a write does.
     mount.make_no_primary()
-    r = stack.client.get("/ensure")
-    assert r.status_code == 503
-    assert r.headers["retry-after"] == "2"
-    assert "fly-replay" not in r.headers
-    assert stack.calls == []
+    for stack in _serve(adapter, str(mount.path), primary_wait=0.2):
+        r = stack.client.get("/ensure")
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "2"
+        assert "fly-replay" not in r.headers
+        assert stack.calls == []
 
 
 def test_instance_info_in_handler(stack: Stack, mount: Mount) -> None:
