@@ -357,14 +357,15 @@ class LiteFSCluster:
             self._front = None
         for instance in self.instances.values():
             self.runner.terminate(instance)
-        # In parallel: a node that ignores SIGTERM (LiteFS handles it only once
-        # it has mounted) costs one stop_timeout in all, not one per node.
-        with ThreadPoolExecutor(max(1, len(self.nodes))) as pool:
-            list(pool.map(self._stop_litefs, self.nodes.values()))
+        # Relays first: no replica is left mid-stream to a primary that is going away.
         for node in self.nodes.values():
             if node.relay is not None:
                 node.relay.close()
                 node.relay = None
+        # In parallel: a node that ignores SIGTERM (LiteFS handles it only once
+        # it has mounted) costs one stop_timeout in all, not one per node.
+        with ThreadPoolExecutor(max(1, len(self.nodes))) as pool:
+            list(pool.map(self._stop_litefs, self.nodes.values()))
         if self.consul is not None:
             self.consul.close()
             self.consul = None
