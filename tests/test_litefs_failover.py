@@ -75,7 +75,8 @@ def test_a_killed_primary_leaves_no_primary_until_its_lease_expires(
     seen = _watch_until(cluster, survivors, elected)
     # In between, both survivors had no primary: no .primary, and a .lag that is not zero.
     assert any(all(role is Role.NO_PRIMARY for role, _ in r.values()) for r in seen), seen
-    assert all(role is not Role.PRIMARY for r in seen[:-1] for role, _ in r.values() if len(r) == 2), seen
+    # Never two primaries at once (the new one may show before the other survivor names it).
+    assert all(sum(role is Role.PRIMARY for role, _ in r.values()) <= 1 for r in seen), seen
     new_primary = cluster.wait_primary()
     assert new_primary in survivors
     assert cluster.read(new_primary, ".primary") is None
