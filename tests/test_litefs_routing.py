@@ -75,7 +75,7 @@ def test_a_write_hidden_in_a_get_is_replayed_by_the_safety_net(
 # -- read-your-writes ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("resume_after", "served_by"), [(None, "node1"), (0.3, "node3")], ids=["held", "caught-up"])
+@pytest.mark.parametrize(("resume_after", "served_by"), [(None, "node1"), (0.1, "node3")], ids=["held", "caught-up"])
 def test_read_your_writes_on_a_held_back_replica(
     litefs_real_cluster: LiteFSClusterFactory, resume_after: float | None, served_by: str
 ) -> None:

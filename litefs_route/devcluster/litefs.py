@@ -48,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -497,10 +498,21 @@ class LiteFSCluster:
         """Hand the lease to *node_id* gracefully (LiteFS's ``POST /promote``); wait until it is primary."""
         if self.lease != "consul":
             raise RuntimeError("a static lease cannot move; use lease='consul'")
-        request = urllib.request.Request(self.nodes[node_id].api_url + "/promote", method="POST")  # noqa: S310
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
-            response.read()
-        self.wait_primary(node_id, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            request = urllib.request.Request(self.nodes[node_id].api_url + "/promote", method="POST")  # noqa: S310
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+                    response.read()
+                break
+            except urllib.error.HTTPError as exc:
+                # 500 while the node is (re)connecting to the primary ("no primary is
+                # currently available", "target node is not currently connected"): retry.
+                exc.close()
+                if exc.code != 500 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        self.wait_primary(node_id, timeout=max(5.0, deadline - time.monotonic()))
 
     def kill_node(self, node_id: str) -> None:
         """SIGKILL the node's LiteFS, as a crash: its lease is not released and its mount goes dead.
