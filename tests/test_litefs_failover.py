@@ -221,28 +221,36 @@ def test_cli_during_an_election(litefs_real_cluster: LiteFSClusterFactory) -> No
 
 # -- litefs-route dev --litefs ------------------------------------------------------------
 
+DEV_APP = "tests.devcluster_apps.asgi_app:app"
 
-def test_dev_command_runs_real_litefs() -> None:
+
+def _start_dev(*args: str, stdin: int) -> tuple[subprocess.Popen[str], list[str]]:
+    """``litefs-route dev ARGS --port 0 -q`` started, and its output up to the "ready" line."""
     from litefs_route.devcluster.pytest_plugin import require_litefs
 
     require_litefs()
-    app = "tests.devcluster_apps.asgi_app:app"
     process = subprocess.Popen(
-        [sys.executable, "-m", "litefs_route", "dev", app, "--litefs", "--instances", "2", "--port", "0", "-q"],
-        stdin=subprocess.PIPE,
+        [sys.executable, "-m", "litefs_route", "dev", *args, "--port", "0", "-q"],
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
+    assert process.stdout is not None
+    lines: list[str] = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("ready: front "):
+            break
+    return process, lines
+
+
+def test_dev_command_runs_real_litefs() -> None:
+    process, lines = _start_dev(DEV_APP, "--litefs", "--instances", "2", stdin=subprocess.PIPE)
     with process:
         try:
             assert process.stdin is not None
             assert process.stdout is not None
-            lines: list[str] = []
-            for line in process.stdout:
-                lines.append(line)
-                if line.startswith("ready: front "):
-                    break
             assert "real LiteFS v0.5.14" in "".join(lines)
             mounts = [m[1] for line in lines if (m := re.search(r"\s(/\S+/mnt)$", line))]
             assert len(mounts) == 2
@@ -269,26 +277,11 @@ def _is_mounted(path: str) -> bool:
 
 def test_dev_command_killed_hard_leaves_no_mount_process_or_folder() -> None:
     from litefs_route.devcluster import wait_for
-    from litefs_route.devcluster.pytest_plugin import require_litefs
     from litefs_route.devcluster.reaper import mounts_under
 
-    require_litefs()
-    app = "tests.devcluster_apps.asgi_app:app"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "litefs_route", "dev", app, "--litefs", "--instances", "2", "--port", "0", "-q"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    process, lines = _start_dev(DEV_APP, "--litefs", "--instances", "2", stdin=subprocess.DEVNULL)
     with process:
         try:
-            assert process.stdout is not None
-            lines: list[str] = []
-            for line in process.stdout:
-                lines.append(line)
-                if line.startswith("ready: front "):
-                    break
             [base] = [m[1] for line in lines if (m := re.match(r"Logs: (\S+)/logs$", line.strip()))]
             assert len(mounts_under(base)) == 2
             process.kill()
@@ -315,25 +308,10 @@ def test_dev_command_demo_does_what_its_banner_says() -> None:
     """The bundled demo on real LiteFS: the form posted on a replica lands on the primary, and reads see it."""
     import httpx
 
-    from litefs_route.devcluster.pytest_plugin import require_litefs
-
-    require_litefs()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "litefs_route", "dev", "--port", "0", "-q"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    process, lines = _start_dev(stdin=subprocess.PIPE)
     with process:
         try:
             assert process.stdin is not None
-            assert process.stdout is not None
-            lines: list[str] = []
-            for line in process.stdout:
-                lines.append(line)
-                if line.startswith("ready: front "):
-                    break
             banner = "".join(lines)
             assert "real LiteFS v0.5.14" in banner
             front = lines[-1].split()[-1]
