@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from litefs_route.cli import EXIT_NO_PRIMARY, EXIT_OK, EXIT_TIMEOUT
+from litefs_route.devcluster.reaper import is_mounted
 from litefs_route.mount import Role, parse_lag, read_node_state
 
 if TYPE_CHECKING:
@@ -254,7 +255,7 @@ def test_dev_command_runs_real_litefs() -> None:
             assert "real LiteFS v0.5.14" in "".join(lines)
             mounts = [m[1] for line in lines if (m := re.search(r"\s(/\S+/mnt)$", line))]
             assert len(mounts) == 2
-            assert all(_is_mounted(m) for m in mounts)
+            assert all(is_mounted(m) for m in mounts)
             process.stdin.write("promote node2\nkill node2\nstatus\nstart node2\nquit\n")
             process.stdin.flush()
             out = process.stdout.read()
@@ -267,12 +268,7 @@ def test_dev_command_runs_real_litefs() -> None:
     assert re.search(r"node2\s+replica\s+stopped", out)
     assert "start node2: primary is now node1" in out
     assert out.rstrip().endswith("stopped")
-    assert not any(_is_mounted(m) for m in mounts)
-
-
-def _is_mounted(path: str) -> bool:
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == path for line in f)
+    assert not any(is_mounted(m) for m in mounts)
 
 
 def test_dev_command_killed_hard_leaves_no_mount_process_or_folder() -> None:
