@@ -42,7 +42,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.mount import make_mounts
+from bench.mount import SELF_ID, make_mounts
 from bench.run import Server, log
 
 # (variant, mount, method); "-": the variant does not look at the mount.
@@ -86,14 +86,29 @@ def send_requests(port: int, method: str, n: int, *, keep_alive: bool) -> None:
         conn.close()
 
 
-def _total_at_exit(stack: str, variant: str, litefs_dir: Path, method: str, requests: int, out_dir: Path) -> int:
+@dataclass(frozen=True)
+class Where:
+    """Where a counted server runs, for ``bench/litefs_side_by_side.py``'s real LiteFS nodes:
+    its ``FLY_MACHINE_ID``, its port (None: any free one) and the port the requests go to
+    (None: the server's own; else a proxy in front of it, whose own work is not counted)."""
+
+    machine_id: str = SELF_ID
+    port: int | None = None
+    via: int | None = None
+
+
+def _total_at_exit(
+    stack: str, variant: str, litefs_dir: Path, method: str, requests: int, out_dir: Path, where: Where
+) -> int:
     """Instructions of the app process over its whole life, having served *requests*."""
-    out = out_dir / f"{stack}-{variant}-{litefs_dir.name}-{method}-{requests}"
+    via = "" if where.via is None else f"-via{where.via}"
+    out = out_dir / f"{stack}-{variant}-{litefs_dir.name}-{where.machine_id}{via}-{method}-{requests}"
     server = Server(
         stack,
         variant,
         litefs_dir,
         -1,
+        machine_id=where.machine_id,
         wrapper=("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p"),
         # Same hash seed, same dict layouts: runs that differ only in the
         # request count differ only by the requests' instructions.
@@ -101,9 +116,11 @@ def _total_at_exit(stack: str, variant: str, litefs_dir: Path, method: str, requ
         start_timeout=300,
         stop_timeout=120,
     )
+    if where.port is not None:
+        server.port = where.port
     with server.running():
         pid = server.app_pid()
-        send_requests(server.port, method, requests, keep_alive=stack == "ASGI")
+        send_requests(where.via or server.port, method, requests, keep_alive=stack == "ASGI")
     # callgrind writes the file when the process exits (gunicorn's worker too).
     dump = Path(f"{out}.{pid}")
     totals = [line for line in dump.read_text().splitlines() if line.startswith(("summary:", "totals:"))]
@@ -112,12 +129,21 @@ def _total_at_exit(stack: str, variant: str, litefs_dir: Path, method: str, requ
     return int(totals[0].split()[1])
 
 
-def count(stack: str, variant: str, litefs_dir: Path, method: str, n: int, warmup: int, out_dir: Path) -> float:
+def count(
+    stack: str,
+    variant: str,
+    litefs_dir: Path,
+    method: str,
+    n: int,
+    warmup: int,
+    out_dir: Path,
+    where: Where = Where(),
+) -> float:
     """Instructions per request of one cell: the difference between a server
     that served *warmup* requests and one that served *warmup* + *n*, so that
     start-up, imports and shutdown cancel out."""
-    short = _total_at_exit(stack, variant, litefs_dir, method, warmup, out_dir)
-    long = _total_at_exit(stack, variant, litefs_dir, method, warmup + n, out_dir)
+    short = _total_at_exit(stack, variant, litefs_dir, method, warmup, out_dir, where)
+    long = _total_at_exit(stack, variant, litefs_dir, method, warmup + n, out_dir, where)
     return (long - short) / n
 
 

@@ -35,9 +35,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -168,6 +169,8 @@ class Server:
     litefs_dir: Path
     cpu: int
     port: int = field(default_factory=free_port)
+    #: FLY_MACHINE_ID (on a real LiteFS cluster: the node's lease hostname).
+    machine_id: str = SELF_ID
     proc: subprocess.Popen[bytes] | None = None
     #: Prefixed to the command (bench/instructions.py runs servers under valgrind).
     wrapper: tuple[str, ...] = ()
@@ -192,7 +195,7 @@ class Server:
             **os.environ,
             "BENCH_VARIANT": self.variant,
             "LITEFS_DIR": str(self.litefs_dir),
-            "FLY_MACHINE_ID": SELF_ID,
+            "FLY_MACHINE_ID": self.machine_id,
             "PYTHONPATH": str(ROOT),
             **self.extra_env,
         }
@@ -265,32 +268,65 @@ class Server:
 
 
 @dataclass(frozen=True)
-class Config:
+class WrkConfig:
+    """How the wrk cells run (also used by ``bench/litefs_side_by_side.py``)."""
+
     rounds: int
     seconds: float
     warmup: float
     asgi_connections: int
     wsgi_connections: int
-    memory_requests: int
-    inproc_rounds: int
-    inproc_n: int
     server_cpu: int
     wrk_cpu: int
-    instr_n: int
 
     def connections(self, stack: str) -> int:
         return self.asgi_connections if stack == "ASGI" else self.wsgi_connections
 
 
+@dataclass(frozen=True)
+class Config(WrkConfig):
+    memory_requests: int
+    inproc_rounds: int
+    inproc_n: int
+    instr_n: int
+
+
 Key = tuple[str, str, str, str]  # stack, variant, mount, method
+T = TypeVar("T")
+
+
+def rotated(items: Sequence[T], r: int) -> list[T]:
+    """*items* starting at the *r*-th: rotate the order each round so that no item always runs first or last."""
+    return [items[(i + r) % len(items)] for i in range(len(items))]
+
+
+def warm_up(cfg: WrkConfig, url: str, method: str, stack: str) -> None:
+    """``cfg.warmup`` seconds of wrk, discarded."""
+    wrk(url, method=method, connections=cfg.connections(stack), seconds=cfg.warmup, cpu=cfg.wrk_cpu)
+
+
+def measure(cfg: WrkConfig, url: str, method: str, stack: str) -> WrkResult:
+    """``cfg.seconds`` seconds of wrk, measured."""
+    return wrk(url, method=method, connections=cfg.connections(stack), seconds=cfg.seconds, cpu=cfg.wrk_cpu)
+
+
+def warm_and_measure(cfg: WrkConfig, url: str, method: str, stack: str) -> WrkResult:
+    """One cell: the warm-up, then the measured run."""
+    warm_up(cfg, url, method, stack)
+    return measure(cfg, url, method, stack)
+
+
+def log_cell(prefix: str, res: WrkResult) -> None:
+    if res.errors:
+        log(f"warning: {res.errors} socket errors (connect/timeout) in this cell")
+    log(f"{prefix} {res.rps:9.0f} req/s  p50 {res.p50_ms:.3f} ms  p99 {res.p99_ms:.3f} ms")
 
 
 def throughput(cfg: Config, mounts: dict[str, Path]) -> dict[Key, list[WrkResult]]:
     results: dict[Key, list[WrkResult]] = {}
     plan = [(stack, variant) for stack in STACKS for variant in VARIANTS]
     for r in range(cfg.rounds):
-        # Rotate the variant order each round so that no variant always runs first or last.
-        order = [(stack, VARIANTS[(i + r) % len(VARIANTS)]) for stack in STACKS for i in range(len(VARIANTS))]
+        order = [(stack, variant) for stack in STACKS for variant in rotated(VARIANTS, r)]
         assert sorted(order) == sorted(plan)
         for stack, variant in order:
             by_mount: dict[str, list[str]] = {}
@@ -301,17 +337,9 @@ def throughput(cfg: Config, mounts: dict[str, Path]) -> dict[Key, list[WrkResult
                 with Server(stack, variant, litefs_dir, cfg.server_cpu).running() as server:
                     for method in methods:
                         server.check(mount, method)
-                        url = f"http://127.0.0.1:{server.port}/"
-                        conns = cfg.connections(stack)
-                        wrk(url, method=method, connections=conns, seconds=cfg.warmup, cpu=cfg.wrk_cpu)
-                        res = wrk(url, method=method, connections=conns, seconds=cfg.seconds, cpu=cfg.wrk_cpu)
+                        res = warm_and_measure(cfg, f"http://127.0.0.1:{server.port}/", method, stack)
                         results.setdefault((stack, variant, mount, method), []).append(res)
-                        if res.errors:
-                            log(f"warning: {res.errors} socket errors (connect/timeout) in this cell")
-                        log(
-                            f"round {r + 1}/{cfg.rounds} {stack} {variant:5} {mount:7} {method:4} "
-                            f"{res.rps:9.0f} req/s  p50 {res.p50_ms:.3f} ms  p99 {res.p99_ms:.3f} ms"
-                        )
+                        log_cell(f"round {r + 1}/{cfg.rounds} {stack} {variant:5} {mount:7} {method:4}", res)
     return results
 
 
@@ -420,6 +448,14 @@ def med(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def wrk_columns(cell: list[WrkResult], base_rps: float) -> str:
+    """The Markdown columns ``req/s (median) | range | vs base | p50 ms | p99 ms`` of a cell's rounds."""
+    rps = [r.rps for r in cell]
+    p50, p99 = med([r.p50_ms for r in cell]), med([r.p99_ms for r in cell])
+    ratio = med(rps) / base_rps
+    return f"{med(rps):,.0f} | {min(rps):,.0f} to {max(rps):,.0f} | {ratio:.1%} | {p50:.3f} | {p99:.3f}"
+
+
 def machine() -> str:
     cpu = "?"
     with contextlib.suppress(OSError):
@@ -486,15 +522,10 @@ def report(
                 cell = tput.get((stack, variant, mount, method), [])
                 if not cell:
                     continue
-                rps = [r.rps for r in cell]
                 what = f"{method}" if mount == "-" else f"{mount} {method}"
                 if variant != "bare" and mount == "replica" and method == "POST":
                     what += " → 409 replay"
-                p50, p99 = med([r.p50_ms for r in cell]), med([r.p99_ms for r in cell])
-                out.append(
-                    f"| {VARIANT_LABEL[variant]} | {what} | {med(rps):,.0f} | {min(rps):,.0f} to {max(rps):,.0f} | "
-                    f"{med(rps) / base:.1%} | {p50:.3f} | {p99:.3f} |"
-                )
+                out.append(f"| {VARIANT_LABEL[variant]} | {what} | {wrk_columns(cell, base)} |")
         route_primary = med([r.rps for r in tput[(stack, "route", "primary", "GET")]])
         route_post = tput[(stack, "route", "replica", "POST")]
         ratio = route_primary / base
@@ -652,9 +683,10 @@ def main(argv: list[str] | None = None) -> None:
     if (os.cpu_count() or 1) < 2:
         args.server_cpu = args.wrk_cpu = -1
     cfg = Config(
-        args.rounds, args.seconds, args.warmup, args.asgi_connections, args.wsgi_connections,
-        args.memory_requests, args.inproc_rounds, args.inproc_n, args.server_cpu, args.wrk_cpu,
-        args.instructions_n,
+        rounds=args.rounds, seconds=args.seconds, warmup=args.warmup, asgi_connections=args.asgi_connections,
+        wsgi_connections=args.wsgi_connections, server_cpu=args.server_cpu, wrk_cpu=args.wrk_cpu,
+        memory_requests=args.memory_requests, inproc_rounds=args.inproc_rounds, inproc_n=args.inproc_n,
+        instr_n=args.instructions_n,
     )  # fmt: skip
     sections = set(args.only.split(","))
     ensure_tool("wrk")

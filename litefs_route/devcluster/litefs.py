@@ -287,6 +287,8 @@ class LiteFSCluster:
             raise ValueError(f"primary {primary!r} is not one of {self.ids}")
         if lease not in ("static", "consul"):
             raise ValueError(f"lease must be 'static' or 'consul', not {lease!r}")
+        if litefs_proxy and not app:
+            raise ValueError("litefs_proxy=True needs an app: LiteFS's proxy forwards to each node's app server")
         self.litefs_bin = litefs_bin or find_litefs()
         self._front_port = port
         self._owns_base = base_dir is None
