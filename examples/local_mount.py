@@ -12,6 +12,8 @@ import argparse
 import os
 from pathlib import Path
 
+from litefs_route.devcluster.files import format_lag
+
 
 def prepare(argv: list[str] | None = None, *, default_port: int) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Run the example as a LiteFS primary or replica.")
@@ -24,10 +26,10 @@ def prepare(argv: list[str] | None = None, *, default_port: int) -> argparse.Nam
     mount.mkdir(parents=True, exist_ok=True)
     if args.replica_of:
         (mount / ".primary").write_text(args.replica_of + "\n")
-        (mount / ".lag").write_text("+000000015")
+        (mount / ".lag").write_bytes(format_lag(15))
     else:
         (mount / ".primary").unlink(missing_ok=True)
-        (mount / ".lag").write_text("+000000000")
+        (mount / ".lag").write_bytes(format_lag(0))
     os.environ["LITEFS_DIR"] = str(mount)
     os.environ.setdefault("DATABASE_FILENAME", "app.db")
     os.environ.setdefault("FLY_MACHINE_ID", f"local-{role}")

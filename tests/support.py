@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from litefs_route.devcluster.files import format_lag
+
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
 
@@ -44,7 +46,7 @@ class Mount:
         if ms is None:
             self._remove(".lag")
         else:
-            self._write(".lag", b"%+010d" % ms)  # LiteFS writes no newline
+            self._write(".lag", format_lag(ms))  # LiteFS's exact bytes
 
     def make_primary(self) -> None:
         self._remove(".primary")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from litefs_route.devcluster.files import NO_PRIMARY_LAG, format_lag
 from litefs_route.mount import Role, read_node_state, read_position
 from litefs_route.ops import HaltLockError, halt_lock
 from litefs_route.routing import is_readonly_error
@@ -66,13 +67,13 @@ def test_mount_files_on_a_primary_and_a_replica(litefs_real_cluster: LiteFSClust
 
     # The primary: no .primary (open() fails with ENOENT), .lag exactly zero *with* a newline.
     assert _open_errno(os.path.join(primary_dir, ".primary")) == errno.ENOENT
-    assert cluster.read("node1", ".lag") == b"+000000000\n"
+    assert cluster.read("node1", ".lag") == b"+000000000\n" == format_lag(0)  # the imitation's writer agrees
     # The replica: the primary's lease hostname and one newline.
     assert cluster.read("node2", ".primary") == b"node1\n"
     # Its .lag is "+2147483647" until the primary first sends it something (LiteFS formats
     # "%+010d\n" but the file's size is 11 bytes, so the newline is cut off), then its lag in ms.
     first_lag = cluster.read("node2", ".lag") or b""
-    assert first_lag == b"+2147483647" or LAG.fullmatch(first_lag)
+    assert first_lag == b"+2147483647" == format_lag(NO_PRIMARY_LAG) or LAG.fullmatch(first_lag)
     # No -pos before the database exists.
     assert cluster.read("node1", "app.db-pos") is None
 

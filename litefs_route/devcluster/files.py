@@ -42,6 +42,8 @@ __all__ = [
 
 #: What ``.lag`` reads on a node that knows no primary.
 NO_PRIMARY_LAG = 2147483647
+# LiteFS's .lag file size: len("%+010d\n" % 0).
+_LAG_SIZE = 11
 
 # SQLite file header offsets (sqlite.org/fileformat.html).
 _WRITE_VERSION = 18
@@ -60,8 +62,12 @@ _F_OFD_SETLK = getattr(fcntl, "F_OFD_SETLK", 37)
 
 
 def format_lag(ms: int) -> bytes:
-    """``.lag`` content: ``%+010d`` and a newline (LiteFS's format)."""
-    data = b"%+010d\n" % ms
+    """``.lag`` content exactly as LiteFS shows it: ``%+010d\\n`` cut to the file's 11 bytes.
+
+    So ``+000000042\\n``, but ``+2147483647`` (no newline) with no primary:
+    LiteFS sizes the file for ``+000000000\\n`` (seen on LiteFS v0.5.14).
+    """
+    data = (b"%+010d\n" % ms)[:_LAG_SIZE]
     assert parse_lag(data) == ms
     return data
 
