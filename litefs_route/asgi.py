@@ -102,7 +102,23 @@ def _with_tags(headers: Iterable[tuple[bytes, bytes]], tags: RawHeaders) -> RawH
     return tagged
 
 
-async def _measure_body(receive: Receive, limit: int) -> int:
+async def _measure_body(receive: Receive, limit: int, timeout: float) -> int | None:
+    """The body's size (reading at most *limit* + 1 bytes), or None if it took over *timeout* seconds."""
+    try:
+        import anyio
+    except ImportError:
+        import asyncio
+
+        try:
+            return await asyncio.wait_for(_count_body(receive, limit), timeout)
+        except asyncio.TimeoutError:
+            return None
+    with anyio.move_on_after(timeout):
+        return await _count_body(receive, limit)
+    return None
+
+
+async def _count_body(receive: Receive, limit: int) -> int:
     size = 0
     while size <= limit:
         message = await receive()
@@ -143,7 +159,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
                     await sleep(need.seconds)
                     need = plan.send(None)
                 elif isinstance(need, MeasureBody):
-                    need = plan.send(await _measure_body(receive, need.limit))
+                    need = plan.send(await _measure_body(receive, need.limit, need.timeout))
                 else:
                     positions = self.router.positions
                     assert positions is not None

@@ -138,6 +138,7 @@ class Kind(enum.Enum):
     REPLAY = "replay"  # answer with fly-replay: instance=<target>
     UNAVAILABLE = "unavailable"  # 503 + Retry-After
     TOO_LARGE = "too-large"  # 413: Fly cannot replay this body
+    TIMEOUT = "timeout"  # 408: a chunked body did not arrive in time to be measured
     WAIT_FOR_PRIMARY = "wait-for-primary"  # read fresh state until a primary is known
     MEASURE_BODY = "measure-body"  # read up to the replay limit, decide again
 

@@ -80,9 +80,13 @@ class Sleep:
 
 @dataclass(frozen=True, slots=True)
 class MeasureBody:
-    """Need: the request body's size, reading at most *limit* + 1 bytes."""
+    """Need: the request body's size, reading at most *limit* + 1 bytes within *timeout* seconds.
+
+    Sends back the size, or None if the body did not arrive in time.
+    """
 
     limit: int
+    timeout: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +129,7 @@ class Reply:
         return f"{self.status} {_REASONS[self.status]}"
 
 
-_REASONS = {409: "Conflict", 413: "Content Too Large", 503: "Service Unavailable"}
+_REASONS = {408: "Request Timeout", 409: "Conflict", 413: "Content Too Large", 503: "Service Unavailable"}
 
 
 def _env_dir() -> str | None:
@@ -139,7 +143,8 @@ class Router:
 
     litefs_dir
         The LiteFS mount directory. Default: ``$LITEFS_DIR``. Unset or
-        missing: standalone, every request runs locally.
+        empty: standalone, every request runs locally. Set but missing or
+        not a live mount: no primary known (writes wait, then 503).
     instance_id
         This instance's id. Default: ``$FLY_MACHINE_ID``, then the host name.
     write_on_read
@@ -158,6 +163,9 @@ class Router:
         9: Fly's edge gives up after 10).
     replay_body_limit
         The largest body Fly's proxy replays (default 1,000,000 bytes).
+    body_timeout
+        Seconds a replica spends measuring a chunked write's body (no
+        ``Content-Length``) before it answers 408 (default 10.0).
     retry_after
         Seconds in the ``Retry-After`` of a 503 (default 2).
     database
@@ -183,6 +191,7 @@ class Router:
         primary_wait: float = 5.0,
         max_replays: int = 3,
         replay_body_limit: int = 1_000_000,
+        body_timeout: float = 10.0,
         retry_after: int = 2,
         database: str | None = None,
         consistency_wait: float = 1.0,
@@ -198,6 +207,7 @@ class Router:
             ("cache_ttl", cache_ttl),
             ("primary_wait", primary_wait),
             ("consistency_wait", consistency_wait),
+            ("body_timeout", body_timeout),
         ):
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
@@ -207,6 +217,7 @@ class Router:
         self.litefs_dir = os.fspath(litefs_dir) if litefs_dir is not None else _env_dir()
         self.rules = Rules(PathGlobs(write_on_read), PathGlobs(passthrough), max_replays, replay_body_limit)
         self.primary_wait = float(primary_wait)
+        self.body_timeout = float(body_timeout)
         self.retry_after = retry_after
         self.cache = StateCache(self.litefs_dir, self.instance_id, float(cache_ttl))
         database = database or os.environ.get("DATABASE_FILENAME") or None
@@ -235,8 +246,12 @@ class Router:
             state = yield from self._wait_for_primary(state)
             decision = decide(request, state, self.rules, waited_for_primary=True)
         if decision.kind is Kind.MEASURE_BODY:
-            size: int = yield MeasureBody(self.rules.replay_body_limit)
-            decision = decide(request, state, self.rules, waited_for_primary=True, body_size=size)
+            size: int | None = yield MeasureBody(self.rules.replay_body_limit, self.body_timeout)
+            if size is None:
+                reason = f"its body did not arrive within {self.body_timeout:g} s"
+                decision = Decision(Kind.TIMEOUT, True, reason=reason)
+            else:
+                decision = decide(request, state, self.rules, waited_for_primary=True, body_size=size)
         clear_txid = False
         if decision.kind is Kind.RUN and not decision.write and self._consistent_read(request):
             assert request.txid is not None
@@ -374,6 +389,9 @@ class Router:
             return _text_reply(413, body, [])
         if decision.kind is Kind.WAIT_FOR_PRIMARY:  # SETTLE: replaced once settled, see settle()
             decision = Decision(Kind.UNAVAILABLE, True, reason=NO_PRIMARY_REASON)
+        if decision.kind is Kind.TIMEOUT:
+            body = f"This write must run on the primary, but {decision.reason}. Send it again.\n"
+            return _text_reply(408, body, [])
         if decision.kind is Kind.UNAVAILABLE:
             body = f"This write cannot run now: {decision.reason}. Retry shortly.\n"
             return _text_reply(503, body, [("Retry-After", str(self.retry_after))])
@@ -429,6 +447,7 @@ class RouterOptions(TypedDict, total=False):
     primary_wait: float
     max_replays: int
     replay_body_limit: int
+    body_timeout: float
     retry_after: int
     database: str | None
     consistency_wait: float

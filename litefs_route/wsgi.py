@@ -83,18 +83,26 @@ def _has_replay(headers: list[tuple[str, str]]) -> bool:
     return any(name.lower() == REPLAY_HEADER for name, _ in headers)
 
 
-def _measure_body(environ: WSGIEnvironment, limit: int) -> int:
+def _measure_body(environ: WSGIEnvironment, limit: int, timeout: float) -> int | None:
+    """The body's size (reading at most *limit* + 1 bytes), or None if it took over *timeout* seconds.
+
+    The time is checked between reads: a read that stalls ends when the
+    server's own read timeout ends it (WSGI gives no way to bound it here).
+    """
     # Only a server that marks the input as terminated (gunicorn, Werkzeug
     # for chunked bodies) lets us read to EOF without hanging.
     if not environ.get("wsgi.input_terminated"):
         return 0
     stream = environ["wsgi.input"]
+    deadline = time.monotonic() + timeout
     size = 0
     while size <= limit:
         chunk = stream.read(min(_CHUNK, limit + 1 - size))
         if not chunk:
             break
         size += len(chunk)
+        if time.monotonic() > deadline:
+            return None
     return size
 
 
@@ -138,7 +146,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
                     time.sleep(need.seconds)
                     need = plan.send(None)
                 elif isinstance(need, MeasureBody):
-                    need = plan.send(_measure_body(environ, need.limit))
+                    need = plan.send(_measure_body(environ, need.limit, need.timeout))
                 else:
                     positions = self.router.positions
                     assert positions is not None

@@ -497,3 +497,59 @@ def test_write_without_a_primary_gives_up(adapter: str, mount: Mount) -> None:
         assert "no primary is known" in r.text
         assert stack.router.cache.reads > reads + 1  # it did poll the mount while waiting
         assert stack.calls == []
+
+
+# -- a chunked body that does not arrive in time -------------------------------------------
+
+
+def _slow_chunked_post(stack: Stack, chunks: int, size: int, interval: float) -> RawResponse:
+    """POST a chunked body a chunk every *interval* seconds (a slow client), and read the answer."""
+    head = b"POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with socket.create_connection(stack.address, timeout=15) as sock:
+        sock.sendall(head)
+        stop = threading.Event()
+
+        def send() -> None:
+            for _ in range(chunks):
+                if stop.wait(interval):
+                    return
+                try:
+                    sock.sendall(b"%x\r\n" % size + b"x" * size + b"\r\n")
+                except OSError:
+                    return  # the server answered and closed: the rest is not wanted
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        received = b""
+        while b"\r\n\r\n" not in received and (chunk := sock.recv(65536)):
+            received += chunk
+        head, _, body = received.partition(b"\r\n\r\n")
+        # Our replies carry a Content-Length (some servers keep the socket open
+        # for the rest of a body nobody reads, so EOF may never come).
+        length = int(re.search(rb"(?i)\r\ncontent-length: *([0-9]+)", head)[1])  # type: ignore[index]
+        while len(body) < length and (chunk := sock.recv(65536)):
+            body += chunk
+        stop.set()
+        sender.join()
+    status_line = head.split(b"\r\n", 1)[0]
+    assert status_line.startswith(b"HTTP/1.1 "), received[:200]
+    return RawResponse(int(status_line.split(b" ")[1]), [], body)
+
+
+def test_a_slow_chunked_write_on_a_replica_gets_408_after_body_timeout(adapter: str, mount: Mount) -> None:
+    """A chunked body trickling in (960 KB, one 70 KB chunk every 0.1 s) is measured for body_timeout only."""
+    mount.make_replica(PRIMARY)
+    with _serve(adapter, str(mount.path), body_timeout=0.3) as stack:
+        r = _slow_chunked_post(stack, chunks=14, size=70_000, interval=0.1)
+        assert r.status == 408
+        assert b"did not arrive within 0.3 s" in r.body
+        assert stack.calls == []
+
+
+def test_a_stalled_chunked_write_on_an_asgi_replica_gets_408(mount: Mount) -> None:
+    """One chunk, then nothing: the ASGI measurement is bounded even while no byte arrives."""
+    mount.make_replica(PRIMARY)
+    with _serve("asgi", str(mount.path), body_timeout=0.3) as stack:
+        r = _slow_chunked_post(stack, chunks=1, size=10, interval=0)
+        assert r.status == 408
+        assert stack.calls == []
