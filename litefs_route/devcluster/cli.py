@@ -108,7 +108,7 @@ Things to try:
   * post a form on a replica and watch it land on the primary ({primary}):
       curl -i -H 'fly-force-instance-id: {replica}' -d 'text=hello' {front}/entries
     the replica answers 409 + fly-replay, the front replays the request on {primary}
-    (/entries is the example apps' form; with your own app, post to one of its paths).
+    (/entries is the demo's form, and the example apps'; with your own app, post to one of its paths).
   * read your writes: post, then read from every instance ({lag}).
   * fail the primary over: {failover}.
 Logs: {cluster.base_dir}/logs
