@@ -27,7 +27,11 @@ _PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent() -> None:
-    """In a child (``preexec_fn``): get SIGTERM when the parent dies. Linux only; a no-op elsewhere."""
+    """In a child (``preexec_fn``): get SIGTERM when the parent dies. Linux only; a no-op elsewhere.
+
+    Linux ties the signal to the *thread* that started the child: start a
+    cluster (and its nodes) from a thread that lives as long as the cluster.
+    """
     if not sys.platform.startswith("linux"):
         return
     parent = os.getppid()
