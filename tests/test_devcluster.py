@@ -772,7 +772,7 @@ def test_cli_busy_port_is_one_clear_line() -> None:
 
 @pytest.mark.parametrize("how", ["kill-9", "sighup"])
 def test_cli_killed_or_hung_up_leaves_no_instance_and_no_folder(how: str) -> None:
-    """Instances die with the command (PR_SET_PDEATHSIG), and the reaper removes the folder."""
+    """The reaper stops the instances still working in the folder, then removes it."""
     process, lines = _start_cli(stdin=subprocess.DEVNULL)
     instance_ports = [int(m[1]) for line in lines if (m := re.search(r"node\d\s.*http://127\.0\.0\.1:(\d+)", line))]
     [base] = [m[1] for line in lines if (m := re.match(r"Logs: (\S+)/logs$", line.strip()))]

@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import IO, Literal
 
 from .proxy import FrontProxy
-from .reaper import FolderReaper, die_with_parent
+from .reaper import FolderReaper
 from .replication import Replicator, resolve_ids
 
 __all__ = [
@@ -438,7 +438,6 @@ class AppRunner:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=die_with_parent,
         )
         instance.process = process
         assert process.stdout is not None

@@ -61,7 +61,7 @@ from ..mount import parse_position
 from .cluster import AppRunner, Instance, Interface, free_port, log_tail, pump_output, stop_process_group, wait_for
 from .consul import ConsulStandIn
 from .proxy import FrontProxy
-from .reaper import FolderReaper, die_with_parent, is_mounted, mounts_under, unmount
+from .reaper import FolderReaper, is_mounted, mounts_under, unmount
 from .replication import resolve_ids
 
 __all__ = [
@@ -641,7 +641,6 @@ class LiteFSCluster:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=die_with_parent,
         )
         node.process = process
         assert process.stdout is not None

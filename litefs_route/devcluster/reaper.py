@@ -3,16 +3,18 @@
 ``python -m litefs_route.devcluster.reaper FOLDER`` blocks reading its
 stdin, a pipe whose other end only the cluster's process holds. When that
 process exits (``quit``, a crash, ``kill -9``, a closed terminal) the pipe
-closes and the reaper wakes: it unmounts whatever is still mounted under
-FOLDER (a LiteFS that was killed leaves its FUSE mount behind, and removing
-files through a live mount would delete them through LiteFS), then removes
-FOLDER. The cluster's server and LiteFS processes stop by themselves when
-their parent dies (``PR_SET_PDEATHSIG``, see :func:`die_with_parent`).
+closes and the reaper wakes. It stops every process still working in
+FOLDER (the app servers, whose ``LITEFS_DIR`` is under it, and the
+``litefs`` nodes, whose config is): SIGTERM, then SIGKILL after a grace
+period. Then it unmounts whatever is still mounted under FOLDER (a killed
+LiteFS leaves its FUSE mount behind, and removing files through a live mount
+would delete them through LiteFS) and removes FOLDER. Linux (``/proc``);
+elsewhere it can only remove the folder.
 """
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import os
 import shutil
 import signal
@@ -20,25 +22,48 @@ import subprocess
 import sys
 import time
 
-__all__ = ["FolderReaper", "die_with_parent", "is_mounted", "main", "mounts_under", "reap", "unmount"]
-
-# prctl(2) option: the signal this process gets when its parent dies.
-_PR_SET_PDEATHSIG = 1
+__all__ = ["FolderReaper", "is_mounted", "main", "mounts_under", "processes_in", "reap", "stop_processes", "unmount"]
 
 
-def die_with_parent() -> None:
-    """In a child (``preexec_fn``): get SIGTERM when the parent dies. Linux only; a no-op elsewhere.
+def processes_in(folder: str) -> list[int]:
+    """Pids (not ours) whose command line names *folder*, or whose ``LITEFS_DIR`` is in it."""
+    root = os.path.realpath(folder).encode()
+    found = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else ():
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        litefs_dir = next((v[len(b"LITEFS_DIR=") :] for v in environ if v.startswith(b"LITEFS_DIR=")), b"")
+        if root + b"/" in cmdline or litefs_dir == root or litefs_dir.startswith(root + b"/"):
+            found.append(int(entry))
+    return found
 
-    Linux ties the signal to the *thread* that started the child: start a
-    cluster (and its nodes) from a thread that lives as long as the cluster.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+
+def stop_processes(pids: list[int], grace: float) -> None:
+    """SIGTERM *pids*, SIGKILL those still there after *grace* seconds."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.05)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().split(b") ", 1)[1][:1] != b"Z"  # a zombie has exited
+    except (OSError, IndexError):
+        return False
 
 
 def mounts_under(folder: str) -> list[str]:
@@ -74,11 +99,9 @@ def unmount(point: str) -> None:
         subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
-def reap(folder: str, patience: float = 10.0) -> None:
-    """Unmount what is mounted under *folder* (giving LiteFS *patience* seconds to do it itself), then remove it."""
-    deadline = time.monotonic() + patience
-    while mounts_under(folder) and time.monotonic() < deadline:
-        time.sleep(0.1)  # LiteFS unmounts itself on the SIGTERM its parent's death sent it
+def reap(folder: str, grace: float = 5.0) -> None:
+    """Stop the processes working in *folder*, unmount what is mounted under it, then remove it."""
+    stop_processes(processes_in(folder), grace)  # LiteFS unmounts itself on SIGTERM
     for point in mounts_under(folder):
         unmount(point)
     if not mounts_under(folder):  # never remove files through a live mount
