@@ -7,9 +7,11 @@ library relies on, then the behaviour built on it. LiteFS version: see
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
+import socket
 import sqlite3
 import threading
 import time
@@ -235,3 +237,68 @@ def test_the_relay_pauses_without_blocking_the_caller() -> None:
             peer.close()
         finally:
             relay.close()
+
+
+# -- the event stream (GET /events), the facts issue 14 builds on ------------------------------
+
+
+def test_the_event_stream(litefs_real_cluster: LiteFSClusterFactory) -> None:
+    """Newline-delimited JSON, chunked: init, a tx per transaction (its TXID is -pos's), primaryChange.
+
+    With no primary known, primaryChange carries no hostname at all (not an empty one).
+    """
+    import http.client
+    import json
+    import queue
+
+    cluster = litefs_real_cluster(instances=3, lease="consul")
+    events: queue.Queue[dict[str, object]] = queue.Queue()
+    conn = http.client.HTTPConnection("127.0.0.1", cluster.nodes["node2"].http_port, timeout=30)
+    conn.request("GET", "/events")
+    response = conn.getresponse()
+    assert (response.status, response.getheader("Content-Type")) == (200, "application/json")
+
+    def read() -> None:
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            while line := response.readline():
+                events.put(json.loads(line))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+
+        def next_event(kind: str) -> dict[str, object]:
+            while True:
+                event = events.get(timeout=20)
+                if event["type"] == kind:
+                    return event
+
+        assert next_event("init") == {"type": "init", "data": {"isPrimary": False, "hostname": "node1"}}
+        _create_table(cluster, "node1")
+        tx = next_event("tx")
+        assert tx["db"] == "app.db"
+        data = tx["data"]
+        assert isinstance(data, dict)
+        assert set(data) == {"txID", "postApplyChecksum", "pageSize", "commit", "timestamp"}
+        assert re.fullmatch(r"[0-9a-f]{16}", str(data["txID"]))
+        target = cluster.wait_replicated()["node2"]
+        txids = [int(str(data["txID"]), 16)]
+        while txids[-1] < target:  # one tx event per transaction, up to the one -pos shows
+            later = next_event("tx")["data"]
+            assert isinstance(later, dict)
+            txids.append(int(str(later["txID"]), 16))
+        assert txids == list(range(txids[0], target + 1))
+
+        cluster.promote("node3")
+        changes: list[object] = []
+        while not changes or changes[-1] != {"isPrimary": False, "hostname": "node3"}:
+            changes.append(next_event("primaryChange")["data"])
+        # The old connection ends with no primary known: no hostname key at all.
+        assert {"isPrimary": False} in changes
+    finally:
+        # Unblock the reader first: closing a response another thread reads from waits for that read.
+        with contextlib.suppress(OSError):
+            assert conn.sock is not None
+            conn.sock.shutdown(socket.SHUT_RDWR)
+        reader.join(10)
+        conn.close()
