@@ -94,16 +94,17 @@ import contextlib
 import json
 import logging
 import re
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from .serving import ServerThread, TrackingHTTPServer
 
 __all__ = ["AGENT_NODE", "ConsulStandIn"]
 
@@ -226,14 +227,8 @@ class _Entry:
 _Response = tuple[int, object, int | None]
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    standin: ConsulStandIn
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        # A client that went away mid-request: not worth a traceback on stderr.
-        logger.debug("consul stand-in: connection from %s failed", client_address, exc_info=True)
+class _Server(TrackingHTTPServer):
+    owner: ConsulStandIn
 
 
 class ConsulStandIn:
@@ -254,43 +249,22 @@ class ConsulStandIn:
         self._sessions: dict[str, _Session] = {}
         self._kv: dict[str, _Entry] = {}
         self._lock_delays: dict[str, float] = {}  # key -> monotonic time the lock-delay ends
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
+        self._serving = ServerThread(_Handler, self, host, port, "devcluster-consul", _Server)
 
     # -- life cycle --------------------------------------------------------
 
     def start(self) -> ConsulStandIn:
-        """Start listening (in a daemon thread). Returns self; a no-op if already listening."""
-        if self._server is not None:
-            return self
-        server = _Server((self._host, self._port), _Handler)
-        server.standin = self
-        self._server = server
-        self._port = int(server.server_address[1])
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.01}, name="devcluster-consul", daemon=True
-        )
-        self._thread.start()
-        logger.info("consul stand-in listening on %s", self.url)
+        """Listen and serve in a background thread. Returns self."""
+        if self._serving.server is None:
+            self._serving.start(poll_interval=0.01)
+            logger.info("consul stand-in listening on %s", self.url)
         return self
 
     def close(self) -> None:
         """Stop listening and drop every client connection. Idempotent; state is kept."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        with self._lock:
-            connections = list(self._connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        logger.info("consul stand-in on port %d closed", self._port)
+        if self._serving.server is not None:
+            self._serving.close()
+            logger.info("consul stand-in on port %d closed", self._serving.port)
 
     def __enter__(self) -> ConsulStandIn:
         return self.start()
@@ -303,23 +277,13 @@ class ConsulStandIn:
     @property
     def address(self) -> tuple[str, int]:
         """``(host, port)`` it listens on; RuntimeError when not started."""
-        if self._server is None:
-            raise RuntimeError("the consul stand-in is not running")
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        return self._serving.address
 
     @property
     def url(self) -> str:
         """``http://host:port``, for LiteFS's ``lease.consul.url``."""
         host, port = self.address
         return f"http://{host}:{port}"
-
-    def _track(self, conn: socket.socket, add: bool) -> None:
-        with self._lock:
-            if add:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)
 
     # -- inspection, for tests ----------------------------------------------
 
@@ -659,16 +623,6 @@ class _Handler(BaseHTTPRequestHandler):
     # A client that stalls mid-request loses its connection after this many seconds.
     timeout = 30
 
-    def setup(self) -> None:
-        super().setup()
-        self.server.standin._track(self.connection, True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.standin._track(self.connection, False)
-
     def log_message(self, format: str, *args: object) -> None:
         logger.debug("consul stand-in: %s " + format, self.address_string(), *args)
 
@@ -696,7 +650,7 @@ class _Handler(BaseHTTPRequestHandler):
             parts = urlsplit(self.path)
             query = parse_qs(parts.query, keep_blank_values=True)
             body = self._read_body()
-            status, payload, index = self.server.standin._handle(self.command, unquote(parts.path), query, body)
+            status, payload, index = self.server.owner._handle(self.command, unquote(parts.path), query, body)
         except _Reply as reply:
             status, payload = reply.status, reply.message
         except Exception:

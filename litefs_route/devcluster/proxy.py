@@ -28,19 +28,19 @@ Standard library only (``http.server`` + ``http.client``)::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import http.client
 import itertools
 import logging
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
+
+from .serving import ServerThread, TrackingHTTPServer
 
 __all__ = ["MAX_REPLAYS", "REPLAY_BODY_LIMIT", "FrontProxy", "ReplayEvent", "parse_fly_replay"]
 
@@ -114,10 +114,8 @@ class _ProxyError(Exception):
         self.message = message
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-    front: FrontProxy
+class _Server(TrackingHTTPServer):
+    owner: FrontProxy
 
 
 class FrontProxy:
@@ -152,9 +150,7 @@ class FrontProxy:
         self.set_instances(instances, regions)
         self._host = host
         self._port = port
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-        self._connections: set[socket.socket] = set()
+        self._serving = ServerThread(_Handler, self, host, port, "devcluster-front", _Server)
         #: Every replay performed or refused, in order.
         self.replays: list[ReplayEvent] = []
         #: Instance id -> how many final responses it served.
@@ -182,33 +178,14 @@ class FrontProxy:
 
     def start(self) -> FrontProxy:
         """Start listening (in a background thread). Returns self."""
-        if self._server is not None:
-            return self
-        server = _Server((self._host, self._port), _Handler)
-        server.front = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="devcluster-front", daemon=True
-        )
-        self._thread.start()
-        logger.info("front proxy listening on %s", self.url)
+        if self._serving.server is None:
+            self._serving.start()
+            logger.info("front proxy listening on %s", self.url)
         return self
 
     def close(self) -> None:
         """Stop listening and drop every client connection. Idempotent."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        with self._lock:
-            connections = list(self._connections)
-        for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self._serving.close()
 
     def __enter__(self) -> FrontProxy:
         return self.start()
@@ -220,10 +197,7 @@ class FrontProxy:
 
     @property
     def address(self) -> tuple[str, int]:
-        if self._server is None:
-            raise RuntimeError("the front proxy is not running")
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        return self._serving.address
 
     @property
     def url(self) -> str:
@@ -286,13 +260,6 @@ class FrontProxy:
             return [preferred] + [i for i in rest if i != preferred]
         return rest
 
-    def _track(self, conn: socket.socket, alive: bool) -> None:
-        with self._lock:
-            if alive:
-                self._connections.add(conn)
-            else:
-                self._connections.discard(conn)
-
 
 @dataclass
 class _Request:
@@ -308,16 +275,6 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     # Idle keep-alive connections are closed after this many seconds.
     timeout = 60
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.front._track(self.connection, True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.front._track(self.connection, False)
 
     def log_message(self, format: str, *args: object) -> None:
         logger.debug("front: " + format, *args)
@@ -369,7 +326,7 @@ class _Handler(BaseHTTPRequestHandler):
     # -- the proxy loop ----------------------------------------------------
 
     def _proxy(self) -> None:
-        front = self.server.front
+        front = self.server.owner
         try:
             request = self._request()
         except (ValueError, OSError):
@@ -444,7 +401,7 @@ class _Handler(BaseHTTPRequestHandler):
         self, request: _Request, candidates: list[str], *, retry: bool = True
     ) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection, str]:
         """Send *request* to the first candidate that accepts the connection."""
-        front = self.server.front
+        front = self.server.owner
         if not candidates:
             raise _ProxyError(503, "no-instances", "no instances to send the request to")
         last_error: Exception | None = None
