@@ -106,7 +106,11 @@ def litefs_unavailable() -> str | None:
     if shutil.which("fusermount3") is None:
         return "real LiteFS needs fusermount3 (Debian: apt-get install fuse3)"
     if find_litefs() is None:
-        return f"no litefs binary (set LITEFS_BIN, or run .ci/install-litefs to build LiteFS {LITEFS_VERSION})"
+        return (
+            f"no litefs binary: build LiteFS {LITEFS_VERSION} with "
+            f"`go install github.com/superfly/litefs/cmd/litefs@{LITEFS_VERSION}` (a clone: bash .ci/install-litefs), "
+            "or set LITEFS_BIN"
+        )
     return None
 
 
