@@ -25,7 +25,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import TextIO
+from typing import Any, TextIO
 
 from .cluster import DEFAULT_APP, Cluster, port_free
 from .litefs import LITEFS_VERSION, LiteFSCluster, litefs_unavailable
@@ -224,31 +224,20 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "litefs-route dev") -
     handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     previous = {sig: signal.signal(sig, on_signal) for sig in handled}
     echo = None if args.quiet else lambda instance, line: print(f"[{instance}] {line}", file=sys.stderr)
+    shared: dict[str, Any] = {
+        "instances": args.instances,
+        "port": args.port,
+        "database": args.database,
+        "region": args.region,
+        "interface": args.interface,
+        "base_dir": args.base_dir,
+        "echo": echo,
+    }
     cluster: AnyCluster
     if real:
-        cluster = LiteFSCluster(
-            args.app,
-            instances=args.instances,
-            lease="consul",
-            port=args.port,
-            database=args.database,
-            region=args.region,
-            interface=args.interface,
-            base_dir=args.base_dir,
-            echo=echo,
-        )
+        cluster = LiteFSCluster(args.app, lease="consul", **shared)
     else:
-        cluster = Cluster(
-            args.app,
-            instances=args.instances,
-            lag=args.lag or 0.0,
-            port=args.port,
-            database=args.database,
-            region=args.region,
-            interface=args.interface,
-            base_dir=args.base_dir,
-            echo=echo,
-        )
+        cluster = Cluster(args.app, lag=args.lag or 0.0, **shared)
     try:
         try:
             cluster.start()

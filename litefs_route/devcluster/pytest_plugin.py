@@ -29,6 +29,7 @@ LiteFS never passes by skipping::
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -67,39 +68,46 @@ class FrontProxyFactory(Protocol):
     def __call__(self, instances: Mapping[str, tuple[str, int]], **options: Any) -> FrontProxy: ...
 
 
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+@contextlib.contextmanager
+def _closed_at_exit() -> Iterator[list[_Closable]]:
+    """A list to put what a fixture started in: all of it is closed, newest first, however the test ended."""
+    started: list[_Closable] = []
+    try:
+        yield started
+    finally:
+        for thing in reversed(started):
+            thing.close()
+
+
 @pytest.fixture
 def litefs_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
     """A factory of started :class:`Cluster` objects, all closed at teardown."""
-    clusters: list[Cluster] = []
+    with _closed_at_exit() as clusters:
 
-    def factory(app: str = DEFAULT_APP, **options: Any) -> Cluster:
-        options.setdefault("base_dir", tmp_path / f"devcluster-{len(clusters)}")
-        cluster = Cluster(app, **options)
-        clusters.append(cluster)
-        return cluster.start()
+        def factory(app: str = DEFAULT_APP, **options: Any) -> Cluster:
+            options.setdefault("base_dir", tmp_path / f"devcluster-{len(clusters)}")
+            cluster = Cluster(app, **options)
+            clusters.append(cluster)
+            return cluster.start()
 
-    try:
         yield factory
-    finally:
-        for cluster in reversed(clusters):
-            cluster.close()
 
 
 @pytest.fixture
 def litefs_front_proxy() -> Iterator[FrontProxyFactory]:
     """A factory of started :class:`FrontProxy` objects, all closed at teardown."""
-    proxies: list[FrontProxy] = []
+    with _closed_at_exit() as proxies:
 
-    def factory(instances: Mapping[str, tuple[str, int]], **options: Any) -> FrontProxy:
-        proxy = FrontProxy(instances, **options)
-        proxies.append(proxy)
-        return proxy.start()
+        def factory(instances: Mapping[str, tuple[str, int]], **options: Any) -> FrontProxy:
+            proxy = FrontProxy(instances, **options)
+            proxies.append(proxy)
+            return proxy.start()
 
-    try:
         yield factory
-    finally:
-        for proxy in reversed(proxies):
-            proxy.close()
 
 
 def require_litefs() -> None:
@@ -116,16 +124,12 @@ def require_litefs() -> None:
 def litefs_real_cluster(tmp_path: Path) -> Iterator[LiteFSClusterFactory]:
     """A factory of started :class:`LiteFSCluster` objects (real LiteFS), all closed at teardown."""
     require_litefs()
-    clusters: list[LiteFSCluster] = []
+    with _closed_at_exit() as clusters:
 
-    def factory(app: str | None = None, **options: Any) -> LiteFSCluster:
-        options.setdefault("base_dir", tmp_path / f"litefs-{len(clusters)}")
-        cluster = LiteFSCluster(app, **options)
-        clusters.append(cluster)
-        return cluster.start()
+        def factory(app: str | None = None, **options: Any) -> LiteFSCluster:
+            options.setdefault("base_dir", tmp_path / f"litefs-{len(clusters)}")
+            cluster = LiteFSCluster(app, **options)
+            clusters.append(cluster)
+            return cluster.start()
 
-    try:
         yield factory
-    finally:
-        for cluster in reversed(clusters):
-            cluster.close()
