@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -235,9 +234,7 @@ class Cluster:
         if self._replicator is not None:
             self._replicator.close()
             self._replicator = None
-        if self._owns_base and self.base_dir:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
-        if self._reaper is not None:
+        if self._reaper is not None:  # it removes the folder we made (never through a live mount)
             self._reaper.close()
             self._reaper = None
 

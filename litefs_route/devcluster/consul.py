@@ -282,8 +282,7 @@ class ConsulStandIn:
     @property
     def url(self) -> str:
         """``http://host:port``, for LiteFS's ``lease.consul.url``."""
-        host, port = self.address
-        return f"http://{host}:{port}"
+        return self._serving.url
 
     # -- inspection, for tests ----------------------------------------------
 

@@ -61,7 +61,7 @@ from ..mount import parse_position
 from .cluster import AppRunner, Instance, Interface, free_port, log_tail, pump_output, stop_process_group, wait_for
 from .consul import ConsulStandIn
 from .proxy import FrontProxy
-from .reaper import FolderReaper, is_mounted, mounts_under, reap, unmount
+from .reaper import FolderReaper, is_mounted, mounts_under, unmount
 from .replication import resolve_ids
 
 __all__ = [
@@ -376,9 +376,7 @@ class LiteFSCluster:
         if self.consul is not None:
             self.consul.close()
             self.consul = None
-        if self._owns_base and self.base_dir:
-            reap(self.base_dir)  # never removes files through a mount that is still there
-        if self._reaper is not None:
+        if self._reaper is not None:  # it removes the folder we made (never through a live mount)
             self._reaper.close()
             self._reaper = None
 

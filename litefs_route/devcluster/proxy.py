@@ -201,8 +201,7 @@ class FrontProxy:
 
     @property
     def url(self) -> str:
-        host, port = self.address
-        return f"http://{host}:{port}"
+        return self._serving.url
 
     # -- statistics --------------------------------------------------------
 

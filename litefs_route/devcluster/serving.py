@@ -105,3 +105,9 @@ class ServerThread:
             raise RuntimeError(f"{self.name} is not running")
         host, port = self.server.server_address[:2]
         return str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        """``http://host:port``; RuntimeError when not serving."""
+        host, port = self.address
+        return f"http://{host}:{port}"
