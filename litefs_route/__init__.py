@@ -10,7 +10,8 @@ Standard library only; importing this package imports no web framework.
 
 from __future__ import annotations
 
-from .context import InstanceInfo, PrimaryRequired, ensure_primary, get_instance_info, report_exception
+from .context import InstanceInfo, ensure_primary, get_instance_info, report_exception
+from .exceptions import PrimaryRequired
 from .mount import NodeState, Role
 from .ops import (
     HaltLockError,

@@ -16,30 +16,24 @@ wrapping ``send``; body messages are forwarded one by one, never buffered.
 The event loop never waits on the mount: a refresh of the node's state (at
 most once per ``cache_ttl``, or for a replayed request) runs in a worker
 thread, through anyio when it is installed (Starlette, FastAPI) and
-``asyncio.to_thread`` otherwise. Options: see :class:`~litefs_route.routing.Router`.
+``asyncio.to_thread`` otherwise. Options: see :class:`~litefs_route.middleware.RoutingMiddleware`.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Generator, Iterable, MutableMapping
-from typing import Any, TypeVar
+import time
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
 
-from .context import PrimaryRequired, RequestContext, _current, mark_readonly_failure
+from .context import RequestContext, current_request
 from .decision import Kind, RequestInfo
+from .drivers import drive_async
+from .frameworks import starlette_primary_required
+from .middleware import RoutingMiddleware
 from .mount import NodeState
-from .routing import (
-    INSTANCE_HEADER,
-    PRIMARY_HEADER,
-    REPLAY_HEADER,
-    Headers,
-    MeasureBody,
-    ReadState,
-    Reply,
-    RoutingMiddleware,
-    Sleep,
-    WaitForTxid,
-)
+from .replies import OUR_TAG_NAMES_BYTES, Headers, Reply, with_tags
+from .router import Router
 
 __all__ = ["PrimaryRoutingMiddleware"]
 
@@ -49,10 +43,157 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 RawHeaders = list[tuple[bytes, bytes]]
-T = TypeVar("T")
 
-_OURS = {PRIMARY_HEADER.lower().encode(), INSTANCE_HEADER.lower().encode()}
-_REPLAY = REPLAY_HEADER.encode()
+
+class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
+    __doc__ = "ASGI middleware that routes writes to the LiteFS primary.\n\n" + (RoutingMiddleware.__doc__ or "")
+
+    primary_required_error = staticmethod(starlette_primary_required)
+
+    def _setup(self) -> None:
+        # Encoded once per reading of the mount / per reply, not per request.
+        self._last_tags: tuple[Headers, RawHeaders] = ((), [])
+        self._last_reply: tuple[Reply | None, Headers, RawHeaders] = (None, (), [])
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        router = self.router
+        request = _request_info(scope)
+        outcome = router.outcome_without_io(request)
+        if outcome is None:
+            outcome = await drive_async(router.plan(request), _AsyncIO(router, receive))
+        if outcome.decision.kind is not Kind.RUN:
+            await self.send_reply(send, router.reply(outcome.decision), outcome.state)
+            return
+
+        ctx = RequestContext.routed(router, request, outcome, self.primary_required_error)
+        response = _Response(self, ctx, receive, send)
+        token = current_request.set(ctx)
+        try:
+            await self.app(scope, receive, response.send)
+        except Exception as exc:
+            if not ctx.ends_on_exception(exc):
+                raise
+            await response.send_ending()
+            return
+        finally:
+            current_request.reset(token)
+        if ctx.ends_without_response():
+            await response.send_ending()
+
+    def raw_tags(self, state: NodeState) -> RawHeaders:
+        """The tag headers for *state*, encoded (once per reading of the mount)."""
+        tags = self.router.tags(state)
+        last, raw = self._last_tags
+        if tags is not last:
+            raw = _encode(tags)
+            self._last_tags = (tags, raw)
+        return raw
+
+    async def send_reply(self, send: Send, reply: Reply, state: NodeState) -> None:
+        """Answer with one of the middleware's own replies."""
+        tags = self.router.tags(state)
+        last_reply, last_tags, headers = self._last_reply
+        if reply is not last_reply or tags is not last_tags:
+            headers = with_tags(_encode(reply.headers), self.raw_tags(state), OUR_TAG_NAMES_BYTES)
+            self._last_reply = (reply, tags, headers)
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": reply.body, "more_body": False})
+
+
+class _Response:
+    """One request's response: tags it, adds the TXID cookie, or replaces it with the ending."""
+
+    __slots__ = ("ctx", "middleware", "receive", "replaced", "send_downstream")
+
+    def __init__(self, middleware: PrimaryRoutingMiddleware, ctx: RequestContext, receive: Receive, send: Send) -> None:
+        self.middleware = middleware
+        self.ctx = ctx
+        self.receive = receive
+        self.send_downstream = send
+        #: The app's response was replaced by the ending: drop the rest of it.
+        self.replaced = False
+
+    async def send(self, message: Message) -> None:
+        if self.replaced:
+            return
+        if message["type"] == "http.response.start":
+            ctx = self.ctx
+            ctx.response_started = True
+            headers: Iterable[tuple[bytes, bytes]] = message.get("headers", ())
+            if ctx.must_end_on_primary:
+                headers = list(headers)  # read twice; ASGI allows a one-shot iterable
+                if ctx.replaces_response(headers):
+                    self.replaced = True
+                    await self.send_ending()
+                    return
+            tagged = with_tags(headers, self.middleware.raw_tags(ctx.state), OUR_TAG_NAMES_BYTES)
+            router = ctx.router
+            if router.positions is not None:  # read-your-writes on: a cookie may be due
+                tagged += _encode(router.txid_cookie_headers(await self._read_txid(), ctx.clear_txid))
+            message = {**message, "headers": tagged}
+        await self.send_downstream(message)
+
+    async def send_ending(self) -> None:
+        """Answer with the reply the request must end in (the app's response never started)."""
+        ctx = self.ctx
+        reply = ctx.ending
+        if reply is None:
+            io = _AsyncIO(ctx.router, self.receive)
+            reply = ctx.settle(await drive_async(ctx.router.settlement(ctx.request), io))
+        await self.middleware.send_reply(self.send_downstream, reply, ctx.state)
+
+    async def _read_txid(self) -> int | None:
+        # Read after the handler ran (the TXID must include its write), off the loop.
+        positions = self.ctx.router.positions
+        if positions is None or not self.ctx.txid_cookie_due():
+            return None
+        run_in_thread, _ = _async_backend()
+        txid: int | None = await run_in_thread(positions.read)
+        return txid
+
+
+class _AsyncIO:
+    """The I/O of a plan, off the event loop: mount reads in a worker thread."""
+
+    __slots__ = ("receive", "router")
+
+    def __init__(self, router: Router, receive: Receive) -> None:
+        self.router = router
+        self.receive = receive
+
+    async def read_state(self, max_age: float | None) -> NodeState:
+        cache = self.router.cache
+        cached = cache.cached(max_age)
+        if cached is not None:
+            return cached
+        run_in_thread, _ = _async_backend()
+        state: NodeState = await run_in_thread(cache.refresh)
+        return state
+
+    def clock(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        _, sleep = _async_backend()
+        await sleep(seconds)
+
+    async def measure_body(self, limit: int, timeout: float) -> int | None:
+        return await _measure_body(self.receive, limit, timeout)
+
+    async def wait_for_txid(self, txid: int, timeout: float) -> bool:
+        positions = self.router.positions
+        assert positions is not None  # the plan waits only when read-your-writes is on
+        return await positions.wait_async(txid, timeout)
+
+    async def read_position(self) -> int | None:
+        positions = self.router.positions
+        assert positions is not None
+        run_in_thread, _ = _async_backend()
+        txid: int | None = await run_in_thread(positions.read)
+        return txid
 
 
 @functools.cache
@@ -96,12 +237,6 @@ def _encode(headers: Iterable[tuple[str, str]]) -> RawHeaders:
     return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
 
-def _with_tags(headers: Iterable[tuple[bytes, bytes]], tags: RawHeaders) -> RawHeaders:
-    tagged = [h for h in headers if h[0].lower() not in _OURS]
-    tagged += tags
-    return tagged
-
-
 async def _measure_body(receive: Receive, limit: int, timeout: float) -> int | None:
     """The body's size (reading at most *limit* + 1 bytes), or None if it took over *timeout* seconds."""
     try:
@@ -128,135 +263,3 @@ async def _count_body(receive: Receive, limit: int) -> int:
         if not message.get("more_body", False):
             break
     return size
-
-
-class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
-    """ASGI middleware that routes writes to the LiteFS primary."""
-
-    def _setup(self) -> None:
-        # Encoded once per reading of the mount / per reply, not per request.
-        self._last_tags: tuple[Headers, RawHeaders] = ((), [])
-        self._last_reply: tuple[Reply | None, Headers, RawHeaders] = (None, (), [])
-
-    def _raw_tags(self, state: NodeState) -> RawHeaders:
-        tags = self.router.tags(state)
-        last, raw = self._last_tags
-        if tags is not last:
-            raw = _encode(tags)
-            self._last_tags = (tags, raw)
-        return raw
-
-    async def _drive(self, plan: Generator[Any, Any, T], receive: Receive) -> T:
-        cache = self.router.cache
-        run_in_thread, sleep = _async_backend()
-        try:
-            need = next(plan)
-            while True:
-                if isinstance(need, ReadState):
-                    state = cache.cached(need.max_age) or await run_in_thread(cache.refresh)
-                    need = plan.send(state)
-                elif isinstance(need, Sleep):
-                    await sleep(need.seconds)
-                    need = plan.send(None)
-                elif isinstance(need, MeasureBody):
-                    need = plan.send(await _measure_body(receive, need.limit, need.timeout))
-                else:
-                    positions = self.router.positions
-                    assert positions is not None
-                    if isinstance(need, WaitForTxid):
-                        need = plan.send(await positions.wait_async(need.txid, need.timeout))
-                    else:
-                        need = plan.send(await run_in_thread(positions.read))
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
-
-    async def _required_reply(self, ctx: RequestContext, receive: Receive) -> Reply:
-        """The reply a request that must end on the primary ends in; settled first if need be (updates ctx)."""
-        assert ctx.required is not None
-        if ctx.required.kind is Kind.WAIT_FOR_PRIMARY:  # SETTLE, or ensure_primary() with no primary
-            outcome = await self._drive(self.router.settle(ctx.request), receive)
-            ctx.required, ctx.state = outcome.decision, outcome.state
-        return self.router.reply(ctx.required)
-
-    async def _txid_cookies(self, ctx: RequestContext) -> list[tuple[str, str]]:
-        # Read after the handler ran (the TXID must include its write), off the loop.
-        router = self.router
-        txid = None
-        if router.positions is not None and router.needs_txid(ctx.write, ctx.state, ctx.request):
-            run_in_thread, _ = _async_backend()
-            txid = await run_in_thread(router.positions.read)
-        return router.txid_cookies(txid, ctx.clear_txid)
-
-    async def _reply(self, send: Send, reply: Reply, state: NodeState) -> None:
-        tags = self.router.tags(state)
-        last_reply, last_tags, headers = self._last_reply
-        if reply is not last_reply or tags is not last_tags:
-            headers = _with_tags(_encode(reply.headers), self._raw_tags(state))
-            self._last_reply = (reply, tags, headers)
-        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
-        await send({"type": "http.response.body", "body": reply.body, "more_body": False})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        router = self.router
-        request = _request_info(scope)
-        outcome = router.outcome_without_io(request)
-        if outcome is None:
-            outcome = await self._drive(router.plan(request), receive)
-        state = outcome.state
-        if outcome.decision.kind is not Kind.RUN:
-            await self._reply(send, router.reply(outcome.decision), state)
-            return
-
-        ctx = RequestContext(router, request, state, "asgi", outcome.decision.write, clear_txid=outcome.clear_txid)
-        tags = self._raw_tags(state)
-        started = False
-        replaced = False
-
-        async def routed_send(message: Message) -> None:
-            nonlocal started, replaced
-            if replaced:
-                return  # the rest of a response we replaced
-            if message["type"] == "http.response.start":
-                started = True
-                headers: Iterable[tuple[bytes, bytes]] = message.get("headers", ())
-                if ctx.required is not None:
-                    headers = list(headers)  # read twice below; ASGI allows a one-shot iterable
-                    if not any(name.lower() == _REPLAY for name, _ in headers):
-                        # ensure_primary() was called and the app answered
-                        # something else: the request still ends in the replay.
-                        replaced = True
-                        reply = await self._required_reply(ctx, receive)
-                        await self._reply(send, reply, ctx.state)
-                        return
-                tagged = _with_tags(headers, tags)
-                if router.positions is not None:  # consistency on: a cookie may be due
-                    tagged += _encode(await self._txid_cookies(ctx))
-                message = {**message, "headers": tagged}
-            await send(message)
-
-        token = _current.set(ctx)
-        try:
-            await self.app(scope, receive, routed_send)
-        except PrimaryRequired as exc:
-            if started:
-                raise
-            reply = exc.reply if ctx.required is None else await self._required_reply(ctx, receive)
-            await self._reply(send, reply, ctx.state)
-            return
-        except Exception as exc:
-            # The safety net: SQLite refused a write that slipped through.
-            # (Or any exception after ensure_primary() marked the request.)
-            if started or (ctx.required is None and not mark_readonly_failure(ctx, exc)):
-                raise
-            reply = await self._required_reply(ctx, receive)
-            await self._reply(send, reply, ctx.state)
-            return
-        finally:
-            _current.reset(token)
-        if ctx.required is not None and not started:
-            reply = await self._required_reply(ctx, receive)
-            await self._reply(send, reply, ctx.state)

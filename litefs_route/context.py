@@ -1,4 +1,4 @@
-"""Per-request state and the functions handlers call.
+"""Per-request state, and the functions handlers call.
 
 The middleware puts a :class:`RequestContext` in a ``ContextVar`` for the
 duration of the app call. Handlers reach it with no arguments, in sync and
@@ -13,18 +13,23 @@ the request's own task or thread.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass
+from typing import AnyStr
 
-from .decision import SETTLE, Decision, RequestInfo
+from .decision import NO_PRIMARY, Decision, Outcome, RequestInfo, sets_txid_cookie
+from .exceptions import PrimaryRequired
 from .mount import NodeState, Role, default_instance_id, read_node_state
-from .routing import Reply, Router, is_readonly_error
+from .replies import Reply, has_replay_header
+from .router import Router
+from .sqlite_errors import is_readonly_error
 
 __all__ = [
     "InstanceInfo",
-    "PrimaryRequired",
     "RequestContext",
+    "current_request",
     "ensure_primary",
     "get_instance_info",
     "report_exception",
@@ -33,42 +38,93 @@ __all__ = [
 logger = logging.getLogger("litefs_route")
 
 
-class PrimaryRequired(Exception):
-    """Raised by :func:`ensure_primary` on a node that is not the primary.
-
-    Carries the response that ends the request (409 + ``fly-replay``, or 503
-    when no primary is known). Inside Flask/Werkzeug or Starlette/FastAPI the
-    exception raised is a subclass that is also the framework's own HTTP
-    exception, so the framework answers with that response by itself; the
-    middleware makes sure of it even if a handler swallows the exception.
-    """
-
-    def __init__(self, reply: Reply) -> None:
-        super().__init__(f"this request must run on the primary (HTTP {reply.status})")
-        self.reply = reply
-
-
 @dataclass(slots=True, eq=False)
 class RequestContext:
+    """One request the app runs: what it was routed on, and how it must end."""
+
     router: Router
     request: RequestInfo
+    #: The reading it was routed on, or the fresher one it was settled on.
     state: NodeState
-    adapter: Literal["wsgi", "asgi"]
-    #: Routed as a write, or a handler asked for the primary.
-    write: bool = False
-    #: Set by ensure_primary() on a non-primary, or by the safety net: what
-    #: the request must end in, whatever the app does with the exception
-    #: (SETTLE: decided again by the middleware, see Router.settle).
-    required: Decision | None = field(default=None)
-    #: The request's __txid cookie must be cleared (see consistency.py).
+    #: The RUN decision it was routed on (``ensure_primary()`` on the primary makes it a write).
+    decision: Decision
+    #: Builds the exception ``ensure_primary()`` raises (native to the adapter's framework).
+    primary_required_error: Callable[[Reply], PrimaryRequired]
+    #: The request's __txid cookie is ahead of this primary: clear it.
     clear_txid: bool = False
+    #: The app's response has begun (it can no longer be replaced).
+    response_started: bool = False
+    #: ``ensure_primary()`` on a non-primary, or the safety net: the request
+    #: ends in a replay (or a refusal) whatever the app answers.
+    must_end_on_primary: bool = False
+    #: That ending's reply, when known; None while it must still be settled
+    #: (no primary was known, or SQLite refused the write; see
+    #: :func:`~litefs_route.decision.plan_settlement`).
+    ending: Reply | None = None
+
+    @classmethod
+    def routed(
+        cls, router: Router, request: RequestInfo, outcome: Outcome, error: Callable[[Reply], PrimaryRequired]
+    ) -> RequestContext:
+        return cls(router, request, outcome.state, outcome.decision, error, outcome.clear_txid)
+
+    # -- what the middleware asks (the same for both adapters) ---------------
+
+    def replaces_response(self, headers: Iterable[tuple[AnyStr, AnyStr]]) -> bool:
+        """True if the app's response (with *headers*) must be replaced by the ending.
+
+        ``ensure_primary()`` was called and the app answered something other
+        than a replay (its error handler ate the exception).
+        """
+        return self.must_end_on_primary and not has_replay_header(headers)
+
+    def ends_on_exception(self, exc: BaseException) -> bool:
+        """True if the request that raised *exc* ends in the middleware's own reply.
+
+        Not once the response has started. A :class:`PrimaryRequired`
+        always does; any exception after ``ensure_primary()``; and the
+        safety net's case: SQLite refusing a write that slipped through.
+        """
+        if self.response_started:
+            return False
+        if isinstance(exc, PrimaryRequired):
+            if not self.must_end_on_primary:  # raised by hand, or for another request
+                self.must_end_on_primary, self.ending = True, exc.reply
+            return True
+        return self.must_end_on_primary or self.mark_readonly_failure(exc)
+
+    def ends_without_response(self) -> bool:
+        """True if the app returned without a response and the request must end on the primary."""
+        return self.must_end_on_primary and not self.response_started
+
+    def settle(self, outcome: Outcome) -> Reply:
+        """Record the ending a settlement plan decided; returns its reply."""
+        self.state = outcome.state
+        self.ending = self.router.reply(outcome.decision)
+        return self.ending
+
+    def txid_cookie_due(self) -> bool:
+        """True if the response gets a fresh ``__txid`` cookie (read after the handler ran)."""
+        return sets_txid_cookie(self.decision, self.state, self.router.rules)
+
+    def mark_readonly_failure(self, exc: BaseException) -> bool:
+        """The safety net: if *exc* is SQLite refusing a write, the request must end on the primary."""
+        if self.must_end_on_primary or not is_readonly_error(exc):
+            return False
+        self.must_end_on_primary = True
+        logger.warning(
+            "a write slipped through to a non-primary (SQLite refused it as read-only); "
+            "replaying it to the primary or refusing it"
+        )
+        return True
 
 
-_current: ContextVar[RequestContext | None] = ContextVar("litefs_route_request", default=None)
+#: The request being handled in this context (set by the middleware around the app call).
+current_request: ContextVar[RequestContext | None] = ContextVar("litefs_route_request", default=None)
 
 
 def _context(caller: str) -> RequestContext:
-    ctx = _current.get()
+    ctx = current_request.get()
     if ctx is None:
         raise RuntimeError(
             f"litefs_route.{caller}() was called outside a request: install PrimaryRoutingMiddleware "
@@ -84,20 +140,24 @@ def ensure_primary() -> None:
     write. On a replica it raises :class:`PrimaryRequired`, and the request
     ends in the same 409 + ``fly-replay`` response the middleware gives a
     write, so Fly's proxy runs it again on the primary. When no primary is
-    known it ends in 503 + ``Retry-After``. Catching the exception does not
+    known it ends in 503 + ``Retry-After`` after waiting ``primary_wait`` for
+    one (or the replay, if one appears). Catching the exception does not
     cancel that: the middleware replaces whatever the app answers instead.
 
     Raises RuntimeError outside a request handled by the middleware.
     """
     ctx = _context("ensure_primary")
-    ctx.write = True
+    step = ctx.router.decide_forced(ctx.request, ctx.state)
     if ctx.state.is_primary:
+        assert isinstance(step, Decision)
+        ctx.decision = step
         return
-    decision = ctx.router.require_primary(ctx.request, ctx.state)
-    ctx.required = decision
-    from ._frameworks import primary_required
-
-    raise primary_required(ctx.router.reply(decision), ctx.adapter)
+    ctx.must_end_on_primary = True
+    if isinstance(step, Decision):
+        ctx.ending = reply = ctx.router.reply(step)
+    else:  # no primary known: the middleware settles it once the handler is done
+        reply = ctx.router.reply(NO_PRIMARY)
+    raise ctx.primary_required_error(reply)
 
 
 def report_exception(exc: BaseException) -> bool:
@@ -107,28 +167,16 @@ def report_exception(exc: BaseException) -> bool:
     after all, the request will end in a replay to the primary (or a 503)
     instead of the app's error response. Returns True if it will.
 
-    The middleware calls this itself for exceptions that reach it, and Flask's
-    ``got_request_exception`` signal is connected to it. Frameworks that turn
-    exceptions into a 500 before the middleware sees them can connect their
-    own hook (Django: ``got_request_exception.connect(lambda sender, request,
-    **kw: report_exception(sys.exc_info()[1]))``). A safety net, not a
-    substitute for ``ensure_primary()``: side effects before the failed write
-    happened here. Reads the mount (blocking): call it from a thread.
+    The middleware calls this itself for exceptions that reach it, and the
+    ``got_request_exception`` signal of a Flask app it wraps is connected to
+    it. Frameworks that turn exceptions into a 500 before the middleware sees
+    them can connect their own hook (Django: ``got_request_exception.connect(
+    lambda sender, request, **kw: report_exception(sys.exc_info()[1]))``). A
+    safety net, not a substitute for ``ensure_primary()``: side effects before
+    the failed write happened here. No I/O: the middleware settles it.
     """
-    ctx = _current.get()
-    return ctx is not None and mark_readonly_failure(ctx, exc)
-
-
-def mark_readonly_failure(ctx: RequestContext, exc: BaseException) -> bool:
-    """:func:`report_exception` for a known request context (no I/O: the middleware settles it)."""
-    if ctx.required is not None or not is_readonly_error(exc):
-        return False
-    ctx.required = SETTLE
-    logger.warning(
-        "a write slipped through to a non-primary (SQLite refused it as read-only); "
-        "replaying it to the primary or refusing it"
-    )
-    return True
+    ctx = current_request.get()
+    return ctx is not None and ctx.mark_readonly_failure(exc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,11 +197,9 @@ def get_instance_info(*, litefs_dir: str | None = None, instance_id: str | None 
     reading the request was routed on (no I/O). Otherwise it reads the mount
     now (``litefs_dir``, default ``$LITEFS_DIR``), which blocks briefly.
     """
-    ctx = _current.get()
+    ctx = current_request.get()
     if ctx is not None and litefs_dir is None and instance_id is None:
         state = ctx.state
     else:
-        import os
-
         state = read_node_state(litefs_dir or os.environ.get("LITEFS_DIR"), instance_id or default_instance_id())
     return InstanceInfo(state.instance_id, state.primary_id, state.is_primary, state.role)

@@ -1,48 +1,80 @@
-"""The routing decision: given a request and the node's state, what happens.
+"""Every routing rule, in one pure module: no I/O, no clock, no framework.
 
-This module is pure (no I/O, no clock, no framework) so that the WSGI and
-ASGI adapters, which both call :func:`decide`, can never disagree, and so
-that every rule is tested in one table (``tests/test_decision.py``).
+Both middlewares route through this module, so they cannot disagree, and
+every rule is tested in one table (``tests/test_decision.py``). It is
+sans-IO in h11's sense: :func:`decide` answers from what it is given, and
+where an answer needs I/O it says so (a :class:`Pending`) instead of doing
+it. The plans (:func:`plan_request`, :func:`plan_settlement`) are
+generators that yield the I/O they need (a :data:`Need`) and are sent back
+the result; :mod:`litefs_route.drivers` runs them, blocking (WSGI) or off
+the event loop (ASGI). Final answers (a :class:`Decision`) and requests for
+I/O are different types, so one can never be taken for the other.
 
-Rules, in order:
+The rules, in order:
 
-1. A ``passthrough`` path runs locally, whatever the method.
+1. A ``passthrough`` path runs locally, whatever the method, and never
+   waits for read-your-writes nor gets a ``__txid`` cookie.
 2. GET, HEAD, OPTIONS and TRACE are reads and run locally, unless a GET or
    HEAD path matches ``write_on_read``. Every other method is a write
    (methods are case-sensitive: ``get`` is not ``GET``).
 3. A write runs locally on the primary (and standalone).
-4. On a node that knows no primary, a write first waits for one
-   (``WAIT_FOR_PRIMARY``); after the wait, 503.
+4. On a node that knows no primary, a write waits up to ``primary_wait``
+   for one, reading the mount afresh, and is decided again; still none: 503.
 5. On a replica, a write is replayed to the primary, unless the request has
    already been replayed ``max_replays`` times by litefs-route (503: the
    nodes disagree about who is primary), or its body is larger than Fly's
-   proxy can replay (413). A body of unknown length is measured first
-   (``MEASURE_BODY``).
+   proxy can replay (413). A body of unknown length is measured first (408
+   if it does not arrive within ``body_timeout``).
+6. Read-your-writes, when on: a read whose ``__txid`` cookie is ahead of the
+   replica's TXID waits up to ``consistency_wait`` for it, then runs; not
+   caught up, it is replayed to the primary (within ``max_replays``; past
+   it, or with no primary, it runs here rather than fail). The primary never
+   waits; a cookie ahead of it (lost writes after a failover) is cleared.
+7. ``ensure_primary()``: the request is a write whatever its method and
+   path, and its body is not measured (the app may have read it).
+8. A request whose app ran here but that must end on the primary
+   (``ensure_primary()`` with no primary known, or SQLite refusing its
+   write) is *settled*: decided again on a fresh reading, after waiting for
+   a primary as rule 4; it is replayed, or refused with 503, never run.
 """
 
 from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .consistency import parse_txid_cookie
 from .mount import NodeState, Role
 
 __all__ = [
+    "NO_PRIMARY",
     "NO_PRIMARY_REASON",
     "READ_METHODS",
-    "SETTLE",
+    "Answer",
     "Decision",
     "Kind",
+    "MeasureBody",
+    "Need",
+    "Outcome",
     "PathGlobs",
+    "Pending",
+    "Plan",
+    "ReadClock",
+    "ReadPosition",
+    "ReadState",
     "RequestInfo",
     "Rules",
+    "Sleep",
+    "WaitForTxid",
     "decide",
-    "decide_lagging_read",
+    "plan_request",
+    "plan_settlement",
     "replay_hops",
     "replay_state",
+    "sets_txid_cookie",
 ]
 
 #: Methods that run on a replica. LiteFS's own proxy replays OPTIONS too;
@@ -57,6 +89,13 @@ _REPLAY_SRC_STATE = re.compile(r"(?:^|;)\s*state=" + re.escape(_STATE_PREFIX) + 
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 # A fly-replay-src longer than this is not Fly's; we do not scan it.
 _REPLAY_SRC_LIMIT = 1024
+# While a write waits for a primary, the mount is read at most this often
+# (shared by every waiting request through the single-flight cache).
+_PRIMARY_POLL = 0.05
+
+NO_PRIMARY_REASON = "no primary is known right now (a LiteFS election or failover)"
+_DISAGREE_REASON = "replayed {} times without reaching the primary (the instances disagree on the primary)"
+_RAN_HERE_REASON = "this instance was not the primary when the request ran"
 
 
 class PathGlobs:
@@ -67,6 +106,8 @@ class PathGlobs:
     """
 
     def __init__(self, patterns: Iterable[str]) -> None:
+        if isinstance(patterns, str):
+            raise TypeError("path globs are a list of strings, not a string")
         self.patterns = tuple(patterns)
         for pattern in self.patterns:
             if not isinstance(pattern, str) or not pattern.startswith(("/", "*")):
@@ -83,24 +124,31 @@ class PathGlobs:
         return f"PathGlobs({list(self.patterns)!r})"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Rules:
-    """The configuration the decision depends on."""
+    """The options the rules depend on (validated by the middleware that builds them)."""
 
     write_on_read: PathGlobs
     passthrough: PathGlobs
     #: Replays of one request (counted in fly-replay `state`) before 503.
-    max_replays: int = 3
-    #: Largest body Fly's proxy replays (1 MB); larger writes get 413.
-    replay_body_limit: int = 1_000_000
+    max_replays: int
+    #: Largest body Fly's proxy replays; larger writes get 413.
+    replay_body_limit: int
+    #: Seconds a write waits for a primary when none is known.
+    primary_wait: float
+    #: Seconds a replica spends measuring a body of unknown length.
+    body_timeout: float
+    #: True when read-your-writes is on (a database is configured).
+    read_your_writes: bool
+    #: Seconds a replica read waits for its TXID cookie.
+    consistency_wait: float
 
 
-# RequestInfo and Decision are built on every request: plain slotted classes,
-# not frozen ones (a frozen dataclass's __init__ costs ~0.5 µs more). Treat
-# them as values all the same: nothing in litefs-route mutates one.
+# Built on every request: a plain slotted class (a frozen dataclass's
+# __init__ costs ~0.5 µs more). Nothing mutates one after it is built.
 @dataclass(slots=True)
 class RequestInfo:
-    """What the decision needs to know about a request."""
+    """What the rules need to know about a request."""
 
     method: str
     #: Decoded path, no query string (what the app routes on).
@@ -134,37 +182,111 @@ class RequestInfo:
 
 
 class Kind(enum.Enum):
+    """A final answer."""
+
     RUN = "run"  # call the app here
     REPLAY = "replay"  # answer with fly-replay: instance=<target>
     UNAVAILABLE = "unavailable"  # 503 + Retry-After
     TOO_LARGE = "too-large"  # 413: Fly cannot replay this body
-    TIMEOUT = "timeout"  # 408: a chunked body did not arrive in time to be measured
-    WAIT_FOR_PRIMARY = "wait-for-primary"  # read fresh state until a primary is known
-    MEASURE_BODY = "measure-body"  # read up to the replay limit, decide again
+    TIMEOUT = "timeout"  # 408: a body of unknown length did not arrive in time to be measured
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
+    """A final answer: run the app here, or the response that replaces it."""
+
     kind: Kind
     #: True if the request was routed as a write (it mutates the database).
     write: bool
-    #: The replay target (REPLAY only).
+    #: The replay target (REPLAY, TOO_LARGE).
     target: str | None = None
     #: The replay's hop number, carried in fly-replay's `state` (REPLAY only).
     hops: int = 0
-    #: Why, in words a user may read (UNAVAILABLE, TOO_LARGE).
+    #: Why, in words a user may read (UNAVAILABLE, TOO_LARGE, TIMEOUT).
     reason: str = ""
+    #: The path is a passthrough path (RUN only): never gets a TXID cookie.
+    passthrough: bool = False
 
 
+# Immutable, so one instance serves every request that ends in it.
 _RUN_READ = Decision(Kind.RUN, write=False)
 _RUN_WRITE = Decision(Kind.RUN, write=True)
+_RUN_PASSTHROUGH = Decision(Kind.RUN, write=False, passthrough=True)
+_RUN_PASSTHROUGH_WRITE = Decision(Kind.RUN, write=True, passthrough=True)
+#: The answer to a write when no primary is known, after the wait (rule 4).
+NO_PRIMARY = Decision(Kind.UNAVAILABLE, write=True, reason=NO_PRIMARY_REASON)
 
-NO_PRIMARY_REASON = "no primary is known right now (a LiteFS election or failover)"
-#: What a request must end in when its app ran here but it belongs on the
-#: primary and no primary was known (``ensure_primary()``) or the database
-#: refused its write: to be decided again on a fresh reading, after waiting
-#: for a primary (``Router.settle``).
-SETTLE = Decision(Kind.WAIT_FOR_PRIMARY, write=True)
+
+class Pending(enum.Enum):
+    """Not an answer yet: what :func:`decide` needs to know first (the plans fetch it)."""
+
+    WAIT_FOR_PRIMARY = "wait-for-primary"  # no primary known: wait for one, decide again
+    MEASURE_BODY = "measure-body"  # a replay whose body size is unknown: measure, decide again
+    WAIT_FOR_TXID = "wait-for-txid"  # a replica read behind its TXID cookie: wait for it
+    CHECK_TXID = "check-txid"  # a primary read with a TXID cookie: is the cookie ahead of us?
+
+
+# -- the I/O a plan needs (what the driver sends back, in brackets) --------
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """The node state, at most *max_age* seconds old; None: the cache's TTL [NodeState]."""
+
+    max_age: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadClock:
+    """The monotonic clock, in seconds [float]."""
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """Wait *seconds*, without blocking an event loop [None]."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class MeasureBody:
+    """The request body's size, reading at most *limit* + 1 bytes within *timeout* seconds.
+
+    [int, or None if the body did not arrive in time]
+    """
+
+    limit: int
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class WaitForTxid:
+    """Wait until the local TXID reaches *txid*, at most *timeout* seconds [bool: reached]."""
+
+    txid: int
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPosition:
+    """The local TXID, read now [int, or None if unknown]."""
+
+
+Need = ReadState | ReadClock | Sleep | MeasureBody | WaitForTxid | ReadPosition
+#: What a driver sends back for a :data:`Need` (checked by the plan).
+Answer = NodeState | float | int | bool | None
+
+
+class Outcome(NamedTuple):
+    """Where a plan ends: the decision, and the reading it was made on."""
+
+    decision: Decision
+    state: NodeState
+    #: The request's __txid cookie is ahead of this primary: clear it.
+    clear_txid: bool = False
+
+
+Plan = Generator[Need, Answer, Outcome]
 
 
 def replay_hops(replay_src: str | None) -> int:
@@ -180,63 +302,157 @@ def replay_state(hops: int) -> str:
     return f"{_STATE_PREFIX}{hops}"
 
 
-def is_write(request: RequestInfo, rules: Rules) -> bool:
-    """True if the request must run on the primary (rules 1 and 2)."""
-    if request.method not in READ_METHODS:
-        return True
-    return request.method in _WRITE_ON_READ_METHODS and rules.write_on_read.match(request.path)
+def decide(
+    request: RequestInfo,
+    state: NodeState,
+    rules: Rules,
+    *,
+    known_txid: int | None = None,
+    forced: bool = False,
+    body_size: int | None = None,
+) -> Decision | Pending:
+    """Rules 1-7 for *request* on a node in *state*: an answer, or what is needed first.
 
-
-def decide_lagging_read(request: RequestInfo, state: NodeState, rules: Rules) -> Decision:
-    """A read whose TXID cookie the replica did not reach in time.
-
-    Replayed to the primary, which has the data, within the replay limit;
-    past it (or with no primary known) it runs here rather than fail.
+    *known_txid*: the highest local TXID already seen (no I/O; a read whose
+    cookie is not above it needs no wait). *forced*: the handler called
+    ``ensure_primary()``. *body_size*: the size measured after ``MEASURE_BODY``.
     """
+    method = request.method
+    if not forced:
+        if method in READ_METHODS and not (
+            method in _WRITE_ON_READ_METHODS and rules.write_on_read.match(request.path)
+        ):
+            return _decide_read(request, state, rules, known_txid)
+        if rules.passthrough.match(request.path):
+            return _RUN_PASSTHROUGH
+    if state.is_primary:
+        if forced and rules.passthrough.match(request.path):
+            return _RUN_PASSTHROUGH_WRITE
+        return _RUN_WRITE
+    if state.role is Role.NO_PRIMARY or state.primary_id is None:
+        return Pending.WAIT_FOR_PRIMARY
+    hops = replay_hops(request.replay_src)
+    if hops >= rules.max_replays:
+        return Decision(Kind.UNAVAILABLE, True, reason=_DISAGREE_REASON.format(hops))
+    limit = rules.replay_body_limit
+    size = request.content_length if request.content_length is not None else body_size
+    if size is not None and size > limit:
+        return Decision(Kind.TOO_LARGE, True, target=state.primary_id, reason=f"the body is larger than {limit} bytes")
+    if size is None and request.unknown_length and not forced:
+        return Pending.MEASURE_BODY
+    return Decision(Kind.REPLAY, True, target=state.primary_id, hops=hops + 1)
+
+
+def _decide_read(request: RequestInfo, state: NodeState, rules: Rules, known_txid: int | None) -> Decision | Pending:
+    """Rules 1 and 6 for a read."""
+    # Most reads carry no TXID: then passthrough cannot matter (both run here)
+    # and its globs are not matched at all.
+    txid = request.txid
+    if txid is None or not rules.read_your_writes or (known_txid is not None and known_txid >= txid):
+        return _RUN_READ
+    if rules.passthrough.match(request.path):
+        return _RUN_PASSTHROUGH
+    if state.role is Role.REPLICA:
+        return Pending.WAIT_FOR_TXID
+    if state.role is Role.PRIMARY:
+        return Pending.CHECK_TXID
+    return _RUN_READ
+
+
+def _decide_lagging_read(request: RequestInfo, state: NodeState, rules: Rules) -> Decision:
+    """Rule 6: a replica read whose TXID did not arrive in time."""
     hops = replay_hops(request.replay_src)
     if state.role is not Role.REPLICA or state.primary_id is None or hops >= rules.max_replays:
         return _RUN_READ
     return Decision(Kind.REPLAY, False, target=state.primary_id, hops=hops + 1)
 
 
-def decide(
-    request: RequestInfo,
-    state: NodeState,
-    rules: Rules,
-    *,
-    waited_for_primary: bool = False,
-    body_size: int | None = None,
-    force_write: bool = False,
-) -> Decision:
-    """Decide what happens to *request* on a node in *state*.
+def sets_txid_cookie(decision: Decision, state: NodeState, rules: Rules) -> bool:
+    """True if a request run on *decision* gets a fresh ``__txid`` cookie (read after its handler)."""
+    return decision.write and rules.read_your_writes and not decision.passthrough and state.role is Role.PRIMARY
 
-    *waited_for_primary*: the caller already waited for a primary to be known.
-    *body_size*: the measured body size, after ``MEASURE_BODY``.
-    *force_write*: the handler called ``ensure_primary()``; passthrough and
-    method no longer matter, and the body is not measured again (it may have
-    been read by the app).
+
+def plan_request(request: RequestInfo, rules: Rules, *, known_txid: int | None = None) -> Plan:
+    """Route *request*: rules 1-6, yielding each piece of I/O they need."""
+    # A replayed request was sent here because another node believes this
+    # one is primary: decide on the truth, not on a cached reading, so a node
+    # that was just promoted keeps the write instead of bouncing it.
+    state = _expect_state((yield ReadState(0 if request.replay_src is not None else None)))
+    step = decide(request, state, rules, known_txid=known_txid)
+    if step is Pending.WAIT_FOR_PRIMARY:
+        state = yield from _wait_for_primary(state, rules)
+        step = decide(request, state, rules, known_txid=known_txid)
+        if step is Pending.WAIT_FOR_PRIMARY:
+            return Outcome(NO_PRIMARY, state)
+    if step is Pending.MEASURE_BODY:
+        size = _expect_optional_int((yield MeasureBody(rules.replay_body_limit, rules.body_timeout)))
+        if size is None:
+            reason = f"its body did not arrive within {rules.body_timeout:g} s"
+            return Outcome(Decision(Kind.TIMEOUT, True, reason=reason), state)
+        step = decide(request, state, rules, body_size=size)
+    if step is Pending.WAIT_FOR_TXID:
+        assert request.txid is not None
+        caught_up = _expect_bool((yield WaitForTxid(request.txid, rules.consistency_wait)))
+        step = _RUN_READ if caught_up else _decide_lagging_read(request, state, rules)
+    elif step is Pending.CHECK_TXID:
+        assert request.txid is not None
+        local = _expect_optional_int((yield ReadPosition()))
+        return Outcome(_RUN_READ, state, clear_txid=local is None or request.txid > local)
+    assert isinstance(step, Decision), step  # every Pending was handled above
+    return Outcome(step, state)
+
+
+def plan_settlement(request: RequestInfo, rules: Rules) -> Plan:
+    """Rule 8: the answer for a request that ran here but must end on the primary.
+
+    Never RUN (the app already ran); the outcome's state is the fresh
+    reading it was decided on (for the reply's tags).
     """
-    # Reads first: most requests are, and then passthrough cannot matter
-    # (both run here), so its globs are matched against writes only.
-    if not force_write and (not is_write(request, rules) or rules.passthrough.match(request.path)):
-        return _RUN_READ
-    if state.is_primary:
-        return _RUN_WRITE
-    if state.role is Role.NO_PRIMARY or state.primary_id is None:
-        if waited_for_primary:
-            return Decision(Kind.UNAVAILABLE, True, reason=NO_PRIMARY_REASON)
-        return Decision(Kind.WAIT_FOR_PRIMARY, True)
-    hops = replay_hops(request.replay_src)
-    if hops >= rules.max_replays:
-        return Decision(
-            Kind.UNAVAILABLE,
-            True,
-            reason=f"replayed {hops} times without reaching the primary (the instances disagree on the primary)",
-        )
-    limit = rules.replay_body_limit
-    size = request.content_length if request.content_length is not None else body_size
-    if size is not None and size > limit:
-        return Decision(Kind.TOO_LARGE, True, target=state.primary_id, reason=f"the body is larger than {limit} bytes")
-    if size is None and request.unknown_length and not force_write:
-        return Decision(Kind.MEASURE_BODY, True)
-    return Decision(Kind.REPLAY, True, target=state.primary_id, hops=hops + 1)
+    state = _expect_state((yield ReadState(0)))
+    state = yield from _wait_for_primary(state, rules)
+    step = decide(request, state, rules, forced=True)
+    if step is Pending.WAIT_FOR_PRIMARY:
+        return Outcome(NO_PRIMARY, state)
+    assert isinstance(step, Decision), step  # forced: nothing to measure, no TXID to wait for
+    if step.kind is Kind.RUN:
+        return Outcome(Decision(Kind.UNAVAILABLE, True, reason=_RAN_HERE_REASON), state)
+    return Outcome(step, state)
+
+
+def _wait_for_primary(state: NodeState, rules: Rules) -> Generator[Need, Answer, NodeState]:
+    """Rule 4: re-read the state until a primary is known or ``primary_wait`` has passed."""
+    if state.role is not Role.NO_PRIMARY:
+        return state
+    deadline = _expect_float((yield ReadClock())) + rules.primary_wait
+    while state.role is Role.NO_PRIMARY and _expect_float((yield ReadClock())) < deadline:
+        yield Sleep(_PRIMARY_POLL)
+        state = _expect_state((yield ReadState(_PRIMARY_POLL)))
+    return state
+
+
+# What a driver sends back is checked: a driver bug fails loudly here rather
+# than as a wrong routing decision.
+
+
+def _expect_state(answer: Answer) -> NodeState:
+    if not isinstance(answer, NodeState):
+        raise TypeError(f"a driver answered ReadState with {answer!r}, not a NodeState")
+    return answer
+
+
+def _expect_float(answer: Answer) -> float:
+    if isinstance(answer, bool) or not isinstance(answer, int | float):
+        raise TypeError(f"a driver answered ReadClock with {answer!r}, not a number")
+    return answer
+
+
+def _expect_bool(answer: Answer) -> bool:
+    if not isinstance(answer, bool):
+        raise TypeError(f"a driver answered WaitForTxid with {answer!r}, not a bool")
+    return answer
+
+
+def _expect_optional_int(answer: Answer) -> int | None:
+    if answer is not None and (isinstance(answer, bool) or not isinstance(answer, int)):
+        raise TypeError(f"a driver answered with {answer!r}, not an int or None")
+    return answer

@@ -15,7 +15,7 @@ LiteFS exposes its state as small files in the mount (see the LiteFS docs):
 ``<db>-pos``
     ``%016x/%016x\\n``: the database's TXID and checksum.
 
-Every read is a FUSE round trip, so callers cache (:mod:`litefs_route.node`).
+Every read is a FUSE round trip, so callers cache (:mod:`litefs_route.state_cache`).
 Nothing read here is trusted: content that does not parse is treated as
 absent, and only a well-formed host name is ever returned as a primary.
 """

@@ -8,43 +8,34 @@
 On a replica, writes are answered with ``409`` + ``fly-replay:
 instance=<primary>`` without calling the app or reading the body, and Fly's
 proxy replays them on the primary. Every response is tagged with
-``Fly-Primary-Instance`` and ``Fly-Instance``. See :class:`~litefs_route.routing.Router`
-for the options, which are the same as the ASGI middleware's.
+``Fly-Primary-Instance`` and ``Fly-Instance``. The options are the ASGI middleware's
+(:class:`~litefs_route.middleware.RoutingMiddleware`).
 
 The node's state is read from the mount inline, at most once per
 ``cache_ttl`` per process (a replayed request reads it fresh). The app's
 response iterable is returned unchanged (``close()`` and
 ``wsgi.file_wrapper`` keep working), so nothing is buffered. The request's
 :class:`~litefs_route.context.RequestContext` is also in
-``environ["litefs_route.context"]``.
+``environ["litefs_route.context"]``. A Flask app's ``got_request_exception``
+signal is connected to the safety net when the middleware wraps that app
+(``app.wsgi_app = PrimaryRoutingMiddleware(app.wsgi_app)``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import sys
 import time
-from collections.abc import Generator, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
-from .context import PrimaryRequired, RequestContext, _current, mark_readonly_failure, report_exception
+from .context import RequestContext, current_request, report_exception
 from .decision import Kind, RequestInfo
+from .drivers import drive
+from .frameworks import connect_flask_exception_signal, werkzeug_primary_required
+from .middleware import RoutingMiddleware
 from .mount import NodeState
-from .routing import (
-    INSTANCE_HEADER,
-    PRIMARY_HEADER,
-    REPLAY_HEADER,
-    Headers,
-    MeasureBody,
-    ReadState,
-    Reply,
-    RoutingMiddleware,
-    Sleep,
-    WaitForTxid,
-)
-
-T = TypeVar("T")
+from .replies import OUR_TAG_NAMES, Headers, Reply, with_tags
+from .router import Router
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -52,8 +43,117 @@ if TYPE_CHECKING:
 
 __all__ = ["PrimaryRoutingMiddleware"]
 
-_OURS = {PRIMARY_HEADER.lower(), INSTANCE_HEADER.lower()}
 _CHUNK = 65536
+
+
+class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
+    __doc__ = "WSGI middleware that routes writes to the LiteFS primary.\n\n" + (RoutingMiddleware.__doc__ or "")
+
+    primary_required_error = staticmethod(werkzeug_primary_required)
+
+    def _setup(self) -> None:
+        # Production Flask turns an exception into a 500 before it reaches us;
+        # its got_request_exception signal still lets the safety net see it.
+        connect_flask_exception_signal(self.app, report_exception)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        router = self.router
+        request = _request_info(environ)
+        outcome = router.outcome_without_io(request) or drive(router.plan(request), _BlockingIO(router, environ))
+        if outcome.decision.kind is not Kind.RUN:
+            return _send_reply(start_response, router.reply(outcome.decision), router.tags(outcome.state))
+
+        ctx = RequestContext.routed(router, request, outcome, self.primary_required_error)
+        environ["litefs_route.context"] = ctx
+        response = _Response(ctx, environ, start_response)
+        token = current_request.set(ctx)
+        try:
+            result = self.app(environ, response.start_response)
+        except Exception as exc:
+            if not ctx.ends_on_exception(exc):
+                raise
+            return response.send_ending()
+        finally:
+            current_request.reset(token)
+        if response.replaced_by is not None:
+            _close(result)
+            return [response.replaced_by.body]
+        if ctx.ends_without_response():
+            _close(result)
+            return response.send_ending()
+        return result
+
+
+class _Response:
+    """One request's response: tags it, adds the TXID cookie, or replaces it with the ending."""
+
+    __slots__ = ("ctx", "environ", "replaced_by", "start")
+
+    def __init__(self, ctx: RequestContext, environ: WSGIEnvironment, start: StartResponse) -> None:
+        self.ctx = ctx
+        self.environ = environ
+        self.start = start
+        #: The reply that replaced the app's response, if one did.
+        self.replaced_by: Reply | None = None
+
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None) -> Any:
+        ctx = self.ctx
+        router = ctx.router
+        if ctx.replaces_response(headers):
+            reply = self.replaced_by = self._ending()
+            status, headers = reply.status_line, list(reply.headers)
+        elif router.positions is not None:  # read-your-writes on: a cookie may be due
+            headers = headers + router.txid_cookie_headers(self._read_txid(), ctx.clear_txid)
+        ctx.response_started = True
+        write = self.start(status, with_tags(headers, router.tags(ctx.state), OUR_TAG_NAMES), exc_info)
+        return _discarding_write if self.replaced_by is not None else write
+
+    def send_ending(self) -> list[bytes]:
+        """Answer with the reply the request must end in (the app's response never started)."""
+        return _send_reply(self.start, self._ending(), self.ctx.router.tags(self.ctx.state))
+
+    def _ending(self) -> Reply:
+        ctx = self.ctx
+        if ctx.ending is not None:
+            return ctx.ending
+        return ctx.settle(drive(ctx.router.settlement(ctx.request), _BlockingIO(ctx.router, self.environ)))
+
+    def _read_txid(self) -> int | None:
+        # Read after the handler ran: the TXID must include its write.
+        positions = self.ctx.router.positions
+        return positions.read() if positions is not None and self.ctx.txid_cookie_due() else None
+
+
+class _BlockingIO:
+    """The I/O of a plan, inline in the request's thread (a WSGI server gives each request one)."""
+
+    __slots__ = ("environ", "router")
+
+    def __init__(self, router: Router, environ: WSGIEnvironment) -> None:
+        self.router = router
+        self.environ = environ
+
+    def read_state(self, max_age: float | None) -> NodeState:
+        return self.router.cache.get(max_age)
+
+    def clock(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def measure_body(self, limit: int, timeout: float) -> int | None:
+        return _measure_body(self.environ, limit, timeout)
+
+    def wait_for_txid(self, txid: int, timeout: float) -> bool:
+        positions = self.router.positions
+        assert positions is not None  # the plan waits only when read-your-writes is on
+        return positions.wait(txid, timeout)
+
+    def read_position(self) -> int | None:
+        positions = self.router.positions
+        assert positions is not None
+        return positions.read()
 
 
 def _request_info(environ: WSGIEnvironment) -> RequestInfo:
@@ -73,14 +173,9 @@ def _request_info(environ: WSGIEnvironment) -> RequestInfo:
     )
 
 
-def _with_tags(headers: Iterable[tuple[str, str]], tags: Headers) -> list[tuple[str, str]]:
-    tagged = [h for h in headers if h[0].lower() not in _OURS]
-    tagged += tags
-    return tagged
-
-
-def _has_replay(headers: list[tuple[str, str]]) -> bool:
-    return any(name.lower() == REPLAY_HEADER for name, _ in headers)
+def _send_reply(start_response: StartResponse, reply: Reply, tags: Headers) -> list[bytes]:
+    start_response(reply.status_line, with_tags(reply.headers, tags, OUR_TAG_NAMES))
+    return [reply.body]
 
 
 def _measure_body(environ: WSGIEnvironment, limit: int, timeout: float) -> int | None:
@@ -106,16 +201,6 @@ def _measure_body(environ: WSGIEnvironment, limit: int, timeout: float) -> int |
     return size
 
 
-@functools.cache
-def _connect_flask_signal() -> None:
-    from flask import got_request_exception
-
-    def on_exception(sender: object, exception: BaseException, **extra: object) -> None:
-        report_exception(exception)
-
-    got_request_exception.connect(on_exception, weak=False)
-
-
 def _discarding_write(data: bytes) -> None:
     """The write() callable of a response the middleware replaced."""
 
@@ -124,113 +209,3 @@ def _close(result: Iterable[bytes]) -> None:
     close = getattr(result, "close", None)
     if close is not None:
         close()
-
-
-class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
-    """WSGI middleware that routes writes to the LiteFS primary."""
-
-    def _setup(self) -> None:
-        # Production Flask turns an exception into a 500 before it reaches us;
-        # its got_request_exception signal still lets the safety net see it.
-        if "flask" in sys.modules:
-            _connect_flask_signal()
-
-    def _drive(self, plan: Generator[Any, Any, T], environ: WSGIEnvironment) -> T:
-        cache = self.router.cache
-        try:
-            need = next(plan)
-            while True:
-                if isinstance(need, ReadState):
-                    need = plan.send(cache.get(need.max_age))
-                elif isinstance(need, Sleep):
-                    time.sleep(need.seconds)
-                    need = plan.send(None)
-                elif isinstance(need, MeasureBody):
-                    need = plan.send(_measure_body(environ, need.limit, need.timeout))
-                else:
-                    positions = self.router.positions
-                    assert positions is not None
-                    if isinstance(need, WaitForTxid):
-                        need = plan.send(positions.wait(need.txid, need.timeout))
-                    else:
-                        need = plan.send(positions.read())
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
-
-    def _required_reply(self, ctx: RequestContext, environ: WSGIEnvironment) -> Reply:
-        """The reply a request that must end on the primary ends in; settled first if need be (updates ctx)."""
-        assert ctx.required is not None
-        if ctx.required.kind is Kind.WAIT_FOR_PRIMARY:  # SETTLE, or ensure_primary() with no primary
-            outcome = self._drive(self.router.settle(ctx.request), environ)
-            ctx.required, ctx.state = outcome.decision, outcome.state
-        return self.router.reply(ctx.required)
-
-    def _txid_cookies(self, ctx: RequestContext) -> list[tuple[str, str]]:
-        # Read after the handler ran: the TXID must include its write.
-        router = self.router
-        txid = None
-        if router.positions is not None and router.needs_txid(ctx.write, ctx.state, ctx.request):
-            txid = router.positions.read()
-        return router.txid_cookies(txid, ctx.clear_txid)
-
-    def _reply(self, start_response: StartResponse, reply: Reply, state: NodeState) -> list[bytes]:
-        start_response(reply.status_line, _with_tags(reply.headers, self.router.tags(state)))
-        return [reply.body]
-
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        router = self.router
-        request = _request_info(environ)
-        outcome = router.outcome_without_io(request) or self._drive(router.plan(request), environ)
-        state = outcome.state
-        if outcome.decision.kind is not Kind.RUN:
-            return self._reply(start_response, router.reply(outcome.decision), state)
-
-        ctx = RequestContext(router, request, state, "wsgi", outcome.decision.write, clear_txid=outcome.clear_txid)
-        environ["litefs_route.context"] = ctx
-        started = False
-        replaced: Reply | None = None
-
-        def routed_start_response(
-            status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None
-        ) -> Any:
-            nonlocal started, replaced
-            if ctx.required is not None and not _has_replay(headers):
-                # ensure_primary() was called and the app answered something
-                # else (its error handler ate the exception): the request
-                # still ends in the replay.
-                replaced = self._required_reply(ctx, environ)
-                status, headers = replaced.status_line, list(replaced.headers)
-            elif router.positions is not None:  # consistency on: a cookie may be due
-                headers = headers + self._txid_cookies(ctx)
-            started = True
-            # ctx.state: the reading the request was routed on, or a fresher one it was settled on.
-            write = start_response(status, _with_tags(headers, router.tags(ctx.state)), exc_info)
-            return _discarding_write if replaced is not None else write
-
-        token = _current.set(ctx)
-        try:
-            result = self.app(environ, routed_start_response)
-        except PrimaryRequired as exc:
-            if started:
-                raise
-            reply = exc.reply if ctx.required is None else self._required_reply(ctx, environ)
-            return self._reply(start_response, reply, ctx.state)
-        except Exception as exc:
-            # The safety net: SQLite refused a write that slipped through.
-            # (Or any exception after ensure_primary()/the Flask signal marked
-            # the request: it ends in that reply all the same.)
-            if started or (ctx.required is None and not mark_readonly_failure(ctx, exc)):
-                raise
-            reply = self._required_reply(ctx, environ)
-            return self._reply(start_response, reply, ctx.state)
-        finally:
-            _current.reset(token)
-        if replaced is not None:
-            _close(result)
-            return [replaced.body]
-        if ctx.required is not None and not started:
-            _close(result)
-            reply = self._required_reply(ctx, environ)
-            return self._reply(start_response, reply, ctx.state)
-        return result

@@ -18,7 +18,8 @@ import pytest
 from litefs_route import asgi, wsgi
 from litefs_route.consistency import parse_txid_cookie
 from litefs_route.decision import Kind, RequestInfo
-from litefs_route.routing import Router
+from litefs_route.router import Router
+from tests.plans import router_for
 from tests.support import Mount, serve_asgi, serve_wsgi, wait_until
 
 ME = "e784079b449483"
@@ -82,6 +83,8 @@ def _apps(calls: list[str], mount: Mount) -> tuple[Any, Any]:
 
 @pytest.fixture(params=["wsgi", "asgi"])
 def stack(request: pytest.FixtureRequest, mount: Mount) -> Iterator[Stack]:
+    """The same apps under each adapter: param "wsgi"/"asgi", or (adapter, consistency_wait)."""
+    adapter, consistency_wait = request.param if isinstance(request.param, tuple) else (request.param, 30)
     calls: list[str] = []
     flask, starlette = _apps(calls, mount)
     options: dict[str, Any] = {
@@ -90,9 +93,9 @@ def stack(request: pytest.FixtureRequest, mount: Mount) -> Iterator[Stack]:
         "database": DB,
         "cache_ttl": 0,
         "passthrough": ["/static/*"],
-        "consistency_wait": getattr(request, "consistency_wait", 30),
+        "consistency_wait": consistency_wait,
     }
-    if request.param == "wsgi":
+    if adapter == "wsgi":
         middleware: Any = wsgi.PrimaryRoutingMiddleware(flask.wsgi_app, **options)
         flask.wsgi_app = middleware
         server = serve_wsgi(flask)
@@ -123,9 +126,8 @@ def test_replica_read_waits_for_its_write(stack: Stack) -> None:
     assert positions.waiting == 0
 
 
-@pytest.mark.parametrize("stack", ["wsgi", "asgi"], indirect=True)
-def test_replica_that_never_catches_up_replays_to_the_primary(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(stack.router, "consistency_wait", 0.2)
+@pytest.mark.parametrize("stack", [("wsgi", 0.2), ("asgi", 0.2)], indirect=True, ids=["wsgi", "asgi"])
+def test_replica_that_never_catches_up_replays_to_the_primary(stack: Stack) -> None:
     stack.mount.make_replica(PRIMARY)
     response = stack.get("/", "00000000000003e8")
     assert response.status_code == 409
@@ -238,7 +240,7 @@ def test_a_cookie_not_yet_reached_takes_the_plan_not_the_fast_path(mount: Mount)
     """The fast path never skips a read-your-writes wait (nor a primary's check)."""
     mount.make_replica("primary-1")
     mount.set_pos(DB, 9)
-    router = Router(litefs_dir=str(mount.path), instance_id="replica-1", database=DB, cache_ttl=3600)
+    router = router_for(litefs_dir=str(mount.path), instance_id="replica-1", database=DB, cache_ttl=3600)
     router.cache.refresh()
     request = RequestInfo.from_headers(
         "GET", "/", replay_src=None, content_length=None, transfer_encoding=None, cookie="__txid=000000000000000a"

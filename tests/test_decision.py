@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import pytest
 
-from litefs_route.decision import Decision, Kind, PathGlobs, RequestInfo, Rules, decide, replay_hops
+from litefs_route.decision import (
+    Decision,
+    Kind,
+    PathGlobs,
+    Pending,
+    RequestInfo,
+    decide,
+    plan_request,
+    plan_settlement,
+    replay_hops,
+)
 from litefs_route.mount import NodeState, Role
+from tests.plans import FixedIO, router_for, rules, run
 
 ME, P = "me0000000000aa", "pp0000000000bb"
 PRIMARY = NodeState(Role.PRIMARY, ME, ME)
 STANDALONE = NodeState(Role.STANDALONE, ME, ME)
 REPLICA = NodeState(Role.REPLICA, ME, P)
 NO_PRIMARY = NodeState(Role.NO_PRIMARY, ME, None)
-RULES = Rules(PathGlobs(["/auth/callback/*", "/session/refresh"]), PathGlobs(["/static/*", "/healthz"]))
+RULES = rules(write_on_read=["/auth/callback/*", "/session/refresh"], passthrough=["/static/*", "/healthz"])
 RUN_READ = Decision(Kind.RUN, write=False)
 RUN_WRITE = Decision(Kind.RUN, write=True)
+RUN_PASSTHROUGH = Decision(Kind.RUN, write=False, passthrough=True)  # runs here as a read, never gets a cookie
 
 
 def replay(hops: int = 1) -> Decision:
@@ -46,51 +58,54 @@ CASES = [
     ("replica-write-on-read-anchored-end", req("GET", "/session/refresh/x"), REPLICA, RUN_READ),
     ("replica-write-on-read-anchored-start", req("GET", "/x/auth/callback/y"), REPLICA, RUN_READ),
     ("replica-write-on-read-options-stays-local", req("OPTIONS", "/session/refresh"), REPLICA, RUN_READ),
-    ("replica-passthrough-post", req("POST", "/static/app.css"), REPLICA, RUN_READ),
-    ("replica-passthrough-exact", req("DELETE", "/healthz"), REPLICA, RUN_READ),
-    ("replica-passthrough-dotdot-matches-literally", req("POST", "/static/../admin"), REPLICA, RUN_READ),
+    ("replica-passthrough-post", req("POST", "/static/app.css"), REPLICA, RUN_PASSTHROUGH),
+    ("replica-passthrough-exact", req("DELETE", "/healthz"), REPLICA, RUN_PASSTHROUGH),
+    ("replica-passthrough-dotdot-matches-literally", req("POST", "/static/../admin"), REPLICA, RUN_PASSTHROUGH),
     ("no-primary-get", req(), NO_PRIMARY, RUN_READ),
-    ("no-primary-post-waits", req("POST"), NO_PRIMARY, Decision(Kind.WAIT_FOR_PRIMARY, True)),
+    ("no-primary-post-waits", req("POST"), NO_PRIMARY, Pending.WAIT_FOR_PRIMARY),
     ("replica-replayed-once", req("POST", replay_src="instance=x;state=litefs-route-hop-1"), REPLICA, replay(2)),
     ("replica-replayed-twice", req("POST", replay_src="instance=x;state=litefs-route-hop-2"), REPLICA, replay(3)),
     ("replica-foreign-state-counts-zero", req("POST", replay_src="instance=x;state=other"), REPLICA, replay(1)),
     ("replica-body-at-limit", req("POST", content_length=1_000_000), REPLICA, replay()),
-    ("replica-chunked-body-measured", req("POST", unknown_length=True), REPLICA, Decision(Kind.MEASURE_BODY, True)),
+    ("replica-chunked-body-measured", req("POST", unknown_length=True), REPLICA, Pending.MEASURE_BODY),
     ("primary-huge-body-runs", req("POST", content_length=10**9), PRIMARY, RUN_WRITE),
 ]
 
 
 @pytest.mark.parametrize(("request_", "state", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_decide(request_: RequestInfo, state: NodeState, expected: Decision) -> None:
+def test_decide(request_: RequestInfo, state: NodeState, expected: Decision | Pending) -> None:
     assert decide(request_, state, RULES) == expected
 
 
 REFUSALS = [
     ("replay-limit", req("POST", replay_src="instance=x;state=litefs-route-hop-3"), REPLICA, {}, Kind.UNAVAILABLE),
-    ("no-primary-after-wait", req("POST"), NO_PRIMARY, {"waited_for_primary": True}, Kind.UNAVAILABLE),
+    ("no-primary-after-wait", req("POST"), NO_PRIMARY, {"plan": plan_request}, Kind.UNAVAILABLE),
     ("body-over-limit", req("POST", content_length=1_000_001), REPLICA, {}, Kind.TOO_LARGE),
     ("measured-body-over-limit", req("POST", unknown_length=True), REPLICA, {"body_size": 1_000_001}, Kind.TOO_LARGE),
     ("measured-body-fits", req("POST", unknown_length=True), REPLICA, {"body_size": 10}, Kind.REPLAY),
-    ("ensure-primary-on-replica", req("GET"), REPLICA, {"force_write": True}, Kind.REPLAY),
-    ("ensure-primary-passthrough-path", req("GET", "/healthz"), REPLICA, {"force_write": True}, Kind.REPLAY),
-    # ensure_primary() with no primary known waits for one, like any write (then: settled by Router.settle).
-    ("ensure-primary-no-primary", req("GET"), NO_PRIMARY, {"force_write": True}, Kind.WAIT_FOR_PRIMARY),
-    (
-        "ensure-primary-no-primary-after-waiting",
-        req("GET"),
-        NO_PRIMARY,
-        {"force_write": True, "waited_for_primary": True},
-        Kind.UNAVAILABLE,
-    ),
-    ("ensure-primary-on-primary", req("GET"), PRIMARY, {"force_write": True}, Kind.RUN),
+    ("ensure-primary-on-replica", req("GET"), REPLICA, {"forced": True}, Kind.REPLAY),
+    ("ensure-primary-passthrough-path", req("GET", "/healthz"), REPLICA, {"forced": True}, Kind.REPLAY),
+    # ensure_primary() with no primary known waits for one, like any write (then: settled, rule 8).
+    ("ensure-primary-no-primary", req("GET"), NO_PRIMARY, {"forced": True}, Pending.WAIT_FOR_PRIMARY),
+    ("ensure-primary-no-primary-after-waiting", req("GET"), NO_PRIMARY, {"plan": plan_settlement}, Kind.UNAVAILABLE),
+    ("ensure-primary-on-primary", req("GET"), PRIMARY, {"forced": True}, Kind.RUN),
 ]
 
 
 @pytest.mark.parametrize(
     ("request_", "state", "kwargs", "kind"), [c[1:] for c in REFUSALS], ids=[c[0] for c in REFUSALS]
 )
-def test_decide_refusals(request_: RequestInfo, state: NodeState, kwargs: dict[str, object], kind: Kind) -> None:
-    decision = decide(request_, state, RULES, **kwargs)  # type: ignore[arg-type]
+def test_decide_refusals(
+    request_: RequestInfo, state: NodeState, kwargs: dict[str, object], kind: Kind | Pending
+) -> None:
+    if "plan" in kwargs:  # the whole plan, past its wait for a primary
+        decision: Decision | Pending = run(kwargs["plan"](request_, RULES), FixedIO(state)).decision  # type: ignore[operator]
+    else:
+        decision = decide(request_, state, RULES, **kwargs)  # type: ignore[arg-type]
+    if isinstance(kind, Pending):
+        assert decision is kind
+        return
+    assert isinstance(decision, Decision)
     assert decision.kind is kind
     assert decision.write
 
@@ -165,7 +180,5 @@ def test_globs_escape_regex_metacharacters() -> None:
 
 @pytest.mark.parametrize("max_replays", [0, 10, 1000])
 def test_max_replays_must_end_before_flys_limit(max_replays: int) -> None:
-    from litefs_route.routing import Router
-
     with pytest.raises(ValueError, match="max_replays"):
-        Router(instance_id=ME, max_replays=max_replays)
+        router_for(instance_id=ME, max_replays=max_replays)

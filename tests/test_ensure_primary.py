@@ -17,6 +17,7 @@ import pytest
 from flask import Flask
 
 from litefs_route import PrimaryRequired, asgi, ensure_primary, get_instance_info, wsgi
+from tests.plans import router_for
 from tests.support import Mount, serve_asgi, serve_wsgi
 
 ME = "e784079b449483"
@@ -286,11 +287,10 @@ def test_ensure_primary_with_no_primary_waits_for_one(mount: Mount, adapter: str
     """During a failover a GET that writes rides it out like a form POST: the replay once a primary is known."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from litefs_route.routing import Router
     from tests.support import wait_until
 
     mount.make_no_primary()
-    router = Router(litefs_dir=str(mount.path), instance_id=ME, cache_ttl=0, primary_wait=30)
+    router = router_for(litefs_dir=str(mount.path), instance_id=ME, cache_ttl=0, primary_wait=30)
     called: list[str] = []
     with _waiting_app(adapter, router, called) as url, ThreadPoolExecutor(1) as pool:
         pending = pool.submit(httpx.get, url + "/visit", timeout=30)
@@ -305,10 +305,8 @@ def test_ensure_primary_with_no_primary_waits_for_one(mount: Mount, adapter: str
 
 @pytest.mark.parametrize("adapter", ["wsgi", "asgi"])
 def test_ensure_primary_with_no_primary_gets_503_after_primary_wait(mount: Mount, adapter: str) -> None:
-    from litefs_route.routing import Router
-
     mount.make_no_primary()
-    router = Router(litefs_dir=str(mount.path), instance_id=ME, cache_ttl=0, primary_wait=0.2)
+    router = router_for(litefs_dir=str(mount.path), instance_id=ME, cache_ttl=0, primary_wait=0.2)
     called: list[str] = []
     with _waiting_app(adapter, router, called) as url:
         r = httpx.get(url + "/visit")

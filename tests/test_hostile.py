@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from litefs_route import asgi, wsgi
-from litefs_route.routing import Router
+from litefs_route.router import Router
 from tests.apps import BodyReadRecorder, flask_app, starlette_app
 from tests.support import Mount, serve_asgi, serve_wsgi, wait_until
 

@@ -22,7 +22,7 @@ import pytest
 from litefs_route.devcluster.files import NO_PRIMARY_LAG, format_lag
 from litefs_route.mount import Role, read_node_state, read_position
 from litefs_route.ops import HaltLockError, halt_lock
-from litefs_route.routing import is_readonly_error
+from litefs_route.sqlite_errors import is_readonly_error
 
 if TYPE_CHECKING:
     from litefs_route.devcluster.litefs import LiteFSCluster

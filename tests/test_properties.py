@@ -10,17 +10,18 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from litefs_route.decision import Decision, Kind, RequestInfo, decide, replay_hops
+from litefs_route.decision import Decision, Kind, Pending, RequestInfo, decide, replay_hops
 from litefs_route.mount import NodeState, Role, parse_lag, parse_position, parse_primary, read_node_state
-from litefs_route.node import StateCache
-from litefs_route.routing import MeasureBody, Outcome, ReadState, Router, Sleep
+from litefs_route.router import Router
+from litefs_route.state_cache import StateCache
+from tests.plans import FixedIO, router_for, rules, run
 
 ME = "e784079b449483"
 SAFE_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
@@ -172,7 +173,7 @@ def test_read_node_state_never_raises(primary: bytes | None, lag: bytes | None, 
         # Garbled: "primary unknown", and the detail (it goes to the logs) never quotes the file.
         assert state.role is Role.NO_PRIMARY
         assert re.fullmatch(r"\.primary garbled \([0-9]+ bytes\)", state.detail), state.detail
-    router = Router(instance_id=instance)
+    router = router_for(instance_id=instance)
     assert_safe_headers(router.tags(state))
 
 
@@ -246,7 +247,7 @@ def test_every_request_gets_a_decision_and_safe_headers(
     body_size: int | None,
     max_replays: int,
 ) -> None:
-    router = Router(
+    router = router_for(
         instance_id=ME, write_on_read=write_on_read, passthrough=passthrough, max_replays=max_replays, primary_wait=0
     )
     request = RequestInfo.from_headers(
@@ -257,13 +258,15 @@ def test_every_request_gets_a_decision_and_safe_headers(
         assert_safe_headers(router.tags(state))
         variants = [
             decide(request, state, router.rules),
-            decide(request, state, router.rules, waited_for_primary=True),
-            decide(request, state, router.rules, waited_for_primary=True, body_size=body_size),
-            decide(request, state, router.rules, force_write=True),
+            decide(request, state, router.rules, body_size=body_size),
+            decide(request, state, router.rules, forced=True),
             drive(router, request, state, body_size or 0),
         ]
         for decision in variants:
-            assert isinstance(decision, Decision)
+            assert isinstance(decision, Decision | Pending)
+            if isinstance(decision, Pending):  # I/O first: only a write off the primary
+                assert not state.is_primary
+                continue
             if state.is_primary:
                 assert decision.kind is Kind.RUN
             if decision.kind is Kind.REPLAY:
@@ -273,7 +276,7 @@ def test_every_request_gets_a_decision_and_safe_headers(
                 assert decision.write
                 assert_safe_reply(router, decision)
         # After the plan, nothing is left to wait for or measure.
-        assert variants[-1].kind not in (Kind.WAIT_FOR_PRIMARY, Kind.MEASURE_BODY)
+        assert isinstance(variants[-1], Decision)
 
 
 def _reads(state: NodeState) -> Callable[[str | None, str], NodeState]:
@@ -299,15 +302,19 @@ def test_the_fast_path_agrees_with_the_plan(
     )
     for state in states(primary):
         router = Router(
-            instance_id=ME, write_on_read=write_on_read, passthrough=passthrough, cache_ttl=3600, primary_wait=0
+            instance_id=ME,
+            rules=rules(write_on_read=write_on_read, passthrough=passthrough, primary_wait=0),
+            cache=StateCache(None, ME, 3600, reader=_reads(state)),
+            positions=None,
+            retry_after=2,
+            txid_cookie_attributes="",
         )
-        router.cache = StateCache(None, ME, 3600, reader=_reads(state))
         assert router.outcome_without_io(request) is None  # nothing read yet: the plan reads
         router.cache.refresh()
         fast = router.outcome_without_io(request)
         planned = drive(router, request, state, 0)
         first = decide(request, state, router.rules)
-        if replay_src is not None or first.kind in (Kind.WAIT_FOR_PRIMARY, Kind.MEASURE_BODY):
+        if replay_src is not None or isinstance(first, Pending):
             assert fast is None  # fresh state, a wait for a primary, a body to measure: I/O
         else:
             assert fast is not None
@@ -315,21 +322,8 @@ def test_the_fast_path_agrees_with_the_plan(
 
 
 def drive(router: Router, request: RequestInfo, state: NodeState, body_size: int) -> Decision:
-    """Run the router's plan as the adapters do, with a mount that never changes."""
-    plan: Generator[Any, Any, Outcome] = router.plan(request)
-    try:
-        need = next(plan)
-        while True:
-            if isinstance(need, ReadState):
-                need = plan.send(state)
-            elif isinstance(need, Sleep):
-                need = plan.send(None)
-            else:
-                assert isinstance(need, MeasureBody)
-                need = plan.send(min(body_size, need.limit + 1))
-    except StopIteration as stop:
-        outcome: Outcome = stop.value
-        return outcome.decision
+    """Run the router's plan with the real driver, on a mount that never changes."""
+    return run(router.plan(request), FixedIO(state, body_size=body_size)).decision
 
 
 @FAST
@@ -343,7 +337,7 @@ def test_replay_hops_is_small_and_non_negative(replay_src: str | None) -> None:
 @given(st.text(max_size=300))
 def test_router_accepts_only_safe_instance_ids(instance_id: str) -> None:
     try:
-        router = Router(instance_id=instance_id)
+        router = router_for(instance_id=instance_id)
     except ValueError:
         assert not SAFE_TOKEN.fullmatch(instance_id)
         return

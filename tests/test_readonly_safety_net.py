@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from litefs_route import asgi, wsgi
-from litefs_route.routing import is_readonly_error
+from litefs_route.sqlite_errors import is_readonly_error
 from tests.support import Mount, serve_asgi, serve_wsgi
 
 ME = "e784079b449483"

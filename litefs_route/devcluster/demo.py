@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from litefs_route import ensure_primary, get_instance_info
-from litefs_route.routing import is_readonly_error
+from litefs_route.sqlite_errors import is_readonly_error
 from litefs_route.wsgi import PrimaryRoutingMiddleware
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 
-from litefs_route.routing import is_readonly_error
+from litefs_route.sqlite_errors import is_readonly_error
 
 INSTANCE = os.environ.get("FLY_MACHINE_ID", "standalone")
 CACHE_TTL = float(os.environ.get("DEVCLUSTER_CACHE_TTL", "0.05"))

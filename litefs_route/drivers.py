@@ -1,0 +1,107 @@
+"""Running a plan: the typed protocol between the decision and an adapter's I/O.
+
+A plan (:mod:`litefs_route.decision`) yields a :data:`~litefs_route.decision.Need`
+and is sent back its answer. :func:`drive` runs one with blocking I/O (WSGI,
+the CLI, tests) and :func:`drive_async` on an event loop (ASGI); each adapter
+supplies only the I/O, as an object with one method per need
+(:class:`BlockingIO` / :class:`AsyncIO`). Every need is handled by name, and
+a need added to the protocol but not to a driver fails the type check.
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn, Protocol
+
+from .decision import (
+    Answer,
+    MeasureBody,
+    Outcome,
+    Plan,
+    ReadClock,
+    ReadPosition,
+    ReadState,
+    Sleep,
+    WaitForTxid,
+)
+from .mount import NodeState
+
+__all__ = ["AsyncIO", "BlockingIO", "drive", "drive_async"]
+
+
+class BlockingIO(Protocol):
+    """The I/O a plan needs, done by blocking the calling thread."""
+
+    def read_state(self, max_age: float | None) -> NodeState: ...
+    def clock(self) -> float: ...
+    def sleep(self, seconds: float) -> None: ...
+    def measure_body(self, limit: int, timeout: float) -> int | None: ...
+    def wait_for_txid(self, txid: int, timeout: float) -> bool: ...
+    def read_position(self) -> int | None: ...
+
+
+class AsyncIO(Protocol):
+    """The I/O a plan needs, done without blocking the event loop."""
+
+    async def read_state(self, max_age: float | None) -> NodeState: ...
+    def clock(self) -> float: ...
+    async def sleep(self, seconds: float) -> None: ...
+    async def measure_body(self, limit: int, timeout: float) -> int | None: ...
+    async def wait_for_txid(self, txid: int, timeout: float) -> bool: ...
+    async def read_position(self) -> int | None: ...
+
+
+def drive(plan: Plan, io: BlockingIO) -> Outcome:
+    """Run *plan* to its outcome with blocking I/O."""
+    answer: Answer = None
+    try:
+        while True:
+            match plan.send(answer):
+                case ReadState(max_age):
+                    answer = io.read_state(max_age)
+                case ReadClock():
+                    answer = io.clock()
+                case Sleep(seconds):
+                    io.sleep(seconds)
+                    answer = None
+                case MeasureBody(limit, timeout):
+                    answer = io.measure_body(limit, timeout)
+                case WaitForTxid(txid, timeout):
+                    answer = io.wait_for_txid(txid, timeout)
+                case ReadPosition():
+                    answer = io.read_position()
+                case need:
+                    assert_never(need)
+    except StopIteration as stop:
+        outcome: Outcome = stop.value
+        return outcome
+
+
+async def drive_async(plan: Plan, io: AsyncIO) -> Outcome:
+    """Run *plan* to its outcome on an event loop."""
+    answer: Answer = None
+    try:
+        while True:
+            match plan.send(answer):
+                case ReadState(max_age):
+                    answer = await io.read_state(max_age)
+                case ReadClock():
+                    answer = io.clock()
+                case Sleep(seconds):
+                    await io.sleep(seconds)
+                    answer = None
+                case MeasureBody(limit, timeout):
+                    answer = await io.measure_body(limit, timeout)
+                case WaitForTxid(txid, timeout):
+                    answer = await io.wait_for_txid(txid, timeout)
+                case ReadPosition():
+                    answer = await io.read_position()
+                case need:
+                    assert_never(need)
+    except StopIteration as stop:
+        outcome: Outcome = stop.value
+        return outcome
+
+
+def assert_never(need: NoReturn) -> NoReturn:
+    """Unreachable: mypy checks every need is matched above (``typing.assert_never`` is 3.11+)."""
+    raise TypeError(f"no driver for {need!r}")

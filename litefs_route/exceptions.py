@@ -1,0 +1,23 @@
+"""The exception :func:`~litefs_route.ensure_primary` raises."""
+
+from __future__ import annotations
+
+from .replies import Reply
+
+__all__ = ["PrimaryRequired"]
+
+
+class PrimaryRequired(Exception):
+    """Raised by :func:`~litefs_route.ensure_primary` on a node that is not the primary.
+
+    Carries the response that ends the request (409 + ``fly-replay``, or 503
+    when no primary is known). Inside Flask/Werkzeug or Starlette/FastAPI the
+    exception raised is a subclass that is also the framework's own HTTP
+    exception (:mod:`litefs_route.frameworks`), so the framework answers with
+    that response by itself; the middleware makes sure of it even if a
+    handler swallows the exception.
+    """
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(f"this request must run on the primary (HTTP {reply.status})")
+        self.reply = reply

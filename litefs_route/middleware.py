@@ -1,0 +1,153 @@
+"""What the WSGI and ASGI middlewares share: their options and the router they build.
+
+The options are defined here once, as the keyword parameters of
+:class:`RoutingMiddleware`, and documented on it; both
+``PrimaryRoutingMiddleware`` classes inherit them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
+
+from .consistency import PositionWatcher
+from .decision import PathGlobs, Rules
+from .exceptions import PrimaryRequired
+from .mount import default_instance_id, is_valid_instance_id
+from .replies import Reply, txid_cookie_attributes
+from .router import Router
+from .state_cache import StateCache
+
+__all__ = ["RoutingMiddleware"]
+
+AppT = TypeVar("AppT")
+
+
+class RoutingMiddleware(Generic[AppT]):
+    """Route writes to the LiteFS primary: ``PrimaryRoutingMiddleware(app, **options)``.
+
+    Options (keyword-only, the same for WSGI and ASGI):
+
+    litefs_dir
+        The LiteFS mount directory. Default: ``$LITEFS_DIR``. Unset or
+        empty: standalone, every request runs locally. Set but missing or
+        not a live mount: no primary known (writes wait, then 503).
+    instance_id
+        This instance's id, as LiteFS writes it into ``.primary``. Default:
+        ``$FLY_MACHINE_ID``, then the host name.
+    write_on_read
+        Path globs of GET/HEAD requests that write and must run on the
+        primary (``["/auth/callback/*"]``).
+    passthrough
+        Path globs never routed, any method (static files, health checks).
+    cache_ttl
+        Seconds a reading of the mount is reused (default 1.0; 0 reads on
+        every request). The staleness bound of every routing decision.
+    primary_wait
+        Seconds a write waits for a primary when none is known (default 5.0,
+        as LiteFS's proxy) before it is answered 503.
+    max_replays
+        Replays of one request before it is answered 503 (default 3, at most
+        9: Fly's edge gives up after 10).
+    replay_body_limit
+        The largest body Fly's proxy replays (default 1,000,000 bytes); a
+        larger write on a replica gets 413.
+    body_timeout
+        Seconds a replica spends measuring a chunked write's body (no
+        ``Content-Length``) before it answers 408 (default 10.0).
+    retry_after
+        Seconds in the ``Retry-After`` of a 503 (default 2).
+    database
+        The database file name in the mount, for read-your-writes. Default:
+        ``$DATABASE_FILENAME``; unset: read-your-writes is off.
+    consistency_wait
+        Seconds a replica read waits for the TXID in its ``__txid`` cookie
+        before it is replayed to the primary (default 1.0).
+    txid_cookie_max_age
+        Lifetime of the ``__txid`` cookie in seconds (default 300, as LiteFS).
+    txid_cookie_secure
+        Add ``Secure`` to the cookie (default False, as LiteFS's proxy).
+    router
+        Instead of the options above: the ``router`` of another middleware of
+        this process, to share its reading of the mount (the options it was
+        built with apply).
+
+    Globs follow LiteFS's ``passthrough``/``always-forward`` syntax: ``*``
+    matches any characters including ``/``, anchored at both ends, matched
+    against the decoded path without the query string. Invalid options raise
+    ``ValueError`` or ``TypeError`` here, never at request time.
+    """
+
+    #: Builds the exception ``ensure_primary()`` raises (each adapter's framework flavour).
+    primary_required_error: Callable[[Reply], PrimaryRequired] = PrimaryRequired
+
+    def __init__(
+        self,
+        app: AppT,
+        *,
+        litefs_dir: str | os.PathLike[str] | None = None,
+        instance_id: str | None = None,
+        write_on_read: Iterable[str] = (),
+        passthrough: Iterable[str] = (),
+        cache_ttl: float = 1.0,
+        primary_wait: float = 5.0,
+        max_replays: int = 3,
+        replay_body_limit: int = 1_000_000,
+        body_timeout: float = 10.0,
+        retry_after: int = 2,
+        database: str | None = None,
+        consistency_wait: float = 1.0,
+        txid_cookie_max_age: int = 300,
+        txid_cookie_secure: bool = False,
+        router: Router | None = None,
+    ) -> None:
+        self.app = app
+        if router is not None:
+            self.router = router
+            self._setup()
+            return
+        instance_id = instance_id or default_instance_id()
+        if not is_valid_instance_id(instance_id):
+            raise ValueError(f"instance_id must be a host name or Fly Machine ID, got {instance_id!r}")
+        for name, seconds in (
+            ("cache_ttl", cache_ttl),
+            ("primary_wait", primary_wait),
+            ("consistency_wait", consistency_wait),
+            ("body_timeout", body_timeout),
+        ):
+            if not (isinstance(seconds, int | float) and math.isfinite(seconds) and seconds >= 0):
+                raise ValueError(f"{name} must be a number of seconds >= 0, got {seconds!r}")
+        # Fly's edge gives up after 10 replays; ours must answer 503 before that.
+        if not 1 <= max_replays <= 9 or replay_body_limit < 0 or retry_after < 0:
+            raise ValueError("max_replays must be 1 to 9; replay_body_limit and retry_after >= 0")
+        if isinstance(write_on_read, str) or isinstance(passthrough, str):
+            raise TypeError("write_on_read and passthrough take a list of globs, not a string")
+        mount = os.fspath(litefs_dir) if litefs_dir is not None else os.environ.get("LITEFS_DIR") or None
+        database = database or os.environ.get("DATABASE_FILENAME") or None
+        if database is not None and (os.sep in database or database.startswith(".")):
+            raise ValueError(f"database must be a file name in the mount, got {database!r}")
+        positions = PositionWatcher(mount, database) if mount and database else None
+        rules = Rules(
+            write_on_read=PathGlobs(write_on_read),
+            passthrough=PathGlobs(passthrough),
+            max_replays=max_replays,
+            replay_body_limit=replay_body_limit,
+            primary_wait=float(primary_wait),
+            body_timeout=float(body_timeout),
+            read_your_writes=positions is not None,
+            consistency_wait=float(consistency_wait),
+        )
+        self.router = Router(
+            instance_id=instance_id,
+            rules=rules,
+            cache=StateCache(mount, instance_id, float(cache_ttl)),
+            positions=positions,
+            retry_after=retry_after,
+            txid_cookie_attributes=txid_cookie_attributes(txid_cookie_max_age, txid_cookie_secure),
+        )
+        self._setup()
+
+    def _setup(self) -> None:
+        """An adapter's own set-up, once the router exists (a hook; none by default)."""

@@ -1,0 +1,128 @@
+"""What the middleware writes itself: its replies, the tag headers, the TXID cookie.
+
+Pure and framework-free; both adapters render through these functions and
+the :class:`~litefs_route.router.Router` memoises their results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import AnyStr
+
+from .consistency import TXID_COOKIE
+from .decision import Decision, Kind, replay_state
+from .mount import NodeState
+
+__all__ = [
+    "INSTANCE_HEADER",
+    "OUR_TAG_NAMES",
+    "OUR_TAG_NAMES_BYTES",
+    "PRIMARY_HEADER",
+    "REPLAY_HEADER",
+    "Headers",
+    "Reply",
+    "build_reply",
+    "build_tags",
+    "has_replay_header",
+    "txid_cookie_attributes",
+    "txid_cookie_headers",
+    "with_tags",
+]
+
+# Our own headers: tagged on every response, and dropped from the app's
+# response first so that a stale copy set by the app cannot survive.
+PRIMARY_HEADER = "Fly-Primary-Instance"
+INSTANCE_HEADER = "Fly-Instance"
+REPLAY_HEADER = "fly-replay"
+#: Their lower-case names, as WSGI (str) and ASGI (bytes) headers spell them.
+OUR_TAG_NAMES = frozenset({PRIMARY_HEADER.lower(), INSTANCE_HEADER.lower()})
+OUR_TAG_NAMES_BYTES = frozenset(name.encode() for name in OUR_TAG_NAMES)
+_REPLAY_NAMES: frozenset[str | bytes] = frozenset({REPLAY_HEADER, REPLAY_HEADER.encode()})
+
+Headers = tuple[tuple[str, str], ...]
+
+_REASONS = {408: "Request Timeout", 409: "Conflict", 413: "Content Too Large", 503: "Service Unavailable"}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A response the middleware makes itself (replay, 503, 413, 408)."""
+
+    status: int
+    headers: Headers
+    body: bytes
+
+    @property
+    def status_line(self) -> str:
+        return f"{self.status} {_REASONS[self.status]}"
+
+
+def build_tags(state: NodeState) -> Headers:
+    """The headers every response carries: who is primary, who answered."""
+    tags = ((PRIMARY_HEADER, state.primary_id),) if state.primary_id is not None else ()
+    return (*tags, (INSTANCE_HEADER, state.instance_id))
+
+
+def with_tags(
+    headers: Iterable[tuple[AnyStr, AnyStr]], tags: Iterable[tuple[AnyStr, AnyStr]], ours: frozenset[AnyStr]
+) -> list[tuple[AnyStr, AnyStr]]:
+    """*headers* without any copy of our tags (names in *ours*, lower case), then *tags*."""
+    tagged = [h for h in headers if h[0].lower() not in ours]
+    tagged += tags
+    return tagged
+
+
+def build_reply(decision: Decision, retry_after: int) -> Reply:
+    """The response for a decision that does not run the app."""
+    if decision.kind is Kind.REPLAY:
+        body = (
+            f"This request must run on the primary instance, {decision.target}.\n"
+            "Fly's proxy replays it there when it sees the fly-replay header; if you are\n"
+            "reading this, nothing did (local development or private-network traffic).\n"
+        )
+        replay = (REPLAY_HEADER, f"instance={decision.target};state={replay_state(decision.hops)}")
+        return _text_reply(409, body, [replay])
+    if decision.kind is Kind.TOO_LARGE:
+        body = (
+            f"This write must run on the primary instance, {decision.target}, but {decision.reason}\n"
+            "and Fly's proxy cannot replay it there. Send it to the primary directly\n"
+            f"(header fly-force-instance-id: {decision.target}) or make it smaller.\n"
+        )
+        return _text_reply(413, body, [])
+    if decision.kind is Kind.TIMEOUT:
+        body = f"This write must run on the primary, but {decision.reason}. Send it again.\n"
+        return _text_reply(408, body, [])
+    if decision.kind is Kind.UNAVAILABLE:
+        body = f"This write cannot run now: {decision.reason}. Retry shortly.\n"
+        return _text_reply(503, body, [("Retry-After", str(retry_after))])
+    raise ValueError(f"no reply for {decision.kind}: the app runs")
+
+
+def _text_reply(status: int, body: str, extra: list[tuple[str, str]]) -> Reply:
+    # No Cache-Control: 409, 413 and 503 are not cacheable without explicit
+    # freshness (RFC 9111 4.2.2), and every header costs the server real work
+    # (h11 validates each one: ~16k instructions, measured in bench/).
+    data = body.encode()
+    headers = [*extra, ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))]
+    return Reply(status, tuple(headers), data)
+
+
+def has_replay_header(headers: Iterable[tuple[AnyStr, AnyStr]]) -> bool:
+    """True if *headers* include ``fly-replay`` (the app's own replay counts)."""
+    return any(name.lower() in _REPLAY_NAMES for name, _ in headers)
+
+
+def txid_cookie_attributes(max_age: int, secure: bool) -> str:
+    """The attributes of the ``__txid`` cookie, as LiteFS's proxy sets them."""
+    attributes = f"Path=/; Max-Age={int(max_age)}; HttpOnly; SameSite=Lax"
+    return attributes + ("; Secure" if secure else "")
+
+
+def txid_cookie_headers(txid: int | None, clear: bool, attributes: str) -> list[tuple[str, str]]:
+    """``Set-Cookie`` headers: the TXID after a write, or the clearing one."""
+    if txid:
+        return [("Set-Cookie", f"{TXID_COOKIE}={txid:016x}; {attributes}")]
+    if clear:
+        return [("Set-Cookie", f"{TXID_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax")]
+    return []

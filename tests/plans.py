@@ -1,0 +1,74 @@
+"""Driving the decision's plans in tests: the real driver, with a mount that never changes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from litefs_route.decision import Outcome, Plan, RequestInfo, Rules, plan_request
+from litefs_route.drivers import drive
+from litefs_route.mount import NodeState
+from litefs_route.router import Router
+from litefs_route.wsgi import PrimaryRoutingMiddleware
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse
+
+
+def router_for(**options: Any) -> Router:
+    """The router a middleware builds from *options* (its defaults for the rest)."""
+    return PrimaryRoutingMiddleware(_no_app, **options).router
+
+
+def rules(**options: Any) -> Rules:
+    """The rules a middleware builds from *options*."""
+    return router_for(instance_id="me", **options).rules
+
+
+def _no_app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+    raise AssertionError("only the router is used")
+
+
+@dataclass
+class FixedIO:
+    """:class:`~litefs_route.drivers.BlockingIO` for a node whose state never changes.
+
+    Time passes only when the plan sleeps, so a wait for a primary ends after
+    exactly ``primary_wait`` of (simulated) polling.
+    """
+
+    state: NodeState
+    body_size: int = 0
+    caught_up: bool = True
+    position: int | None = None
+    now: float = 0.0
+    sleeps: int = 0
+
+    def read_state(self, max_age: float | None) -> NodeState:
+        return self.state
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        self.sleeps += 1
+
+    def measure_body(self, limit: int, timeout: float) -> int | None:
+        return min(self.body_size, limit + 1)
+
+    def wait_for_txid(self, txid: int, timeout: float) -> bool:
+        return self.caught_up
+
+    def read_position(self) -> int | None:
+        return self.position
+
+
+def run(plan: Plan, io: FixedIO) -> Outcome:
+    return drive(plan, io)
+
+
+def route(request: RequestInfo, state: NodeState, rules: Rules, **io: object) -> Outcome:
+    """The outcome of routing *request* on a node whose state is *state*."""
+    return drive(plan_request(request, rules), FixedIO(state, **io))  # type: ignore[arg-type]
