@@ -1,19 +1,43 @@
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.support import Mount, free_port, run_server
+from examples.local_mount import make_mount
+from litefs_route.devcluster import free_port, port_open, wait_for
+from litefs_route.devcluster.cluster import stop_process_group
 
 PRIMARY_ID = "e784079b449483"
 REPLICA_ID = "3d8d9e5b711e68"
 ROOT = Path(__file__).resolve().parent.parent
 
 ServeExample = Callable[[str, str], AbstractContextManager[str]]
+
+
+@contextmanager
+def run_server(argv: list[str], port: int, env: dict[str, str]) -> Iterator[str]:
+    """Run a server command in its own process group; yields its base URL.
+
+    Stops the whole group on exit, even when the test failed.
+    """
+    process = subprocess.Popen(argv, env={**os.environ, **env}, start_new_session=True)
+
+    def accepting() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}: {argv}")
+        return port_open("127.0.0.1", port)
+
+    try:
+        wait_for(accepting, timeout=30, message=f"{argv[0]} did not listen on {port}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process_group(process, 10, argv[0])
 
 
 @pytest.fixture
@@ -27,12 +51,8 @@ def serve_example(tmp_path: Path) -> ServeExample:
     shared.mkdir()
 
     def serve(server: str, role: str) -> AbstractContextManager[str]:
-        mount = Mount(tmp_path / role)
-        if role == "primary":
-            mount.make_primary()
-        else:
-            mount.make_replica(PRIMARY_ID)
-        db = mount.path / "app.db"
+        mount = make_mount(tmp_path / role, None if role == "primary" else PRIMARY_ID)
+        db = mount / "app.db"
         if not db.exists():
             db.symlink_to(shared / "app.db")
         port = free_port()
@@ -42,7 +62,7 @@ def serve_example(tmp_path: Path) -> ServeExample:
         else:
             argv = [sys.executable, "-m", "uvicorn", "--port", str(port), "examples.starlette_app.app:app"]
         env = {
-            "LITEFS_DIR": str(mount.path),
+            "LITEFS_DIR": str(mount),
             "DATABASE_FILENAME": "app.db",
             "FLY_MACHINE_ID": PRIMARY_ID if role == "primary" else REPLICA_ID,
             "PYTHONPATH": str(ROOT),

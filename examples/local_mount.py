@@ -12,7 +12,21 @@ import argparse
 import os
 from pathlib import Path
 
-from litefs_route.devcluster.files import format_lag
+from litefs_route.devcluster.files import write_lag, write_primary
+
+#: What a replica's ``.lag`` reads here: a few ms, as a healthy replica shows.
+REPLICA_LAG_MS = 15
+
+
+def make_mount(folder: Path, replica_of: str | None = None) -> Path:
+    """Make *folder* (created if missing) a LiteFS mount as a primary, or as a replica of *replica_of*.
+
+    The files are written by the dev cluster's writer of LiteFS's formats.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    write_primary(str(folder), replica_of)  # None: no .primary, as on the primary
+    write_lag(str(folder), REPLICA_LAG_MS if replica_of else 0)
+    return folder
 
 
 def prepare(argv: list[str] | None = None, *, default_port: int) -> argparse.Namespace:
@@ -22,14 +36,7 @@ def prepare(argv: list[str] | None = None, *, default_port: int) -> argparse.Nam
     parser.add_argument("--port", type=int, default=default_port)
     args = parser.parse_args(argv)
     role = "replica" if args.replica_of else "primary"
-    mount = Path(args.dir or Path(".litefs-local") / role).resolve()
-    mount.mkdir(parents=True, exist_ok=True)
-    if args.replica_of:
-        (mount / ".primary").write_text(args.replica_of + "\n")
-        (mount / ".lag").write_bytes(format_lag(15))
-    else:
-        (mount / ".primary").unlink(missing_ok=True)
-        (mount / ".lag").write_bytes(format_lag(0))
+    mount = make_mount(Path(args.dir or Path(".litefs-local") / role).resolve(), args.replica_of)
     os.environ["LITEFS_DIR"] = str(mount)
     os.environ.setdefault("DATABASE_FILENAME", "app.db")
     os.environ.setdefault("FLY_MACHINE_ID", f"local-{role}")

@@ -2,11 +2,11 @@
 
 The mount is a real directory; the servers are real (uvicorn and Werkzeug's
 threaded server on 127.0.0.1, in this process so tests can observe the app).
+At the end, what the dev cluster's tests (``test_devcluster_*.py``) share.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import threading
@@ -120,40 +120,28 @@ def serve_wsgi(app: WSGIApplication | Any) -> Iterator[str]:
         server.server_close()
 
 
-def free_port() -> int:
-    with _free_socket() as sock:
-        port: int = sock.getsockname()[1]
-        return port
+# -- the dev cluster's tests ---------------------------------------------------
+
+#: The repository's root: the dev cluster runs its instances there (``app_dir``), so they import ASGI_APP.
+ROOT = Path(__file__).resolve().parents[1]
+ASGI_APP = "tests.devcluster_apps.asgi_app:app"
+#: The header that sends a request through the front proxy to one instance.
+FORCE = "fly-force-instance-id"
 
 
-@contextmanager
-def run_server(argv: list[str], port: int, env: dict[str, str]) -> Iterator[str]:
-    """Run a server command in its own process group; yields its base URL.
-
-    Stops the whole group on exit, even when the test failed.
-    """
-    import signal
-    import subprocess
-
-    proc = subprocess.Popen(argv, env={**os.environ, **env}, start_new_session=True)
-
-    def accepting() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}: {argv}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        except OSError:
-            return False
-        return True
-
+def read_if_exists(path: str) -> bytes | None:
+    """A file's bytes, or None if there is no such file (a mount file LiteFS does not show)."""
     try:
-        wait_until(accepting, timeout=30, what=f"{argv[0]} to listen on {port}")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def process_gone(pid: int) -> bool:
+    """True once no process has *pid* (it exited and was reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
