@@ -80,7 +80,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             return
         finally:
             current_request.reset(token)
-        if ctx.ends_without_response():
+        if ctx.must_end_on_primary and not ctx.response_started:  # the app sent nothing
             await response.send_ending()
 
     def raw_tags(self, state: NodeState) -> RawHeaders:

@@ -93,10 +93,6 @@ class RequestContext:
             return True
         return self.must_end_on_primary or self.mark_readonly_failure(exc)
 
-    def ends_without_response(self) -> bool:
-        """True if the app returned without a response and the request must end on the primary."""
-        return self.must_end_on_primary and not self.response_started
-
     def settle(self, outcome: Outcome) -> Reply:
         """Record the ending a settlement plan decided; returns its reply."""
         self.state = outcome.state

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -115,10 +115,11 @@ class PathGlobs:
         alternatives = (
             "".join(".*" if part == "*" else re.escape(part) for part in re.split(r"(\*)", p)) for p in self.patterns
         )
-        self._regex = re.compile("|".join(f"(?:{a})" for a in alternatives), re.DOTALL) if self.patterns else None
-
-    def match(self, path: str) -> bool:
-        return self._regex is not None and self._regex.fullmatch(path) is not None
+        regex = re.compile("|".join(f"(?:{a})" for a in alternatives), re.DOTALL) if self.patterns else None
+        #: ``match(path)``: truthy if a glob matches *path*. A C callable either
+        #: way (it runs on every GET): the regex's fullmatch, or, with no globs,
+        #: an empty set's membership test, which is always False.
+        self.match: Callable[[str], object] = regex.fullmatch if regex is not None else frozenset().__contains__
 
     def __repr__(self) -> str:
         return f"PathGlobs({list(self.patterns)!r})"
@@ -191,8 +192,10 @@ class Kind(enum.Enum):
     TIMEOUT = "timeout"  # 408: a body of unknown length did not arrive in time to be measured
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+# A NamedTuple: immutable (one instance may serve every request), and built,
+# hashed and compared in C (a frozen dataclass costs ~7,000 instructions more
+# per replayed request, measured with callgrind).
+class Decision(NamedTuple):
     """A final answer: run the app here, or the response that replaces it."""
 
     kind: Kind
@@ -322,7 +325,9 @@ def decide(
         if method in READ_METHODS and not (
             method in _WRITE_ON_READ_METHODS and rules.write_on_read.match(request.path)
         ):
-            return _decide_read(request, state, rules, known_txid)
+            # Most reads carry no TXID: then passthrough cannot matter (both
+            # run here) and its globs are not matched at all.
+            return _RUN_READ if request.txid is None else _decide_read(request, state, rules, known_txid)
         if rules.passthrough.match(request.path):
             return _RUN_PASSTHROUGH
     if state.is_primary:
@@ -344,9 +349,7 @@ def decide(
 
 
 def _decide_read(request: RequestInfo, state: NodeState, rules: Rules, known_txid: int | None) -> Decision | Pending:
-    """Rules 1 and 6 for a read."""
-    # Most reads carry no TXID: then passthrough cannot matter (both run here)
-    # and its globs are not matched at all.
+    """Rules 1 and 6 for a read with a TXID cookie."""
     txid = request.txid
     if txid is None or not rules.read_your_writes or (known_txid is not None and known_txid >= txid):
         return _RUN_READ

@@ -82,7 +82,8 @@ class Router:
         state = self.cache.fresh()
         if state is None:
             return None
-        step = decide(request, state, self.rules, known_txid=self._known_txid(request))
+        known_txid = None if request.txid is None else self._known_txid(request)
+        step = decide(request, state, self.rules, known_txid=known_txid)
         return Outcome(step, state) if type(step) is Decision else None
 
     def decide_forced(self, request: RequestInfo, state: NodeState) -> Decision | Pending:

@@ -75,12 +75,13 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
             return response.send_ending()
         finally:
             current_request.reset(token)
-        if response.replaced_by is not None:
-            _close(result)
-            return [response.replaced_by.body]
-        if ctx.ends_without_response():
-            _close(result)
-            return response.send_ending()
+        if ctx.must_end_on_primary:  # ensure_primary() or the safety net
+            if response.replaced_by is not None:
+                _close(result)
+                return [response.replaced_by.body]
+            if not ctx.response_started:
+                _close(result)
+                return response.send_ending()
         return result
 
 
@@ -99,7 +100,7 @@ class _Response:
     def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None) -> Any:
         ctx = self.ctx
         router = ctx.router
-        if ctx.replaces_response(headers):
+        if ctx.must_end_on_primary and ctx.replaces_response(headers):
             reply = self.replaced_by = self._ending()
             status, headers = reply.status_line, list(reply.headers)
         elif router.positions is not None:  # read-your-writes on: a cookie may be due
