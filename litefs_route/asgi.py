@@ -30,7 +30,7 @@ from .context import RequestContext, current_request
 from .decision import Kind, RequestInfo
 from .drivers import drive_async
 from .frameworks import starlette_primary_required
-from .middleware import RoutingMiddleware
+from .middleware import RoutingMiddleware, middleware_doc
 from .mount import NodeState
 from .replies import OUR_TAG_NAMES_BYTES, Headers, Reply, with_tags
 from .router import Router
@@ -46,7 +46,7 @@ RawHeaders = list[tuple[bytes, bytes]]
 
 
 class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
-    __doc__ = "ASGI middleware that routes writes to the LiteFS primary.\n\n" + (RoutingMiddleware.__doc__ or "")
+    __doc__ = middleware_doc("ASGI middleware that routes writes to the LiteFS primary.")
 
     primary_required_error = staticmethod(starlette_primary_required)
 
@@ -131,7 +131,7 @@ class _Response:
                     return
             tagged = with_tags(headers, self.middleware.raw_tags(ctx.state), OUR_TAG_NAMES_BYTES)
             router = ctx.router
-            if router.positions is not None:  # read-your-writes on: a cookie may be due
+            if router.rules.read_your_writes:  # a cookie may be due
                 tagged += _encode(router.txid_cookie_headers(await self._read_txid(), ctx.clear_txid))
             message = {**message, "headers": tagged}
         await self.send_downstream(message)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
@@ -20,7 +21,7 @@ from .replies import Reply, txid_cookie_attributes
 from .router import Router
 from .state_cache import StateCache
 
-__all__ = ["RoutingMiddleware"]
+__all__ = ["RoutingMiddleware", "middleware_doc"]
 
 AppT = TypeVar("AppT")
 
@@ -151,3 +152,9 @@ class RoutingMiddleware(Generic[AppT]):
 
     def _setup(self) -> None:
         """An adapter's own set-up, once the router exists (a hook; none by default)."""
+
+
+def middleware_doc(summary: str) -> str:
+    """An adapter's class docstring: *summary*, then the options, documented once above."""
+    first, _, rest = (RoutingMiddleware.__doc__ or "").partition("\n")
+    return f"{summary}\n\n{first}\n{textwrap.dedent(rest)}"

@@ -32,7 +32,7 @@ from .context import RequestContext, current_request, report_exception
 from .decision import Kind, RequestInfo
 from .drivers import drive
 from .frameworks import connect_flask_exception_signal, werkzeug_primary_required
-from .middleware import RoutingMiddleware
+from .middleware import RoutingMiddleware, middleware_doc
 from .mount import NodeState
 from .replies import OUR_TAG_NAMES, Headers, Reply, with_tags
 from .router import Router
@@ -47,7 +47,7 @@ _CHUNK = 65536
 
 
 class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
-    __doc__ = "WSGI middleware that routes writes to the LiteFS primary.\n\n" + (RoutingMiddleware.__doc__ or "")
+    __doc__ = middleware_doc("WSGI middleware that routes writes to the LiteFS primary.")
 
     primary_required_error = staticmethod(werkzeug_primary_required)
 
@@ -103,7 +103,7 @@ class _Response:
         if ctx.must_end_on_primary and ctx.replaces_response(headers):
             reply = self.replaced_by = self._ending()
             status, headers = reply.status_line, list(reply.headers)
-        elif router.positions is not None:  # read-your-writes on: a cookie may be due
+        elif router.rules.read_your_writes:  # a cookie may be due
             headers = headers + router.txid_cookie_headers(self._read_txid(), ctx.clear_txid)
         ctx.response_started = True
         write = self.start(status, with_tags(headers, router.tags(ctx.state), OUR_TAG_NAMES), exc_info)

@@ -182,3 +182,24 @@ def test_globs_escape_regex_metacharacters() -> None:
 def test_max_replays_must_end_before_flys_limit(max_replays: int) -> None:
     with pytest.raises(ValueError, match="max_replays"):
         router_for(instance_id=ME, max_replays=max_replays)
+
+
+@pytest.mark.parametrize(
+    ("answers", "needs"),
+    [
+        ([None], "ReadState"),  # a driver that answers ReadState with nothing
+        ([NO_PRIMARY, "soon"], "ReadClock"),
+        ([REPLICA, 10], "WaitForTxid"),  # an int where a bool is due
+    ],
+    ids=["state-none", "clock-text", "txid-int"],
+)
+def test_a_driver_that_answers_wrongly_fails_loudly(answers: list[object], needs: str) -> None:
+    """The plan checks what it is sent back: a driver bug is a TypeError, never a wrong decision."""
+    request = RequestInfo("GET", "/", txid=7) if needs == "WaitForTxid" else req("POST")
+    plan = plan_request(request, rules(database="app.db", litefs_dir="/x"))
+    plan.send(None)  # the first need: ReadState
+    *good, bad = answers
+    for answer in good:
+        plan.send(answer)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=needs):
+        plan.send(bad)  # type: ignore[arg-type]

@@ -129,3 +129,14 @@ def test_slipped_write_is_replayed(stack: str, mount: Mount, tmp_path: Path) -> 
         mount.make_no_primary()
         r = httpx.post(url + "/w")
         assert (r.status_code, r.headers["retry-after"]) == (503, "2")
+
+
+def test_flask_signal_is_connected_for_the_wrapped_app_only(tmp_path: Path) -> None:
+    """Not process-wide: another Flask app's exceptions never reach the safety net."""
+    from flask import got_request_exception
+
+    wrapped, other = _flask(tmp_path / "a.db", {}), _flask(tmp_path / "b.db", {})
+    wrapped.wsgi_app = wsgi.PrimaryRoutingMiddleware(wrapped.wsgi_app, instance_id=ME)
+    wsgi.PrimaryRoutingMiddleware(lambda environ, start_response: [], instance_id=ME)  # not Flask: nothing connected
+    assert got_request_exception.has_receivers_for(wrapped)
+    assert not got_request_exception.has_receivers_for(other)

@@ -1,0 +1,39 @@
+"""The options are defined once (the middleware's signature); the README's table must follow it."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+from litefs_route import asgi, wsgi
+from litefs_route.middleware import RoutingMiddleware
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _signature_options() -> dict[str, object]:
+    parameters = inspect.signature(RoutingMiddleware.__init__).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def test_readme_table_lists_exactly_the_options_with_their_defaults() -> None:
+    text = README.read_text()
+    table = text[text.index("## Options") : text.index("## What happens to a request")]
+    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]*) \|", table, re.MULTILINE))
+    options = _signature_options()
+    assert set(rows) == set(options)
+    for name, default in options.items():
+        if isinstance(default, int | float) and not isinstance(default, bool):
+            assert rows[name].strip("` ") == repr(default), name
+        elif default is False:
+            assert rows[name].strip("` ") == "False", name
+
+
+def test_every_option_is_documented_on_the_classes_users_build() -> None:
+    for middleware in (wsgi.PrimaryRoutingMiddleware, asgi.PrimaryRoutingMiddleware):
+        doc = inspect.getdoc(middleware) or ""
+        for name in _signature_options():
+            assert re.search(rf"^{name}$", doc, re.MULTILINE), (middleware, name)
+        # Both inherit the one signature: help() shows every option by name.
+        assert inspect.signature(middleware) == inspect.signature(wsgi.PrimaryRoutingMiddleware)
