@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Mount
+from tests.support import ADAPTERS, Mount
 
 
 @pytest.fixture
@@ -13,6 +13,15 @@ def mount(tmp_path: Path) -> Mount:
     m = Mount(tmp_path / "litefs")
     m.make_primary()
     return m
+
+
+@pytest.fixture(params=ADAPTERS)
+def adapter(request: pytest.FixtureRequest) -> str:
+    """Runs a test under each adapter: "wsgi" (Flask on Werkzeug), then "asgi" (Starlette on uvicorn).
+
+    Serve with ``tests.support.serve_under(adapter, ...)``.
+    """
+    return str(request.param)
 
 
 @pytest.fixture(autouse=True)

@@ -2,6 +2,7 @@
 
 The mount is a real directory; the servers are real (uvicorn and Werkzeug's
 threaded server on 127.0.0.1, in this process so tests can observe the app).
+``serve_under`` serves a test's apps behind either adapter's middleware.
 At the end, what the dev cluster's tests (``test_devcluster_*.py``) share.
 """
 
@@ -13,10 +14,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
+from litefs_route import asgi, wsgi
 from litefs_route.devcluster.files import format_lag
+from litefs_route.router import Router
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -118,6 +123,64 @@ def serve_wsgi(app: WSGIApplication | Any) -> Iterator[str]:
         server.shutdown()
         thread.join(10)
         server.server_close()
+
+
+# -- the same app under both adapters ----------------------------------------
+
+#: The adapters, as the ``adapter`` fixture (conftest.py) names them: its params and the tests' ids.
+ADAPTERS = ("wsgi", "asgi")
+
+
+class Outer(Protocol):
+    """Wraps the served app from outside everything (``tests.apps.BodyReadRecorder``)."""
+
+    def wsgi(self, app: WSGIApplication) -> WSGIApplication: ...
+
+    def asgi(self, app: ASGIApp) -> ASGIApp: ...
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str
+    #: The middleware's router (its reading of the mount, its read-your-writes watcher).
+    router: Router
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port), for a raw socket."""
+        split = urlsplit(self.url)
+        assert split.hostname is not None
+        assert split.port is not None
+        return split.hostname, split.port
+
+
+@contextmanager
+def serve_under(
+    adapter: str, wsgi_app: Any, asgi_app: Any, *, outer: Outer | None = None, **options: Any
+) -> Iterator[Served]:
+    """Serve *wsgi_app* or *asgi_app*, as *adapter* says, behind its PrimaryRoutingMiddleware(**options).
+
+    WSGI: a Flask app gets the middleware on its ``wsgi_app`` (Flask stays
+    outermost, as its docs say to add WSGI middleware), any other WSGI
+    callable is wrapped itself; served by Werkzeug. ASGI: the app is wrapped,
+    served by uvicorn. *outer* wraps what is served, outside everything.
+    """
+    served: Any
+    if adapter == "wsgi":
+        if hasattr(wsgi_app, "wsgi_app"):
+            middleware: Any = wsgi.PrimaryRoutingMiddleware(wsgi_app.wsgi_app, **options)
+            wsgi_app.wsgi_app = middleware
+            served = wsgi_app
+        else:
+            served = middleware = wsgi.PrimaryRoutingMiddleware(wsgi_app, **options)
+        server = serve_wsgi(outer.wsgi(served) if outer is not None else served)
+    elif adapter == "asgi":
+        served = middleware = asgi.PrimaryRoutingMiddleware(asgi_app, **options)
+        server = serve_asgi(outer.asgi(served) if outer is not None else served)
+    else:
+        raise ValueError(f"adapter must be one of {ADAPTERS}, got {adapter!r}")
+    with server as url:
+        yield Served(url, middleware.router)
 
 
 # -- the dev cluster's tests ---------------------------------------------------

@@ -15,9 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from litefs_route import asgi, wsgi
+from litefs_route import asgi
 from tests.apps import BodyReadRecorder, Gate, flask_app, starlette_app
-from tests.support import Mount, serve_asgi, serve_wsgi, wait_until
+from tests.support import Mount, serve_asgi, serve_under, wait_until
 
 ME = "e784079b449483"
 PRIMARY = "3d8d9e5b711e68"
@@ -38,30 +38,24 @@ class Stack:
     gate: Gate = field(default_factory=Gate)
 
 
-@pytest.fixture(params=["wsgi", "asgi"])
-def adapter(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
+@contextlib.contextmanager
 def _serve(adapter: str, litefs_dir: str | None, **options: Any) -> Iterator[Stack]:
     calls: list[str] = []
     gate = Gate()
     recorder = BodyReadRecorder()
     opts = {**OPTIONS, **options}
-    if adapter == "wsgi":
-        flask = flask_app(calls, gate)
-        flask.wsgi_app = wsgi.PrimaryRoutingMiddleware(flask.wsgi_app, litefs_dir=litefs_dir, **opts)
-        server = serve_wsgi(recorder.wsgi(flask))
-    else:
-        app = asgi.PrimaryRoutingMiddleware(starlette_app(calls, gate), litefs_dir=litefs_dir, **opts)
-        server = serve_asgi(recorder.asgi(app))
-    with server as url, httpx.Client(base_url=url, timeout=10) as client:
-        yield Stack(url, client, calls, recorder, gate)
+    apps = flask_app(calls, gate), starlette_app(calls, gate)
+    with (
+        serve_under(adapter, *apps, outer=recorder, litefs_dir=litefs_dir, **opts) as served,
+        httpx.Client(base_url=served.url, timeout=10) as client,
+    ):
+        yield Stack(served.url, client, calls, recorder, gate)
 
 
 @pytest.fixture
 def stack(adapter: str, mount: Mount) -> Iterator[Stack]:
-    yield from _serve(adapter, str(mount.path))
+    with _serve(adapter, str(mount.path)) as running:
+        yield running
 
 
 def assert_replayed(response: httpx.Response, stack: Stack, hop: int = 1) -> None:
@@ -80,7 +74,7 @@ def assert_replayed(response: httpx.Response, stack: Stack, hop: int = 1) -> Non
 @pytest.mark.parametrize("how", ["option-and-env-unset", "option-empty"])
 def test_no_mount_is_standalone(adapter: str, how: str, tmp_path: Any) -> None:
     litefs_dir = None if how == "option-and-env-unset" else ""
-    for stack in _serve(adapter, litefs_dir):
+    with _serve(adapter, litefs_dir) as stack:
         r = stack.client.post("/", content=b"x")
         assert (r.status_code, r.text) == (200, "ran")
         assert r.headers["fly-primary-instance"] == ME
@@ -93,13 +87,12 @@ def test_a_configured_mount_that_is_missing_is_no_primary(
 ) -> None:
     """A typo in LITEFS_DIR (or LiteFS not mounted yet) must not make every write run here."""
     missing = str(tmp_path / "nope")
-    with caplog.at_level(logging.INFO, logger="litefs_route"):
-        for stack in _serve(adapter, missing, primary_wait=0.2):
-            assert stack.client.get("/").status_code == 200  # reads run
-            r = stack.client.post("/", content=b"x")
-            assert (r.status_code, r.headers["retry-after"]) == (503, "2")
-            assert "fly-primary-instance" not in r.headers
-            assert stack.calls == ["GET /"]
+    with caplog.at_level(logging.INFO, logger="litefs_route"), _serve(adapter, missing, primary_wait=0.2) as stack:
+        assert stack.client.get("/").status_code == 200  # reads run
+        r = stack.client.post("/", content=b"x")
+        assert (r.status_code, r.headers["retry-after"]) == (503, "2")
+        assert "fly-primary-instance" not in r.headers
+        assert stack.calls == ["GET /"]
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1, [r.getMessage() for r in caplog.records]
     assert f"{missing} does not exist" in errors[0].getMessage()
@@ -182,7 +175,7 @@ def test_ensure_primary_swallowed_still_replays(stack: Stack, mount: Mount) -> N
 
 @pytest.mark.parametrize("state", ["primary", "standalone"])
 def test_ensure_primary_on_primary_returns(adapter: str, mount: Mount, state: str) -> None:
-    for stack in _serve(adapter, str(mount.path) if state == "primary" else None):
+    with _serve(adapter, str(mount.path) if state == "primary" else None) as stack:
         r = stack.client.get("/ensure")
         assert (r.status_code, r.text) == (200, "wrote")
         assert stack.calls == ["ensure"]
@@ -191,7 +184,7 @@ def test_ensure_primary_on_primary_returns(adapter: str, mount: Mount, state: st
 def test_ensure_primary_without_primary_is_503(adapter: str, mount: Mount) -> None:
     # After waiting primary_wait for a primary, as a write does.
     mount.make_no_primary()
-    for stack in _serve(adapter, str(mount.path), primary_wait=0.2):
+    with _serve(adapter, str(mount.path), primary_wait=0.2) as stack:
         r = stack.client.get("/ensure")
         assert r.status_code == 503
         assert r.headers["retry-after"] == "2"

@@ -15,12 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
-from litefs_route import asgi, wsgi
+from litefs_route import asgi
 from litefs_route.consistency import parse_txid_cookie
 from litefs_route.decision import Kind, RequestInfo
 from litefs_route.router import Router
 from tests.plans import router_for
-from tests.support import Mount, serve_asgi, serve_wsgi, wait_until
+from tests.support import ADAPTERS, Mount, serve_asgi, serve_under, wait_until
 
 ME = "e784079b449483"
 PRIMARY = "3d8d9e5b711e68"
@@ -81,30 +81,28 @@ def _apps(calls: list[str], mount: Mount) -> tuple[Any, Any]:
     return flask, starlette
 
 
-@pytest.fixture(params=["wsgi", "asgi"])
-def stack(request: pytest.FixtureRequest, mount: Mount) -> Iterator[Stack]:
-    """The same apps under each adapter: param "wsgi"/"asgi", or (adapter, consistency_wait)."""
-    adapter, consistency_wait = request.param if isinstance(request.param, tuple) else (request.param, 30)
+@pytest.fixture
+def consistency_wait() -> float:
+    """How long a replica read waits for its cookie's TXID: no test sees 30 s run out (one parametrizes less)."""
+    return 30
+
+
+@pytest.fixture
+def stack(adapter: str, consistency_wait: float, mount: Mount) -> Iterator[Stack]:
+    """The same apps under each adapter."""
     calls: list[str] = []
-    flask, starlette = _apps(calls, mount)
-    options: dict[str, Any] = {
-        "litefs_dir": str(mount.path),
-        "instance_id": ME,
-        "database": DB,
-        "cache_ttl": 0,
-        "passthrough": ["/static/*"],
-        "consistency_wait": consistency_wait,
-    }
-    if adapter == "wsgi":
-        middleware: Any = wsgi.PrimaryRoutingMiddleware(flask.wsgi_app, **options)
-        flask.wsgi_app = middleware
-        server = serve_wsgi(flask)
-    else:
-        middleware = asgi.PrimaryRoutingMiddleware(starlette, **options)
-        server = serve_asgi(middleware)
     mount.set_pos(DB, 5)
-    with server as url:
-        yield Stack(url, middleware.router, calls, mount)
+    with serve_under(
+        adapter,
+        *_apps(calls, mount),
+        litefs_dir=str(mount.path),
+        instance_id=ME,
+        database=DB,
+        cache_ttl=0,
+        passthrough=["/static/*"],
+        consistency_wait=consistency_wait,
+    ) as served:
+        yield Stack(served.url, served.router, calls, mount)
 
 
 def test_replica_read_waits_for_its_write(stack: Stack) -> None:
@@ -126,7 +124,7 @@ def test_replica_read_waits_for_its_write(stack: Stack) -> None:
     assert positions.waiting == 0
 
 
-@pytest.mark.parametrize("stack", [("wsgi", 0.2), ("asgi", 0.2)], indirect=True, ids=["wsgi", "asgi"])
+@pytest.mark.parametrize(("adapter", "consistency_wait"), [(a, 0.2) for a in ADAPTERS], ids=ADAPTERS)
 def test_replica_that_never_catches_up_replays_to_the_primary(stack: Stack) -> None:
     stack.mount.make_replica(PRIMARY)
     response = stack.get("/", "00000000000003e8")

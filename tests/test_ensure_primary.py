@@ -10,6 +10,7 @@ app), and FastAPI's Depends(ensure_primary). All against real servers.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import httpx
@@ -18,7 +19,7 @@ from flask import Flask
 
 from litefs_route import PrimaryRequired, asgi, ensure_primary, get_instance_info, wsgi
 from tests.plans import router_for
-from tests.support import Mount, serve_asgi, serve_wsgi
+from tests.support import Mount, Served, serve_asgi, serve_under, serve_wsgi
 
 ME = "e784079b449483"
 PRIMARY = "3d8d9e5b711e68"
@@ -256,22 +257,19 @@ def test_app_answering_the_replay_with_a_header_generator_keeps_every_header(mou
 # -- no primary known: ensure_primary() waits for one, as a write does ----------------------
 
 
-def _waiting_app(adapter: str, router: Any, called: list[str]) -> Any:
-    if adapter == "wsgi":
-        flask = Flask("ensure_wait")
-
-        @flask.get("/visit")
-        def visit() -> str:
-            called.append("visit")
-            ensure_primary()
-            return "wrote"
-
-        flask.wsgi_app = wsgi.PrimaryRoutingMiddleware(flask.wsgi_app, router=router)  # type: ignore[method-assign]
-        return serve_wsgi(flask)
+def _waiting_app(adapter: str, router: Any, called: list[str]) -> AbstractContextManager[Served]:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
+
+    flask = Flask("ensure_wait")
+
+    @flask.get("/visit")
+    def visit() -> str:
+        called.append("visit")
+        ensure_primary()
+        return "wrote"
 
     def visit_endpoint(request: Request) -> PlainTextResponse:
         called.append("visit")
@@ -279,10 +277,9 @@ def _waiting_app(adapter: str, router: Any, called: list[str]) -> Any:
         return PlainTextResponse("wrote")
 
     app = Starlette(routes=[Route("/visit", visit_endpoint)])
-    return serve_asgi(asgi.PrimaryRoutingMiddleware(app, router=router))
+    return serve_under(adapter, flask, app, router=router)
 
 
-@pytest.mark.parametrize("adapter", ["wsgi", "asgi"])
 def test_ensure_primary_with_no_primary_waits_for_one(mount: Mount, adapter: str) -> None:
     """During a failover a GET that writes rides it out like a form POST: the replay once a primary is known."""
     from concurrent.futures import ThreadPoolExecutor
@@ -292,8 +289,8 @@ def test_ensure_primary_with_no_primary_waits_for_one(mount: Mount, adapter: str
     mount.make_no_primary()
     router = router_for(litefs_dir=str(mount.path), instance_id=ME, cache_ttl=0, primary_wait=30)
     called: list[str] = []
-    with _waiting_app(adapter, router, called) as url, ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(httpx.get, url + "/visit", timeout=30)
+    with _waiting_app(adapter, router, called) as served, ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.get, served.url + "/visit", timeout=30)
         wait_until(lambda: called == ["visit"], what="the handler to run")
         reads = router.cache.reads
         # The middleware now re-reads the mount while it waits: let it see a primary.
@@ -303,13 +300,12 @@ def test_ensure_primary_with_no_primary_waits_for_one(mount: Mount, adapter: str
         assert_replay(pending.result())
 
 
-@pytest.mark.parametrize("adapter", ["wsgi", "asgi"])
 def test_ensure_primary_with_no_primary_gets_503_after_primary_wait(mount: Mount, adapter: str) -> None:
     mount.make_no_primary()
     router = router_for(litefs_dir=str(mount.path), instance_id=ME, cache_ttl=0, primary_wait=0.2)
     called: list[str] = []
-    with _waiting_app(adapter, router, called) as url:
-        r = httpx.get(url + "/visit")
+    with _waiting_app(adapter, router, called) as served:
+        r = httpx.get(served.url + "/visit")
     assert (r.status_code, r.headers["retry-after"]) == (503, "2")
     assert "no primary is known" in r.text
     assert called == ["visit"]

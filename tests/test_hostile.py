@@ -14,17 +14,15 @@ import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from litefs_route import asgi, wsgi
 from litefs_route.router import Router
 from tests.apps import BodyReadRecorder, flask_app, starlette_app
-from tests.support import Mount, serve_asgi, serve_wsgi, wait_until
+from tests.support import Mount, serve_under, wait_until
 
 ME = "e784079b449483"
 PRIMARY = "3d8d9e5b711e68"
@@ -62,18 +60,7 @@ class Stack:
     calls: list[str]
     body_reads: BodyReadRecorder
     router: Router
-    address: tuple[str, int] = field(init=False)
-
-    def __post_init__(self) -> None:
-        split = urlsplit(self.url)
-        assert split.hostname is not None
-        assert split.port is not None
-        self.address = (split.hostname, split.port)
-
-
-@pytest.fixture(params=["wsgi", "asgi"])
-def adapter(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+    address: tuple[str, int]
 
 
 @contextmanager
@@ -81,24 +68,18 @@ def _serve(adapter: str, litefs_dir: str | None, **options: Any) -> Iterator[Sta
     calls: list[str] = []
     recorder = BodyReadRecorder()
     opts = {**OPTIONS, **options}
-    if adapter == "wsgi":
-        flask = flask_app(calls)
-        middleware = wsgi.PrimaryRoutingMiddleware(flask.wsgi_app, litefs_dir=litefs_dir, **opts)
-        flask.wsgi_app = middleware
-        router = middleware.router
-        server = serve_wsgi(recorder.wsgi(flask))
-    else:
-        app = asgi.PrimaryRoutingMiddleware(starlette_app(calls), litefs_dir=litefs_dir, **opts)
-        router = app.router
-        server = serve_asgi(recorder.asgi(app))
-    with server as url, httpx.Client(base_url=url, timeout=15) as client:
-        yield Stack(url, client, calls, recorder, router)
+    apps = flask_app(calls), starlette_app(calls)
+    with (
+        serve_under(adapter, *apps, outer=recorder, litefs_dir=litefs_dir, **opts) as served,
+        httpx.Client(base_url=served.url, timeout=15) as client,
+    ):
+        yield Stack(served.url, client, calls, recorder, served.router, served.address)
 
 
 @pytest.fixture
 def stack(adapter: str, mount: Mount) -> Iterator[Stack]:
-    with _serve(adapter, str(mount.path)) as served:
-        yield served
+    with _serve(adapter, str(mount.path)) as running:
+        yield running
 
 
 # -- raw HTTP -------------------------------------------------------------------

@@ -15,16 +15,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
-import pytest
 
-from litefs_route import asgi, wsgi
 from litefs_route.devcluster import FrontProxy
 from tests.apps import flask_app, starlette_app
-from tests.support import Mount, serve_asgi, serve_wsgi
+from tests.support import Mount, serve_under
 
 A = "node-a"
 B = "node-b"
@@ -35,21 +31,11 @@ FORCE = "fly-force-instance-id"
 def _node(adapter: str, instance_id: str, mount: Mount, calls: list[str]) -> Iterator[tuple[str, int]]:
     # cache_ttl=1 (the default): replayed requests must read fresh state by
     # themselves; nothing here relies on the cache being off.
-    options: dict[str, Any] = {"instance_id": instance_id, "litefs_dir": str(mount.path)}
-    if adapter == "wsgi":
-        app = flask_app(calls)
-        app.wsgi_app = wsgi.PrimaryRoutingMiddleware(app.wsgi_app, **options)
-        server = serve_wsgi(app)
-    else:
-        server = serve_asgi(asgi.PrimaryRoutingMiddleware(starlette_app(calls), **options))
-    with server as url:
-        parts = urlsplit(url)
-        assert parts.hostname is not None
-        assert parts.port is not None
-        yield parts.hostname, parts.port
+    apps = flask_app(calls), starlette_app(calls)
+    with serve_under(adapter, *apps, instance_id=instance_id, litefs_dir=str(mount.path)) as served:
+        yield served.address
 
 
-@pytest.mark.parametrize("adapter", ["wsgi", "asgi"])
 def test_nodes_naming_each_other_answer_503_before_the_edge_gives_up(adapter: str, tmp_path: Path) -> None:
     mount_a, mount_b = Mount(tmp_path / "a"), Mount(tmp_path / "b")
     mount_a.make_replica(B)
