@@ -68,7 +68,9 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             await self.send_reply(send, router.reply(outcome.decision), outcome.state)
             return
 
-        ctx = RequestContext.routed(router, request, outcome, self.primary_required_error)
+        ctx = RequestContext(
+            router, request, outcome.state, outcome.decision, self.primary_required_error, outcome.clear_txid
+        )
         response = _Response(self, ctx, receive, send)
         token = current_request.set(ctx)
         try:

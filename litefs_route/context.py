@@ -62,12 +62,6 @@ class RequestContext:
     #: :func:`~litefs_route.decision.plan_settlement`).
     ending: Reply | None = None
 
-    @classmethod
-    def routed(
-        cls, router: Router, request: RequestInfo, outcome: Outcome, error: Callable[[Reply], PrimaryRequired]
-    ) -> RequestContext:
-        return cls(router, request, outcome.state, outcome.decision, error, outcome.clear_txid)
-
     # -- what the middleware asks (the same for both adapters) ---------------
 
     def replaces_response(self, headers: Iterable[tuple[AnyStr, AnyStr]]) -> bool:

@@ -280,7 +280,10 @@ Need = ReadState | ReadClock | Sleep | MeasureBody | WaitForTxid | ReadPosition
 Answer = NodeState | float | int | bool | None
 
 
-class Outcome(NamedTuple):
+# Built on every request: a plain slotted class, as RequestInfo (cheaper to
+# build than a NamedTuple, whose __new__ is Python code).
+@dataclass(slots=True)
+class Outcome:
     """Where a plan ends: the decision, and the reading it was made on."""
 
     decision: Decision

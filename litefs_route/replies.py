@@ -68,7 +68,11 @@ def with_tags(
     headers: Iterable[tuple[AnyStr, AnyStr]], tags: Iterable[tuple[AnyStr, AnyStr]], ours: frozenset[AnyStr]
 ) -> list[tuple[AnyStr, AnyStr]]:
     """*headers* without any copy of our tags (names in *ours*, lower case), then *tags*."""
-    tagged = [h for h in headers if h[0].lower() not in ours]
+    tagged = list(headers)  # ASGI allows a one-shot iterable
+    for name, _ in tagged:
+        if name.lower() in ours:  # rare: rebuild without the app's copies
+            tagged = [h for h in tagged if h[0].lower() not in ours]
+            break
     tagged += tags
     return tagged
 

@@ -63,7 +63,9 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
         if outcome.decision.kind is not Kind.RUN:
             return _send_reply(start_response, router.reply(outcome.decision), router.tags(outcome.state))
 
-        ctx = RequestContext.routed(router, request, outcome, self.primary_required_error)
+        ctx = RequestContext(
+            router, request, outcome.state, outcome.decision, self.primary_required_error, outcome.clear_txid
+        )
         environ["litefs_route.context"] = ctx
         response = _Response(ctx, environ, start_response)
         token = current_request.set(ctx)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from litefs_route import asgi, wsgi
-from litefs_route.devcluster.files import format_lag
+from litefs_route.devcluster.files import NO_PRIMARY_LAG, write_atomic, write_lag, write_position, write_primary
 from litefs_route.router import Router
 
 if TYPE_CHECKING:
@@ -28,48 +28,42 @@ if TYPE_CHECKING:
 
     from litefs_route.asgi import ASGIApp
 
-NO_PRIMARY_LAG = 2147483647
-
 
 class Mount:
-    """A directory holding what a LiteFS FUSE mount shows, byte for byte."""
+    """A directory holding what a LiteFS FUSE mount shows, byte for byte.
+
+    Written only through :mod:`litefs_route.devcluster.files`, the one writer
+    of LiteFS's file formats (checked against real LiteFS in test_litefs_facts).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
 
-    def _write(self, name: str, data: bytes) -> None:
-        # Atomic, as LiteFS's files never show partial content.
-        tmp = self.path / f".{name}.tmp"
-        tmp.write_bytes(data)
-        os.replace(tmp, self.path / name)
-
-    def _remove(self, name: str) -> None:
-        (self.path / name).unlink(missing_ok=True)
-
     def set_lag(self, ms: int | None) -> None:
         if ms is None:
-            self._remove(".lag")
+            (self.path / ".lag").unlink(missing_ok=True)
         else:
-            self._write(".lag", format_lag(ms))  # LiteFS's exact bytes
+            write_lag(str(self.path), ms)
 
     def make_primary(self) -> None:
-        self._remove(".primary")
+        write_primary(str(self.path), None)
         self.set_lag(0)
 
     def make_replica(self, primary: str, lag_ms: int = 12) -> None:
-        self._write(".primary", primary.encode() + b"\n")
+        write_primary(str(self.path), primary)
         self.set_lag(lag_ms)
 
     def make_no_primary(self) -> None:
-        self._remove(".primary")
+        write_primary(str(self.path), None)
         self.set_lag(NO_PRIMARY_LAG)
 
     def write_primary_raw(self, data: bytes) -> None:
-        self._write(".primary", data)
+        """A ``.primary`` LiteFS would never write (garbled, hostile): for the tests of bad input."""
+        write_atomic(str(self.path / ".primary"), data)
 
     def set_pos(self, database: str, txid: int, checksum: int = 0x1234ABCD) -> None:
-        self._write(f"{database}-pos", b"%016x/%016x\n" % (txid, checksum))
+        write_position(str(self.path), database, txid, checksum)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:

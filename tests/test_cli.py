@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from litefs_route.cli import main
+from litefs_route.devcluster.files import NO_PRIMARY_LAG
 from litefs_route.mount import Position
 from litefs_route.ops import WaitTimeout, wait_for_primary, wait_for_sync, wait_for_txid
-from tests.support import NO_PRIMARY_LAG, Mount
+from tests.support import Mount
 
 ROOT = Path(__file__).resolve().parent.parent
 ME = "this-host"
