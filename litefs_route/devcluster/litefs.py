@@ -461,9 +461,9 @@ class LiteFSCluster:
         position = parse_position(raw) if raw is not None else None
         return position.txid if position is not None else None
 
-    def positions(self) -> dict[str, int]:
+    def positions(self, database: str | None = None) -> dict[str, int]:
         """Running node id -> the TXID of its copy of the database (0 before it exists)."""
-        return {i: self.position(i) or 0 for i in self.running}
+        return {i: self.position(i, database) or 0 for i in self.running}
 
     def pids(self) -> dict[str, int]:
         """Node id -> the pid of its ``litefs`` process, for running nodes."""
@@ -485,16 +485,16 @@ class LiteFSCluster:
         wait_for(settled, timeout=timeout, interval=0.05, message=f"no agreed primary {expected or ''} in {timeout} s")
         return found[0]
 
-    def wait_replicated(self, timeout: float = 10.0) -> dict[str, int]:
-        """Wait until every running replica holds the primary's last transaction; the positions."""
+    def wait_replicated(self, timeout: float = 10.0, *, database: str | None = None) -> dict[str, int]:
+        """Wait until every running replica holds the primary's last transaction of *database*; the positions."""
         primary = self.wait_primary(timeout=timeout)
 
         def caught_up() -> bool:
-            target = self.position(primary)
-            return all(self.position(i) == target for i in self.running)
+            target = self.position(primary, database)
+            return all(self.position(i, database) == target for i in self.running)
 
         wait_for(caught_up, timeout=timeout, message=f"replicas did not catch up with {primary} in {timeout} s")
-        return self.positions()
+        return self.positions(database)
 
     # -- control -------------------------------------------------------------
 

@@ -1,0 +1,159 @@
+"""LiteFS's event stream: what ``GET /events`` on its HTTP API says, typed.
+
+LiteFS (``http.addr``, ``:20202`` by default) streams newline-delimited JSON,
+one object per event (checked on LiteFS v0.5.14, ``tests/test_events.py``)::
+
+    {"type":"init","data":{"isPrimary":false,"hostname":"node1"}}
+    {"type":"tx","db":"app.db","data":{"txID":"0000000000000027","postApplyChecksum":"83b05248774ce767",
+     "pageSize":4096,"commit":2,"timestamp":"2026-12-02T00:00:00Z"}}
+    {"type":"primaryChange","data":{"isPrimary":false}}
+
+``init`` comes first on every connection and gives the node's view then; a
+``tx`` follows every transaction applied to a database, on the primary and on
+replicas (its TXID is what ``<db>-pos`` then shows); ``primaryChange`` follows
+every change of primary. ``hostname`` is *omitted*, not empty, when no
+primary is known, and on the primary itself. LiteFS closes a subscriber whose
+1,024-event buffer fills up: a reader must then reconnect and re-read the
+node's state, since events were lost.
+
+:func:`parse_event` is pure and never raises: a line it does not recognise
+is None (newer LiteFS versions may add event types), and nothing it returns
+carries an unchecked string (hostnames are validated as instance ids,
+database names as plain file names). :func:`read_events` is the blocking
+reader (run it in a thread).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from .mount import NodeState, Role, is_valid_instance_id
+
+__all__ = [
+    "EventStreamClosed",
+    "Init",
+    "LiteFSEvent",
+    "PrimaryChange",
+    "Tx",
+    "node_state",
+    "parse_event",
+    "read_events",
+]
+
+_HEX16 = re.compile(r"[0-9a-f]{16}")
+# LiteFS's lines are short; a longer one is not LiteFS's and is not parsed.
+_LINE_LIMIT = 4096
+
+
+class EventStreamClosed(ConnectionError):
+    """The event stream ended (LiteFS stopped, or closed a subscriber that fell behind)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Init:
+    """The node's view when the stream (re)connects."""
+
+    is_primary: bool
+    #: The primary's hostname (its lease hostname: on Fly, the Machine ID);
+    #: None on the primary itself and when no primary is known.
+    primary: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PrimaryChange:
+    """The primary changed (or became unknown)."""
+
+    is_primary: bool
+    #: As :attr:`Init.primary`.
+    primary: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Tx:
+    """A transaction was applied to *database* on this node."""
+
+    database: str
+    txid: int
+    checksum: int
+
+
+LiteFSEvent = Init | PrimaryChange | Tx
+
+
+def parse_event(line: bytes) -> LiteFSEvent | None:
+    """The event on one line of the stream; None if it is not one we know, or malformed."""
+    if len(line) > _LINE_LIMIT:
+        return None
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or not isinstance(data := obj.get("data"), dict):
+        return None
+    kind = obj.get("type")
+    if kind in ("init", "primaryChange"):
+        is_primary = data.get("isPrimary")
+        hostname = data.get("hostname", "")
+        if not isinstance(is_primary, bool) or not isinstance(hostname, str):
+            return None
+        if hostname and not is_valid_instance_id(hostname):
+            return None
+        primary = hostname or None
+        return Init(is_primary, primary) if kind == "init" else PrimaryChange(is_primary, primary)
+    if kind == "tx":
+        database, txid, checksum = obj.get("db"), data.get("txID"), data.get("postApplyChecksum")
+        if not (isinstance(database, str) and database and "/" not in database and not database.startswith(".")):
+            return None
+        if not (isinstance(txid, str) and _HEX16.fullmatch(txid)):
+            return None
+        if not (isinstance(checksum, str) and _HEX16.fullmatch(checksum)):
+            return None
+        return Tx(database, int(txid, 16), int(checksum, 16))
+    return None
+
+
+def node_state(event: Init | PrimaryChange, instance_id: str) -> NodeState:
+    """The node's state as *event* describes it, in the terms :mod:`litefs_route.mount` uses."""
+    kind = "init" if isinstance(event, Init) else "primaryChange"
+    if event.is_primary:
+        return NodeState(Role.PRIMARY, instance_id, instance_id, detail=f"{kind}: isPrimary", litefs_seen=True)
+    if event.primary is None:
+        return NodeState(Role.NO_PRIMARY, instance_id, None, detail=f"{kind}: no primary", litefs_seen=True)
+    if event.primary == instance_id:  # as .primary naming this instance
+        return NodeState(
+            Role.PRIMARY, instance_id, instance_id, detail=f"{kind}: names this instance", litefs_seen=True
+        )
+    return NodeState(Role.REPLICA, instance_id, event.primary, detail=f"{kind}: primary known", litefs_seen=True)
+
+
+def read_events(api_url: str, *, timeout: float | None = 5.0) -> Iterator[LiteFSEvent]:
+    """Connect to LiteFS's API at *api_url* and yield its events as they come (blocking).
+
+    Raises OSError (or ``http.client.HTTPException``) if LiteFS cannot be
+    reached or refuses, and :class:`EventStreamClosed` when a stream that
+    was up ends. *timeout* bounds the connection and each wait for a line;
+    LiteFS sends nothing while nothing happens, so a quiet stream raises
+    ``TimeoutError`` after *timeout* seconds of silence: pass None to wait
+    for ever (a stopped LiteFS still ends the stream).
+    """
+    parts = urlsplit(api_url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"the LiteFS API URL must be http://host:port, got {api_url!r}")
+    conn = http.client.HTTPConnection(parts.hostname, parts.port or 20202, timeout=timeout)
+    try:
+        conn.request("GET", "/events", headers={"Accept": "application/json"})
+        response = conn.getresponse()
+        if response.status != 200:
+            raise http.client.HTTPException(f"LiteFS answered {response.status} to GET /events")
+        while line := response.readline(_LINE_LIMIT + 1):
+            event = parse_event(line)
+            if event is not None:
+                yield event
+        raise EventStreamClosed("LiteFS closed the event stream")
+    finally:
+        conn.close()

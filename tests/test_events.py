@@ -1,0 +1,140 @@
+"""LiteFS's event stream: the parser (one table) and the reader, on real LiteFS."""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+from typing import TYPE_CHECKING
+
+import pytest
+
+from litefs_route.devcluster import free_port
+from litefs_route.events import (
+    EventStreamClosed,
+    Init,
+    LiteFSEvent,
+    PrimaryChange,
+    Tx,
+    node_state,
+    parse_event,
+    read_events,
+)
+from litefs_route.mount import Role, read_position
+
+if TYPE_CHECKING:
+    from litefs_route.devcluster.pytest_plugin import LiteFSClusterFactory
+
+TX = b'{"type":"tx","db":"app.db","data":{"txID":"0000000000000027","postApplyChecksum":"83b05248774ce767",'
+TX_TAIL = b'"pageSize":4096,"commit":2,"timestamp":"2026-12-02T00:00:00Z"}}\n'
+
+PARSED = [
+    ("init-replica", b'{"type":"init","data":{"isPrimary":false,"hostname":"node1"}}\n', Init(False, "node1")),
+    ("init-primary-no-hostname", b'{"type":"init","data":{"isPrimary":true}}\n', Init(True, None)),
+    ("change-no-primary-omitted", b'{"type":"primaryChange","data":{"isPrimary":false}}', PrimaryChange(False, None)),
+    (
+        "change-no-primary-empty",
+        b'{"type":"primaryChange","data":{"isPrimary":false,"hostname":""}}',
+        PrimaryChange(False, None),
+    ),
+    (
+        "change-to-node3",
+        b'{"type":"primaryChange","data":{"isPrimary":false,"hostname":"node3"}}',
+        PrimaryChange(False, "node3"),
+    ),
+    ("tx", TX + TX_TAIL, Tx("app.db", 0x27, 0x83B05248774CE767)),
+    ("unknown-type", b'{"type":"halt","data":{}}', None),
+    ("not-json", b"{nope", None),
+    ("not-an-object", b"[1,2]", None),
+    ("hostile-hostname", b'{"type":"init","data":{"isPrimary":false,"hostname":"a\\r\\nX-Evil: 1"}}', None),
+    ("is-primary-not-bool", b'{"type":"init","data":{"isPrimary":"yes","hostname":"node1"}}', None),
+    ("tx-short-txid", TX.replace(b"0000000000000027", b"27") + TX_TAIL, None),
+    ("tx-uppercase-txid", TX.replace(b"0000000000000027", b"00000000000000AB") + TX_TAIL, None),
+    ("tx-db-with-slash", TX.replace(b'"app.db"', b'"../etc/passwd"') + TX_TAIL, None),
+    ("tx-no-db", TX.replace(b'"db":"app.db",', b"") + TX_TAIL, None),
+    ("huge-line", b'{"type":"init","data":{"isPrimary":false,"hostname":"' + b"a" * 5000 + b'"}}', None),
+]
+
+
+@pytest.mark.parametrize(("line", "expected"), [c[1:] for c in PARSED], ids=[c[0] for c in PARSED])
+def test_parse_event(line: bytes, expected: LiteFSEvent | None) -> None:
+    assert parse_event(line) == expected
+
+
+@pytest.mark.parametrize(
+    ("event", "role", "primary"),
+    [
+        (Init(True, None), Role.PRIMARY, "me"),
+        (Init(False, "node1"), Role.REPLICA, "node1"),
+        (Init(False, "me"), Role.PRIMARY, "me"),
+        (PrimaryChange(False, None), Role.NO_PRIMARY, None),
+    ],
+    ids=["primary", "replica", "names-this-instance", "no-primary"],
+)
+def test_node_state_from_an_event(event: Init | PrimaryChange, role: Role, primary: str | None) -> None:
+    state = node_state(event, "me")
+    assert (state.role, state.primary_id, state.litefs_seen) == (role, primary, True)
+
+
+def test_an_unreachable_api_raises_at_once() -> None:
+    with pytest.raises(ConnectionRefusedError):
+        next(read_events(f"http://127.0.0.1:{free_port()}", timeout=5))
+
+
+@pytest.mark.litefs
+def test_read_events_on_real_litefs(litefs_real_cluster: LiteFSClusterFactory) -> None:
+    """init, a tx per commit in each database of the mount, primaryChange, and the end of the stream."""
+    cluster = litefs_real_cluster(instances=3, lease="consul")
+    assert next(read_events(cluster.nodes["node1"].api_url)) == Init(True, None)
+
+    events: queue.Queue[LiteFSEvent | BaseException] = queue.Queue()
+
+    def read() -> None:
+        try:
+            for event in read_events(cluster.nodes["node2"].api_url, timeout=None):
+                events.put(event)
+        except BaseException as exc:  # the end of the stream is what this thread reports
+            events.put(exc)
+
+    def next_of(kind: type[LiteFSEvent]) -> LiteFSEvent:
+        while True:
+            item = events.get(timeout=20)
+            assert not isinstance(item, BaseException), item
+            if isinstance(item, kind):
+                return item
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    first = next_of(Init)
+    assert isinstance(first, Init)
+    assert node_state(first, "node2").primary_id == "node1"
+
+    # Two databases in one mount: each commit is a tx naming its database, with the TXID -pos then shows.
+    for database in ("app.db", "cache.db"):
+        with sqlite3.connect(cluster.db_path("node1", database)) as db:
+            db.execute("CREATE TABLE t (v TEXT)")
+        db.close()
+        target = cluster.wait_replicated(database=database)["node2"]
+        seen: list[Tx] = []
+        while not seen or seen[-1].txid < target:
+            tx = next_of(Tx)
+            assert isinstance(tx, Tx)
+            seen.append(tx)
+        assert {tx.database for tx in seen} == {database}
+        position = read_position(cluster.nodes["node2"].mount_dir, database)
+        assert position is not None
+        assert (seen[-1].txid, seen[-1].checksum) == (position.txid, position.checksum)
+
+    cluster.promote("node3")
+    change = next_of(PrimaryChange)
+    while not (isinstance(change, PrimaryChange) and change.primary == "node3"):
+        change = next_of(PrimaryChange)
+    assert node_state(change, "node2").primary_id == "node3"
+
+    # The stream killed mid-flight: the reader ends with a connection error, never hangs.
+    cluster.kill_node("node2")
+    while not isinstance(item := events.get(timeout=20), BaseException):
+        pass
+    assert isinstance(item, EventStreamClosed | ConnectionResetError), repr(item)
+    reader.join(10)
+    assert not reader.is_alive()
