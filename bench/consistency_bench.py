@@ -27,14 +27,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from litefs_route.consistency import PositionWatcher  # noqa: E402
+from litefs_route.devcluster.files import write_lag, write_position, write_primary  # noqa: E402
 
 DB = "app.db"
 
 
 def write_pos(folder: Path, txid: int) -> None:
-    tmp = folder / f".{DB}-pos.tmp"
-    tmp.write_bytes(b"%016x/%016x\n" % (txid, 0))
-    os.replace(tmp, folder / f"{DB}-pos")
+    write_position(str(folder), DB, txid, 0)
 
 
 def wake_latency(rounds: int = 300) -> tuple[list[float], list[float]]:
@@ -114,8 +113,8 @@ async def requests_per_second(url: str, seconds: float = 3.0, concurrency: int =
 
 async def throughput_with_waiters(waiters: int = 300) -> tuple[float, float]:
     folder = Path(tempfile.mkdtemp())
-    (folder / ".primary").write_bytes(b"primary00000001\n")
-    (folder / ".lag").write_bytes(b"+000000010")
+    write_primary(str(folder), "primary00000001")
+    write_lag(str(folder), 10)
     write_pos(folder, 1)
     app_dir = Path(tempfile.mkdtemp())
     (app_dir / "rywapp.py").write_text(APP)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from litefs_route.devcluster.files import format_lag, format_position
+from litefs_route.devcluster.files import write_lag, write_position, write_primary
 
 PRIMARY_ID = "3d8d9e5b711e68"  # the shape of a Fly Machine ID
 SELF_ID = "e784079b449483"
@@ -20,7 +20,7 @@ def make_mounts(root: Path) -> tuple[Path, Path]:
     primary, replica = root / "primary", root / "replica"
     for path, lag in ((primary, 0), (replica, 12)):
         path.mkdir(parents=True, exist_ok=True)
-        (path / ".lag").write_bytes(format_lag(lag))
-        (path / "app.db-pos").write_bytes(format_position(42, 0x1234ABCD))
-    (replica / ".primary").write_bytes(PRIMARY_ID.encode() + b"\n")
+        write_lag(str(path), lag)
+        write_position(str(path), "app.db", 42, 0x1234ABCD)
+    write_primary(str(replica), PRIMARY_ID)
     return primary, replica

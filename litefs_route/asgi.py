@@ -82,7 +82,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             return
         finally:
             current_request.reset(token)
-        if ctx.must_end_on_primary and not ctx.response_started:  # the app sent nothing
+        if ctx.must_end_on_primary and ctx.ends_without_response():
             await response.send_ending()
 
     def raw_tags(self, state: NodeState) -> RawHeaders:
@@ -134,17 +134,19 @@ class _Response:
             tagged = with_tags(headers, self.middleware.raw_tags(ctx.state), OUR_TAG_NAMES_BYTES)
             router = ctx.router
             if router.rules.read_your_writes:  # a cookie may be due
-                tagged += _encode(router.txid_cookie_headers(await self._read_txid(), ctx.clear_txid))
+                tagged += _encode(ctx.cookie_headers(await self._read_txid()))
             message = {**message, "headers": tagged}
         await self.send_downstream(message)
 
     async def send_ending(self) -> None:
         """Answer with the reply the request must end in (the app's response never started)."""
         ctx = self.ctx
-        reply = ctx.ending
-        if reply is None:
-            io = _AsyncIO(ctx.router, self.receive)
-            reply = ctx.settle(await drive_async(ctx.router.settlement(ctx.request), io))
+        settlement = ctx.settlement()
+        if settlement is None:
+            assert ctx.ending is not None
+            reply = ctx.ending
+        else:
+            reply = ctx.settle(await drive_async(settlement, _AsyncIO(ctx.router, self.receive)))
         await self.middleware.send_reply(self.send_downstream, reply, ctx.state)
 
     async def _read_txid(self) -> int | None:

@@ -19,7 +19,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import AnyStr
 
-from .decision import NO_PRIMARY, Decision, Outcome, RequestInfo, sets_txid_cookie
+from .decision import NO_PRIMARY, Decision, Kind, Outcome, Pending, Plan, RequestInfo, assert_never, sets_txid_cookie
 from .exceptions import PrimaryRequired
 from .mount import NodeState, Role, default_instance_id, read_node_state
 from .replies import Reply, has_replay_header
@@ -76,8 +76,10 @@ class RequestContext:
         """True if the request that raised *exc* ends in the middleware's own reply.
 
         Not once the response has started. A :class:`PrimaryRequired`
-        always does; any exception after ``ensure_primary()``; and the
-        safety net's case: SQLite refusing a write that slipped through.
+        always does (its reply becomes the ending if none was recorded);
+        any exception after ``ensure_primary()``; and the safety net's case,
+        SQLite refusing a write that slipped through (recorded and logged
+        by :meth:`mark_readonly_failure`).
         """
         if self.response_started:
             return False
@@ -87,6 +89,14 @@ class RequestContext:
             return True
         return self.must_end_on_primary or self.mark_readonly_failure(exc)
 
+    def ends_without_response(self) -> bool:
+        """True if the app returned without starting a response, and the request must end on the primary."""
+        return self.must_end_on_primary and not self.response_started
+
+    def settlement(self) -> Plan | None:
+        """The plan that decides the ending (drive it, then :meth:`settle`); None if the ending is known."""
+        return None if self.ending is not None else self.router.settlement(self.request)
+
     def settle(self, outcome: Outcome) -> Reply:
         """Record the ending a settlement plan decided; returns its reply."""
         self.state = outcome.state
@@ -94,8 +104,12 @@ class RequestContext:
         return self.ending
 
     def txid_cookie_due(self) -> bool:
-        """True if the response gets a fresh ``__txid`` cookie (read after the handler ran)."""
+        """True if the response gets a fresh ``__txid`` cookie: read the position after the handler ran."""
         return sets_txid_cookie(self.decision, self.state, self.router.rules)
+
+    def cookie_headers(self, txid: int | None) -> list[tuple[str, str]]:
+        """``Set-Cookie`` headers for the response: the fresh TXID (*txid*), or clearing a stale one."""
+        return self.router.txid_cookie_headers(txid, self.clear_txid)
 
     def mark_readonly_failure(self, exc: BaseException) -> bool:
         """The safety net: if *exc* is SQLite refusing a write, the request must end on the primary."""
@@ -138,16 +152,20 @@ def ensure_primary() -> None:
     """
     ctx = _context("ensure_primary")
     step = ctx.router.decide_forced(ctx.request, ctx.state)
-    if ctx.state.is_primary:
-        assert isinstance(step, Decision)
-        ctx.decision = step
-        return
-    ctx.must_end_on_primary = True
-    if isinstance(step, Decision):
-        ctx.ending = reply = ctx.router.reply(step)
-    else:  # no primary known: the middleware settles it once the handler is done
-        reply = ctx.router.reply(NO_PRIMARY)
-    raise ctx.primary_required_error(reply)
+    match step:
+        case Decision(kind=Kind.RUN):  # the primary (or standalone): a write, run here
+            ctx.decision = step
+            return
+        case Decision():  # the replay, or a refusal (413, 503 after too many replays)
+            ctx.must_end_on_primary, ctx.ending = True, ctx.router.reply(step)
+            raise ctx.primary_required_error(ctx.ending)
+        case Pending.WAIT_FOR_PRIMARY:  # settled by the middleware once the handler is done
+            ctx.must_end_on_primary = True
+            raise ctx.primary_required_error(ctx.router.reply(NO_PRIMARY))
+        case Pending.MEASURE_BODY | Pending.WAIT_FOR_TXID | Pending.CHECK_TXID:
+            raise AssertionError(f"a forced decision cannot be {step}")
+        case _:
+            assert_never(step)
 
 
 def report_exception(exc: BaseException) -> bool:

@@ -44,7 +44,7 @@ import enum
 import re
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 from .consistency import parse_txid_cookie
 from .mount import NodeState, Role
@@ -69,7 +69,9 @@ __all__ = [
     "Rules",
     "Sleep",
     "WaitForTxid",
+    "assert_never",
     "decide",
+    "decide_without_io",
     "plan_request",
     "plan_settlement",
     "replay_hops",
@@ -139,7 +141,7 @@ class Rules:
     primary_wait: float
     #: Seconds a replica spends measuring a body of unknown length.
     body_timeout: float
-    #: True when read-your-writes is on (a database is configured).
+    #: True when read-your-writes is on (a mount and a database are configured).
     read_your_writes: bool
     #: Seconds a replica read waits for its TXID cookie.
     consistency_wait: float
@@ -378,34 +380,59 @@ def sets_txid_cookie(decision: Decision, state: NodeState, rules: Rules) -> bool
     return decision.write and rules.read_your_writes and not decision.passthrough and state.role is Role.PRIMARY
 
 
-def plan_request(request: RequestInfo, rules: Rules, *, known_txid: int | None = None) -> Plan:
-    """Route *request*: rules 1-6, yielding each piece of I/O they need."""
+def decide_without_io(
+    request: RequestInfo, cached: NodeState | None, rules: Rules, *, known_txid: int | None = None
+) -> Outcome | None:
+    """:func:`plan_request`'s outcome when it needs no I/O, from a *cached* reading; else None.
+
+    The common case (a fresh cached reading, a request that is not a replay,
+    an answer that needs nothing more) without the cost of a generator: the
+    plan's own first step, so the two agree (``tests/test_properties.py``).
+    """
+    if cached is None or _needs_fresh_state(request):
+        return None
+    step = decide(request, cached, rules, known_txid=known_txid)
+    return Outcome(step, cached) if type(step) is Decision else None
+
+
+def _needs_fresh_state(request: RequestInfo) -> bool:
     # A replayed request was sent here because another node believes this
     # one is primary: decide on the truth, not on a cached reading, so a node
     # that was just promoted keeps the write instead of bouncing it.
-    state = _expect_state((yield ReadState(0 if request.replay_src is not None else None)))
+    return request.replay_src is not None
+
+
+def plan_request(request: RequestInfo, rules: Rules, *, known_txid: int | None = None) -> Plan:
+    """Route *request*: rules 1-6, yielding each piece of I/O they need."""
+    state = _expect_state((yield ReadState(0 if _needs_fresh_state(request) else None)))
     step = decide(request, state, rules, known_txid=known_txid)
-    if step is Pending.WAIT_FOR_PRIMARY:
-        state = yield from _wait_for_primary(state, rules)
-        step = decide(request, state, rules, known_txid=known_txid)
-        if step is Pending.WAIT_FOR_PRIMARY:
-            return Outcome(NO_PRIMARY, state)
-    if step is Pending.MEASURE_BODY:
-        size = _expect_optional_int((yield MeasureBody(rules.replay_body_limit, rules.body_timeout)))
-        if size is None:
-            reason = f"its body did not arrive within {rules.body_timeout:g} s"
-            return Outcome(Decision(Kind.TIMEOUT, True, reason=reason), state)
-        step = decide(request, state, rules, body_size=size)
-    if step is Pending.WAIT_FOR_TXID:
-        assert request.txid is not None
-        caught_up = _expect_bool((yield WaitForTxid(request.txid, rules.consistency_wait)))
-        step = _RUN_READ if caught_up else _decide_lagging_read(request, state, rules)
-    elif step is Pending.CHECK_TXID:
-        assert request.txid is not None
-        local = _expect_optional_int((yield ReadPosition()))
-        return Outcome(_RUN_READ, state, clear_txid=local is None or request.txid > local)
-    assert isinstance(step, Decision), step  # every Pending was handled above
-    return Outcome(step, state)
+    waited_for_primary = False
+    while True:
+        match step:
+            case Decision():
+                return Outcome(step, state)
+            case Pending.WAIT_FOR_PRIMARY:
+                if waited_for_primary:
+                    return Outcome(NO_PRIMARY, state)
+                state = yield from _wait_for_primary(state, rules)
+                waited_for_primary = True
+                step = decide(request, state, rules, known_txid=known_txid)
+            case Pending.MEASURE_BODY:
+                size = _expect_optional_int((yield MeasureBody(rules.replay_body_limit, rules.body_timeout)))
+                if size is None:
+                    reason = f"its body did not arrive within {rules.body_timeout:g} s"
+                    return Outcome(Decision(Kind.TIMEOUT, True, reason=reason), state)
+                step = decide(request, state, rules, body_size=size)
+            case Pending.WAIT_FOR_TXID:
+                assert request.txid is not None
+                caught_up = _expect_bool((yield WaitForTxid(request.txid, rules.consistency_wait)))
+                step = _RUN_READ if caught_up else _decide_lagging_read(request, state, rules)
+            case Pending.CHECK_TXID:
+                assert request.txid is not None
+                local = _expect_optional_int((yield ReadPosition()))
+                return Outcome(_RUN_READ, state, clear_txid=local is None or request.txid > local)
+            case _:
+                assert_never(step)
 
 
 def plan_settlement(request: RequestInfo, rules: Rules) -> Plan:
@@ -417,12 +444,23 @@ def plan_settlement(request: RequestInfo, rules: Rules) -> Plan:
     state = _expect_state((yield ReadState(0)))
     state = yield from _wait_for_primary(state, rules)
     step = decide(request, state, rules, forced=True)
-    if step is Pending.WAIT_FOR_PRIMARY:
-        return Outcome(NO_PRIMARY, state)
-    assert isinstance(step, Decision), step  # forced: nothing to measure, no TXID to wait for
-    if step.kind is Kind.RUN:
-        return Outcome(Decision(Kind.UNAVAILABLE, True, reason=_RAN_HERE_REASON), state)
-    return Outcome(step, state)
+    match step:
+        case Decision(kind=Kind.RUN):
+            return Outcome(Decision(Kind.UNAVAILABLE, True, reason=_RAN_HERE_REASON), state)
+        case Decision():
+            return Outcome(step, state)
+        case Pending.WAIT_FOR_PRIMARY:
+            return Outcome(NO_PRIMARY, state)
+        case Pending.MEASURE_BODY | Pending.WAIT_FOR_TXID | Pending.CHECK_TXID:
+            # forced: the body is never measured, and a forced request is no read
+            raise AssertionError(f"a forced decision cannot be {step}")
+        case _:
+            assert_never(step)
+
+
+def assert_never(value: NoReturn) -> NoReturn:
+    """Unreachable: mypy checks that every case is handled (``typing.assert_never`` is 3.11+)."""
+    raise AssertionError(f"unhandled: {value!r}")
 
 
 def _wait_for_primary(state: NodeState, rules: Rules) -> Generator[Need, Answer, NodeState]:

@@ -1,8 +1,8 @@
 """Running a plan: the typed protocol between the decision and an adapter's I/O.
 
 A plan (:mod:`litefs_route.decision`) yields a :data:`~litefs_route.decision.Need`
-and is sent back its answer. :func:`drive` runs one with blocking I/O (WSGI,
-the CLI, tests) and :func:`drive_async` on an event loop (ASGI); each adapter
+and is sent back its answer. :func:`drive` runs one with blocking I/O (WSGI
+and the tests) and :func:`drive_async` on an event loop (ASGI); each adapter
 supplies only the I/O, as an object with one method per need
 (:class:`BlockingIO` / :class:`AsyncIO`). Every need is handled by name, and
 a need added to the protocol but not to a driver fails the type check.
@@ -10,7 +10,7 @@ a need added to the protocol but not to a driver fails the type check.
 
 from __future__ import annotations
 
-from typing import NoReturn, Protocol
+from typing import Protocol
 
 from .decision import (
     Answer,
@@ -22,6 +22,7 @@ from .decision import (
     ReadState,
     Sleep,
     WaitForTxid,
+    assert_never,
 )
 from .mount import NodeState
 
@@ -53,55 +54,52 @@ class AsyncIO(Protocol):
 def drive(plan: Plan, io: BlockingIO) -> Outcome:
     """Run *plan* to its outcome with blocking I/O."""
     answer: Answer = None
-    try:
-        while True:
-            match plan.send(answer):
-                case ReadState(max_age):
-                    answer = io.read_state(max_age)
-                case ReadClock():
-                    answer = io.clock()
-                case Sleep(seconds):
-                    io.sleep(seconds)
-                    answer = None
-                case MeasureBody(limit, timeout):
-                    answer = io.measure_body(limit, timeout)
-                case WaitForTxid(txid, timeout):
-                    answer = io.wait_for_txid(txid, timeout)
-                case ReadPosition():
-                    answer = io.read_position()
-                case need:
-                    assert_never(need)
-    except StopIteration as stop:
-        outcome: Outcome = stop.value
-        return outcome
+    while True:
+        try:
+            need = plan.send(answer)
+        except StopIteration as end:  # the plan's own end only, never an I/O method's
+            outcome: Outcome = end.value
+            return outcome
+        match need:
+            case ReadState(max_age):
+                answer = io.read_state(max_age)
+            case ReadClock():
+                answer = io.clock()
+            case Sleep(seconds):
+                io.sleep(seconds)
+                answer = None
+            case MeasureBody(limit, timeout):
+                answer = io.measure_body(limit, timeout)
+            case WaitForTxid(txid, timeout):
+                answer = io.wait_for_txid(txid, timeout)
+            case ReadPosition():
+                answer = io.read_position()
+            case _:
+                assert_never(need)
 
 
 async def drive_async(plan: Plan, io: AsyncIO) -> Outcome:
     """Run *plan* to its outcome on an event loop."""
     answer: Answer = None
-    try:
-        while True:
-            match plan.send(answer):
-                case ReadState(max_age):
-                    answer = await io.read_state(max_age)
-                case ReadClock():
-                    answer = io.clock()
-                case Sleep(seconds):
-                    await io.sleep(seconds)
-                    answer = None
-                case MeasureBody(limit, timeout):
-                    answer = await io.measure_body(limit, timeout)
-                case WaitForTxid(txid, timeout):
-                    answer = await io.wait_for_txid(txid, timeout)
-                case ReadPosition():
-                    answer = await io.read_position()
-                case need:
-                    assert_never(need)
-    except StopIteration as stop:
-        outcome: Outcome = stop.value
-        return outcome
-
-
-def assert_never(need: NoReturn) -> NoReturn:
-    """Unreachable: mypy checks every need is matched above (``typing.assert_never`` is 3.11+)."""
-    raise TypeError(f"no driver for {need!r}")
+    while True:
+        try:
+            need = plan.send(answer)
+        except StopIteration as end:
+            outcome: Outcome = end.value
+            return outcome
+        match need:
+            case ReadState(max_age):
+                answer = await io.read_state(max_age)
+            case ReadClock():
+                answer = io.clock()
+            case Sleep(seconds):
+                await io.sleep(seconds)
+                answer = None
+            case MeasureBody(limit, timeout):
+                answer = await io.measure_body(limit, timeout)
+            case WaitForTxid(txid, timeout):
+                answer = await io.wait_for_txid(txid, timeout)
+            case ReadPosition():
+                answer = await io.read_position()
+            case _:
+                assert_never(need)

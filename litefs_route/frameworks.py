@@ -81,20 +81,48 @@ def _starlette_class() -> type[PrimaryRequired] | None:
     return StarlettePrimaryRequired
 
 
-def connect_flask_exception_signal(wsgi_app: object, report: Callable[[BaseException], object]) -> bool:
-    """If *wsgi_app* is a Flask app (or its ``wsgi_app`` method), send its unhandled exceptions to *report*.
+def connect_flask_exception_signal(wsgi_app: object, report: Callable[[BaseException], object]) -> int:
+    """Send the unhandled exceptions of the Flask apps *wsgi_app* wraps to *report*; how many it found.
 
-    Connected for that app only (the signal's sender), never process-wide.
-    Returns True if it connected. Flask is never imported here: an app
-    object can only exist if Flask already is.
+    Found through what WSGI wrappers keep (``app.wsgi_app``'s bound Flask app,
+    ``.app`` of Werkzeug's ``ProxyFix`` and most middleware, ``__wrapped__``,
+    the mounts of ``DispatcherMiddleware``), a few levels deep. Connected for
+    those apps only (the signal's sender), never process-wide. Flask is never
+    imported here: an app object can only exist if Flask already is.
     """
     flask = sys.modules.get("flask")
-    app = getattr(wsgi_app, "__self__", wsgi_app)  # app.wsgi_app is a bound method
-    if flask is None or not isinstance(app, flask.Flask):
-        return False
+    if flask is None:
+        return 0
 
     def on_exception(sender: object, exception: BaseException, **extra: object) -> None:
         report(exception)
 
-    flask.got_request_exception.connect(on_exception, sender=app, weak=False)
-    return True
+    apps = _find(wsgi_app, flask.Flask)
+    for app in apps:
+        flask.got_request_exception.connect(on_exception, sender=app, weak=False)
+    return len(apps)
+
+
+def _find(root: object, cls: type, depth: int = 4) -> list[object]:
+    """Instances of *cls* reachable from *root* through what WSGI wrappers keep."""
+    found: list[object] = []
+    seen: set[int] = set()
+    layer = [root]
+    for _ in range(depth):
+        following: list[object] = []
+        for obj in layer:
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            if isinstance(obj, cls):
+                found.append(obj)
+                continue
+            for name in ("__self__", "app", "wsgi_app", "__wrapped__"):
+                inner = getattr(obj, name, None)
+                if inner is not None:
+                    following.append(inner)
+            mounts = getattr(obj, "mounts", None)
+            if isinstance(mounts, dict):
+                following += mounts.values()
+        layer = following
+    return found

@@ -7,6 +7,8 @@ The options are defined here once, as the keyword parameters of
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
 import textwrap
@@ -106,9 +108,14 @@ class RoutingMiddleware(Generic[AppT]):
     ) -> None:
         self.app = app
         if router is not None:
+            given = locals()
+            if changed := [name for name, default in _option_defaults().items() if given[name] != default]:
+                raise TypeError(f"pass either router= or options, not both (got {', '.join(changed)})")
             self.router = router
             self._setup()
             return
+        if isinstance(write_on_read, str) or isinstance(passthrough, str):
+            raise TypeError("write_on_read and passthrough take a list of globs, not a string")
         instance_id = instance_id or default_instance_id()
         if not is_valid_instance_id(instance_id):
             raise ValueError(f"instance_id must be a host name or Fly Machine ID, got {instance_id!r}")
@@ -123,8 +130,6 @@ class RoutingMiddleware(Generic[AppT]):
         # Fly's edge gives up after 10 replays; ours must answer 503 before that.
         if not 1 <= max_replays <= 9 or replay_body_limit < 0 or retry_after < 0:
             raise ValueError("max_replays must be 1 to 9; replay_body_limit and retry_after >= 0")
-        if isinstance(write_on_read, str) or isinstance(passthrough, str):
-            raise TypeError("write_on_read and passthrough take a list of globs, not a string")
         mount = os.fspath(litefs_dir) if litefs_dir is not None else os.environ.get("LITEFS_DIR") or None
         database = database or os.environ.get("DATABASE_FILENAME") or None
         if database is not None and (os.sep in database or database.startswith(".")):
@@ -158,3 +163,10 @@ def middleware_doc(summary: str) -> str:
     """An adapter's class docstring: *summary*, then the options, documented once above."""
     first, _, rest = (RoutingMiddleware.__doc__ or "").partition("\n")
     return f"{summary}\n\n{first}\n{textwrap.dedent(rest)}"
+
+
+@functools.cache
+def _option_defaults() -> dict[str, object]:
+    """Each option's default, from the one place the options are defined (the signature)."""
+    parameters = inspect.signature(RoutingMiddleware.__init__).parameters.values()
+    return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "router"}

@@ -79,6 +79,8 @@ def with_tags(
 
 def build_reply(decision: Decision, retry_after: int) -> Reply:
     """The response for a decision that does not run the app."""
+    if decision.kind in (Kind.REPLAY, Kind.TOO_LARGE) and decision.target is None:
+        raise ValueError(f"a {decision.kind.value} decision needs a target")
     if decision.kind is Kind.REPLAY:
         body = (
             f"This request must run on the primary instance, {decision.target}.\n"

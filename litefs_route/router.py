@@ -18,6 +18,7 @@ from .decision import (
     RequestInfo,
     Rules,
     decide,
+    decide_without_io,
     plan_request,
     plan_settlement,
 )
@@ -71,20 +72,9 @@ class Router:
         return plan_settlement(request, self.rules)
 
     def outcome_without_io(self, request: RequestInfo) -> Outcome | None:
-        """The plan's outcome if it needs no I/O at all, else None.
-
-        The common case (a cached reading that is fresh, a request that is
-        not a replay, an answer that needs nothing more) without the cost of
-        a generator: the plan's own first step, so the two agree.
-        """
-        if request.replay_src is not None:
-            return None
-        state = self.cache.fresh()
-        if state is None:
-            return None
+        """The plan's outcome if it needs no I/O at all (the cached reading is fresh), else None."""
         known_txid = None if request.txid is None else self._known_txid(request)
-        step = decide(request, state, self.rules, known_txid=known_txid)
-        return Outcome(step, state) if type(step) is Decision else None
+        return decide_without_io(request, self.cache.fresh(), self.rules, known_txid=known_txid)
 
     def decide_forced(self, request: RequestInfo, state: NodeState) -> Decision | Pending:
         """The answer for a handler that called ``ensure_primary()``."""

@@ -8,8 +8,8 @@
 On a replica, writes are answered with ``409`` + ``fly-replay:
 instance=<primary>`` without calling the app or reading the body, and Fly's
 proxy replays them on the primary. Every response is tagged with
-``Fly-Primary-Instance`` and ``Fly-Instance``. The options are the ASGI middleware's
-(:class:`~litefs_route.middleware.RoutingMiddleware`).
+``Fly-Primary-Instance`` and ``Fly-Instance``. The options, the same for both
+adapters, are :class:`~litefs_route.middleware.RoutingMiddleware`'s.
 
 The node's state is read from the mount inline, at most once per
 ``cache_ttl`` per process (a replayed request reads it fresh). The app's
@@ -77,11 +77,11 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
             return response.send_ending()
         finally:
             current_request.reset(token)
-        if ctx.must_end_on_primary:  # ensure_primary() or the safety net
+        if ctx.must_end_on_primary:  # only then can anything remain to do after the app
             if response.replaced_by is not None:
                 _close(result)
                 return [response.replaced_by.body]
-            if not ctx.response_started:
+            if ctx.ends_without_response():
                 _close(result)
                 return response.send_ending()
         return result
@@ -106,7 +106,7 @@ class _Response:
             reply = self.replaced_by = self._ending()
             status, headers = reply.status_line, list(reply.headers)
         elif router.rules.read_your_writes:  # a cookie may be due
-            headers = headers + router.txid_cookie_headers(self._read_txid(), ctx.clear_txid)
+            headers = headers + ctx.cookie_headers(self._read_txid())
         ctx.response_started = True
         write = self.start(status, with_tags(headers, router.tags(ctx.state), OUR_TAG_NAMES), exc_info)
         return _discarding_write if self.replaced_by is not None else write
@@ -117,9 +117,11 @@ class _Response:
 
     def _ending(self) -> Reply:
         ctx = self.ctx
-        if ctx.ending is not None:
+        settlement = ctx.settlement()
+        if settlement is None:
+            assert ctx.ending is not None
             return ctx.ending
-        return ctx.settle(drive(ctx.router.settlement(ctx.request), _BlockingIO(ctx.router, self.environ)))
+        return ctx.settle(drive(settlement, _BlockingIO(ctx.router, self.environ)))
 
     def _read_txid(self) -> int | None:
         # Read after the handler ran: the TXID must include its write.

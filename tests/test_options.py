@@ -6,6 +6,8 @@ import inspect
 import re
 from pathlib import Path
 
+import pytest
+
 from litefs_route import asgi, wsgi
 from litefs_route.middleware import RoutingMiddleware
 
@@ -37,3 +39,11 @@ def test_every_option_is_documented_on_the_classes_users_build() -> None:
             assert re.search(rf"^{name}$", doc, re.MULTILINE), (middleware, name)
         # Both inherit the one signature: help() shows every option by name.
         assert inspect.signature(middleware) == inspect.signature(wsgi.PrimaryRoutingMiddleware)
+
+
+def test_router_with_options_is_refused() -> None:
+    """A shared router carries its own options: others alongside it would be silently ignored."""
+    shared = wsgi.PrimaryRoutingMiddleware(lambda environ, start_response: [], instance_id="me").router
+    assert wsgi.PrimaryRoutingMiddleware(lambda environ, start_response: [], router=shared).router is shared
+    with pytest.raises(TypeError, match="max_replays"):
+        asgi.PrimaryRoutingMiddleware(lambda scope, receive, send: None, router=shared, max_replays=5)  # type: ignore[arg-type,return-value]

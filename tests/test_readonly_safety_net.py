@@ -134,9 +134,14 @@ def test_slipped_write_is_replayed(stack: str, mount: Mount, tmp_path: Path) -> 
 def test_flask_signal_is_connected_for_the_wrapped_app_only(tmp_path: Path) -> None:
     """Not process-wide: another Flask app's exceptions never reach the safety net."""
     from flask import got_request_exception
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+    from werkzeug.middleware.proxy_fix import ProxyFix
 
-    wrapped, other = _flask(tmp_path / "a.db", {}), _flask(tmp_path / "b.db", {})
+    wrapped, behind_proxy_fix, mounted, other = (_flask(tmp_path / f"{n}.db", {}) for n in "abcd")
     wrapped.wsgi_app = wsgi.PrimaryRoutingMiddleware(wrapped.wsgi_app, instance_id=ME)
+    wsgi.PrimaryRoutingMiddleware(ProxyFix(behind_proxy_fix.wsgi_app), instance_id=ME)
+    wsgi.PrimaryRoutingMiddleware(DispatcherMiddleware(lambda e, s: [], {"/m": mounted}), instance_id=ME)
     wsgi.PrimaryRoutingMiddleware(lambda environ, start_response: [], instance_id=ME)  # not Flask: nothing connected
-    assert got_request_exception.has_receivers_for(wrapped)
+    for app in (wrapped, behind_proxy_fix, mounted):
+        assert got_request_exception.has_receivers_for(app)
     assert not got_request_exception.has_receivers_for(other)
