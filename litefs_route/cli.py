@@ -10,8 +10,11 @@ Also runnable as ``python -m litefs_route``. Every command reads the mount in
 ``--dir`` (default ``$LITEFS_DIR``). With no directory configured at all the
 node is *standalone* (local development) and counts as the primary. A
 directory that is configured but missing or unreadable is an error here
-(exit 3), unlike in the middleware, which serves a missing mount as
-standalone: a deploy script pointed at a mount that is not there must stop.
+(exit 3) (the middleware serves it as "no primary known"): a deploy script
+pointed at a mount that is not there must stop. ``wait --primary`` and
+``wait --txid`` follow LiteFS's event stream (``--api-url``, default
+``$LITEFS_API_URL`` or ``http://127.0.0.1:20202``; ``off`` to poll) where it
+is up, and poll the mount where it is not.
 
 Exit codes (shared by all commands; see ``EXIT_CODES_HELP``):
 
@@ -35,9 +38,13 @@ import os
 import shlex
 import sys
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from .mount import NodeState, Position, Role, default_instance_id, read_node_state, read_position
 from .ops import WaitTimeout, wait_for_primary, wait_for_sync, wait_for_txid
+
+#: Where LiteFS's HTTP API listens unless ``http.addr`` says otherwise.
+DEFAULT_API_URL = "http://127.0.0.1:20202"
 
 __all__ = ["EXIT_MOUNT", "EXIT_NO_PRIMARY", "EXIT_OK", "EXIT_TIMEOUT", "EXIT_USAGE", "main"]
 
@@ -95,6 +102,15 @@ def _count(text: str) -> int:
     return value
 
 
+def _api_url(value: str) -> str | None:
+    if value == "off":
+        return None
+    parts = urlsplit(value)
+    if parts.scheme != "http" or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"not http://host:port or 'off': {value!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -111,6 +127,13 @@ def _parser() -> argparse.ArgumentParser:
         "--database",
         default=os.environ.get("DATABASE_FILENAME") or None,
         help="database file name in the mount, for its TXID (default: $DATABASE_FILENAME)",
+    )
+    common.add_argument(
+        "--api-url",
+        default=os.environ.get("LITEFS_API_URL") or DEFAULT_API_URL,
+        type=_api_url,
+        help="LiteFS's HTTP API, whose event stream wakes waits instead of polling the mount "
+        f"(default: $LITEFS_API_URL, else {DEFAULT_API_URL}; 'off': always poll)",
     )
     common.add_argument("-v", "--verbose", action="store_true", help="log what the library does")
 
@@ -237,7 +260,7 @@ def _exec(args: argparse.Namespace, instance_id: str) -> int:
     if state.role is Role.NO_PRIMARY and args.wait > 0:
         _say(f"no primary known yet; waiting up to {args.wait:g} s before deciding on: {shown}")
         try:
-            state = wait_for_primary(litefs_dir, args.wait, instance_id=instance_id)
+            state = wait_for_primary(litefs_dir, args.wait, instance_id=instance_id, api_url=args.api_url)
         except WaitTimeout as exc:
             if isinstance(exc.last, NodeState):
                 state = exc.last
@@ -272,6 +295,7 @@ def _wait(args: argparse.Namespace, instance_id: str) -> int:
                 timeout,
                 this_node=True,
                 instance_id=instance_id,
+                api_url=args.api_url,
                 on_wait=lambda s: _say(f"waiting up to {timeout:g} s to be the primary; {_describe(s)}"),
             )
             _say(_describe(state))
@@ -294,6 +318,7 @@ def _wait(args: argparse.Namespace, instance_id: str) -> int:
                 args.database,
                 args.txid,
                 timeout,
+                api_url=args.api_url,
                 on_wait=lambda p: _say(
                     f"waiting up to {timeout:g} s for {args.database} to reach TXID {args.txid} "
                     f"(now: {'unknown' if p is None else p.txid})"

@@ -25,9 +25,9 @@ reader (run it in a thread).
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -131,29 +131,42 @@ def node_state(event: Init | PrimaryChange, instance_id: str) -> NodeState:
     return NodeState(Role.REPLICA, instance_id, event.primary, detail=f"{kind}: primary known", litefs_seen=True)
 
 
-def read_events(api_url: str, *, timeout: float | None = 5.0) -> Iterator[LiteFSEvent]:
+def read_events(api_url: str, *, timeout: float | None = 5.0, deadline: float | None = None) -> Iterator[LiteFSEvent]:
     """Connect to LiteFS's API at *api_url* and yield its events as they come (blocking).
 
-    Raises OSError (or ``http.client.HTTPException``) if LiteFS cannot be
-    reached or refuses, and :class:`EventStreamClosed` when a stream that
-    was up ends. *timeout* bounds the connection and each wait for a line;
-    LiteFS sends nothing while nothing happens, so a quiet stream raises
-    ``TimeoutError`` after *timeout* seconds of silence: pass None to wait
-    for ever (a stopped LiteFS still ends the stream).
+    Raises OSError if LiteFS cannot be reached, and :class:`EventStreamClosed`
+    (an OSError too) if it refuses or a stream that was up ends. *timeout*
+    bounds the connection and each wait for a line; LiteFS sends nothing
+    while nothing happens, so a quiet stream raises ``TimeoutError`` after
+    *timeout* seconds of silence: pass None to wait for ever (a stopped
+    LiteFS still ends the stream). *deadline* (a ``time.monotonic()`` value)
+    bounds the whole stream: past it, TimeoutError.
     """
+    import http.client  # here, not at import: most processes never read the stream
+
     parts = urlsplit(api_url)
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError(f"the LiteFS API URL must be http://host:port, got {api_url!r}")
     conn = http.client.HTTPConnection(parts.hostname, parts.port or 20202, timeout=timeout)
     try:
         conn.request("GET", "/events", headers={"Accept": "application/json"})
+        sock = conn.sock  # the response reads through it: its timeout bounds each line
         response = conn.getresponse()
         if response.status != 200:
-            raise http.client.HTTPException(f"LiteFS answered {response.status} to GET /events")
-        while line := response.readline(_LINE_LIMIT + 1):
+            raise EventStreamClosed(f"LiteFS answered {response.status} to GET /events")
+        while True:
+            if deadline is not None and sock is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError("the deadline passed while waiting on LiteFS's event stream")
+                sock.settimeout(remaining if timeout is None else min(timeout, remaining))
+            line = response.readline(_LINE_LIMIT + 1)
+            if not line:
+                raise EventStreamClosed("LiteFS closed the event stream")
             event = parse_event(line)
             if event is not None:
                 yield event
-        raise EventStreamClosed("LiteFS closed the event stream")
+    except http.client.HTTPException as exc:  # a reply that is not HTTP, a chunk that does not parse
+        raise EventStreamClosed(f"the event stream broke: {exc!r}") from exc
     finally:
         conn.close()

@@ -53,6 +53,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import TypeVar
 
+from .events import Init, LiteFSEvent, PrimaryChange, Tx, node_state, read_events
 from .mount import NodeState, Position, Role, default_instance_id, read_node_state, read_position
 
 __all__ = [
@@ -97,9 +98,11 @@ def _poll(
     interval: float,
     describe: Callable[[T], str],
     on_wait: Callable[[T], None] | None,
+    deadline: float | None = None,
 ) -> T:
-    """Read until *done* holds; at least one reading, then until *timeout*."""
-    deadline = time.monotonic() + timeout
+    """Read until *done* holds; at least one reading, then until *timeout* (or *deadline*) has passed."""
+    if deadline is None:
+        deadline = time.monotonic() + timeout
     first = True
     while True:
         value = read()
@@ -127,21 +130,63 @@ def wait_for_primary(
     instance_id: str | None = None,
     interval: float = DEFAULT_POLL_INTERVAL,
     on_wait: Callable[[NodeState], None] | None = None,
+    api_url: str | None = None,
 ) -> NodeState:
     """Wait until a primary is known, and return that reading.
 
     With ``this_node=True``, wait until *this* node is the primary (or
     standalone). *on_wait* is called once, with the first reading that did not
     satisfy the wait, before the first pause: a progress message hook.
+    *api_url*: LiteFS's HTTP API; where its event stream is up the wait
+    follows the stream instead of polling the mount (polling otherwise).
 
     Raises :class:`WaitTimeout` (its ``last`` is the last :class:`NodeState`).
     """
     me = instance_id or default_instance_id()
+    deadline = time.monotonic() + timeout
 
     def done(state: NodeState) -> bool:
         return state.is_primary if this_node else state.role is not Role.NO_PRIMARY
 
-    return _poll(lambda: read_node_state(litefs_dir, me), done, timeout, interval, _describe_state, on_wait)
+    if litefs_dir and api_url:
+        state = _wait_on_stream(api_url, deadline, lambda event: _state_if(event, me, done))
+        if state is not None:
+            return state
+    return _poll(lambda: read_node_state(litefs_dir, me), done, timeout, interval, _describe_state, on_wait, deadline)
+
+
+def _state_if(event: LiteFSEvent, instance_id: str, done: Callable[[NodeState], bool]) -> NodeState | None:
+    if isinstance(event, Init | PrimaryChange) and done(state := node_state(event, instance_id)):
+        return state
+    return None
+
+
+def _wait_on_stream(
+    api_url: str,
+    deadline: float,
+    found: Callable[[LiteFSEvent], T | None],
+    catch_up: Callable[[], T | None] | None = None,
+) -> T | None:
+    """Wait on LiteFS's event stream until *found* returns a value; None if the stream is not usable.
+
+    *catch_up* runs once the stream is up (after its ``init``), for what
+    happened before the subscription (events are not replayed). Any failure
+    of the stream (unreachable, refused, closed, the deadline) returns None:
+    the caller then polls the mount for the time that is left, as before.
+    """
+    try:
+        events = read_events(api_url, timeout=max(0.001, deadline - time.monotonic()), deadline=deadline)
+        first = next(events)
+        logger.info("waiting on LiteFS's event stream (%s)", api_url)
+        for value in (found(first), catch_up() if catch_up is not None else None):
+            if value is not None:
+                return value
+        for event in events:
+            if (value := found(event)) is not None:
+                return value
+    except OSError as exc:  # unreachable, refused, closed, or the deadline
+        logger.info("LiteFS's event stream (%s) is not usable (%r): polling the mount", api_url, exc)
+    return None
 
 
 def is_synced(state: NodeState, max_lag_ms: int) -> bool:
@@ -197,15 +242,35 @@ def wait_for_txid(
     *,
     interval: float = DEFAULT_POLL_INTERVAL,
     on_wait: Callable[[Position | None], None] | None = None,
+    api_url: str | None = None,
 ) -> Position:
     """Wait until *database*'s TXID in the mount is at least *txid*; return the position.
 
     A database that does not exist yet, or a ``-pos`` file that does not
     parse, counts as "not yet". TXIDs can go backwards after a failover that
-    lost unreplicated writes: a wait for a lost TXID times out.
+    lost unreplicated writes: a wait for a lost TXID times out. *api_url*:
+    where LiteFS's event stream is up, the wait is woken by its ``tx`` events
+    instead of polling ``-pos`` (one read of ``-pos`` when the stream comes
+    up, for what came before).
 
     Raises :class:`WaitTimeout` (its ``last`` is the last :class:`Position` or None).
     """
+    deadline = time.monotonic() + timeout
+
+    def reached(pos: Position | None) -> Position | None:
+        return pos if pos is not None and pos.txid >= txid else None
+
+    def on_stream(event: LiteFSEvent) -> Position | None:
+        if isinstance(event, Tx) and event.database == database:
+            return reached(Position(event.txid, event.checksum))
+        return None
+
+    if api_url:
+        position = _wait_on_stream(
+            api_url, deadline, on_stream, lambda: reached(_read_position_or_none(litefs_dir, database))
+        )
+        if position is not None:
+            return position
 
     def describe(pos: Position | None) -> str:
         return f"{database} is at TXID {pos.txid}" if pos is not None else f"no position for {database}"
@@ -217,6 +282,7 @@ def wait_for_txid(
         interval,
         describe,
         on_wait,
+        deadline,
     )
     assert found is not None  # done() only accepts a position
     return found

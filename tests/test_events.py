@@ -21,6 +21,7 @@ from litefs_route.events import (
     read_events,
 )
 from litefs_route.mount import Role, read_position
+from tests.support import wait_until
 
 if TYPE_CHECKING:
     from litefs_route.devcluster.pytest_plugin import LiteFSClusterFactory
@@ -138,3 +139,48 @@ def test_read_events_on_real_litefs(litefs_real_cluster: LiteFSClusterFactory) -
     assert isinstance(item, EventStreamClosed | ConnectionResetError), repr(item)
     reader.join(10)
     assert not reader.is_alive()
+
+
+@pytest.mark.litefs
+def test_waits_follow_the_stream_and_fall_back_to_polling(
+    litefs_real_cluster: LiteFSClusterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """wait_for_txid / wait_for_primary on the stream where it is up, on the mount where it is not."""
+    import logging
+    from concurrent.futures import ThreadPoolExecutor
+
+    from litefs_route.ops import wait_for_primary, wait_for_txid
+
+    cluster = litefs_real_cluster(instances=2, lease="consul")
+    node2 = cluster.nodes["node2"]
+    with sqlite3.connect(cluster.db_path("node1")) as db:
+        db.execute("CREATE TABLE t (v TEXT)")
+    db.close()
+    target = cluster.wait_replicated()["node2"] + 1
+    caplog.set_level(logging.INFO, logger="litefs_route")
+    with ThreadPoolExecutor(2) as pool:
+        on_stream = pool.submit(wait_for_txid, node2.mount_dir, "app.db", target, 20, api_url=node2.api_url)
+        polling = pool.submit(
+            wait_for_txid, node2.mount_dir, "app.db", target, 20, api_url=f"http://127.0.0.1:{free_port()}"
+        )
+        # The stream is up (its init arrived, -pos was read once): only now commit.
+        wait_until(lambda: "waiting on LiteFS's event stream" in caplog.text, what="the stream to come up")
+        assert not on_stream.done()
+        with sqlite3.connect(cluster.db_path("node1")) as db:
+            db.execute("INSERT INTO t VALUES ('x')")
+        db.close()
+        assert on_stream.result(20).txid >= target
+        assert polling.result(20).txid >= target
+    assert "is not usable" in caplog.text  # the unreachable API: polled instead
+    expected = read_position(node2.mount_dir, "app.db")
+    assert expected is not None
+    assert expected.txid >= target
+
+    with ThreadPoolExecutor(1) as pool:
+        becoming_primary = pool.submit(
+            wait_for_primary, node2.mount_dir, 30, this_node=True, instance_id="node2", api_url=node2.api_url
+        )
+        cluster.promote("node2")
+        state = becoming_primary.result(30)
+    assert (state.role, state.primary_id) == (Role.PRIMARY, "node2")
+    assert caplog.text.count("waiting on LiteFS's event stream") == 2  # the TXID wait and this one
