@@ -547,14 +547,8 @@ def report(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the wrk section (default 3)")
-    parser.add_argument("--seconds", type=float, default=5, help="seconds per measured wrk run (default 5)")
-    parser.add_argument("--warmup", type=float, default=1, help="seconds of wrk warm-up per cell (default 1)")
-    parser.add_argument("--asgi-connections", type=int, default=64, help="wrk -c for uvicorn (default 64)")
-    parser.add_argument("--wsgi-connections", type=int, default=4, help="wrk -c for gunicorn sync (default 4)")
-    parser.add_argument("--server-cpu", type=int, default=0, help="pin servers here (-1: no pinning)")
+    WrkConfig.add_arguments(parser)
     parser.add_argument("--litefs-cpu", type=int, help="pin both litefs processes here (default: --server-cpu)")
-    parser.add_argument("--wrk-cpu", type=int, default=1, help="pin wrk here (-1: no pinning)")
     parser.add_argument("--instructions-n", type=int, default=300, help="requests counted per valgrind cell")
     parser.add_argument("--instructions-warmup", type=int, default=100, help="requests before counting")
     parser.add_argument("--jobs", type=int, default=2, help="valgrind cells run at a time (default 2)")
@@ -572,10 +566,7 @@ def main(argv: list[str] | None = None) -> None:
     if (os.cpu_count() or 1) < 2 or shutil.which("taskset") is None:
         args.server_cpu = args.wrk_cpu = args.litefs_cpu = -1
     litefs_cpu = args.server_cpu if args.litefs_cpu is None else args.litefs_cpu
-    cfg = WrkConfig(
-        rounds=args.rounds, seconds=args.seconds, warmup=args.warmup, asgi_connections=args.asgi_connections,
-        wsgi_connections=args.wsgi_connections, server_cpu=args.server_cpu, wrk_cpu=args.wrk_cpu,
-    )  # fmt: skip
+    cfg = WrkConfig(**WrkConfig.fields(args))
     sections = set(args.only.split(","))
     ensure_tool("wrk")
     # A SIGTERM runs the clean-up too (stop LiteFS, unmount), as Ctrl-C does.

@@ -38,7 +38,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -281,6 +281,22 @@ class WrkConfig:
 
     def connections(self, stack: str) -> int:
         return self.asgi_connections if stack == "ASGI" else self.wsgi_connections
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """The command-line options of the wrk cells, the same in every script that runs them."""
+        parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the wrk section (default 3)")
+        parser.add_argument("--seconds", type=float, default=5, help="seconds per measured wrk run (default 5)")
+        parser.add_argument("--warmup", type=float, default=1, help="seconds of wrk warm-up per cell (default 1)")
+        parser.add_argument("--asgi-connections", type=int, default=64, help="wrk -c for uvicorn (default 64)")
+        parser.add_argument("--wsgi-connections", type=int, default=4, help="wrk -c for gunicorn sync (default 4)")
+        parser.add_argument("--server-cpu", type=int, default=0, help="pin servers here (-1: no pinning)")
+        parser.add_argument("--wrk-cpu", type=int, default=1, help="pin wrk here (-1: no pinning)")
+
+    @staticmethod
+    def fields(args: argparse.Namespace) -> dict[str, Any]:
+        """This class's fields from the options :meth:`add_arguments` defined."""
+        return {name: getattr(args, name) for name in WrkConfig.__dataclass_fields__}
 
 
 @dataclass(frozen=True)
@@ -660,16 +676,10 @@ def report(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the wrk section (default 3)")
-    parser.add_argument("--seconds", type=float, default=5, help="seconds per measured wrk run (default 5)")
-    parser.add_argument("--warmup", type=float, default=1, help="seconds of wrk warm-up per cell (default 1)")
-    parser.add_argument("--asgi-connections", type=int, default=64, help="wrk -c for uvicorn (default 64)")
-    parser.add_argument("--wsgi-connections", type=int, default=4, help="wrk -c for gunicorn sync (default 4)")
+    WrkConfig.add_arguments(parser)
     parser.add_argument("--memory-requests", type=int, default=100_000, help="requests between RSS readings")
     parser.add_argument("--inproc-rounds", type=int, default=31)
     parser.add_argument("--inproc-n", type=int, default=5000)
-    parser.add_argument("--server-cpu", type=int, default=0, help="pin servers here (-1: no pinning)")
-    parser.add_argument("--wrk-cpu", type=int, default=1, help="pin wrk here (-1: no pinning)")
     parser.add_argument("--instructions-n", type=int, default=500, help="requests counted per valgrind cell")
     parser.add_argument(
         "--only", default="throughput,instructions,decision,reads,memory", help="comma-separated sections"
@@ -683,10 +693,8 @@ def main(argv: list[str] | None = None) -> None:
     if (os.cpu_count() or 1) < 2:
         args.server_cpu = args.wrk_cpu = -1
     cfg = Config(
-        rounds=args.rounds, seconds=args.seconds, warmup=args.warmup, asgi_connections=args.asgi_connections,
-        wsgi_connections=args.wsgi_connections, server_cpu=args.server_cpu, wrk_cpu=args.wrk_cpu,
-        memory_requests=args.memory_requests, inproc_rounds=args.inproc_rounds, inproc_n=args.inproc_n,
-        instr_n=args.instructions_n,
+        **WrkConfig.fields(args), memory_requests=args.memory_requests, inproc_rounds=args.inproc_rounds,
+        inproc_n=args.inproc_n, instr_n=args.instructions_n,
     )  # fmt: skip
     sections = set(args.only.split(","))
     ensure_tool("wrk")
