@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -202,3 +204,27 @@ def process_gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+def start_dev(
+    *args: str,
+    stdin: int,
+    stderr: int = subprocess.DEVNULL,
+    entry: tuple[str, ...] = ("litefs_route", "dev"),
+) -> tuple[subprocess.Popen[str], list[str]]:
+    """``python -m <entry> ARGS --port 0 -q`` started, and its output up to the "ready" line."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", *entry, *args, "--port", "0", "-q"],
+        cwd=ROOT,
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
+    assert process.stdout is not None
+    lines: list[str] = []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("ready: front "):
+            break
+    return process, lines

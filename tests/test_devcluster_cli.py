@@ -14,37 +14,13 @@ import sys
 import pytest
 
 from litefs_route.devcluster import port_open, wait_for
-from tests.support import ASGI_APP, ROOT
+from tests.support import ASGI_APP, ROOT, start_dev
 
 
 def _start_cli(*args: str, stdin: int, stderr: int = subprocess.DEVNULL) -> tuple[subprocess.Popen[str], list[str]]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "litefs_route.devcluster",
-            ASGI_APP,
-            "--imitation",
-            "--instances",
-            "2",
-            "--port",
-            "0",
-            "-q",
-            *args,
-        ],
-        cwd=ROOT,
-        stdin=stdin,
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        text=True,
-    )
-    assert process.stdout is not None
-    lines: list[str] = []
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith("ready: front "):
-            break
-    return process, lines
+    """The module entry point, on the imitation with two instances."""
+    entry = ("litefs_route.devcluster",)
+    return start_dev(ASGI_APP, "--imitation", "--instances", "2", *args, stdin=stdin, stderr=stderr, entry=entry)
 
 
 def test_cli_interactive_commands() -> None:

@@ -20,6 +20,7 @@ import pytest
 from litefs_route.cli import EXIT_NO_PRIMARY, EXIT_OK, EXIT_TIMEOUT
 from litefs_route.devcluster.reaper import is_mounted
 from litefs_route.mount import Role, parse_lag, read_node_state
+from tests.support import start_dev
 
 if TYPE_CHECKING:
     from litefs_route.devcluster.litefs import LiteFSCluster
@@ -226,24 +227,11 @@ DEV_APP = "tests.devcluster_apps.asgi_app:app"
 
 
 def _start_dev(*args: str, stdin: int) -> tuple[subprocess.Popen[str], list[str]]:
-    """``litefs-route dev ARGS --port 0 -q`` started, and its output up to the "ready" line."""
+    """``litefs-route dev ARGS`` on real LiteFS, and its output up to the "ready" line."""
     from litefs_route.devcluster.pytest_plugin import require_litefs
 
     require_litefs()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "litefs_route", "dev", *args, "--port", "0", "-q"],
-        stdin=stdin,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stdout is not None
-    lines: list[str] = []
-    for line in process.stdout:
-        lines.append(line)
-        if line.startswith("ready: front "):
-            break
-    return process, lines
+    return start_dev(*args, stdin=stdin)
 
 
 def test_dev_command_runs_real_litefs() -> None:
