@@ -102,6 +102,7 @@ class _Response:
     def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None) -> Any:
         ctx = self.ctx
         router = ctx.router
+        # The flag first: the rule's own check, without a call on every response.
         if ctx.must_end_on_primary and ctx.replaces_response(headers):
             reply = self.replaced_by = self._ending()
             status, headers = reply.status_line, list(reply.headers)

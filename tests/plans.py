@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from litefs_route.decision import Outcome, Plan, RequestInfo, Rules, plan_request
+from litefs_route.decision import Outcome, RequestInfo, Rules, plan_request
 from litefs_route.drivers import drive
 from litefs_route.mount import NodeState
 from litefs_route.router import Router
@@ -63,10 +63,6 @@ class FixedIO:
 
     def read_position(self) -> int | None:
         return self.position
-
-
-def run(plan: Plan, io: FixedIO) -> Outcome:
-    return drive(plan, io)
 
 
 def route(request: RequestInfo, state: NodeState, rules: Rules, **io: object) -> Outcome:

@@ -15,8 +15,9 @@ from litefs_route.decision import (
     plan_settlement,
     replay_hops,
 )
+from litefs_route.drivers import drive
 from litefs_route.mount import NodeState, Role
-from tests.plans import FixedIO, router_for, rules, run
+from tests.plans import FixedIO, router_for, rules
 
 ME, P = "me0000000000aa", "pp0000000000bb"
 PRIMARY = NodeState(Role.PRIMARY, ME, ME)
@@ -99,7 +100,7 @@ def test_decide_refusals(
     request_: RequestInfo, state: NodeState, kwargs: dict[str, object], kind: Kind | Pending
 ) -> None:
     if "plan" in kwargs:  # the whole plan, past its wait for a primary
-        decision: Decision | Pending = run(kwargs["plan"](request_, RULES), FixedIO(state)).decision  # type: ignore[operator]
+        decision: Decision | Pending = drive(kwargs["plan"](request_, RULES), FixedIO(state)).decision  # type: ignore[operator]
     else:
         decision = decide(request_, state, RULES, **kwargs)  # type: ignore[arg-type]
     if isinstance(kind, Pending):

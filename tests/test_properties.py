@@ -18,10 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from litefs_route.decision import Decision, Kind, Pending, RequestInfo, decide, replay_hops
+from litefs_route.drivers import drive
 from litefs_route.mount import NodeState, Role, parse_lag, parse_position, parse_primary, read_node_state
 from litefs_route.router import Router
 from litefs_route.state_cache import StateCache
-from tests.plans import FixedIO, router_for, rules, run
+from tests.plans import FixedIO, router_for, rules
 
 ME = "e784079b449483"
 SAFE_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
@@ -260,7 +261,7 @@ def test_every_request_gets_a_decision_and_safe_headers(
             decide(request, state, router.rules),
             decide(request, state, router.rules, body_size=body_size),
             decide(request, state, router.rules, forced=True),
-            drive(router, request, state, body_size or 0),
+            planned_decision(router, request, state, body_size or 0),
         ]
         for decision in variants:
             assert isinstance(decision, Decision | Pending)
@@ -312,7 +313,7 @@ def test_the_fast_path_agrees_with_the_plan(
         assert router.outcome_without_io(request) is None  # nothing read yet: the plan reads
         router.cache.refresh()
         fast = router.outcome_without_io(request)
-        planned = drive(router, request, state, 0)
+        planned = planned_decision(router, request, state, 0)
         first = decide(request, state, router.rules)
         if replay_src is not None or isinstance(first, Pending):
             assert fast is None  # fresh state, a wait for a primary, a body to measure: I/O
@@ -321,9 +322,9 @@ def test_the_fast_path_agrees_with_the_plan(
             assert (fast.decision, fast.state, fast.clear_txid) == (planned, state, False)
 
 
-def drive(router: Router, request: RequestInfo, state: NodeState, body_size: int) -> Decision:
+def planned_decision(router: Router, request: RequestInfo, state: NodeState, body_size: int) -> Decision:
     """Run the router's plan with the real driver, on a mount that never changes."""
-    return run(router.plan(request), FixedIO(state, body_size=body_size)).decision
+    return drive(router.plan(request), FixedIO(state, body_size=body_size)).decision
 
 
 @FAST
