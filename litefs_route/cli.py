@@ -2,7 +2,7 @@
 
 ::
 
-    litefs-route status [--json]                      # role, primary, lag, TXID
+    litefs-route status [--json]                      # role, primary, lag, TXID, source
     litefs-route exec --if-primary [--wait S] -- CMD  # run CMD only on the primary
     litefs-route wait --primary | --synced [--max-lag MS] | --txid N  [--timeout S]
 
@@ -41,10 +41,8 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from .mount import NodeState, Position, Role, default_instance_id, read_node_state, read_position
-from .ops import WaitTimeout, wait_for_primary, wait_for_sync, wait_for_txid
-
-#: Where LiteFS's HTTP API listens unless ``http.addr`` says otherwise.
-DEFAULT_API_URL = "http://127.0.0.1:20202"
+from .ops import WaitTimeout, read_state_from_stream, wait_for_primary, wait_for_sync, wait_for_txid
+from .subscriber import DEFAULT_API_URL, OFF
 
 __all__ = ["EXIT_MOUNT", "EXIT_NO_PRIMARY", "EXIT_OK", "EXIT_TIMEOUT", "EXIT_USAGE", "main"]
 
@@ -103,7 +101,7 @@ def _count(text: str) -> int:
 
 
 def _api_url(value: str) -> str | None:
-    if value == "off":
+    if value == OFF:
         return None
     parts = urlsplit(value)
     if parts.scheme != "http" or not parts.hostname:
@@ -223,6 +221,16 @@ def _ms(lag_ms: int | None) -> str:
 def _status(args: argparse.Namespace, instance_id: str) -> int:
     litefs_dir = _mount_dir(args)
     state = _read_state(litefs_dir, instance_id)
+    source = "mount"
+    if litefs_dir is not None and args.api_url:
+        on_stream = read_state_from_stream(args.api_url, instance_id)
+        if on_stream is not None and (on_stream.role, on_stream.primary_id) == (state.role, state.primary_id):
+            source = "events"
+        elif on_stream is not None:
+            _say(
+                f"LiteFS's API at {args.api_url} says {on_stream.role} (primary {on_stream.primary_id or '-'}), "
+                f"the mount says {state.role}: showing the mount's (is --api-url this mount's LiteFS?)"
+            )
     position: Position | None = None
     if args.database and litefs_dir is not None:
         try:
@@ -239,6 +247,7 @@ def _status(args: argparse.Namespace, instance_id: str) -> int:
         "database": args.database,
         "txid": None if position is None else position.txid,
         "detail": state.detail,
+        "source": source,
     }
     if args.json:
         print(json.dumps(report))

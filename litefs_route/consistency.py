@@ -13,10 +13,12 @@ received the write yet, and the user does not see their own change.
 - The primary never waits. A cookie ahead of the primary's own TXID (TXIDs go
   backwards after a failover that lost writes) is ignored and cleared.
 
-Waiting costs one thread per process, however many requests wait: the
-:class:`PositionWatcher` polls ``<db>-pos`` every millisecond *only while
-someone waits* and wakes every waiter whose TXID has been reached, sync
-waiters through an Event and asyncio waiters through their loop.
+Waiting costs no polling while LiteFS's event stream is up: its ``tx``
+events (:mod:`litefs_route.subscriber`) advance the :class:`PositionWatcher`,
+which wakes every waiter whose TXID has been reached, sync waiters through
+an Event and asyncio waiters through their loop. Without the stream, one
+thread per process polls ``<db>-pos`` every millisecond *only while someone
+waits*.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class PositionWatcher:
         self._pid = 0
         #: Watcher threads started so far (one at a time, at most).
         self.threads_started = 0
+        #: True while LiteFS's event stream delivers this database's TXIDs (no polling).
+        self.pushed = False
 
     @property
     def waiting(self) -> int:
@@ -105,15 +109,53 @@ class PositionWatcher:
         last = self.last_known
         return last is not None and last >= txid
 
+    # -- the event stream -------------------------------------------------
+
+    def advance(self, txid: int) -> None:
+        """The TXID is now *txid* (a ``tx`` event, or a read): wake whoever it satisfies."""
+        self.last_known = txid
+        self._wake_reached(txid)
+
+    def stream_up(self) -> None:
+        """The event stream delivers this database's TXIDs from now on: stop polling."""
+        with self._cond:
+            self.pushed = True
+            self._cond.notify()
+
+    def stream_down(self) -> None:
+        """The event stream stopped: poll again for whoever waits."""
+        with self._cond:
+            self.pushed = False
+            if self._waiters:
+                self._ensure_thread()
+                self._cond.notify()
+
+    def forked(self) -> None:
+        """In a forked child: a fresh lock, no waiters (their threads did not survive), polling again."""
+        self._cond = threading.Condition()
+        self._waiters, self._thread, self.pushed = [], None, False
+
     # -- waiting ----------------------------------------------------------
 
-    def _register(self, txid: int, wake: Callable[[], None]) -> _Waiter:
-        waiter = _Waiter(txid, wake)
+    def _register(self, txid: int, wake: Callable[[], None]) -> _Waiter | None:
+        """Add a waiter; None if *txid* is already reached (checked under the lock an advance takes)."""
         with self._cond:
+            if self.reached(txid):
+                return None
+            waiter = _Waiter(txid, wake)
             self._waiters.append(waiter)
-            self._ensure_thread()
-            self._cond.notify()
+            if not self.pushed:
+                self._ensure_thread()
+                self._cond.notify()
         return waiter
+
+    def _wake_reached(self, txid: int) -> None:
+        with self._cond:
+            ready = [w for w in self._waiters if w.txid <= txid]
+            if ready:
+                self._waiters = [w for w in self._waiters if w.txid > txid]
+        for waiter in ready:
+            waiter.wake()
 
     def _unregister(self, waiter: _Waiter) -> None:
         with self._cond, contextlib.suppress(ValueError):
@@ -130,30 +172,25 @@ class PositionWatcher:
     def _run(self) -> None:
         while True:
             with self._cond:
-                if not self._waiters:
+                if not self._waiters and not self.pushed:
                     self._cond.wait(_IDLE_EXIT)
-                if not self._waiters:
-                    # Idle: exit; the next waiter starts a new thread.
+                if not self._waiters or self.pushed:
+                    # Idle, or the stream wakes the waiters: exit; a waiter
+                    # (or the stream dropping) starts a new thread.
                     self._thread = None
                     return
             txid = self.read()
             if txid is not None:
-                with self._cond:
-                    ready = [w for w in self._waiters if w.txid <= txid]
-                    self._waiters = [w for w in self._waiters if w.txid > txid]
-                for waiter in ready:
-                    waiter.wake()
+                self._wake_reached(txid)
             with self._cond:
                 if self._waiters:
                     self._cond.wait(self.poll_interval)
 
     def wait(self, txid: int, timeout: float) -> bool:
         """Block until the TXID reaches *txid*; False on timeout."""
-        if self.reached(txid):
-            return True
         event = threading.Event()
         waiter = self._register(txid, event.set)
-        if not event.wait(timeout):
+        if waiter is not None and not event.wait(timeout):
             self._unregister(waiter)
         return self.reached(txid)
 
@@ -177,6 +214,8 @@ class PositionWatcher:
             loop.call_soon_threadsafe(resolve)
 
         waiter = self._register(txid, wake)
+        if waiter is None:
+            return True
         try:
             await asyncio.wait_for(future, timeout)
         except asyncio.TimeoutError:

@@ -27,12 +27,17 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .mount import NodeState, Role, is_valid_instance_id
+
+if TYPE_CHECKING:
+    import http.client
 
 __all__ = [
     "EventStreamClosed",
@@ -48,6 +53,8 @@ __all__ = [
 _HEX16 = re.compile(r"[0-9a-f]{16}")
 # LiteFS's lines are short; a longer one is not LiteFS's and is not parsed.
 _LINE_LIMIT = 4096
+# Bytes of events the kernel holds for a reader (a few hundred events).
+_RECEIVE_BUFFER = 65536
 
 
 class EventStreamClosed(ConnectionError):
@@ -131,7 +138,13 @@ def node_state(event: Init | PrimaryChange, instance_id: str) -> NodeState:
     return NodeState(Role.REPLICA, instance_id, event.primary, detail=f"{kind}: primary known", litefs_seen=True)
 
 
-def read_events(api_url: str, *, timeout: float | None = 5.0, deadline: float | None = None) -> Iterator[LiteFSEvent]:
+def read_events(
+    api_url: str,
+    *,
+    timeout: float | None = 5.0,
+    deadline: float | None = None,
+    connect_timeout: float | None = None,
+) -> Iterator[LiteFSEvent]:
     """Connect to LiteFS's API at *api_url* and yield its events as they come (blocking).
 
     Raises OSError if LiteFS cannot be reached, and :class:`EventStreamClosed`
@@ -139,21 +152,25 @@ def read_events(api_url: str, *, timeout: float | None = 5.0, deadline: float | 
     bounds the connection and each wait for a line; LiteFS sends nothing
     while nothing happens, so a quiet stream raises ``TimeoutError`` after
     *timeout* seconds of silence: pass None to wait for ever (a stopped
-    LiteFS still ends the stream). *deadline* (a ``time.monotonic()`` value)
-    bounds the whole stream: past it, TimeoutError.
+    LiteFS still ends the stream). *connect_timeout*, if given, bounds the
+    connection and the response's head instead. *deadline* (a
+    ``time.monotonic()`` value) bounds the whole stream: past it, TimeoutError.
     """
     import http.client  # here, not at import: most processes never read the stream
 
     parts = urlsplit(api_url)
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError(f"the LiteFS API URL must be http://host:port, got {api_url!r}")
-    conn = http.client.HTTPConnection(parts.hostname, parts.port or 20202, timeout=timeout)
+    head_timeout = timeout if connect_timeout is None else connect_timeout
+    conn = _connection(parts.hostname, parts.port or 20202, head_timeout)
     try:
         conn.request("GET", "/events", headers={"Accept": "application/json"})
         sock = conn.sock  # the response reads through it: its timeout bounds each line
         response = conn.getresponse()
         if response.status != 200:
             raise EventStreamClosed(f"LiteFS answered {response.status} to GET /events")
+        if sock is not None and head_timeout != timeout:
+            sock.settimeout(timeout)
         while True:
             if deadline is not None and sock is not None:
                 remaining = deadline - time.monotonic()
@@ -170,3 +187,35 @@ def read_events(api_url: str, *, timeout: float | None = 5.0, deadline: float | 
         raise EventStreamClosed(f"the event stream broke: {exc!r}") from exc
     finally:
         conn.close()
+
+
+def _connection(host: str, port: int, timeout: float | None) -> http.client.HTTPConnection:
+    """An HTTP connection whose socket buffers at most _RECEIVE_BUFFER bytes of events.
+
+    Left to the kernel, a receive buffer grows to megabytes: a reader that
+    stalls would later work through a backlog of stale events, and LiteFS
+    would not notice that it fell behind. Bounded, LiteFS drops the stalled
+    reader (its 1,024-event channel fills), which then reconnects and
+    re-reads the state, as it must.
+    """
+    import http.client
+
+    class Connection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            error: OSError | None = None
+            for family, kind, proto, _, address in socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM):
+                sock = socket.socket(family, kind, proto)
+                try:
+                    # Before connect(): the window advertised in the handshake depends on it.
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER)
+                    sock.settimeout(self.timeout)
+                    sock.connect(address)
+                except OSError as exc:
+                    sock.close()
+                    error = exc
+                    continue
+                self.sock = sock
+                return
+            raise error if error is not None else OSError(f"cannot resolve {self.host}")
+
+    return Connection(host, port, timeout=timeout)

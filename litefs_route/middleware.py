@@ -14,6 +14,7 @@ import os
 import textwrap
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
+from urllib.parse import urlsplit
 
 from .consistency import PositionWatcher
 from .decision import PathGlobs, Rules
@@ -22,6 +23,7 @@ from .mount import default_instance_id, is_valid_instance_id
 from .replies import Reply, txid_cookie_attributes
 from .router import Router
 from .state_cache import StateCache
+from .subscriber import resolve_api_url, subscriber_for
 
 __all__ = ["RoutingMiddleware", "middleware_doc"]
 
@@ -72,6 +74,13 @@ class RoutingMiddleware(Generic[AppT]):
         Lifetime of the ``__txid`` cookie in seconds (default 300, as LiteFS).
     txid_cookie_secure
         Add ``Secure`` to the cookie (default False, as LiteFS's proxy).
+    litefs_api_url
+        LiteFS's HTTP API, whose event stream pushes every change of
+        primary and every TXID, so decisions are never stale and the mount
+        is not polled. Default: ``$LITEFS_API_URL``, else
+        ``http://127.0.0.1:20202`` (LiteFS's default ``http.addr``); used
+        only with a mount, and only while it answers and agrees with the
+        mount (else the mount is read every ``cache_ttl``). ``"off"``: never.
     router
         Instead of the options above: the ``router`` of another middleware of
         this process, to share its reading of the mount (the options it was
@@ -104,6 +113,7 @@ class RoutingMiddleware(Generic[AppT]):
         consistency_wait: float = 1.0,
         txid_cookie_max_age: int = 300,
         txid_cookie_secure: bool = False,
+        litefs_api_url: str | None = None,
         router: Router | None = None,
     ) -> None:
         self.app = app
@@ -135,6 +145,15 @@ class RoutingMiddleware(Generic[AppT]):
         if database is not None and (os.sep in database or database.startswith(".")):
             raise ValueError(f"database must be a file name in the mount, got {database!r}")
         positions = PositionWatcher(mount, database) if mount and database else None
+        cache = StateCache(mount, instance_id, float(cache_ttl))
+        api_url = resolve_api_url(litefs_api_url)
+        if api_url is not None:
+            parts = urlsplit(api_url)
+            if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+                raise ValueError(f"litefs_api_url must be http://host:port or 'off', got {api_url!r}")
+        subscriber = subscriber_for(api_url, mount) if api_url is not None and mount else None
+        if subscriber is not None:
+            subscriber.attach(cache, positions)
         rules = Rules(
             write_on_read=PathGlobs(write_on_read),
             passthrough=PathGlobs(passthrough),
@@ -148,8 +167,9 @@ class RoutingMiddleware(Generic[AppT]):
         self.router = Router(
             instance_id=instance_id,
             rules=rules,
-            cache=StateCache(mount, instance_id, float(cache_ttl)),
+            cache=cache,
             positions=positions,
+            subscriber=subscriber,
             retry_after=retry_after,
             txid_cookie_attributes=txid_cookie_attributes(txid_cookie_max_age, txid_cookie_secure),
         )

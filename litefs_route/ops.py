@@ -65,6 +65,7 @@ __all__ = [
     "halt_lock",
     "halt_lock_async",
     "is_synced",
+    "read_state_from_stream",
     "wait_for_primary",
     "wait_for_sync",
     "wait_for_txid",
@@ -186,6 +187,17 @@ def _wait_on_stream(
                 return value
     except OSError as exc:  # unreachable, refused, closed, or the deadline
         logger.info("LiteFS's event stream (%s) is not usable (%r): polling the mount", api_url, exc)
+    return None
+
+
+def read_state_from_stream(api_url: str, instance_id: str | None = None, *, timeout: float = 2.0) -> NodeState | None:
+    """The node's state as LiteFS's event stream reports it on connecting (its ``init``); None if unreachable."""
+    try:
+        for event in read_events(api_url, timeout=timeout):
+            if isinstance(event, Init):
+                return node_state(event, instance_id or default_instance_id())
+    except OSError as exc:
+        logger.info("LiteFS's event stream (%s) is not usable (%r): reading the mount", api_url, exc)
     return None
 
 

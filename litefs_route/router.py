@@ -25,6 +25,7 @@ from .decision import (
 from .mount import NodeState
 from .replies import Headers, Reply, build_reply, build_tags, txid_cookie_headers
 from .state_cache import StateCache
+from .subscriber import EventSubscriber
 
 __all__ = ["Router"]
 
@@ -48,6 +49,7 @@ class Router:
         positions: PositionWatcher | None,
         retry_after: int,
         txid_cookie_attributes: str,
+        subscriber: EventSubscriber | None = None,
     ) -> None:
         self.instance_id = instance_id
         self.rules = rules
@@ -55,6 +57,8 @@ class Router:
         self.cache = cache
         #: The read-your-writes watcher; None when read-your-writes is off.
         self.positions = positions
+        #: What pushes LiteFS's events into the cache and the watcher; None when off.
+        self.subscriber = subscriber
         self.retry_after = retry_after
         self.txid_cookie_attributes = txid_cookie_attributes
         # (reading, its tags): tags are built once per reading of the mount.

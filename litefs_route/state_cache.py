@@ -12,11 +12,18 @@ smaller ``max_age``; ``max_age=0`` always reads.
 
 Stat-based invalidation is not possible: LiteFS sets no mtime on these files
 and a primary switch between two Machine IDs keeps the size, so a TTL it is.
+
+Unless LiteFS tells us: while its event stream is up
+(:mod:`litefs_route.subscriber`), every change is *pushed* here
+(:meth:`StateCache.push`) and the reading never expires, so no request reads
+the mount at all; when the stream drops, :meth:`StateCache.stream_down`
+expires it and the TTL applies again.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -56,6 +63,9 @@ class StateCache:
         self._began_at = float("-inf")
         #: How many times the mount was read; the benchmarks report it.
         self.reads = 0
+        #: Called before each read of the mount (the slow path): the event
+        #: subscriber (re)starts its thread there, in the process that serves.
+        self.before_read: Callable[[], None] | None = None
 
     def cached(self, max_age: float | None = None) -> NodeState | None:
         """The reading if it is at most *max_age* (default: the TTL) old.
@@ -97,6 +107,8 @@ class StateCache:
         replayed requests costs two reads, not one per request.
         """
         asked = self._clock()
+        if self.before_read is not None:
+            self.before_read()
         try:
             with self._lock:
                 if self._state is not None and self._began_at > asked:
@@ -109,16 +121,36 @@ class StateCache:
                 self._read_at = self._clock()
         finally:
             self._claimed_at = None
-        if previous is None or (previous.role, previous.primary_id) != (state.role, state.primary_id):
-            self._log_change(previous, state)
+        self._log_if_changed(previous, state)
         return state
+
+    def push(self, state: NodeState) -> None:
+        """A reading from LiteFS's event stream: current until the next push or :meth:`stream_down`."""
+        with self._lock:  # after a read in flight, never overwritten by it
+            previous, self._state = self._state, state
+            # Never expires, and counts as begun after any caller's request.
+            self._began_at = self._read_at = math.inf
+        self._log_if_changed(previous, state)
+
+    def stream_down(self) -> None:
+        """The event stream stopped: a pushed reading expires, and the TTL applies again."""
+        with self._lock:
+            if self._read_at == math.inf:
+                self._began_at = self._read_at = -math.inf
 
     def get(self, max_age: float | None = None) -> NodeState:
         """The cached reading, refreshed inline if too old (WSGI, CLI)."""
         return self.cached(max_age) or self.refresh()
 
+    def forked(self) -> None:
+        """In a forked child (see :meth:`EventSubscriber.forked`): fresh locks, and the reading expires."""
+        self._lock, self._claim, self._claimed_at = threading.Lock(), threading.Lock(), None
+        self._began_at = self._read_at = -math.inf
+
     @staticmethod
-    def _log_change(previous: NodeState | None, state: NodeState) -> None:
+    def _log_if_changed(previous: NodeState | None, state: NodeState) -> None:
+        if previous is not None and (previous.role, previous.primary_id) == (state.role, state.primary_id):
+            return
         # A mount that is missing or unreadable is a deployment error, not an election.
         if state.mount_error is not None:
             level = logging.ERROR

@@ -79,6 +79,7 @@ def test_status_primary(mount: Mount) -> None:
         "database": "app.db",
         "txid": 42,
         "detail": "holds the lease: .lag is zero",
+        "source": "mount",
     }
 
 

@@ -370,6 +370,7 @@ class Cluster:
             "LITEFS_DIR": instance.litefs_dir,
             "DATABASE_FILENAME": self.database,
             "DATABASE_PATH": instance.db_path,
+            "LITEFS_API_URL": "off",  # the imitation has no HTTP API
             **self.env,
         }
 

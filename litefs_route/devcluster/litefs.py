@@ -735,5 +735,6 @@ class LiteFSCluster:
             "LITEFS_DIR": instance.litefs_dir,
             "DATABASE_FILENAME": self.database,
             "DATABASE_PATH": instance.db_path,
+            "LITEFS_API_URL": self.nodes[instance.id].api_url,
             **self.env,
         }

@@ -1,0 +1,241 @@
+"""Push, not poll: one thread per process follows LiteFS's event stream.
+
+While the stream (``GET /events`` on LiteFS's HTTP API, :mod:`litefs_route.events`)
+is up, the node's role, the primary and each database's TXID are *pushed*
+into the middleware's :class:`~litefs_route.state_cache.StateCache` and
+:class:`~litefs_route.consistency.PositionWatcher` the moment LiteFS
+publishes them: routing decisions are never stale, read-your-writes waiters
+are woken by ``tx`` events, and neither a read nor an idle process touches
+the mount.
+
+The stream is an optimisation, never a dependency. When the API is
+unreachable, refuses, or the stream drops (LiteFS stopped, or closed this
+subscriber because it fell 1,024 events behind), the cache and the watchers
+fall back at once to reading the mount (every ``cache_ttl``; ``<db>-pos``
+every millisecond while someone waits) and the thread reconnects with
+backoff. On every (re)connection it trusts the stream only after checking
+it against the mount: LiteFS's ``init`` event must agree with ``.primary``
+and ``.lag`` (an API that is not this mount's LiteFS never drives routing),
+and each database's ``-pos`` is read once, since ``tx`` events are not
+replayed. The thread is a daemon and is started by the first read of the
+mount in the process that serves (so a ``gunicorn --preload`` master starts
+none, and each forked worker its own). Requests never wait on it.
+
+Logged under ``litefs_route``: INFO when the stream comes up and when it
+recovers, WARNING once when it drops or is not this mount's LiteFS, INFO
+once when it cannot be reached at all (LiteFS without an API, or the
+imitation cluster). The state it holds is one connection and one thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .consistency import PositionWatcher
+from .events import Init, LiteFSEvent, PrimaryChange, Tx, node_state, read_events
+from .mount import read_node_state
+from .state_cache import StateCache
+
+__all__ = ["DEFAULT_API_URL", "EventSubscriber", "resolve_api_url", "subscriber_for"]
+
+logger = logging.getLogger("litefs_route")
+
+#: LiteFS's API address when ``litefs.yml`` does not set ``http.addr``.
+DEFAULT_API_URL = "http://127.0.0.1:20202"
+#: What turns the stream off (the option, ``$LITEFS_API_URL``, ``--api-url``).
+OFF = "off"
+
+# Seconds to wait before reconnecting: doubled after each failure, up to the
+# maximum; back to the minimum once a stream stayed up for _STABLE seconds.
+_BACKOFF_MIN = 0.05
+_BACKOFF_MAX = 10.0
+_STABLE = 30.0
+# Seconds to connect and get the response's head (a local socket).
+_CONNECT_TIMEOUT = 2.0
+
+
+def resolve_api_url(option: str | None) -> str | None:
+    """The API URL to follow: the option, else ``$LITEFS_API_URL``, else LiteFS's default; None for "off"."""
+    url = option or os.environ.get("LITEFS_API_URL") or DEFAULT_API_URL
+    return None if url == OFF else url
+
+
+class StreamMismatch(ConnectionError):
+    """The API's view disagrees with the mount: it is not this mount's LiteFS, or things moved meanwhile."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    api_url: str
+    litefs_dir: str
+
+
+class EventSubscriber:
+    """The event stream of one LiteFS API, feeding every cache and watcher of one mount in this process.
+
+    Build it through :func:`subscriber_for` (one per API and mount per process).
+    """
+
+    def __init__(self, api_url: str, litefs_dir: str, *, connect_timeout: float = _CONNECT_TIMEOUT) -> None:
+        self.api_url = api_url
+        self.litefs_dir = litefs_dir
+        self.connect_timeout = connect_timeout
+        self._caches: weakref.WeakSet[StateCache] = weakref.WeakSet()
+        self._watchers: weakref.WeakSet[PositionWatcher] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        #: True while the stream is up and trusted (its state is pushed).
+        self.up = False
+        #: Connections that came up and were trusted; the tests and benchmarks read it.
+        self.connections = 0
+        # Logged once per transition, not once per retry.
+        self._ever_up = False
+        self._reported_unreachable = False
+
+    def attach(self, cache: StateCache, positions: PositionWatcher | None = None) -> None:
+        """Feed *cache* (and *positions*) from the stream; the thread starts at the cache's next read."""
+        with self._lock:
+            self._caches.add(cache)
+            if positions is not None:
+                self._watchers.add(positions)
+        cache.before_read = self.ensure_running
+
+    def ensure_running(self) -> None:
+        """Start the thread in this process if it is not running (cheap when it is)."""
+        thread = self._thread
+        if thread is not None and self._pid == os.getpid() and thread.is_alive():
+            return
+        with self._lock:
+            thread = self._thread
+            if thread is not None and self._pid == os.getpid() and thread.is_alive():
+                return
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="litefs-route event stream", daemon=True)
+            self._thread.start()
+
+    def forked(self) -> None:
+        """In a forked child: the parent's thread is gone, and what it pushed is no longer kept current.
+
+        Back to the mount until this process's own thread (started by the
+        next read) is up. Runs in the child right after the fork, where a lock
+        another thread held is held for ever: nothing here waits on one.
+        """
+        self._lock = threading.Lock()
+        self._thread, self.up = None, False
+        for cache in list(self._caches):
+            cache.forked()
+        for watcher in list(self._watchers):
+            watcher.forked()
+
+    # -- the thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = _BACKOFF_MIN
+        while True:
+            began = time.monotonic()
+            try:
+                self._follow(read_events(self.api_url, timeout=None, connect_timeout=self.connect_timeout))
+            except (OSError, ValueError) as exc:
+                self._fall_back(exc)
+            if time.monotonic() - began > _STABLE:
+                backoff = _BACKOFF_MIN
+            time.sleep(backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX)
+
+    def _follow(self, events: Iterator[LiteFSEvent]) -> None:
+        """Trust the stream once it agrees with the mount, then apply its events until it ends."""
+        for event in events:
+            if isinstance(event, Init):
+                self._come_up(event)
+            elif not self.up:
+                continue  # before init: nothing is trusted yet (LiteFS always sends init first)
+            elif isinstance(event, PrimaryChange):
+                self._push_state(event)
+            elif isinstance(event, Tx):
+                for watcher in list(self._watchers):
+                    if watcher.database == event.database:
+                        watcher.advance(event.txid)
+        raise ConnectionError("the event stream ended")  # read_events raises first; kept for safety
+
+    def _come_up(self, init: Init) -> None:
+        # Every change after this connection's subscription arrives as an
+        # event; the mount, read now, shows everything before it.
+        for cache in list(self._caches):
+            on_stream = node_state(init, cache.instance_id)
+            on_mount = read_node_state(self.litefs_dir, cache.instance_id)
+            if (on_stream.role, on_stream.primary_id) != (on_mount.role, on_mount.primary_id):
+                raise StreamMismatch(
+                    f"LiteFS's API says {on_stream.role} (primary {on_stream.primary_id}) but the mount "
+                    f"{self.litefs_dir} says {on_mount.role} (primary {on_mount.primary_id})"
+                )
+        for watcher in list(self._watchers):
+            txid = watcher.read()
+            if txid is not None:
+                watcher.advance(txid)
+        self._push_state(init)
+        for watcher in list(self._watchers):
+            watcher.stream_up()
+        was_up_before, self.up, self._ever_up = self._ever_up, True, True
+        self.connections += 1
+        logger.info(
+            "LiteFS's event stream (%s) is %s: routing follows it, the mount %s is no longer polled",
+            self.api_url,
+            "back up" if was_up_before else "up",
+            self.litefs_dir,
+        )
+
+    def _push_state(self, event: Init | PrimaryChange) -> None:
+        for cache in list(self._caches):
+            cache.push(node_state(event, cache.instance_id))
+
+    def _fall_back(self, exc: BaseException) -> None:
+        was_up, self.up = self.up, False
+        if was_up:  # only what was pushed expires: a failed retry leaves the mount's readings alone
+            for cache in list(self._caches):
+                cache.stream_down()
+            for watcher in list(self._watchers):
+                watcher.stream_down()
+        if was_up:
+            logger.warning(
+                "LiteFS's event stream (%s) dropped (%s): reading the mount until it is back", self.api_url, exc
+            )
+        elif isinstance(exc, StreamMismatch):
+            logger.warning("not following LiteFS's event stream (%s): %s", self.api_url, exc)
+        elif not self._reported_unreachable:
+            self._reported_unreachable = True
+            logger.info(
+                "LiteFS's event stream (%s) is not reachable (%s): reading the mount; retrying in the background",
+                self.api_url,
+                exc,
+            )
+
+
+_subscribers: dict[_Key, EventSubscriber] = {}
+_subscribers_lock = threading.Lock()
+
+
+def subscriber_for(api_url: str, litefs_dir: str) -> EventSubscriber:
+    """The process's one subscriber to *api_url* for the mount *litefs_dir*."""
+    key = _Key(api_url, litefs_dir)
+    with _subscribers_lock:
+        subscriber = _subscribers.get(key)
+        if subscriber is None:
+            subscriber = _subscribers[key] = EventSubscriber(api_url, litefs_dir)
+        return subscriber
+
+
+def _after_fork_in_child() -> None:
+    global _subscribers_lock  # a lock another thread held at the fork stays held for ever
+    _subscribers_lock = threading.Lock()
+    for subscriber in _subscribers.values():
+        subscriber.forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

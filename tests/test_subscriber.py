@@ -1,0 +1,308 @@
+"""Push, not poll: the middleware follows LiteFS's event stream, and falls back to the mount (real LiteFS)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from litefs_route import wsgi
+from litefs_route.consistency import PositionWatcher
+from litefs_route.devcluster import free_port
+from litefs_route.mount import Role, read_position
+from litefs_route.subscriber import DEFAULT_API_URL, EventSubscriber, resolve_api_url
+from tests.apps import flask_app, starlette_app
+from tests.support import serve_under, wait_until
+
+if TYPE_CHECKING:
+    from litefs_route.devcluster.litefs import LiteFSCluster
+    from litefs_route.devcluster.pytest_plugin import LiteFSClusterFactory
+
+# A TTL no test outlives: a decision that follows a change was pushed, not re-read.
+NEVER = 3600.0
+
+
+@pytest.mark.parametrize(
+    ("option", "env", "expected"),
+    [
+        (None, None, DEFAULT_API_URL),
+        (None, "http://127.0.0.1:3000", "http://127.0.0.1:3000"),
+        ("http://127.0.0.1:4000", "http://127.0.0.1:3000", "http://127.0.0.1:4000"),
+        ("off", None, None),
+        (None, "off", None),
+    ],
+    ids=["default", "env", "option-over-env", "option-off", "env-off"],
+)
+def test_the_api_url(
+    monkeypatch: pytest.MonkeyPatch, option: str | None, env: str | None, expected: str | None
+) -> None:
+    if env is not None:
+        monkeypatch.setenv("LITEFS_API_URL", env)
+    assert resolve_api_url(option) == expected
+
+
+def test_a_bad_api_url_is_refused_when_the_middleware_is_built(tmp_path: Any) -> None:
+    with pytest.raises(ValueError, match="litefs_api_url"):
+        wsgi.PrimaryRoutingMiddleware(lambda e, s: [], litefs_dir=str(tmp_path), litefs_api_url="ftp://x")
+
+
+def _commit(cluster: LiteFSCluster, node: str, database: str = "app.db", value: str = "x") -> None:
+    with sqlite3.connect(cluster.db_path(node, database)) as db:
+        db.execute("CREATE TABLE IF NOT EXISTS t (v TEXT)")
+        db.execute("INSERT INTO t VALUES (?)", (value,))
+    db.close()
+
+
+@pytest.mark.litefs
+def test_routing_follows_the_stream_without_reading_the_mount(
+    litefs_real_cluster: LiteFSClusterFactory, adapter: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stream up: decisions and read-your-writes waits on the stream's events; the mount is never read meanwhile."""
+    caplog.set_level(logging.INFO, logger="litefs_route")
+    cluster = litefs_real_cluster(instances=3, lease="static")
+    _commit(cluster, "node1")
+    cluster.wait_replicated()
+    node2 = cluster.nodes["node2"]
+    calls: list[str] = []
+    options = {
+        "litefs_dir": node2.mount_dir,
+        "instance_id": "node2",
+        "database": "app.db",
+        "cache_ttl": NEVER,
+        "litefs_api_url": node2.api_url,
+    }
+    with (
+        serve_under(adapter, flask_app(calls), starlette_app(calls), **options) as served,
+        httpx.Client(base_url=served.url, timeout=30) as client,
+    ):
+        router = served.router
+        subscriber, cache, positions = router.subscriber, router.cache, router.positions
+        assert subscriber is not None
+        assert positions is not None
+        assert client.get("/").headers["fly-primary-instance"] == "node1"  # the first read starts the stream
+        wait_until(lambda: subscriber.up, what="the event stream to come up")
+        mount_reads, position_reads = cache.reads, positions.reads
+
+        for _ in range(20):
+            assert client.get("/").status_code == 200
+        assert client.post("/").headers["fly-replay"].startswith("instance=node1;")
+
+        # Read-your-writes: a read ahead of node2 waits, and the tx event that brings its TXID wakes it.
+        cluster.pause_replication("node2")
+        try:
+            _commit(cluster, "node1", value="ryw")
+            target = cluster.position("node1")
+            assert target is not None
+            assert (cluster.position("node2") or 0) < target
+            with ThreadPoolExecutor(1) as pool:
+                read = pool.submit(client.get, "/", headers={"Cookie": f"__txid={target:016x}"})
+                wait_until(lambda: positions.waiting == 1, what="the read to wait for its TXID")
+                cluster.resume_replication("node2")
+                response = read.result(30)
+        finally:
+            cluster.resume_replication("node2")
+        assert (response.status_code, response.headers["fly-instance"]) == (200, "node2")
+        assert positions.reached(target)
+
+        assert (cache.reads, positions.reads, positions.threads_started) == (mount_reads, position_reads, 0)
+    assert calls.count("GET /") == 22
+    assert calls.count("POST /") == 0
+    assert "event stream (%s) is up" % node2.api_url in caplog.text  # noqa: UP031 (the message's own format)
+
+
+@pytest.mark.litefs
+def test_a_stream_that_drops_falls_back_to_the_mount_and_recovers(
+    litefs_real_cluster: LiteFSClusterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handoff rerouted at once; LiteFS killed mid-flight: back on the mount; restarted: the stream trusted again."""
+    caplog.set_level(logging.INFO, logger="litefs_route")
+    cluster = litefs_real_cluster(instances=3, lease="consul")
+    _commit(cluster, "node1")
+    cluster.wait_replicated()
+    node2 = cluster.nodes["node2"]
+    middleware = wsgi.PrimaryRoutingMiddleware(
+        lambda environ, start: [],
+        litefs_dir=node2.mount_dir,
+        instance_id="node2",
+        database="app.db",
+        cache_ttl=NEVER,
+        litefs_api_url=node2.api_url,
+    )
+    router = middleware.router
+    subscriber, cache, positions = router.subscriber, router.cache, router.positions
+    assert subscriber is not None
+    assert positions is not None
+    assert cache.get().primary_id == "node1"
+    wait_until(lambda: subscriber.up, what="the event stream to come up")
+
+    # A handoff: with a TTL of an hour, only the stream can tell.
+    cluster.promote("node3")
+    wait_until(lambda: cache.get().primary_id == "node3", what="the primaryChange event")
+    assert cache.reads == 1
+
+    cluster.kill_node("node2")
+    wait_until(lambda: not subscriber.up, what="the drop to be seen")
+    # Back on the mount: a dead mount is no primary, read every cache_ttl.
+    wait_until(lambda: cache.get().role is Role.NO_PRIMARY, what="the dead mount to be read")
+    assert "dropped" in caplog.text
+
+    cluster.start_node("node2")
+    wait_until(lambda: subscriber.up, timeout=30, what="the stream to be trusted again")
+    reads = cache.reads
+    _commit(cluster, "node3", value="after")
+    target = cluster.wait_replicated()["node2"]
+    wait_until(lambda: positions.reached(target), what="the tx event")
+    assert cache.get().primary_id == "node3"
+    assert cache.reads == reads
+    assert subscriber.connections == 2
+    assert "is back up" in caplog.text
+
+
+@pytest.mark.litefs
+def test_an_api_that_is_not_this_mounts_litefs_is_not_followed(
+    litefs_real_cluster: LiteFSClusterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """node2's mount with node1's API (the primary's view): never trusted, routing stays on the mount."""
+    caplog.set_level(logging.INFO, logger="litefs_route")
+    cluster = litefs_real_cluster(instances=2, lease="static")
+    subscriber = EventSubscriber(cluster.nodes["node1"].api_url, cluster.nodes["node2"].mount_dir)
+    middleware = wsgi.PrimaryRoutingMiddleware(
+        lambda e, s: [],
+        litefs_dir=cluster.nodes["node2"].mount_dir,
+        instance_id="node2",
+        cache_ttl=0,
+        litefs_api_url="off",
+    )
+    subscriber.attach(middleware.router.cache)
+    assert middleware.router.cache.get().primary_id == "node1"
+    wait_until(lambda: "not following LiteFS's event stream" in caplog.text, what="the mismatch to be logged")
+    assert not subscriber.up
+    assert middleware.router.cache.get().role is Role.REPLICA
+
+
+def test_an_unreachable_api_leaves_routing_on_the_mount(mount: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="litefs_route")
+    url = f"http://127.0.0.1:{free_port()}"
+    middleware = wsgi.PrimaryRoutingMiddleware(
+        lambda e, s: [], litefs_dir=str(mount.path), instance_id="me", cache_ttl=0, litefs_api_url=url
+    )
+    router = middleware.router
+    assert router.subscriber is not None
+    assert router.cache.get().role is Role.PRIMARY
+    wait_until(lambda: "is not reachable" in caplog.text, what="the first failure to be logged")
+    mount.make_replica("other")
+    assert router.cache.get().primary_id == "other"
+    assert not router.subscriber.up
+    assert caplog.text.count("is not reachable") == 1
+
+
+class _SlowWatcher(PositionWatcher):
+    """A watcher that holds up the subscriber's thread on its database's first tx event, as a busy process would."""
+
+    def __init__(self, litefs_dir: str, database: str) -> None:
+        super().__init__(litefs_dir, database)
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    def advance(self, txid: int) -> None:
+        if self.pushed and not self.release.is_set():
+            self.held.set()
+            self.release.wait(300)
+        super().advance(txid)
+
+
+@pytest.mark.litefs
+def test_litefs_closing_a_slow_subscriber(
+    litefs_real_cluster: LiteFSClusterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """LiteFS drops a subscriber 1,024 events behind (once the sockets' buffers are full): it reconnects, re-reads."""
+    caplog.set_level(logging.INFO, logger="litefs_route")
+    cluster = litefs_real_cluster(instances=1, lease="static")
+    node = cluster.nodes["node1"]
+    databases = ["a.db", "b.db", "c.db", "d.db"]
+    for database in databases:
+        _commit(cluster, "node1", database)
+    slow = _SlowWatcher(node.mount_dir, "a.db")
+    subscriber = EventSubscriber(node.api_url, node.mount_dir)
+    middleware = wsgi.PrimaryRoutingMiddleware(
+        lambda e, s: [], litefs_dir=node.mount_dir, instance_id="node1", cache_ttl=NEVER, litefs_api_url="off"
+    )
+    subscriber.attach(middleware.router.cache, slow)
+    middleware.router.cache.get()
+    wait_until(lambda: subscriber.up, what="the event stream to come up")
+
+    # LiteFS drops a subscriber when its 1,024-event channel is full, which
+    # happens only once the sockets' buffers are: the sender's may grow to
+    # tcp_wmem's maximum (the reader's is bounded at 64 KiB). Events are
+    # ~180 bytes; commit enough to overflow all of it, with a margin.
+    send_buffer = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    per_database = (send_buffer // 150 + 2 * 1024) // len(databases) + 1
+
+    def commit(database: str) -> int:
+        with sqlite3.connect(cluster.db_path("node1", database), isolation_level=None) as db:
+            db.execute("PRAGMA journal_mode=wal")
+            for _ in range(per_database):
+                db.execute("INSERT INTO t VALUES ('x')")
+        db.close()
+        return per_database
+
+    with ThreadPoolExecutor(len(databases)) as pool:
+        committed = [pool.submit(commit, database) for database in databases]
+        wait_until(lambda: slow.held.is_set(), what="the subscriber to be held up")
+        total = sum(f.result(timeout=240) for f in committed)
+    assert subscriber.connections == 1
+    slow.release.set()
+    wait_until(lambda: subscriber.connections == 2 and subscriber.up, timeout=60, what="the reconnection")
+    assert "event stream buffer exceeded" in Path(node.log_path).read_text()  # LiteFS's own word for it
+    print(f"LiteFS dropped the slow subscriber; {total} commits")
+    position = read_position(node.mount_dir, "a.db")
+    assert position is not None
+    wait_until(lambda: slow.last_known == position.txid, what="a.db's TXID re-read")
+    assert "dropped" in caplog.text
+    assert "is back up" in caplog.text
+
+
+@pytest.mark.litefs
+def test_status_confirms_the_mount_on_the_stream(litefs_real_cluster: LiteFSClusterFactory) -> None:
+    """`status` says where its answer comes from: the stream (agreeing with the mount), or the mount alone."""
+    cluster = litefs_real_cluster(instances=2, lease="static")
+    mount = cluster.nodes["node2"].mount_dir
+
+    def status(api_url: str) -> tuple[dict[str, Any], str]:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "litefs_route",
+                "status",
+                "--json",
+                "--dir",
+                mount,
+                "--instance-id",
+                "node2",
+                "--api-url",
+                api_url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return json.loads(done.stdout), done.stderr
+
+    report, _ = status(cluster.nodes["node2"].api_url)
+    assert (report["role"], report["primary"], report["source"]) == ("replica", "node1", "events")
+    report, warning = status(cluster.nodes["node1"].api_url)  # another node's LiteFS
+    assert (report["role"], report["primary"], report["source"]) == ("replica", "node1", "mount")
+    assert "is --api-url this mount's LiteFS?" in warning
+    report, _ = status(f"http://127.0.0.1:{free_port()}")
+    assert report["source"] == "mount"
