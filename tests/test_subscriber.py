@@ -73,7 +73,7 @@ def test_routing_follows_the_stream_without_reading_the_mount(
     cluster.wait_replicated()
     node2 = cluster.nodes["node2"]
     calls: list[str] = []
-    options = {
+    options: dict[str, Any] = {
         "litefs_dir": node2.mount_dir,
         "instance_id": "node2",
         "database": "app.db",
