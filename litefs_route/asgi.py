@@ -13,8 +13,10 @@ Pure ASGI (no Starlette import): ``http`` scopes are routed; ``websocket``
 and ``lifespan`` scopes pass straight through. Response headers are added by
 wrapping ``send``; body messages are forwarded one by one, never buffered.
 
-The event loop never waits on the mount: a refresh of the node's state (at
-most once per ``cache_ttl``, or for a replayed request) runs in a worker
+The event loop never waits on the mount: the node's state is pushed by
+LiteFS's event stream where it is up (:mod:`litefs_route.subscriber`), and a
+refresh from the mount (at most once per ``cache_ttl``, or for a replayed
+request, while the stream is not followed) runs in a worker
 thread, through anyio when it is installed (Starlette, FastAPI) and
 ``asyncio.to_thread`` otherwise. Options: see :class:`~litefs_route.middleware.RoutingMiddleware`.
 """
@@ -26,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
+from .consistency import TxidCookies
 from .context import RequestContext, current_request
 from .decision import Kind, RequestInfo
 from .drivers import drive_async
@@ -60,7 +63,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             await self.app(scope, receive, send)
             return
         router = self.router
-        request = _request_info(scope)
+        request = _request_info(scope, router.txid_cookies)
         outcome = router.outcome_without_io(request)
         if outcome is None:
             outcome = await drive_async(router.plan(request), _AsyncIO(router, receive))
@@ -69,8 +72,10 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             return
 
         ctx = RequestContext(
-            router, request, outcome.state, outcome.decision, self.primary_required_error, outcome.clear_txid
+            router, request, outcome.state, outcome.decision, self.primary_required_error, outcome.clear_txids
         )
+        if outcome.decision.write:  # before the app: its cookies name the databases it changes
+            ctx.note_write()
         response = _Response(self, ctx, receive, send)
         token = current_request.set(ctx)
         try:
@@ -134,7 +139,7 @@ class _Response:
             tagged = with_tags(headers, self.middleware.raw_tags(ctx.state), OUR_TAG_NAMES_BYTES)
             router = ctx.router
             if router.rules.read_your_writes:  # a cookie may be due
-                tagged += _encode(ctx.cookie_headers(await self._read_txid()))
+                tagged += _encode(ctx.cookie_headers(await self._read_txids()))
             message = {**message, "headers": tagged}
         await self.send_downstream(message)
 
@@ -149,14 +154,14 @@ class _Response:
             reply = ctx.settle(await drive_async(settlement, _AsyncIO(ctx.router, self.receive)))
         await self.middleware.send_reply(self.send_downstream, reply, ctx.state)
 
-    async def _read_txid(self) -> int | None:
-        # Read after the handler ran (the TXID must include its write), off the loop.
+    async def _read_txids(self) -> tuple[int | None, ...] | None:
+        # Read after the handler ran (the TXIDs must include its writes), off the loop.
         positions = self.ctx.router.positions
         if positions is None or not self.ctx.txid_cookie_due():
             return None
         run_in_thread, _ = _async_backend()
-        txid: int | None = await run_in_thread(positions.read)
-        return txid
+        txids: tuple[int | None, ...] = await run_in_thread(positions.read)
+        return txids
 
 
 class _AsyncIO:
@@ -187,17 +192,17 @@ class _AsyncIO:
     async def measure_body(self, limit: int, timeout: float) -> int | None:
         return await _measure_body(self.receive, limit, timeout)
 
-    async def wait_for_txid(self, txid: int, timeout: float) -> bool:
+    async def wait_for_txids(self, txids: tuple[int, ...], timeout: float) -> bool:
         positions = self.router.positions
         assert positions is not None  # the plan waits only when read-your-writes is on
-        return await positions.wait_async(txid, timeout)
+        return await positions.wait_async(txids, timeout)
 
-    async def read_position(self) -> int | None:
+    async def read_positions(self) -> tuple[int | None, ...]:
         positions = self.router.positions
         assert positions is not None
         run_in_thread, _ = _async_backend()
-        txid: int | None = await run_in_thread(positions.read)
-        return txid
+        txids: tuple[int | None, ...] = await run_in_thread(positions.read)
+        return txids
 
 
 @functools.cache
@@ -215,7 +220,7 @@ def _async_backend() -> tuple[Callable[[Callable[[], Any]], Awaitable[Any]], Cal
         return asyncio.to_thread, asyncio.sleep
 
 
-def _request_info(scope: Scope) -> RequestInfo:
+def _request_info(scope: Scope, txid_cookies: TxidCookies | None) -> RequestInfo:
     replay_src = content_length = transfer_encoding = None
     cookies: list[str] = []
     for name, value in scope.get("headers", ()):
@@ -234,6 +239,7 @@ def _request_info(scope: Scope) -> RequestInfo:
         content_length=content_length,
         transfer_encoding=transfer_encoding,
         cookie="; ".join(cookies) or None,  # HTTP/2 may split the header
+        txid_cookies=txid_cookies,
     )
 
 

@@ -123,8 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--database",
-        default=os.environ.get("DATABASE_FILENAME") or None,
-        help="database file name in the mount, for its TXID (default: $DATABASE_FILENAME)",
+        default=os.environ.get("DATABASE_FILENAME", "").split(",")[0].strip() or None,
+        help="database file name in the mount, for its TXID (default: $DATABASE_FILENAME, the first if several)",
     )
     common.add_argument(
         "--api-url",

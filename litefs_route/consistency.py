@@ -1,4 +1,4 @@
-"""Read-your-writes: the TXID cookie and the one watcher that wakes waiting reads.
+"""Read-your-writes: the TXID cookies and the watchers that wake waiting reads.
 
 The failure it prevents (LiteFS issue #301): a form POST is replayed to the
 primary, which redirects to a GET; the GET lands on a replica that has not
@@ -6,10 +6,13 @@ received the write yet, and the user does not see their own change.
 
 - On the primary, a request routed as a write gets ``Set-Cookie: __txid=<16
   hex>`` with the database's TXID read from ``<db>-pos`` *after* the handler
-  ran: LiteFS's proxy format, so the two interoperate.
-- On a replica, a read carrying a cookie ahead of the local TXID waits for
-  replication to catch up, then runs; if the wait times out the read is
-  replayed to the primary, which has the data.
+  ran: LiteFS's proxy format, so the two interoperate. With several
+  databases (one mount can hold several; ``database=["app.db", "cache.db"]``)
+  each database the request changed gets its own cookie
+  (:class:`TxidCookies`: ``__txid`` for the first, ``__txid_cache.db``...).
+- On a replica, a read carrying cookies ahead of the local TXIDs waits for
+  replication to catch up on every one of them, then runs; if the wait times
+  out the read is replayed to the primary, which has the data.
 - The primary never waits. A cookie ahead of the primary's own TXID (TXIDs go
   backwards after a failover that lost writes) is ignored and cleared.
 
@@ -29,36 +32,81 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .mount import read_position
 
-__all__ = ["TXID_COOKIE", "PositionWatcher", "parse_txid_cookie"]
+__all__ = ["TXID_COOKIE", "PositionWatcher", "Positions", "TxidCookies", "is_valid_database_name"]
 
 logger = logging.getLogger("litefs_route")
 
 TXID_COOKIE = "__txid"
-# LiteFS writes %016x; accept what it writes and nothing longer. Zero is "no write".
+# A database's name in the mount, as it may appear in a cookie name (RFC 6265 token characters).
+_DATABASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # Exactly 16 hex digits, any case: what LiteFS's proxy accepts (ltx.ParseTXID:
 # the length checked, then strconv.ParseUint(s, 16, 64)). Anything else is ignored.
-_COOKIE = re.compile(r"(?:^|[;,])\s*__txid=([0-9a-fA-F]{16})\s*(?=[;,]|$)")
+_COOKIE = re.compile(r"(?:^|[;,])\s*(__txid(?:_[A-Za-z0-9._-]{1,128})?)=([0-9a-fA-F]{16})\s*(?=[;,]|$)")
 _COOKIE_HEADER_LIMIT = 16384
+_CLEARED = "=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
 # Seconds without waiters after which the watcher thread ends.
 _IDLE_EXIT = 5.0
 
 
-def parse_txid_cookie(cookie_header: str | None) -> int | None:
-    """The TXID in a ``Cookie`` header, or None if absent, zero or malformed.
+def is_valid_database_name(name: str) -> bool:
+    """True if *name* may name a read-your-writes database (a plain file name that fits in a cookie name)."""
+    return _DATABASE_NAME.fullmatch(name) is not None
 
-    A repeated cookie counts as its largest valid value: waiting for the
-    newest write is the consistent choice, and the wait is bounded anyway.
+
+class TxidCookies:
+    """The TXID cookies of the read-your-writes databases, in the order the ``database`` option gives them.
+
+    The first database's cookie is ``__txid``, the name LiteFS's proxy uses,
+    so the two interoperate; each other database's is ``__txid_<name>``
+    (``__txid_cache.db``). A value is the database's TXID as 16 hex digits.
     """
-    if not cookie_header or len(cookie_header) > _COOKIE_HEADER_LIMIT:
-        return None
-    values = [int(v, 16) for v in _COOKIE.findall(cookie_header)]
-    txid = max(values, default=0)
-    return txid or None
+
+    __slots__ = ("_index", "attributes", "names")
+
+    def __init__(self, databases: Sequence[str], *, max_age: int = 300, secure: bool = False) -> None:
+        for database in databases:
+            if not is_valid_database_name(database):
+                raise ValueError(f"a database must be a plain file name in the mount, got {database!r}")
+        if not databases or len(set(databases)) != len(databases):
+            raise ValueError(f"databases must be one or more distinct names, got {list(databases)!r}")
+        #: The cookie name of each database.
+        self.names = tuple(TXID_COOKIE if i == 0 else f"{TXID_COOKIE}_{db}" for i, db in enumerate(databases))
+        #: What follows ``name=value; `` in a ``Set-Cookie``: as LiteFS's proxy sets them.
+        self.attributes = f"Path=/; Max-Age={int(max_age)}; HttpOnly; SameSite=Lax" + ("; Secure" if secure else "")
+        self._index = {name: i for i, name in enumerate(self.names)}
+
+    def parse(self, cookie_header: str | None) -> tuple[int, ...] | None:
+        """Each database's TXID in a ``Cookie`` header (0: none), or None if none is there.
+
+        Malformed, zero and unknown cookies are ignored, and so is a header
+        over 16 KB. A repeated cookie counts as its largest value: waiting
+        for the newest write is the consistent choice, and the wait is bounded.
+        """
+        if not cookie_header or len(cookie_header) > _COOKIE_HEADER_LIMIT:
+            return None
+        found = [0] * len(self.names)
+        for name, value in _COOKIE.findall(cookie_header):
+            index = self._index.get(name)
+            if index is not None:
+                found[index] = max(found[index], int(value, 16))
+        return tuple(found) if any(found) else None
+
+    def headers(self, fresh: Sequence[int | None], clear: Sequence[int]) -> list[tuple[str, str]]:
+        """``Set-Cookie`` headers: database *i* gets ``fresh[i]`` if it is a TXID, is cleared if in *clear*."""
+        headers = []
+        for index, name in enumerate(self.names):
+            txid = fresh[index] if index < len(fresh) else None
+            if txid:
+                headers.append(("Set-Cookie", f"{name}={txid:016x}; {self.attributes}"))
+            elif index in clear:
+                headers.append(("Set-Cookie", name + _CLEARED))
+        return headers
 
 
 @dataclass(slots=True, eq=False)
@@ -221,3 +269,46 @@ class PositionWatcher:
         except asyncio.TimeoutError:
             self._unregister(waiter)
         return self.reached(txid)
+
+
+class Positions:
+    """The read-your-writes databases of one mount, in option order: one :class:`PositionWatcher` each."""
+
+    __slots__ = ("watchers",)
+
+    def __init__(self, litefs_dir: str, databases: Sequence[str]) -> None:
+        self.watchers = tuple(PositionWatcher(litefs_dir, database) for database in databases)
+
+    def known(self) -> tuple[int | None, ...]:
+        """Each database's highest TXID seen so far (no I/O)."""
+        return tuple(watcher.last_known for watcher in self.watchers)
+
+    def read(self) -> tuple[int | None, ...]:
+        """Each database's TXID, read now (blocking)."""
+        return tuple(watcher.read() for watcher in self.watchers)
+
+    def wait(self, txids: Sequence[int], timeout: float) -> bool:
+        """Block until each database reaches its TXID in *txids* (0: no wait), within *timeout* in all."""
+        deadline = time.monotonic() + timeout
+        for watcher, txid in zip(self.watchers, txids, strict=True):
+            if txid and not watcher.wait(txid, max(0.0, deadline - time.monotonic())):
+                return False
+        return True
+
+    async def wait_async(self, txids: Sequence[int], timeout: float) -> bool:
+        """:meth:`wait` for an event loop."""
+        deadline = time.monotonic() + timeout
+        for watcher, txid in zip(self.watchers, txids, strict=True):
+            if txid and not await watcher.wait_async(txid, max(0.0, deadline - time.monotonic())):
+                return False
+        return True
+
+    @property
+    def reads(self) -> int:
+        """Reads of ``<db>-pos`` so far, all databases; the benchmarks report it."""
+        return sum(watcher.reads for watcher in self.watchers)
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting right now, counted once per database they wait for."""
+        return sum(watcher.waiting for watcher in self.watchers)

@@ -50,8 +50,10 @@ class RequestContext:
     decision: Decision
     #: Builds the exception ``ensure_primary()`` raises (native to the adapter's framework).
     primary_required_error: Callable[[Reply], PrimaryRequired]
-    #: The request's __txid cookie is ahead of this primary: clear it.
-    clear_txid: bool = False
+    #: The databases (indexes) whose TXID cookie is ahead of this primary: clear those cookies.
+    clear_txids: tuple[int, ...] = ()
+    #: Each database's TXID when the request became a write (see :meth:`note_write`).
+    txids_before: tuple[int | None, ...] | None = None
     #: The app's response has begun (it can no longer be replaced).
     response_started: bool = False
     #: ``ensure_primary()`` on a non-primary, or the safety net: the request
@@ -103,13 +105,33 @@ class RequestContext:
         self.ending = self.router.reply(outcome.decision)
         return self.ending
 
+    def note_write(self) -> None:
+        """The request is a write about to run: remember the TXIDs it starts from (no I/O).
+
+        The databases whose TXID moved by the end of the handler get a
+        cookie. (While LiteFS's event stream is down the TXIDs known here may
+        be older than the mount's: a database another request changed then
+        gets a cookie too. Safe: a read waits a little more, never less.)
+        """
+        if self.txids_before is None:
+            self.txids_before = self.router.known_txids()
+
     def txid_cookie_due(self) -> bool:
-        """True if the response gets a fresh ``__txid`` cookie: read the position after the handler ran."""
+        """True if the response gets fresh TXID cookies: read the positions after the handler ran."""
         return sets_txid_cookie(self.decision, self.state, self.router.rules)
 
-    def cookie_headers(self, txid: int | None) -> list[tuple[str, str]]:
-        """``Set-Cookie`` headers for the response: the fresh TXID (*txid*), or clearing a stale one."""
-        return self.router.txid_cookie_headers(txid, self.clear_txid)
+    def cookie_headers(self, txids_after: tuple[int | None, ...] | None) -> list[tuple[str, str]]:
+        """``Set-Cookie`` headers: each database's TXID after the handler if it moved, or clearing stale ones."""
+        cookies = self.router.txid_cookies
+        if cookies is None or (txids_after is None and not self.clear_txids):
+            return []
+        before = self.txids_before
+        fresh = (
+            ()
+            if txids_after is None
+            else tuple(txid if before is None or txid != before[i] else None for i, txid in enumerate(txids_after))
+        )
+        return cookies.headers(fresh, self.clear_txids)
 
     def mark_readonly_failure(self, exc: BaseException) -> bool:
         """The safety net: if *exc* is SQLite refusing a write, the request must end on the primary."""
@@ -155,6 +177,7 @@ def ensure_primary() -> None:
     match step:
         case Decision(kind=Kind.RUN):  # the primary (or standalone): a write, run here
             ctx.decision = step
+            ctx.note_write()
             return
         case Decision():  # the replay, or a refusal (413, 503 after too many replays)
             ctx.must_end_on_primary, ctx.ending = True, ctx.router.reply(step)

@@ -25,11 +25,12 @@ The rules, in order:
    nodes disagree about who is primary), or its body is larger than Fly's
    proxy can replay (413). A body of unknown length is measured first (408
    if it does not arrive within ``body_timeout``).
-6. Read-your-writes, when on: a read whose ``__txid`` cookie is ahead of the
-   replica's TXID waits up to ``consistency_wait`` for it, then runs; not
-   caught up, it is replayed to the primary (within ``max_replays``; past
-   it, or with no primary, it runs here rather than fail). The primary never
-   waits; a cookie ahead of it (lost writes after a failover) is cleared.
+6. Read-your-writes, when on: a read whose TXID cookies (one per database)
+   are ahead of the replica's TXIDs waits up to ``consistency_wait`` for all
+   of them, then runs; not caught up, it is replayed to the primary (within
+   ``max_replays``; past it, or with no primary, it runs here rather than
+   fail). The primary never waits; a cookie ahead of it (lost writes after a
+   failover) is cleared.
 7. ``ensure_primary()``: the request is a write whatever its method and
    path, and its body is not measured (the app may have read it).
 8. A request whose app ran here but that must end on the primary
@@ -46,7 +47,7 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple, NoReturn
 
-from .consistency import parse_txid_cookie
+from .consistency import TxidCookies
 from .mount import NodeState, Role
 
 __all__ = [
@@ -63,12 +64,12 @@ __all__ = [
     "Pending",
     "Plan",
     "ReadClock",
-    "ReadPosition",
+    "ReadPositions",
     "ReadState",
     "RequestInfo",
     "Rules",
     "Sleep",
-    "WaitForTxid",
+    "WaitForTxids",
     "assert_never",
     "decide",
     "decide_without_io",
@@ -162,8 +163,9 @@ class RequestInfo:
     content_length: int | None = None
     #: True when the body's length is unknown (``Transfer-Encoding: chunked``).
     unknown_length: bool = False
-    #: The read-your-writes TXID from the ``__txid`` cookie, None if none.
-    txid: int | None = None
+    #: The read-your-writes TXID of each database from its cookie (0: no
+    #: cookie for it), in the ``database`` option's order; None if none.
+    txids: tuple[int, ...] | None = None
 
     @classmethod
     def from_headers(
@@ -175,13 +177,19 @@ class RequestInfo:
         content_length: str | None,
         transfer_encoding: str | None,
         cookie: str | None = None,
+        txid_cookies: TxidCookies | None = None,
     ) -> RequestInfo:
-        """Build from raw header values; anything malformed counts as absent."""
+        """Build from raw header values; anything malformed counts as absent.
+
+        *txid_cookies*: the read-your-writes cookies to look for in *cookie*
+        (None: read-your-writes is off, no cookie is parsed).
+        """
         if not (content_length or transfer_encoding or cookie):
             return cls(method, path, replay_src)  # most reads: nothing to parse
         length = int(content_length) if content_length and _CONTENT_LENGTH.fullmatch(content_length) else None
         chunked = transfer_encoding is not None and "chunked" in transfer_encoding.lower()
-        return cls(method, path, replay_src, length, chunked and length is None, parse_txid_cookie(cookie))
+        txids = txid_cookies.parse(cookie) if txid_cookies is not None else None
+        return cls(method, path, replay_src, length, chunked and length is None, txids)
 
 
 class Kind(enum.Enum):
@@ -265,21 +273,24 @@ class MeasureBody:
 
 
 @dataclass(frozen=True, slots=True)
-class WaitForTxid:
-    """Wait until the local TXID reaches *txid*, at most *timeout* seconds [bool: reached]."""
+class WaitForTxids:
+    """Wait until each database's local TXID reaches its one in *txids* (0: none), at most *timeout* seconds in all.
 
-    txid: int
+    [bool: all reached]
+    """
+
+    txids: tuple[int, ...]
     timeout: float
 
 
 @dataclass(frozen=True, slots=True)
-class ReadPosition:
-    """The local TXID, read now [int, or None if unknown]."""
+class ReadPositions:
+    """Each database's local TXID, read now [a tuple of int, or None where unknown]."""
 
 
-Need = ReadState | ReadClock | Sleep | MeasureBody | WaitForTxid | ReadPosition
+Need = ReadState | ReadClock | Sleep | MeasureBody | WaitForTxids | ReadPositions
 #: What a driver sends back for a :data:`Need` (checked by the plan).
-Answer = NodeState | float | int | bool | None
+Answer = NodeState | float | int | bool | tuple[int | None, ...] | None
 
 
 # Built on every request: a plain slotted class, as RequestInfo (cheaper to
@@ -290,8 +301,8 @@ class Outcome:
 
     decision: Decision
     state: NodeState
-    #: The request's __txid cookie is ahead of this primary: clear it.
-    clear_txid: bool = False
+    #: The databases (indexes) whose TXID cookie is ahead of this primary: clear those cookies.
+    clear_txids: tuple[int, ...] = ()
 
 
 Plan = Generator[Need, Answer, Outcome]
@@ -315,14 +326,14 @@ def decide(
     state: NodeState,
     rules: Rules,
     *,
-    known_txid: int | None = None,
+    known_txids: tuple[int | None, ...] | None = None,
     forced: bool = False,
     body_size: int | None = None,
 ) -> Decision | Pending:
     """Rules 1-7 for *request* on a node in *state*: an answer, or what is needed first.
 
-    *known_txid*: the highest local TXID already seen (no I/O; a read whose
-    cookie is not above it needs no wait). *forced*: the handler called
+    *known_txids*: each database's highest local TXID already seen (no I/O;
+    a read whose cookies are not above them needs no wait). *forced*: the handler called
     ``ensure_primary()``. *body_size*: the size measured after ``MEASURE_BODY``.
     """
     method = request.method
@@ -332,7 +343,7 @@ def decide(
         ):
             # Most reads carry no TXID: then passthrough cannot matter (both
             # run here) and its globs are not matched at all.
-            return _RUN_READ if request.txid is None else _decide_read(request, state, rules, known_txid)
+            return _RUN_READ if request.txids is None else _decide_read(request, state, rules, known_txids)
         if rules.passthrough.match(request.path):
             return _RUN_PASSTHROUGH
     if state.is_primary:
@@ -353,10 +364,12 @@ def decide(
     return Decision(Kind.REPLAY, True, target=state.primary_id, hops=hops + 1)
 
 
-def _decide_read(request: RequestInfo, state: NodeState, rules: Rules, known_txid: int | None) -> Decision | Pending:
-    """Rules 1 and 6 for a read with a TXID cookie."""
-    txid = request.txid
-    if txid is None or not rules.read_your_writes or (known_txid is not None and known_txid >= txid):
+def _decide_read(
+    request: RequestInfo, state: NodeState, rules: Rules, known_txids: tuple[int | None, ...] | None
+) -> Decision | Pending:
+    """Rules 1 and 6 for a read with TXID cookies."""
+    txids = request.txids
+    if txids is None or not rules.read_your_writes or (known_txids is not None and _reached(txids, known_txids)):
         return _RUN_READ
     if rules.passthrough.match(request.path):
         return _RUN_PASSTHROUGH
@@ -365,6 +378,18 @@ def _decide_read(request: RequestInfo, state: NodeState, rules: Rules, known_txi
     if state.role is Role.PRIMARY:
         return Pending.CHECK_TXID
     return _RUN_READ
+
+
+def _reached(txids: tuple[int, ...], known: tuple[int | None, ...]) -> bool:
+    """True if every database is known to have reached its TXID (0: no cookie for it)."""
+    return all(not txid or (seen is not None and seen >= txid) for txid, seen in zip(txids, known, strict=True))
+
+
+def _ahead(txids: tuple[int, ...], local: tuple[int | None, ...]) -> tuple[int, ...]:
+    """The databases (indexes) whose cookie is ahead of this node's TXID (or whose TXID is unknown)."""
+    return tuple(
+        i for i, (txid, seen) in enumerate(zip(txids, local, strict=True)) if txid and (seen is None or txid > seen)
+    )
 
 
 def _decide_lagging_read(request: RequestInfo, state: NodeState, rules: Rules) -> Decision:
@@ -376,12 +401,12 @@ def _decide_lagging_read(request: RequestInfo, state: NodeState, rules: Rules) -
 
 
 def sets_txid_cookie(decision: Decision, state: NodeState, rules: Rules) -> bool:
-    """True if a request run on *decision* gets a fresh ``__txid`` cookie (read after its handler)."""
+    """True if a request run on *decision* gets fresh TXID cookies (positions read after its handler)."""
     return decision.write and rules.read_your_writes and not decision.passthrough and state.role is Role.PRIMARY
 
 
 def decide_without_io(
-    request: RequestInfo, cached: NodeState | None, rules: Rules, *, known_txid: int | None = None
+    request: RequestInfo, cached: NodeState | None, rules: Rules, *, known_txids: tuple[int | None, ...] | None = None
 ) -> Outcome | None:
     """:func:`plan_request`'s outcome when it needs no I/O, from a *cached* reading; else None.
 
@@ -391,7 +416,7 @@ def decide_without_io(
     """
     if cached is None or _needs_fresh_state(request):
         return None
-    step = decide(request, cached, rules, known_txid=known_txid)
+    step = decide(request, cached, rules, known_txids=known_txids)
     return Outcome(step, cached) if type(step) is Decision else None
 
 
@@ -402,10 +427,10 @@ def _needs_fresh_state(request: RequestInfo) -> bool:
     return request.replay_src is not None
 
 
-def plan_request(request: RequestInfo, rules: Rules, *, known_txid: int | None = None) -> Plan:
+def plan_request(request: RequestInfo, rules: Rules, *, known_txids: tuple[int | None, ...] | None = None) -> Plan:
     """Route *request*: rules 1-6, yielding each piece of I/O they need."""
     state = _expect_state((yield ReadState(0 if _needs_fresh_state(request) else None)))
-    step = decide(request, state, rules, known_txid=known_txid)
+    step = decide(request, state, rules, known_txids=known_txids)
     waited_for_primary = False
     while True:
         match step:
@@ -416,7 +441,7 @@ def plan_request(request: RequestInfo, rules: Rules, *, known_txid: int | None =
                     return Outcome(NO_PRIMARY, state)
                 state = yield from _wait_for_primary(state, rules)
                 waited_for_primary = True
-                step = decide(request, state, rules, known_txid=known_txid)
+                step = decide(request, state, rules, known_txids=known_txids)
             case Pending.MEASURE_BODY:
                 size = _expect_optional_int((yield MeasureBody(rules.replay_body_limit, rules.body_timeout)))
                 if size is None:
@@ -424,13 +449,13 @@ def plan_request(request: RequestInfo, rules: Rules, *, known_txid: int | None =
                     return Outcome(Decision(Kind.TIMEOUT, True, reason=reason), state)
                 step = decide(request, state, rules, body_size=size)
             case Pending.WAIT_FOR_TXID:
-                assert request.txid is not None
-                caught_up = _expect_bool((yield WaitForTxid(request.txid, rules.consistency_wait)))
+                assert request.txids is not None
+                caught_up = _expect_bool((yield WaitForTxids(request.txids, rules.consistency_wait)))
                 step = _RUN_READ if caught_up else _decide_lagging_read(request, state, rules)
             case Pending.CHECK_TXID:
-                assert request.txid is not None
-                local = _expect_optional_int((yield ReadPosition()))
-                return Outcome(_RUN_READ, state, clear_txid=local is None or request.txid > local)
+                assert request.txids is not None
+                local = _expect_positions((yield ReadPositions()), len(request.txids))
+                return Outcome(_RUN_READ, state, clear_txids=_ahead(request.txids, local))
             case _:
                 assert_never(step)
 
@@ -492,7 +517,17 @@ def _expect_float(answer: Answer) -> float:
 
 def _expect_bool(answer: Answer) -> bool:
     if not isinstance(answer, bool):
-        raise TypeError(f"a driver answered WaitForTxid with {answer!r}, not a bool")
+        raise TypeError(f"a driver answered WaitForTxids with {answer!r}, not a bool")
+    return answer
+
+
+def _expect_positions(answer: Answer, count: int) -> tuple[int | None, ...]:
+    if not (
+        isinstance(answer, tuple)
+        and len(answer) == count
+        and all(p is None or (isinstance(p, int) and not isinstance(p, bool)) for p in answer)
+    ):
+        raise TypeError(f"a driver answered ReadPositions with {answer!r}, not {count} ints or None")
     return answer
 
 

@@ -18,10 +18,10 @@ from .decision import (
     Outcome,
     Plan,
     ReadClock,
-    ReadPosition,
+    ReadPositions,
     ReadState,
     Sleep,
-    WaitForTxid,
+    WaitForTxids,
     assert_never,
 )
 from .mount import NodeState
@@ -36,8 +36,8 @@ class BlockingIO(Protocol):
     def clock(self) -> float: ...
     def sleep(self, seconds: float) -> None: ...
     def measure_body(self, limit: int, timeout: float) -> int | None: ...
-    def wait_for_txid(self, txid: int, timeout: float) -> bool: ...
-    def read_position(self) -> int | None: ...
+    def wait_for_txids(self, txids: tuple[int, ...], timeout: float) -> bool: ...
+    def read_positions(self) -> tuple[int | None, ...]: ...
 
 
 class AsyncIO(Protocol):
@@ -47,8 +47,8 @@ class AsyncIO(Protocol):
     def clock(self) -> float: ...
     async def sleep(self, seconds: float) -> None: ...
     async def measure_body(self, limit: int, timeout: float) -> int | None: ...
-    async def wait_for_txid(self, txid: int, timeout: float) -> bool: ...
-    async def read_position(self) -> int | None: ...
+    async def wait_for_txids(self, txids: tuple[int, ...], timeout: float) -> bool: ...
+    async def read_positions(self) -> tuple[int | None, ...]: ...
 
 
 def drive(plan: Plan, io: BlockingIO) -> Outcome:
@@ -70,10 +70,10 @@ def drive(plan: Plan, io: BlockingIO) -> Outcome:
                 answer = None
             case MeasureBody(limit, timeout):
                 answer = io.measure_body(limit, timeout)
-            case WaitForTxid(txid, timeout):
-                answer = io.wait_for_txid(txid, timeout)
-            case ReadPosition():
-                answer = io.read_position()
+            case WaitForTxids(txids, timeout):
+                answer = io.wait_for_txids(txids, timeout)
+            case ReadPositions():
+                answer = io.read_positions()
             case _:
                 assert_never(need)
 
@@ -97,9 +97,9 @@ async def drive_async(plan: Plan, io: AsyncIO) -> Outcome:
                 answer = None
             case MeasureBody(limit, timeout):
                 answer = await io.measure_body(limit, timeout)
-            case WaitForTxid(txid, timeout):
-                answer = await io.wait_for_txid(txid, timeout)
-            case ReadPosition():
-                answer = await io.read_position()
+            case WaitForTxids(txids, timeout):
+                answer = await io.wait_for_txids(txids, timeout)
+            case ReadPositions():
+                answer = await io.read_positions()
             case _:
                 assert_never(need)

@@ -12,15 +12,15 @@ import inspect
 import math
 import os
 import textwrap
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
-from .consistency import PositionWatcher
+from .consistency import Positions, TxidCookies
 from .decision import PathGlobs, Rules
 from .exceptions import PrimaryRequired
 from .mount import default_instance_id, is_valid_instance_id
-from .replies import Reply, txid_cookie_attributes
+from .replies import Reply
 from .router import Router
 from .state_cache import StateCache
 from .subscriber import resolve_api_url, subscriber_for
@@ -48,8 +48,9 @@ class RoutingMiddleware(Generic[AppT]):
     passthrough
         Path globs never routed, any method (static files, health checks).
     cache_ttl
-        Seconds a reading of the mount is reused (default 1.0; 0 reads on
-        every request). The staleness bound of every routing decision.
+        Seconds a reading of the mount is reused while LiteFS's event stream
+        is not followed (default 1.0; 0 reads on every request): the
+        staleness bound of every routing decision then.
     primary_wait
         Seconds a write waits for a primary when none is known (default 5.0,
         as LiteFS's proxy) before it is answered 503.
@@ -65,13 +66,16 @@ class RoutingMiddleware(Generic[AppT]):
     retry_after
         Seconds in the ``Retry-After`` of a 503 (default 2).
     database
-        The database file name in the mount, for read-your-writes. Default:
-        ``$DATABASE_FILENAME``; unset: read-your-writes is off.
+        The database file name in the mount, for read-your-writes, or
+        several (a list, or names separated by commas): each gets its own
+        TXID cookie, ``__txid`` for the first (as LiteFS's proxy),
+        ``__txid_<name>`` for the others. Default: ``$DATABASE_FILENAME``
+        (commas too); unset: read-your-writes is off.
     consistency_wait
-        Seconds a replica read waits for the TXID in its ``__txid`` cookie
-        before it is replayed to the primary (default 1.0).
+        Seconds a replica read waits for the TXIDs in its cookies before it
+        is replayed to the primary (default 1.0).
     txid_cookie_max_age
-        Lifetime of the ``__txid`` cookie in seconds (default 300, as LiteFS).
+        Lifetime of the TXID cookies in seconds (default 300, as LiteFS).
     txid_cookie_secure
         Add ``Secure`` to the cookie (default False, as LiteFS's proxy).
     litefs_api_url
@@ -109,7 +113,7 @@ class RoutingMiddleware(Generic[AppT]):
         replay_body_limit: int = 1_000_000,
         body_timeout: float = 10.0,
         retry_after: int = 2,
-        database: str | None = None,
+        database: str | Sequence[str] | None = None,
         consistency_wait: float = 1.0,
         txid_cookie_max_age: int = 300,
         txid_cookie_secure: bool = False,
@@ -141,10 +145,9 @@ class RoutingMiddleware(Generic[AppT]):
         if not 1 <= max_replays <= 9 or replay_body_limit < 0 or retry_after < 0:
             raise ValueError("max_replays must be 1 to 9; replay_body_limit and retry_after >= 0")
         mount = os.fspath(litefs_dir) if litefs_dir is not None else os.environ.get("LITEFS_DIR") or None
-        database = database or os.environ.get("DATABASE_FILENAME") or None
-        if database is not None and (os.sep in database or database.startswith(".")):
-            raise ValueError(f"database must be a file name in the mount, got {database!r}")
-        positions = PositionWatcher(mount, database) if mount and database else None
+        databases = _database_names(database if database is not None else os.environ.get("DATABASE_FILENAME", ""))
+        positions = Positions(mount, databases) if mount and databases else None
+        cookies = TxidCookies(databases, max_age=txid_cookie_max_age, secure=txid_cookie_secure) if positions else None
         cache = StateCache(mount, instance_id, float(cache_ttl))
         api_url = resolve_api_url(litefs_api_url)
         if api_url is not None:
@@ -153,7 +156,7 @@ class RoutingMiddleware(Generic[AppT]):
                 raise ValueError(f"litefs_api_url must be http://host:port or 'off', got {api_url!r}")
         subscriber = subscriber_for(api_url, mount) if api_url is not None and mount else None
         if subscriber is not None:
-            subscriber.attach(cache, positions)
+            subscriber.attach(cache, positions.watchers if positions is not None else ())
         rules = Rules(
             write_on_read=PathGlobs(write_on_read),
             passthrough=PathGlobs(passthrough),
@@ -169,14 +172,23 @@ class RoutingMiddleware(Generic[AppT]):
             rules=rules,
             cache=cache,
             positions=positions,
+            txid_cookies=cookies,
             subscriber=subscriber,
             retry_after=retry_after,
-            txid_cookie_attributes=txid_cookie_attributes(txid_cookie_max_age, txid_cookie_secure),
         )
         self._setup()
 
     def _setup(self) -> None:
         """An adapter's own set-up, once the router exists (a hook; none by default)."""
+
+
+def _database_names(option: str | Sequence[str]) -> tuple[str, ...]:
+    """The read-your-writes databases: a name, names separated by commas, or a list of names (validated)."""
+    names = option.split(",") if isinstance(option, str) else list(option)
+    databases = tuple(name.strip() for name in names if name.strip())
+    if databases:
+        TxidCookies(databases)  # raises ValueError for a name that is not a plain file name, or a repeated one
+    return databases
 
 
 def middleware_doc(summary: str) -> str:

@@ -1,4 +1,4 @@
-"""What the middleware writes itself: its replies, the tag headers, the TXID cookie.
+"""What the middleware writes itself: its replies and the tag headers.
 
 Pure and framework-free; both adapters render through these functions and
 the :class:`~litefs_route.router.Router` memoises their results.
@@ -10,7 +10,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import AnyStr
 
-from .consistency import TXID_COOKIE
 from .decision import Decision, Kind, replay_state
 from .mount import NodeState
 
@@ -25,8 +24,6 @@ __all__ = [
     "build_reply",
     "build_tags",
     "has_replay_header",
-    "txid_cookie_attributes",
-    "txid_cookie_headers",
     "with_tags",
 ]
 
@@ -117,18 +114,3 @@ def _text_reply(status: int, body: str, extra: list[tuple[str, str]]) -> Reply:
 def has_replay_header(headers: Iterable[tuple[AnyStr, AnyStr]]) -> bool:
     """True if *headers* include ``fly-replay`` (the app's own replay counts)."""
     return any(name.lower() in _REPLAY_NAMES for name, _ in headers)
-
-
-def txid_cookie_attributes(max_age: int, secure: bool) -> str:
-    """The attributes of the ``__txid`` cookie, as LiteFS's proxy sets them."""
-    attributes = f"Path=/; Max-Age={int(max_age)}; HttpOnly; SameSite=Lax"
-    return attributes + ("; Secure" if secure else "")
-
-
-def txid_cookie_headers(txid: int | None, clear: bool, attributes: str) -> list[tuple[str, str]]:
-    """``Set-Cookie`` headers: the TXID after a write, or the clearing one."""
-    if txid:
-        return [("Set-Cookie", f"{TXID_COOKIE}={txid:016x}; {attributes}")]
-    if clear:
-        return [("Set-Cookie", f"{TXID_COOKIE}=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax")]
-    return []

@@ -4,12 +4,12 @@ A :class:`Router` is what the WSGI and ASGI middlewares share, built from
 their options once (see :class:`~litefs_route.middleware.RoutingMiddleware`).
 It does no I/O itself: it hands out the plans of :mod:`litefs_route.decision`
 and the objects the drivers' I/O goes through (the :class:`StateCache` of
-the mount, the :class:`PositionWatcher` of the database's TXID).
+the mount, the :class:`~litefs_route.consistency.Positions` of the databases' TXIDs).
 """
 
 from __future__ import annotations
 
-from .consistency import PositionWatcher
+from .consistency import Positions, TxidCookies
 from .decision import (
     Decision,
     Outcome,
@@ -23,7 +23,7 @@ from .decision import (
     plan_settlement,
 )
 from .mount import NodeState
-from .replies import Headers, Reply, build_reply, build_tags, txid_cookie_headers
+from .replies import Headers, Reply, build_reply, build_tags
 from .state_cache import StateCache
 from .subscriber import EventSubscriber
 
@@ -46,21 +46,22 @@ class Router:
         instance_id: str,
         rules: Rules,
         cache: StateCache,
-        positions: PositionWatcher | None,
+        positions: Positions | None,
+        txid_cookies: TxidCookies | None,
         retry_after: int,
-        txid_cookie_attributes: str,
         subscriber: EventSubscriber | None = None,
     ) -> None:
         self.instance_id = instance_id
         self.rules = rules
         #: The reading of the mount, shared by every request.
         self.cache = cache
-        #: The read-your-writes watcher; None when read-your-writes is off.
+        #: The read-your-writes watchers, one per database; None when read-your-writes is off.
         self.positions = positions
+        #: The read-your-writes cookies, one per database; None when read-your-writes is off.
+        self.txid_cookies = txid_cookies
         #: What pushes LiteFS's events into the cache and the watcher; None when off.
         self.subscriber = subscriber
         self.retry_after = retry_after
-        self.txid_cookie_attributes = txid_cookie_attributes
         # (reading, its tags): tags are built once per reading of the mount.
         self._last_tags: tuple[NodeState | None, Headers] = (None, ())
         self._replies: dict[Decision, Reply] = {}
@@ -69,7 +70,7 @@ class Router:
 
     def plan(self, request: RequestInfo) -> Plan:
         """The plan that routes *request* (drive it with :mod:`litefs_route.drivers`)."""
-        return plan_request(request, self.rules, known_txid=self._known_txid(request))
+        return plan_request(request, self.rules, known_txids=self.known_txids(request))
 
     def settlement(self, request: RequestInfo) -> Plan:
         """The plan that ends a request that ran here but must end on the primary."""
@@ -77,16 +78,19 @@ class Router:
 
     def outcome_without_io(self, request: RequestInfo) -> Outcome | None:
         """The plan's outcome if it needs no I/O at all (the cached reading is fresh), else None."""
-        known_txid = None if request.txid is None else self._known_txid(request)
-        return decide_without_io(request, self.cache.fresh(), self.rules, known_txid=known_txid)
+        known_txids = None if request.txids is None else self.known_txids(request)
+        return decide_without_io(request, self.cache.fresh(), self.rules, known_txids=known_txids)
 
     def decide_forced(self, request: RequestInfo, state: NodeState) -> Decision | Pending:
         """The answer for a handler that called ``ensure_primary()``."""
         return decide(request, state, self.rules, forced=True)
 
-    def _known_txid(self, request: RequestInfo) -> int | None:
+    def known_txids(self, request: RequestInfo | None = None) -> tuple[int | None, ...] | None:
+        """Each database's TXID as last seen (no I/O); None when off, or when *request* carries no TXID cookie."""
         positions = self.positions
-        return positions.last_known if positions is not None and request.txid is not None else None
+        if positions is None or (request is not None and request.txids is None):
+            return None
+        return positions.known()
 
     # -- responses ----------------------------------------------------------
 
@@ -109,10 +113,6 @@ class Router:
                 self._replies.clear()
             reply = self._replies[decision] = build_reply(decision, self.retry_after)
         return reply
-
-    def txid_cookie_headers(self, txid: int | None, clear: bool) -> list[tuple[str, str]]:
-        """``Set-Cookie`` headers: the TXID after a write, or the clearing one."""
-        return txid_cookie_headers(txid, clear, self.txid_cookie_attributes)
 
     def __repr__(self) -> str:
         return f"Router(instance_id={self.instance_id!r}, litefs_dir={self.cache.litefs_dir!r})"

@@ -34,7 +34,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from .consistency import PositionWatcher
@@ -99,12 +99,12 @@ class EventSubscriber:
         self._ever_up = False
         self._reported_unreachable = False
 
-    def attach(self, cache: StateCache, positions: PositionWatcher | None = None) -> None:
-        """Feed *cache* (and *positions*) from the stream; the thread starts at the cache's next read."""
+    def attach(self, cache: StateCache, watchers: Iterable[PositionWatcher] = ()) -> None:
+        """Feed *cache* (and the TXID *watchers*) from the stream; the thread starts at the cache's next read."""
         with self._lock:
             self._caches.add(cache)
-            if positions is not None:
-                self._watchers.add(positions)
+            for watcher in watchers:
+                self._watchers.add(watcher)
         cache.before_read = self.ensure_running
 
     def ensure_running(self) -> None:

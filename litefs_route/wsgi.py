@@ -11,8 +11,9 @@ proxy replays them on the primary. Every response is tagged with
 ``Fly-Primary-Instance`` and ``Fly-Instance``. The options, the same for both
 adapters, are :class:`~litefs_route.middleware.RoutingMiddleware`'s.
 
-The node's state is read from the mount inline, at most once per
-``cache_ttl`` per process (a replayed request reads it fresh). The app's
+The node's state is pushed by LiteFS's event stream where it is up
+(:mod:`litefs_route.subscriber`), else read from the mount inline, at most
+once per ``cache_ttl`` per process (a replayed request reads it fresh). The app's
 response iterable is returned unchanged (``close()`` and
 ``wsgi.file_wrapper`` keep working), so nothing is buffered. The request's
 :class:`~litefs_route.context.RequestContext` is also in
@@ -28,6 +29,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from .consistency import TxidCookies
 from .context import RequestContext, current_request, report_exception
 from .decision import Kind, RequestInfo
 from .drivers import drive
@@ -58,14 +60,16 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         router = self.router
-        request = _request_info(environ)
+        request = _request_info(environ, router.txid_cookies)
         outcome = router.outcome_without_io(request) or drive(router.plan(request), _BlockingIO(router, environ))
         if outcome.decision.kind is not Kind.RUN:
             return _send_reply(start_response, router.reply(outcome.decision), router.tags(outcome.state))
 
         ctx = RequestContext(
-            router, request, outcome.state, outcome.decision, self.primary_required_error, outcome.clear_txid
+            router, request, outcome.state, outcome.decision, self.primary_required_error, outcome.clear_txids
         )
+        if outcome.decision.write:  # before the app: its cookies name the databases it changes
+            ctx.note_write()
         environ["litefs_route.context"] = ctx
         response = _Response(ctx, environ, start_response)
         token = current_request.set(ctx)
@@ -107,7 +111,7 @@ class _Response:
             reply = self.replaced_by = self._ending()
             status, headers = reply.status_line, list(reply.headers)
         elif router.rules.read_your_writes:  # a cookie may be due
-            headers = headers + ctx.cookie_headers(self._read_txid())
+            headers = headers + ctx.cookie_headers(self._read_txids())
         ctx.response_started = True
         write = self.start(status, with_tags(headers, router.tags(ctx.state), OUR_TAG_NAMES), exc_info)
         return _discarding_write if self.replaced_by is not None else write
@@ -124,8 +128,8 @@ class _Response:
             return ctx.ending
         return ctx.settle(drive(settlement, _BlockingIO(ctx.router, self.environ)))
 
-    def _read_txid(self) -> int | None:
-        # Read after the handler ran: the TXID must include its write.
+    def _read_txids(self) -> tuple[int | None, ...] | None:
+        # Read after the handler ran: the TXIDs must include its writes.
         positions = self.ctx.router.positions
         return positions.read() if positions is not None and self.ctx.txid_cookie_due() else None
 
@@ -151,18 +155,18 @@ class _BlockingIO:
     def measure_body(self, limit: int, timeout: float) -> int | None:
         return _measure_body(self.environ, limit, timeout)
 
-    def wait_for_txid(self, txid: int, timeout: float) -> bool:
+    def wait_for_txids(self, txids: tuple[int, ...], timeout: float) -> bool:
         positions = self.router.positions
         assert positions is not None  # the plan waits only when read-your-writes is on
-        return positions.wait(txid, timeout)
+        return positions.wait(txids, timeout)
 
-    def read_position(self) -> int | None:
+    def read_positions(self) -> tuple[int | None, ...]:
         positions = self.router.positions
         assert positions is not None
         return positions.read()
 
 
-def _request_info(environ: WSGIEnvironment) -> RequestInfo:
+def _request_info(environ: WSGIEnvironment, txid_cookies: TxidCookies | None) -> RequestInfo:
     path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
     if not path.isascii():
         # PEP 3333 hands the path over as a latin-1 "native string" of the
@@ -176,6 +180,7 @@ def _request_info(environ: WSGIEnvironment) -> RequestInfo:
         content_length=environ.get("CONTENT_LENGTH"),
         transfer_encoding=environ.get("HTTP_TRANSFER_ENCODING"),
         cookie=environ.get("HTTP_COOKIE"),
+        txid_cookies=txid_cookies,
     )
 
 

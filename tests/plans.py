@@ -41,7 +41,7 @@ class FixedIO:
     state: NodeState
     body_size: int = 0
     caught_up: bool = True
-    position: int | None = None
+    positions: tuple[int | None, ...] = (None,)
     now: float = 0.0
     sleeps: int = 0
 
@@ -58,11 +58,11 @@ class FixedIO:
     def measure_body(self, limit: int, timeout: float) -> int | None:
         return min(self.body_size, limit + 1)
 
-    def wait_for_txid(self, txid: int, timeout: float) -> bool:
+    def wait_for_txids(self, txids: tuple[int, ...], timeout: float) -> bool:
         return self.caught_up
 
-    def read_position(self) -> int | None:
-        return self.position
+    def read_positions(self) -> tuple[int | None, ...]:
+        return self.positions
 
 
 def route(request: RequestInfo, state: NodeState, rules: Rules, **io: object) -> Outcome:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from litefs_route import asgi
-from litefs_route.consistency import parse_txid_cookie
+from litefs_route.consistency import TxidCookies
 from litefs_route.decision import Kind, RequestInfo
 from litefs_route.router import Router
 from tests.plans import router_for
@@ -113,7 +113,7 @@ def test_replica_read_waits_for_its_write(stack: Stack) -> None:
         pending: Future[httpx.Response] = pool.submit(stack.get, "/", "000000000000000a")  # LiteFS's format
         wait_until(lambda: positions.waiting == 1, what="the read to wait")
         stack.mount.set_pos(DB, 9)  # not yet
-        wait_until(lambda: positions.last_known == 9, what="the watcher to see 9")
+        wait_until(lambda: positions.watchers[0].last_known == 9, what="the watcher to see 9")
         assert not pending.done()
         assert positions.waiting == 1
         assert stack.calls == []
@@ -194,7 +194,7 @@ def test_many_waiters_share_one_watcher(mount: Mount) -> None:
             pool.submit(httpx.get, url + "/", cookies={"__txid": "0000000000000002"}, timeout=20) for _ in range(50)
         ]
         wait_until(lambda: positions.waiting == 50, what="50 waiting reads")
-        assert positions.threads_started == 1  # one poller for all fifty
+        assert positions.watchers[0].threads_started == 1  # one poller for all fifty
         assert calls == []
         mount.set_pos(DB, 2)
         assert [f.result(20).status_code for f in futures] == [200] * 50
@@ -202,19 +202,24 @@ def test_many_waiters_share_one_watcher(mount: Mount) -> None:
 
 
 @pytest.mark.parametrize(
-    ("header", "txid"),
+    ("header", "txids"),
     [
         (None, None),
-        ("__txid=000000000000000a", 10),
-        ("a=1; __txid=000000000000000a; b=2", 10),
-        ("__txid=0000000000000001; __txid=00000000000000ff", 255),
+        ("__txid=000000000000000a", (10, 0)),
+        ("a=1; __txid=000000000000000a; b=2", (10, 0)),
+        ("__txid=0000000000000001; __txid=00000000000000ff", (255, 0)),
         ("x__txid=00000000000000ff", None),
         ("__txid=00000000000000ff" + "; a=b" * 5000, None),
         ("__txid=a", None),
         ("__txid=00000000000000f", None),
         ("__txid=00000000000000fff", None),
-        ("__txid=00000000000000FF", 255),
+        ("__txid=00000000000000FF", (255, 0)),
         ("__txid=0x000000000000ff", None),
+        ("__txid=0000000000000000", None),
+        ("__txid_cache.db=0000000000000007", (0, 7)),
+        ("__txid=0000000000000003; __txid_cache.db=0000000000000007", (3, 7)),
+        ("__txid_other.db=0000000000000007", None),
+        ("__txid_app.db=0000000000000007", None),
     ],
     ids=[
         "absent",
@@ -228,10 +233,26 @@ def test_many_waiters_share_one_watcher(mount: Mount) -> None:
         "17-digits",
         "upper-case-as-litefs",
         "0x-prefix",
+        "zero",
+        "second-database",
+        "both-databases",
+        "unknown-database",
+        "first-database-by-its-own-name",
     ],
 )
-def test_parse_txid_cookie(header: str | None, txid: int | None) -> None:
-    assert parse_txid_cookie(header) == txid
+def test_parse_txid_cookies(header: str | None, txids: tuple[int, ...] | None) -> None:
+    """Two databases: app.db's cookie is LiteFS's __txid, cache.db's __txid_cache.db."""
+    assert TxidCookies(["app.db", "cache.db"]).parse(header) == txids
+
+
+@pytest.mark.parametrize(
+    "databases",
+    [["app.db", "app.db"], ["../app.db"], [".hidden"], ["a b.db"], ["app;db"], ["x" * 200]],
+    ids=["repeated", "path", "dot-file", "space", "semicolon", "too-long"],
+)
+def test_database_names_that_cannot_be_cookies_are_refused(databases: list[str]) -> None:
+    with pytest.raises(ValueError, match="database"):
+        router_for(litefs_dir="/x", database=databases)
 
 
 def test_a_cookie_not_yet_reached_takes_the_plan_not_the_fast_path(mount: Mount) -> None:
@@ -241,12 +262,18 @@ def test_a_cookie_not_yet_reached_takes_the_plan_not_the_fast_path(mount: Mount)
     router = router_for(litefs_dir=str(mount.path), instance_id="replica-1", database=DB, cache_ttl=3600)
     router.cache.refresh()
     request = RequestInfo.from_headers(
-        "GET", "/", replay_src=None, content_length=None, transfer_encoding=None, cookie="__txid=000000000000000a"
+        "GET",
+        "/",
+        replay_src=None,
+        content_length=None,
+        transfer_encoding=None,
+        cookie="__txid=000000000000000a",
+        txid_cookies=router.txid_cookies,
     )
     assert router.outcome_without_io(request) is None  # TXID 10 not known to be reached
     assert router.positions is not None
     mount.set_pos(DB, 10)
-    assert router.positions.wait(10, timeout=5)
+    assert router.positions.wait((10,), timeout=5)
     outcome = router.outcome_without_io(request)  # now known reached: nothing to wait for
     assert outcome is not None
     assert outcome.decision.kind is Kind.RUN

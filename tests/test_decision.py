@@ -190,13 +190,13 @@ def test_max_replays_must_end_before_flys_limit(max_replays: int) -> None:
     [
         ([None], "ReadState"),  # a driver that answers ReadState with nothing
         ([NO_PRIMARY, "soon"], "ReadClock"),
-        ([REPLICA, 10], "WaitForTxid"),  # an int where a bool is due
+        ([REPLICA, 10], "WaitForTxids"),  # an int where a bool is due
     ],
     ids=["state-none", "clock-text", "txid-int"],
 )
 def test_a_driver_that_answers_wrongly_fails_loudly(answers: list[object], needs: str) -> None:
     """The plan checks what it is sent back: a driver bug is a TypeError, never a wrong decision."""
-    request = RequestInfo("GET", "/", txid=7) if needs == "WaitForTxid" else req("POST")
+    request = RequestInfo("GET", "/", txids=(7,)) if needs == "WaitForTxids" else req("POST")
     plan = plan_request(request, rules(database="app.db", litefs_dir="/x"))
     plan.send(None)  # the first need: ReadState
     *good, bad = answers

@@ -307,8 +307,8 @@ def test_the_fast_path_agrees_with_the_plan(
             rules=rules(write_on_read=write_on_read, passthrough=passthrough, primary_wait=0),
             cache=StateCache(None, ME, 3600, reader=_reads(state)),
             positions=None,
+            txid_cookies=None,
             retry_after=2,
-            txid_cookie_attributes="",
         )
         assert router.outcome_without_io(request) is None  # nothing read yet: the plan reads
         router.cache.refresh()
@@ -319,7 +319,7 @@ def test_the_fast_path_agrees_with_the_plan(
             assert fast is None  # fresh state, a wait for a primary, a body to measure: I/O
         else:
             assert fast is not None
-            assert (fast.decision, fast.state, fast.clear_txid) == (planned, state, False)
+            assert (fast.decision, fast.state, fast.clear_txids) == (planned, state, ())
 
 
 def planned_decision(router: Router, request: RequestInfo, state: NodeState, body_size: int) -> Decision:

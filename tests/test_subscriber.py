@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import subprocess
 import sys
@@ -111,9 +112,9 @@ def test_routing_follows_the_stream_without_reading_the_mount(
         finally:
             cluster.resume_replication("node2")
         assert (response.status_code, response.headers["fly-instance"]) == (200, "node2")
-        assert positions.reached(target)
+        assert positions.watchers[0].reached(target)
 
-        assert (cache.reads, positions.reads, positions.threads_started) == (mount_reads, position_reads, 0)
+        assert (cache.reads, positions.reads, positions.watchers[0].threads_started) == (mount_reads, position_reads, 0)
     assert calls.count("GET /") == 22
     assert calls.count("POST /") == 0
     assert "event stream (%s) is up" % node2.api_url in caplog.text  # noqa: UP031 (the message's own format)
@@ -160,7 +161,7 @@ def test_a_stream_that_drops_falls_back_to_the_mount_and_recovers(
     reads = cache.reads
     _commit(cluster, "node3", value="after")
     target = cluster.wait_replicated()["node2"]
-    wait_until(lambda: positions.reached(target), what="the tx event")
+    wait_until(lambda: positions.watchers[0].reached(target), what="the tx event")
     assert cache.get().primary_id == "node3"
     assert cache.reads == reads
     assert subscriber.connections == 2
@@ -236,7 +237,7 @@ def test_litefs_closing_a_slow_subscriber(
     middleware = wsgi.PrimaryRoutingMiddleware(
         lambda e, s: [], litefs_dir=node.mount_dir, instance_id="node1", cache_ttl=NEVER, litefs_api_url="off"
     )
-    subscriber.attach(middleware.router.cache, slow)
+    subscriber.attach(middleware.router.cache, [slow])
     middleware.router.cache.get()
     wait_until(lambda: subscriber.up, what="the event stream to come up")
 
@@ -306,3 +307,104 @@ def test_status_confirms_the_mount_on_the_stream(litefs_real_cluster: LiteFSClus
     assert "is --api-url this mount's LiteFS?" in warning
     report, _ = status(f"http://127.0.0.1:{free_port()}")
     assert report["source"] == "mount"
+
+
+# -- several databases in one mount ------------------------------------------------------------
+
+DATABASES = ["app.db", "cache.db"]
+
+
+def _writing_apps(mount: str) -> tuple[Any, Any]:
+    """A WSGI and an ASGI app: POST /?db=a.db&db=b.db inserts a row into each database named; GET reads."""
+    from urllib.parse import parse_qs
+
+    def write(query: str) -> None:
+        for database in parse_qs(query).get("db", []):
+            with sqlite3.connect(os.path.join(mount, database)) as db:
+                db.execute("INSERT INTO t VALUES ('x')")
+            db.close()
+
+    def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ["REQUEST_METHOD"] == "POST":
+            write(environ.get("QUERY_STRING", ""))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["method"] == "POST":
+            write(scope["query_string"].decode())  # a test app: blocking is fine here
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    return wsgi_app, asgi_app
+
+
+def _cookies(response: httpx.Response) -> dict[str, str]:
+    return dict(header.split(";")[0].split("=", 1) for header in response.headers.get_list("set-cookie"))
+
+
+@pytest.mark.litefs
+def test_read_your_writes_for_two_databases_in_one_mount(
+    litefs_real_cluster: LiteFSClusterFactory, adapter: str
+) -> None:
+    """Each database a write changed gets its cookie; a replica read waits for every database in its cookies."""
+    cluster = litefs_real_cluster(instances=3, lease="static")
+    for database in DATABASES:
+        with sqlite3.connect(cluster.db_path("node1", database)) as db:
+            db.execute("CREATE TABLE t (v TEXT)")
+        db.close()
+        cluster.wait_replicated(database=database)
+
+    def options(node: str) -> dict[str, Any]:
+        info = cluster.nodes[node]
+        return {
+            "litefs_dir": info.mount_dir,
+            "instance_id": node,
+            "database": DATABASES,
+            "litefs_api_url": info.api_url,
+        }
+
+    def pos(node: str, database: str) -> str:
+        return f"{cluster.position(node, database) or 0:016x}"
+
+    primary_apps = _writing_apps(cluster.nodes["node1"].mount_dir)
+    replica_apps = _writing_apps(cluster.nodes["node2"].mount_dir)
+    with (
+        serve_under(adapter, *primary_apps, **options("node1")) as primary,
+        serve_under(adapter, *replica_apps, **options("node2")) as replica,
+        httpx.Client(timeout=30) as client,
+    ):
+        for served in (primary, replica):
+            client.get(served.url)  # the first read starts the stream
+        wait_until(lambda: all(s.router.subscriber and s.router.subscriber.up for s in (primary, replica)), what="up")
+
+        only_cache = client.post(primary.url + "/?db=cache.db")
+        assert _cookies(only_cache) == {"__txid_cache.db": pos("node1", "cache.db")}
+        only_app = client.post(primary.url + "/?db=app.db")
+        assert _cookies(only_app) == {"__txid": pos("node1", "app.db")}
+        nothing = client.post(primary.url + "/")
+        assert _cookies(nothing) == {}
+
+        cluster.wait_replicated(database="app.db")
+        cluster.wait_replicated(database="cache.db")
+        cluster.pause_replication("node2")
+        try:
+            both = client.post(primary.url + "/?db=app.db&db=cache.db")
+            cookies = _cookies(both)
+            assert cookies == {"__txid": pos("node1", "app.db"), "__txid_cache.db": pos("node1", "cache.db")}
+            positions = replica.router.positions
+            assert positions is not None
+            header = "; ".join(f"{name}={value}" for name, value in cookies.items())
+            with ThreadPoolExecutor(1) as pool:
+                read = pool.submit(client.get, replica.url, headers={"Cookie": header})
+                wait_until(lambda: positions.waiting >= 1, what="the read to wait")
+                cluster.resume_replication("node2")
+                response = read.result(30)
+        finally:
+            cluster.resume_replication("node2")
+        assert (response.status_code, response.headers["fly-instance"]) == (200, "node2")
+        assert positions.known() == (int(cookies["__txid"], 16), int(cookies["__txid_cache.db"], 16))
+
+        # A cookie for cache.db ahead of the primary (lost writes): cleared there, app.db's untouched.
+        ahead = client.get(primary.url, headers={"Cookie": f"__txid_cache.db={0xFFFF:016x}; __txid=0000000000000001"})
+        assert ahead.headers.get_list("set-cookie") == ["__txid_cache.db=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"]
