@@ -25,19 +25,16 @@ reader (run it in a thread).
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .mount import NodeState, Role, is_valid_instance_id
-
-if TYPE_CHECKING:
-    import http.client
 
 __all__ = [
     "EventStreamClosed",
@@ -156,8 +153,6 @@ def read_events(
     connection and the response's head instead. *deadline* (a
     ``time.monotonic()`` value) bounds the whole stream: past it, TimeoutError.
     """
-    import http.client  # here, not at import: most processes never read the stream
-
     parts = urlsplit(api_url)
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError(f"the LiteFS API URL must be http://host:port, got {api_url!r}")
@@ -198,7 +193,6 @@ def _connection(host: str, port: int, timeout: float | None) -> http.client.HTTP
     reader (its 1,024-event channel fills), which then reconnects and
     re-reads the state, as it must.
     """
-    import http.client
 
     class Connection(http.client.HTTPConnection):
         def connect(self) -> None:

@@ -93,11 +93,12 @@ class EventSubscriber:
         self._pid = 0
         #: True while the stream is up and trusted (its state is pushed).
         self.up = False
-        #: Connections that came up and were trusted; the tests and benchmarks read it.
+        #: Connections this process made that came up and were trusted; the tests and benchmarks read it.
         self.connections = 0
         # Logged once per transition, not once per retry.
         self._ever_up = False
         self._reported_unreachable = False
+        self._reported_mismatch = False
 
     def attach(self, cache: StateCache, watchers: Iterable[PositionWatcher] = ()) -> None:
         """Feed *cache* (and the TXID *watchers*) from the stream; the thread starts at the cache's next read."""
@@ -128,7 +129,7 @@ class EventSubscriber:
         another thread held is held for ever: nothing here waits on one.
         """
         self._lock = threading.Lock()
-        self._thread, self.up = None, False
+        self._thread, self.up, self.connections = None, False, 0
         for cache in list(self._caches):
             cache.forked()
         for watcher in list(self._watchers):
@@ -143,6 +144,9 @@ class EventSubscriber:
             try:
                 self._follow(read_events(self.api_url, timeout=None, connect_timeout=self.connect_timeout))
             except (OSError, ValueError) as exc:
+                self._fall_back(exc)
+            except Exception as exc:  # a bug must not end the thread with the stream's state trusted
+                logger.exception("the LiteFS event stream's thread failed; reading the mount, retrying")
                 self._fall_back(exc)
             if time.monotonic() - began > _STABLE:
                 backoff = _BACKOFF_MIN
@@ -207,7 +211,10 @@ class EventSubscriber:
                 "LiteFS's event stream (%s) dropped (%s): reading the mount until it is back", self.api_url, exc
             )
         elif isinstance(exc, StreamMismatch):
-            logger.warning("not following LiteFS's event stream (%s): %s", self.api_url, exc)
+            # Once: a misconfiguration repeats on every retry (a failover racing the connection does not).
+            level = logging.DEBUG if self._reported_mismatch else logging.WARNING
+            self._reported_mismatch = True
+            logger.log(level, "not following LiteFS's event stream (%s): %s", self.api_url, exc)
         elif not self._reported_unreachable:
             self._reported_unreachable = True
             logger.info(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -9,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,10 +21,11 @@ import pytest
 from litefs_route import wsgi
 from litefs_route.consistency import PositionWatcher
 from litefs_route.devcluster import free_port
-from litefs_route.mount import Role, read_position
+from litefs_route.mount import NodeState, Role, read_position
+from litefs_route.state_cache import StateCache
 from litefs_route.subscriber import DEFAULT_API_URL, EventSubscriber, resolve_api_url
 from tests.apps import flask_app, starlette_app
-from tests.support import serve_under, wait_until
+from tests.support import ROOT, serve_under, wait_until
 
 if TYPE_CHECKING:
     from litefs_route.devcluster.litefs import LiteFSCluster
@@ -408,3 +411,113 @@ def test_read_your_writes_for_two_databases_in_one_mount(
         # A cookie for cache.db ahead of the primary (lost writes): cleared there, app.db's untouched.
         ahead = client.get(primary.url, headers={"Cookie": f"__txid_cache.db={0xFFFF:016x}; __txid=0000000000000001"})
         assert ahead.headers.get_list("set-cookie") == ["__txid_cache.db=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"]
+
+
+@pytest.mark.litefs
+def test_each_gunicorn_worker_follows_its_own_stream_after_a_preload_fork(
+    litefs_real_cluster: LiteFSClusterFactory,
+) -> None:
+    """The master's stream does not survive the fork: each worker starts its own, and follows a handoff on it."""
+    cluster = litefs_real_cluster(instances=3, lease="consul")
+    node2 = cluster.nodes["node2"]
+    port = free_port()
+    env = {
+        **os.environ,
+        "LITEFS_DIR": node2.mount_dir,
+        "FLY_MACHINE_ID": "node2",
+        "LITEFS_API_URL": node2.api_url,
+        "PYTHONPATH": str(ROOT),
+    }
+    command = [sys.executable, "-m", "gunicorn", "--preload", "-w", "2", "-b", f"127.0.0.1:{port}"]
+    server = subprocess.Popen([*command, "tests.devcluster_apps.preload_app:app"], env=env, cwd=ROOT)
+    workers: dict[int, dict[str, Any]] = {}
+
+    def sampled(done: Callable[[dict[str, Any]], bool]) -> bool:
+        """Ask both workers (two requests at once, each holding its sync worker); True once *done* holds for both."""
+        try:
+            with ThreadPoolExecutor(2) as pool:
+                get = functools.partial(httpx.get, f"http://127.0.0.1:{port}/__stream?hold=0.3", timeout=5)
+                reports = [f.result().json() for f in [pool.submit(get), pool.submit(get)]]
+        except httpx.TransportError:
+            return False  # not listening yet
+        workers.update((report["pid"], report) for report in reports)
+        return len(workers) == 2 and all(done(w) for w in workers.values())
+
+    try:
+        wait_until(lambda: sampled(lambda w: w["up"]), timeout=30, what=f"both workers' own streams: {workers}")
+        assert all(w["primary"] == "node1" and w["connections"] == 1 for w in workers.values()), workers
+        reads = {pid: w["reads"] for pid, w in workers.items()}
+        cluster.promote("node3")
+        wait_until(lambda: sampled(lambda w: w["primary"] == "node3"), timeout=30, what="both to follow the handoff")
+        assert {pid: w["reads"] for pid, w in workers.items()} == reads  # pushed, not read
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+class _FailingOnceCache(StateCache):
+    """A cache whose first push fails, as a bug in what the stream feeds would."""
+
+    failed = False
+
+    def push(self, state: NodeState) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("a bug")
+        super().push(state)
+
+
+@pytest.mark.litefs
+def test_an_unexpected_error_in_the_thread_falls_back_and_retries(
+    litefs_real_cluster: LiteFSClusterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster = litefs_real_cluster(instances=1, lease="static")
+    node = cluster.nodes["node1"]
+    subscriber = EventSubscriber(node.api_url, node.mount_dir)
+    cache = _FailingOnceCache(node.mount_dir, "node1", NEVER)
+    subscriber.attach(cache)
+    assert cache.get().role is Role.PRIMARY
+    wait_until(lambda: subscriber.up, what="the stream, after the failure")
+    assert cache.failed
+    assert "the LiteFS event stream's thread failed" in caplog.text
+
+
+@pytest.mark.litefs
+def test_an_api_unreachable_from_the_start_routes_and_waits_on_the_mount(
+    litefs_real_cluster: LiteFSClusterFactory, adapter: str
+) -> None:
+    """No stream ever: writes are replayed from the mount's reading, read-your-writes waits poll -pos."""
+    cluster = litefs_real_cluster(instances=2, lease="static")
+    _commit(cluster, "node1")
+    cluster.wait_replicated()
+    node2 = cluster.nodes["node2"]
+    calls: list[str] = []
+    options: dict[str, Any] = {
+        "litefs_dir": node2.mount_dir,
+        "instance_id": "node2",
+        "database": "app.db",
+        "litefs_api_url": f"http://127.0.0.1:{free_port()}",
+    }
+    with (
+        serve_under(adapter, flask_app(calls), starlette_app(calls), **options) as served,
+        httpx.Client(base_url=served.url, timeout=30) as client,
+    ):
+        positions = served.router.positions
+        assert positions is not None
+        assert client.post("/").headers["fly-replay"].startswith("instance=node1;")
+        cluster.pause_replication("node2")
+        try:
+            _commit(cluster, "node1", value="ryw")
+            target = cluster.position("node1")
+            assert target is not None
+            with ThreadPoolExecutor(1) as pool:
+                read = pool.submit(client.get, "/", headers={"Cookie": f"__txid={target:016x}"})
+                wait_until(lambda: positions.waiting == 1, what="the read to wait for its TXID")
+                cluster.resume_replication("node2")
+                response = read.result(30)
+        finally:
+            cluster.resume_replication("node2")
+        assert (response.status_code, response.headers["fly-instance"]) == (200, "node2")
+        assert served.router.subscriber is not None
+        assert not served.router.subscriber.up
+        assert positions.watchers[0].threads_started == 1  # the poller woke it
