@@ -88,7 +88,11 @@ class EventSubscriber:
         self.connect_timeout = connect_timeout
         self._caches: weakref.WeakSet[StateCache] = weakref.WeakSet()
         self._watchers: weakref.WeakSet[PositionWatcher] = weakref.WeakSet()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # starting the thread
+        # Applying what the stream says, and attaching: one at a time, so a
+        # cache or watcher attached while the stream is up misses nothing.
+        self._feed_lock = threading.Lock()
+        self._last_state: Init | PrimaryChange | None = None
         self._thread: threading.Thread | None = None
         self._pid = 0
         #: True while the stream is up and trusted (its state is pushed).
@@ -101,11 +105,18 @@ class EventSubscriber:
         self._reported_mismatch = False
 
     def attach(self, cache: StateCache, watchers: Iterable[PositionWatcher] = ()) -> None:
-        """Feed *cache* (and the TXID *watchers*) from the stream; the thread starts at the cache's next read."""
-        with self._lock:
+        """Feed *cache* (and the TXID *watchers*) from the stream; the thread starts at the cache's next read.
+
+        Attached while the stream is up, they are brought up to date first
+        (the watchers read their ``-pos`` once, blocking briefly).
+        """
+        watchers = list(watchers)
+        with self._feed_lock:
             self._caches.add(cache)
-            for watcher in watchers:
-                self._watchers.add(watcher)
+            self._watchers.update(watchers)
+            if self.up and self._last_state is not None:
+                cache.push(node_state(self._last_state, cache.instance_id))
+                self._catch_up(watchers)
         cache.before_read = self.ensure_running
 
     def ensure_running(self) -> None:
@@ -128,7 +139,7 @@ class EventSubscriber:
         next read) is up. Runs in the child right after the fork, where a lock
         another thread held is held for ever: nothing here waits on one.
         """
-        self._lock = threading.Lock()
+        self._lock, self._feed_lock = threading.Lock(), threading.Lock()
         self._thread, self.up, self.connections = None, False, 0
         for cache in list(self._caches):
             cache.forked()
@@ -156,17 +167,21 @@ class EventSubscriber:
     def _follow(self, events: Iterator[LiteFSEvent]) -> None:
         """Trust the stream once it agrees with the mount, then apply its events until it ends."""
         for event in events:
-            if isinstance(event, Init):
-                self._come_up(event)
-            elif not self.up:
-                continue  # before init: nothing is trusted yet (LiteFS always sends init first)
-            elif isinstance(event, PrimaryChange):
-                self._push_state(event)
-            elif isinstance(event, Tx):
-                for watcher in list(self._watchers):
-                    if watcher.database == event.database:
-                        watcher.advance(event.txid)
+            with self._feed_lock:
+                self._apply(event)
         raise ConnectionError("the event stream ended")  # read_events raises first; kept for safety
+
+    def _apply(self, event: LiteFSEvent) -> None:
+        if isinstance(event, Init):
+            self._come_up(event)
+        elif not self.up:
+            return  # before init: nothing is trusted yet (LiteFS always sends init first)
+        elif isinstance(event, PrimaryChange):
+            self._push_state(event)
+        elif isinstance(event, Tx):
+            for watcher in list(self._watchers):
+                if watcher.database == event.database:
+                    watcher.advance(event.txid)
 
     def _come_up(self, init: Init) -> None:
         # Every change after this connection's subscription arrives as an
@@ -179,13 +194,8 @@ class EventSubscriber:
                     f"LiteFS's API says {on_stream.role} (primary {on_stream.primary_id}) but the mount "
                     f"{self.litefs_dir} says {on_mount.role} (primary {on_mount.primary_id})"
                 )
-        for watcher in list(self._watchers):
-            txid = watcher.read()
-            if txid is not None:
-                watcher.advance(txid)
         self._push_state(init)
-        for watcher in list(self._watchers):
-            watcher.stream_up()
+        self._catch_up(list(self._watchers))
         was_up_before, self.up, self._ever_up = self._ever_up, True, True
         self.connections += 1
         logger.info(
@@ -196,16 +206,27 @@ class EventSubscriber:
         )
 
     def _push_state(self, event: Init | PrimaryChange) -> None:
+        self._last_state = event
         for cache in list(self._caches):
             cache.push(node_state(event, cache.instance_id))
 
+    @staticmethod
+    def _catch_up(watchers: list[PositionWatcher]) -> None:
+        # tx events are not replayed: what came before the subscription is in -pos.
+        for watcher in watchers:
+            txid = watcher.read()
+            if txid is not None:
+                watcher.advance(txid)
+            watcher.stream_up()
+
     def _fall_back(self, exc: BaseException) -> None:
-        was_up, self.up = self.up, False
-        if was_up:  # only what was pushed expires: a failed retry leaves the mount's readings alone
-            for cache in list(self._caches):
-                cache.stream_down()
-            for watcher in list(self._watchers):
-                watcher.stream_down()
+        with self._feed_lock:
+            was_up, self.up = self.up, False
+            if was_up:  # only what was pushed expires: a failed retry leaves the mount's readings alone
+                for cache in list(self._caches):
+                    cache.stream_down()
+                for watcher in list(self._watchers):
+                    watcher.stream_down()
         if was_up:
             logger.warning(
                 "LiteFS's event stream (%s) dropped (%s): reading the mount until it is back", self.api_url, exc

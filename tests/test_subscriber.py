@@ -521,3 +521,32 @@ def test_an_api_unreachable_from_the_start_routes_and_waits_on_the_mount(
         assert served.router.subscriber is not None
         assert not served.router.subscriber.up
         assert positions.watchers[0].threads_started == 1  # the poller woke it
+
+
+@pytest.mark.litefs
+def test_a_middleware_built_while_the_stream_is_up_is_fed_at_once(litefs_real_cluster: LiteFSClusterFactory) -> None:
+    """The process's one subscriber brings a newly attached cache and watcher up to date: no mount reads after."""
+    cluster = litefs_real_cluster(instances=2, lease="static")
+    _commit(cluster, "node1")
+    target = cluster.wait_replicated()["node2"]
+    node2 = cluster.nodes["node2"]
+    options: dict[str, Any] = {
+        "litefs_dir": node2.mount_dir,
+        "instance_id": "node2",
+        "database": "app.db",
+        "cache_ttl": 0,
+        "litefs_api_url": node2.api_url,
+    }
+    first = wsgi.PrimaryRoutingMiddleware(lambda e, s: [], **options).router
+    first.cache.get()
+    assert first.subscriber is not None
+    wait_until(lambda: first.subscriber is not None and first.subscriber.up, what="the stream")
+
+    second = wsgi.PrimaryRoutingMiddleware(lambda e, s: [], **options).router
+    assert second.subscriber is first.subscriber
+    assert second.positions is not None
+    watcher = second.positions.watchers[0]
+    assert (watcher.pushed, watcher.last_known) == (True, target)
+    for _ in range(5):
+        assert second.cache.get().primary_id == "node1"  # a TTL of 0: any read would show
+    assert second.cache.reads == 0
