@@ -182,6 +182,11 @@ class _AsyncIO:
         state: NodeState = await run_in_thread(cache.refresh)
         return state
 
+    async def read_mount(self) -> NodeState:
+        run_in_thread, _ = _async_backend()
+        state: NodeState = await run_in_thread(self.router.cache.read_mount)
+        return state
+
     def clock(self) -> float:
         return time.monotonic()
 

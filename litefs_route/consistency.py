@@ -18,25 +18,22 @@ received the write yet, and the user does not see their own change.
 
 Waiting costs no polling while LiteFS's event stream is up: its ``tx``
 events (:mod:`litefs_route.subscriber`) advance the :class:`PositionWatcher`,
-which wakes every waiter whose TXID has been reached, sync waiters through
-an Event and asyncio waiters through their loop. Without the stream, one
-thread per process polls ``<db>-pos`` every millisecond *only while someone
-waits*.
+which wakes every waiter whose TXID has been reached
+(:mod:`litefs_route.wakeups`). Without the stream, one thread per database
+per process polls ``<db>-pos`` every millisecond *only while someone waits*.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 from .mount import read_position
+from .wakeups import Wakeups
 
 __all__ = ["TXID_COOKIE", "PositionWatcher", "Positions", "TxidCookies", "is_valid_database_name"]
 
@@ -109,12 +106,6 @@ class TxidCookies:
         return headers
 
 
-@dataclass(slots=True, eq=False)
-class _Waiter:
-    txid: int
-    wake: Callable[[], None]
-
-
 class PositionWatcher:
     """Shared, lazily started watcher of one database's ``<db>-pos``."""
 
@@ -126,8 +117,10 @@ class PositionWatcher:
         self.last_known: int | None = None
         #: Reads of ``<db>-pos``; the benchmarks report it.
         self.reads = 0
-        self._cond = threading.Condition()
-        self._waiters: list[_Waiter] = []
+        self._known_lock = threading.Lock()
+        self._version = 0  # advances so far: a read started before one must not overwrite it
+        self._wakeups = Wakeups()
+        self._cond = threading.Condition()  # the poller's
         self._thread: threading.Thread | None = None
         self._pid = 0
         #: Watcher threads started so far (one at a time, at most).
@@ -138,10 +131,11 @@ class PositionWatcher:
     @property
     def waiting(self) -> int:
         """How many requests wait right now."""
-        return len(self._waiters)
+        return len(self._wakeups)
 
     def read(self) -> int | None:
         """Read the TXID now (blocking); None if absent, garbled or unreadable."""
+        version = self._version
         try:
             position = read_position(self.litefs_dir, self.database)
         except OSError:
@@ -149,7 +143,12 @@ class PositionWatcher:
         self.reads += 1
         if position is None:
             return None
-        self.last_known = position.txid
+        with self._known_lock:
+            # An advance that landed while this read was in flight is newer
+            # than what was read: keep it (TXIDs can go backwards after a
+            # failover, so the larger one is not necessarily the newer).
+            if self._version == version:
+                self.last_known = position.txid
         return position.txid
 
     def reached(self, txid: int) -> bool:
@@ -157,12 +156,22 @@ class PositionWatcher:
         last = self.last_known
         return last is not None and last >= txid
 
+    def wait(self, txid: int, timeout: float) -> bool:
+        """Block until the TXID reaches *txid*; False on timeout."""
+        return self._wakeups.wait(lambda: self.reached(txid), timeout, waiting=self._poll_unless_pushed)
+
+    async def wait_async(self, txid: int, timeout: float) -> bool:
+        """:meth:`wait` for an event loop: the loop never blocks."""
+        return await self._wakeups.wait_async(lambda: self.reached(txid), timeout, waiting=self._poll_unless_pushed)
+
     # -- the event stream -------------------------------------------------
 
     def advance(self, txid: int) -> None:
         """The TXID is now *txid* (a ``tx`` event, or a read): wake whoever it satisfies."""
-        self.last_known = txid
-        self._wake_reached(txid)
+        with self._known_lock:
+            self.last_known = txid
+            self._version += 1
+        self._wakeups.notify()
 
     def stream_up(self) -> None:
         """The event stream delivers this database's TXIDs from now on: stop polling."""
@@ -174,101 +183,45 @@ class PositionWatcher:
         """The event stream stopped: poll again for whoever waits."""
         with self._cond:
             self.pushed = False
-            if self._waiters:
-                self._ensure_thread()
-                self._cond.notify()
+        self._poll_unless_pushed()
 
     def forked(self) -> None:
-        """In a forked child: a fresh lock, no waiters (their threads did not survive), polling again."""
-        self._cond = threading.Condition()
-        self._waiters, self._thread, self.pushed = [], None, False
+        """In a forked child: fresh locks, no waiters (their threads did not survive), polling again."""
+        self._wakeups.forked()
+        self._known_lock, self._cond = threading.Lock(), threading.Condition()
+        self._thread, self.pushed = None, False
 
-    # -- waiting ----------------------------------------------------------
+    # -- polling, while the stream is not followed -------------------------
 
-    def _register(self, txid: int, wake: Callable[[], None]) -> _Waiter | None:
-        """Add a waiter; None if *txid* is already reached (checked under the lock an advance takes)."""
+    def _poll_unless_pushed(self) -> None:
+        # Called once a waiter is registered: after that, the poller cannot
+        # miss it (it checks for waiters under the same lock before it exits).
         with self._cond:
-            if self.reached(txid):
-                return None
-            waiter = _Waiter(txid, wake)
-            self._waiters.append(waiter)
-            if not self.pushed:
-                self._ensure_thread()
-                self._cond.notify()
-        return waiter
-
-    def _wake_reached(self, txid: int) -> None:
-        with self._cond:
-            ready = [w for w in self._waiters if w.txid <= txid]
-            if ready:
-                self._waiters = [w for w in self._waiters if w.txid > txid]
-        for waiter in ready:
-            waiter.wake()
-
-    def _unregister(self, waiter: _Waiter) -> None:
-        with self._cond, contextlib.suppress(ValueError):
-            self._waiters.remove(waiter)
-
-    def _ensure_thread(self) -> None:
-        # A forked worker (gunicorn --preload) does not inherit the thread.
-        if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._thread = threading.Thread(target=self._run, name="litefs-route position watcher", daemon=True)
-            self._thread.start()
-            self.threads_started += 1
+            if self.pushed or not self._wakeups:
+                return
+            # A forked worker (gunicorn --preload) does not inherit the thread.
+            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(target=self._run, name="litefs-route position watcher", daemon=True)
+                self._thread.start()
+                self.threads_started += 1
+            self._cond.notify()
 
     def _run(self) -> None:
         while True:
             with self._cond:
-                if not self._waiters and not self.pushed:
+                if not self._wakeups and not self.pushed:
                     self._cond.wait(_IDLE_EXIT)
-                if not self._waiters or self.pushed:
+                if not self._wakeups or self.pushed:
                     # Idle, or the stream wakes the waiters: exit; a waiter
                     # (or the stream dropping) starts a new thread.
                     self._thread = None
                     return
-            txid = self.read()
-            if txid is not None:
-                self._wake_reached(txid)
+            if self.read() is not None:
+                self._wakeups.notify()
             with self._cond:
-                if self._waiters:
+                if self._wakeups:
                     self._cond.wait(self.poll_interval)
-
-    def wait(self, txid: int, timeout: float) -> bool:
-        """Block until the TXID reaches *txid*; False on timeout."""
-        event = threading.Event()
-        waiter = self._register(txid, event.set)
-        if waiter is not None and not event.wait(timeout):
-            self._unregister(waiter)
-        return self.reached(txid)
-
-    async def wait_async(self, txid: int, timeout: float) -> bool:
-        """:meth:`wait` for an event loop: the loop never blocks."""
-        if self.reached(txid):
-            return True
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # not asyncio (trio): wait in a worker thread
-            import anyio.to_thread
-
-            return await anyio.to_thread.run_sync(self.wait, txid, timeout)
-        future: asyncio.Future[None] = loop.create_future()
-
-        def resolve() -> None:
-            if not future.done():
-                future.set_result(None)
-
-        def wake() -> None:
-            loop.call_soon_threadsafe(resolve)
-
-        waiter = self._register(txid, wake)
-        if waiter is None:
-            return True
-        try:
-            await asyncio.wait_for(future, timeout)
-        except asyncio.TimeoutError:
-            self._unregister(waiter)
-        return self.reached(txid)
 
 
 class Positions:

@@ -64,6 +64,7 @@ __all__ = [
     "Pending",
     "Plan",
     "ReadClock",
+    "ReadMount",
     "ReadPositions",
     "ReadState",
     "RequestInfo",
@@ -250,6 +251,15 @@ class ReadState:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadMount:
+    """The node state read from the mount now, even while LiteFS's event stream pushes it [NodeState].
+
+    For a request SQLite refused as read-only: the strongest sign that the
+    state it was routed on, pushed or cached, is wrong.
+    """
+
+
+@dataclass(frozen=True, slots=True)
 class ReadClock:
     """The monotonic clock, in seconds [float]."""
 
@@ -288,7 +298,7 @@ class ReadPositions:
     """Each database's local TXID, read now [a tuple of int, or None where unknown]."""
 
 
-Need = ReadState | ReadClock | Sleep | MeasureBody | WaitForTxids | ReadPositions
+Need = ReadState | ReadMount | ReadClock | Sleep | MeasureBody | WaitForTxids | ReadPositions
 #: What a driver sends back for a :data:`Need` (checked by the plan).
 Answer = NodeState | float | int | bool | tuple[int | None, ...] | None
 
@@ -466,7 +476,7 @@ def plan_settlement(request: RequestInfo, rules: Rules) -> Plan:
     Never RUN (the app already ran); the outcome's state is the fresh
     reading it was decided on (for the reply's tags).
     """
-    state = _expect_state((yield ReadState(0)))
+    state = _expect_state((yield ReadMount()))
     state = yield from _wait_for_primary(state, rules)
     step = decide(request, state, rules, forced=True)
     match step:

@@ -18,6 +18,7 @@ from .decision import (
     Outcome,
     Plan,
     ReadClock,
+    ReadMount,
     ReadPositions,
     ReadState,
     Sleep,
@@ -33,6 +34,7 @@ class BlockingIO(Protocol):
     """The I/O a plan needs, done by blocking the calling thread."""
 
     def read_state(self, max_age: float | None) -> NodeState: ...
+    def read_mount(self) -> NodeState: ...
     def clock(self) -> float: ...
     def sleep(self, seconds: float) -> None: ...
     def measure_body(self, limit: int, timeout: float) -> int | None: ...
@@ -44,6 +46,7 @@ class AsyncIO(Protocol):
     """The I/O a plan needs, done without blocking the event loop."""
 
     async def read_state(self, max_age: float | None) -> NodeState: ...
+    async def read_mount(self) -> NodeState: ...
     def clock(self) -> float: ...
     async def sleep(self, seconds: float) -> None: ...
     async def measure_body(self, limit: int, timeout: float) -> int | None: ...
@@ -63,6 +66,8 @@ def drive(plan: Plan, io: BlockingIO) -> Outcome:
         match need:
             case ReadState(max_age):
                 answer = io.read_state(max_age)
+            case ReadMount():
+                answer = io.read_mount()
             case ReadClock():
                 answer = io.clock()
             case Sleep(seconds):
@@ -90,6 +95,8 @@ async def drive_async(plan: Plan, io: AsyncIO) -> Outcome:
         match need:
             case ReadState(max_age):
                 answer = await io.read_state(max_age)
+            case ReadMount():
+                answer = await io.read_mount()
             case ReadClock():
                 answer = io.clock()
             case Sleep(seconds):

@@ -16,11 +16,12 @@ primary is known, and on the primary itself. LiteFS closes a subscriber whose
 1,024-event buffer fills up: a reader must then reconnect and re-read the
 node's state, since events were lost.
 
-:func:`parse_event` is pure and never raises: a line it does not recognise
-is None (newer LiteFS versions may add event types), and nothing it returns
-carries an unchecked string (hostnames are validated as instance ids,
-database names as plain file names). :func:`read_events` is the blocking
-reader (run it in a thread).
+:func:`parse_event` is pure and never raises: an event type it does not
+use is None (newer LiteFS versions may add event types), a line it cannot
+trust is :class:`Unusable`, and nothing it returns carries an unchecked
+string (hostnames are validated as instance ids, database names as plain
+file names). :func:`read_events` is the blocking reader (run it in a
+thread); it ends the stream, as an error, at the first unusable line.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ __all__ = [
     "LiteFSEvent",
     "PrimaryChange",
     "Tx",
+    "Unusable",
     "node_state",
     "parse_event",
     "read_events",
@@ -89,36 +91,54 @@ class Tx:
 LiteFSEvent = Init | PrimaryChange | Tx
 
 
-def parse_event(line: bytes) -> LiteFSEvent | None:
-    """The event on one line of the stream; None if it is not one we know, or malformed."""
+@dataclass(frozen=True, slots=True)
+class Unusable:
+    """A line that is LiteFS's but cannot be trusted (malformed, hostile, cut short): the stream is not followed."""
+
+    #: Why, for the log (never the line's content).
+    reason: str
+
+
+def parse_event(line: bytes) -> LiteFSEvent | Unusable | None:
+    """The event on one line of the stream; None for an event type we do not use; :class:`Unusable` if malformed.
+
+    Never raises. A reader must stop trusting a stream that sent an
+    :class:`Unusable` line: ignoring a ``primaryChange`` it could not read
+    would keep routing to the previous primary.
+    """
     if len(line) > _LINE_LIMIT:
+        return Unusable(f"a line over {_LINE_LIMIT} bytes")
+    if not line.strip():
         return None
     try:
         obj = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(obj, dict) or not isinstance(data := obj.get("data"), dict):
-        return None
+    except (ValueError, RecursionError):
+        return Unusable("a line that is not JSON")
+    if not isinstance(obj, dict):
+        return Unusable("a line that is not a JSON object")
     kind = obj.get("type")
+    if kind not in ("init", "primaryChange", "tx"):
+        return None  # newer LiteFS versions may add event types
+    data = obj.get("data")
+    if not isinstance(data, dict):
+        return Unusable(f"a {kind} event without data")
     if kind in ("init", "primaryChange"):
         is_primary = data.get("isPrimary")
         hostname = data.get("hostname", "")
         if not isinstance(is_primary, bool) or not isinstance(hostname, str):
-            return None
+            return Unusable(f"a {kind} event with malformed fields")
         if hostname and not is_valid_instance_id(hostname):
-            return None
+            return Unusable(f"a {kind} event whose hostname is not a host name")
         primary = hostname or None
         return Init(is_primary, primary) if kind == "init" else PrimaryChange(is_primary, primary)
-    if kind == "tx":
-        database, txid, checksum = obj.get("db"), data.get("txID"), data.get("postApplyChecksum")
-        if not (isinstance(database, str) and database and "/" not in database and not database.startswith(".")):
-            return None
-        if not (isinstance(txid, str) and _HEX16.fullmatch(txid)):
-            return None
-        if not (isinstance(checksum, str) and _HEX16.fullmatch(checksum)):
-            return None
-        return Tx(database, int(txid, 16), int(checksum, 16))
-    return None
+    database, txid, checksum = obj.get("db"), data.get("txID"), data.get("postApplyChecksum")
+    if not (isinstance(database, str) and database and "/" not in database and not database.startswith(".")):
+        return Unusable("a tx event whose database is not a file name")
+    if not (isinstance(txid, str) and _HEX16.fullmatch(txid)) or not (
+        isinstance(checksum, str) and _HEX16.fullmatch(checksum)
+    ):
+        return Unusable("a tx event with a malformed TXID or checksum")
+    return Tx(database, int(txid, 16), int(checksum, 16))
 
 
 def node_state(event: Init | PrimaryChange, instance_id: str) -> NodeState:
@@ -176,6 +196,8 @@ def read_events(
             if not line:
                 raise EventStreamClosed("LiteFS closed the event stream")
             event = parse_event(line)
+            if isinstance(event, Unusable):
+                raise EventStreamClosed(f"LiteFS's event stream sent {event.reason}")
             if event is not None:
                 yield event
     except http.client.HTTPException as exc:  # a reply that is not HTTP, a chunk that does not parse

@@ -124,6 +124,27 @@ class StateCache:
         self._log_if_changed(previous, state)
         return state
 
+    def read_mount(self) -> NodeState:
+        """The mount's reading now (blocking), even while readings are pushed.
+
+        A pushed reading stays (the stream's next event replaces it); a
+        disagreement is logged. Without pushes, this is :meth:`refresh`.
+        """
+        if self._read_at != math.inf:
+            return self.refresh()
+        state = self._reader(self.litefs_dir, self.instance_id)
+        self.reads += 1
+        pushed = self._state
+        if pushed is not None and (pushed.role, pushed.primary_id) != (state.role, state.primary_id):
+            logger.info(
+                "the mount says %s (primary %s) where LiteFS's event stream said %s (primary %s)",
+                state.role,
+                state.primary_id or "unknown",
+                pushed.role,
+                pushed.primary_id or "unknown",
+            )
+        return state
+
     def push(self, state: NodeState) -> None:
         """A reading from LiteFS's event stream: current until the next push or :meth:`stream_down`."""
         with self._lock:  # after a read in flight, never overwritten by it

@@ -66,6 +66,10 @@ def resolve_api_url(option: str | None) -> str | None:
     return None if url == OFF else url
 
 
+class _Abandoned(ConnectionError):
+    """Nothing is attached any more: the thread ends."""
+
+
 class StreamMismatch(ConnectionError):
     """The API's view disagrees with the mount: it is not this mount's LiteFS, or things moved meanwhile."""
 
@@ -150,7 +154,7 @@ class EventSubscriber:
 
     def _run(self) -> None:
         backoff = _BACKOFF_MIN
-        while True:
+        while self._caches:  # ends once every middleware it fed is gone
             began = time.monotonic()
             try:
                 self._follow(read_events(self.api_url, timeout=None, connect_timeout=self.connect_timeout))
@@ -163,6 +167,7 @@ class EventSubscriber:
                 backoff = _BACKOFF_MIN
             time.sleep(backoff)
             backoff = min(backoff * 2, _BACKOFF_MAX)
+        _forget(self)
 
     def _follow(self, events: Iterator[LiteFSEvent]) -> None:
         """Trust the stream once it agrees with the mount, then apply its events until it ends."""
@@ -172,6 +177,8 @@ class EventSubscriber:
         raise ConnectionError("the event stream ended")  # read_events raises first; kept for safety
 
     def _apply(self, event: LiteFSEvent) -> None:
+        if not self._caches:
+            raise _Abandoned("every middleware this stream fed is gone")
         if isinstance(event, Init):
             self._come_up(event)
         elif not self.up:
@@ -227,6 +234,8 @@ class EventSubscriber:
                     cache.stream_down()
                 for watcher in list(self._watchers):
                     watcher.stream_down()
+        if isinstance(exc, _Abandoned):
+            return
         if was_up:
             logger.warning(
                 "LiteFS's event stream (%s) dropped (%s): reading the mount until it is back", self.api_url, exc
@@ -257,6 +266,14 @@ def subscriber_for(api_url: str, litefs_dir: str) -> EventSubscriber:
         if subscriber is None:
             subscriber = _subscribers[key] = EventSubscriber(api_url, litefs_dir)
         return subscriber
+
+
+def _forget(subscriber: EventSubscriber) -> None:
+    """Drop *subscriber* from the registry (its thread ended): a new middleware gets a new one."""
+    key = _Key(subscriber.api_url, subscriber.litefs_dir)
+    with _subscribers_lock:
+        if _subscribers.get(key) is subscriber:
+            del _subscribers[key]
 
 
 def _after_fork_in_child() -> None:

@@ -146,6 +146,9 @@ class _BlockingIO:
     def read_state(self, max_age: float | None) -> NodeState:
         return self.router.cache.get(max_age)
 
+    def read_mount(self) -> NodeState:
+        return self.router.cache.read_mount()
+
     def clock(self) -> float:
         return time.monotonic()
 

@@ -48,6 +48,9 @@ class FixedIO:
     def read_state(self, max_age: float | None) -> NodeState:
         return self.state
 
+    def read_mount(self) -> NodeState:
+        return self.state
+
     def clock(self) -> float:
         return self.now
 

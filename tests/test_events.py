@@ -16,6 +16,7 @@ from litefs_route.events import (
     LiteFSEvent,
     PrimaryChange,
     Tx,
+    Unusable,
     node_state,
     parse_event,
     read_events,
@@ -45,20 +46,51 @@ PARSED = [
     ),
     ("tx", TX + TX_TAIL, Tx("app.db", 0x27, 0x83B05248774CE767)),
     ("unknown-type", b'{"type":"halt","data":{}}', None),
-    ("not-json", b"{nope", None),
-    ("not-an-object", b"[1,2]", None),
-    ("hostile-hostname", b'{"type":"init","data":{"isPrimary":false,"hostname":"a\\r\\nX-Evil: 1"}}', None),
-    ("is-primary-not-bool", b'{"type":"init","data":{"isPrimary":"yes","hostname":"node1"}}', None),
-    ("tx-short-txid", TX.replace(b"0000000000000027", b"27") + TX_TAIL, None),
-    ("tx-uppercase-txid", TX.replace(b"0000000000000027", b"00000000000000AB") + TX_TAIL, None),
-    ("tx-db-with-slash", TX.replace(b'"app.db"', b'"../etc/passwd"') + TX_TAIL, None),
-    ("tx-no-db", TX.replace(b'"db":"app.db",', b"") + TX_TAIL, None),
-    ("huge-line", b'{"type":"init","data":{"isPrimary":false,"hostname":"' + b"a" * 5000 + b'"}}', None),
+    ("blank", b"\n", None),
+    ("not-json", b"{nope", Unusable("a line that is not JSON")),
+    ("deeply-nested", b"[" * 4000, Unusable("a line that is not JSON")),
+    ("not-an-object", b"[1,2]", Unusable("a line that is not a JSON object")),
+    ("no-data", b'{"type":"init"}', Unusable("a init event without data")),
+    (
+        "hostile-hostname",
+        b'{"type":"primaryChange","data":{"isPrimary":false,"hostname":"a\\r\\nX-Evil: 1"}}',
+        Unusable("a primaryChange event whose hostname is not a host name"),
+    ),
+    (
+        "is-primary-not-bool",
+        b'{"type":"init","data":{"isPrimary":"yes","hostname":"node1"}}',
+        Unusable("a init event with malformed fields"),
+    ),
+    (
+        "tx-short-txid",
+        TX.replace(b"0000000000000027", b"27") + TX_TAIL,
+        Unusable("a tx event with a malformed TXID or checksum"),
+    ),
+    (
+        "tx-uppercase-txid",
+        TX.replace(b"0000000000000027", b"00000000000000AB") + TX_TAIL,
+        Unusable("a tx event with a malformed TXID or checksum"),
+    ),
+    (
+        "tx-db-with-slash",
+        TX.replace(b'"app.db"', b'"../etc/passwd"') + TX_TAIL,
+        Unusable("a tx event whose database is not a file name"),
+    ),
+    (
+        "tx-no-db",
+        TX.replace(b'"db":"app.db",', b"") + TX_TAIL,
+        Unusable("a tx event whose database is not a file name"),
+    ),
+    (
+        "huge-line",
+        b'{"type":"init","data":{"isPrimary":false,"hostname":"' + b"a" * 5000 + b'"}}',
+        Unusable("a line over 4096 bytes"),
+    ),
 ]
 
 
 @pytest.mark.parametrize(("line", "expected"), [c[1:] for c in PARSED], ids=[c[0] for c in PARSED])
-def test_parse_event(line: bytes, expected: LiteFSEvent | None) -> None:
+def test_parse_event(line: bytes, expected: LiteFSEvent | Unusable | None) -> None:
     assert parse_event(line) == expected
 
 
@@ -184,3 +216,30 @@ def test_waits_follow_the_stream_and_fall_back_to_polling(
         state = becoming_primary.result(30)
     assert (state.role, state.primary_id) == (Role.PRIMARY, "node2")
     assert caplog.text.count("waiting on LiteFS's event stream") == 2  # the TXID wait and this one
+
+
+def test_a_stream_that_sends_an_unusable_line_is_ended() -> None:
+    """A primaryChange that cannot be read is never skipped: the reader ends the stream (and its user falls back)."""
+    import socket
+
+    lines = [
+        b'{"type":"init","data":{"isPrimary":false,"hostname":"node1"}}\n',
+        b'{"type":"primaryChange","data":{"isPrimary":false,"hostname":"a b"}}\n',
+    ]
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + b"".join(lines))
+            conn.recv(1)  # until the reader closes
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    events = read_events(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=5)
+    assert next(events) == Init(False, "node1")
+    with pytest.raises(EventStreamClosed, match="hostname is not a host name"):
+        next(events)
+    server.join(5)
+    listener.close()

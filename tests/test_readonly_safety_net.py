@@ -145,3 +145,22 @@ def test_flask_signal_is_connected_for_the_wrapped_app_only(tmp_path: Path) -> N
     for app in (wrapped, behind_proxy_fix, mounted):
         assert got_request_exception.has_receivers_for(app)
     assert not got_request_exception.has_receivers_for(other)
+
+
+def test_slipped_write_reads_the_mount_even_while_states_are_pushed(mount: Mount, tmp_path: Path) -> None:
+    """A pushed state that is wrong (the stream lags or stalled): SQLite's refusal sends the write by the mount."""
+    from litefs_route.mount import NodeState, Role
+
+    db = readonly_database(tmp_path / "app.db")
+    app = _flask(db, {})
+    middleware = wsgi.PrimaryRoutingMiddleware(app.wsgi_app, litefs_dir=str(mount.path), instance_id=ME)
+    app.wsgi_app = middleware
+    mount.make_replica(PRIMARY)
+    cache = middleware.router.cache
+    cache.push(NodeState(Role.PRIMARY, ME, ME, detail="a stale push"))  # what a lagging stream would say
+    with serve_wsgi(app) as url:
+        r = httpx.post(url + "/w")
+    assert r.status_code == 409, r.text
+    assert r.headers["fly-replay"] == f"instance={PRIMARY};state=litefs-route-hop-1"
+    assert cache.reads == 1  # the settlement's own read of the mount
+    assert cache.get().detail == "a stale push"  # kept until the stream's next event
