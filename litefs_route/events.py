@@ -26,7 +26,6 @@ thread); it ends the stream, as an error, at the first unusable line.
 
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import socket
@@ -42,11 +41,13 @@ __all__ = [
     "Init",
     "LiteFSEvent",
     "PrimaryChange",
+    "Quiet",
     "Tx",
     "Unusable",
     "node_state",
     "parse_event",
     "read_events",
+    "read_info",
 ]
 
 _HEX16 = re.compile(r"[0-9a-f]{16}")
@@ -54,6 +55,8 @@ _HEX16 = re.compile(r"[0-9a-f]{16}")
 _LINE_LIMIT = 4096
 # Bytes of events the kernel holds for a reader (a few hundred events).
 _RECEIVE_BUFFER = 65536
+_HEAD_LIMIT = 16384
+_HEX_SIZE = re.compile(rb"[0-9a-fA-F]{1,8}")
 
 
 class EventStreamClosed(ConnectionError):
@@ -155,59 +158,163 @@ def node_state(event: Init | PrimaryChange, instance_id: str) -> NodeState:
     return NodeState(Role.REPLICA, instance_id, event.primary, detail=f"{kind}: primary known", litefs_seen=True)
 
 
+@dataclass(frozen=True, slots=True)
+class Quiet:
+    """Nothing arrived for ``quiet_after`` seconds; the stream is still open (see :func:`read_events`)."""
+
+
 def read_events(
     api_url: str,
     *,
     timeout: float | None = 5.0,
     deadline: float | None = None,
     connect_timeout: float | None = None,
-) -> Iterator[LiteFSEvent]:
+    quiet_after: float | None = None,
+) -> Iterator[LiteFSEvent | Quiet]:
     """Connect to LiteFS's API at *api_url* and yield its events as they come (blocking).
 
     Raises OSError if LiteFS cannot be reached, and :class:`EventStreamClosed`
-    (an OSError too) if it refuses or a stream that was up ends. *timeout*
-    bounds the connection and each wait for a line; LiteFS sends nothing
-    while nothing happens, so a quiet stream raises ``TimeoutError`` after
-    *timeout* seconds of silence: pass None to wait for ever (a stopped
-    LiteFS still ends the stream). *connect_timeout*, if given, bounds the
-    connection and the response's head instead. *deadline* (a
-    ``time.monotonic()`` value) bounds the whole stream: past it, TimeoutError.
+    (an OSError too) if it refuses, sends a line that cannot be trusted, or a
+    stream that was up ends. *timeout* bounds the connection and each wait
+    for a line; LiteFS sends nothing while nothing happens, so a quiet stream
+    raises ``TimeoutError`` after *timeout* seconds of silence: pass None to
+    wait for ever (a stopped LiteFS still ends the stream). With
+    *quiet_after*, a silence that long yields :class:`Quiet` instead, and the
+    stream goes on (its reader may check that LiteFS is still there).
+    *connect_timeout*, if given, bounds the connection and the response's head
+    instead of *timeout*. *deadline* (a ``time.monotonic()`` value) bounds the
+    whole stream: past it, TimeoutError.
     """
     parts = urlsplit(api_url)
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError(f"the LiteFS API URL must be http://host:port, got {api_url!r}")
     head_timeout = timeout if connect_timeout is None else connect_timeout
-    conn = _connection(parts.hostname, parts.port or 20202, head_timeout)
+    host, port = parts.hostname, parts.port or 20202
+    stream = _EventSocket(_connect(host, port, head_timeout), deadline)
     try:
-        conn.request("GET", "/events", headers={"Accept": "application/json"})
-        sock = conn.sock  # the response reads through it: its timeout bounds each line
-        response = conn.getresponse()
-        if response.status != 200:
-            raise EventStreamClosed(f"LiteFS answered {response.status} to GET /events")
-        if sock is not None and head_timeout != timeout:
-            sock.settimeout(timeout)
+        stream.sock.sendall(
+            f"GET /events HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/json\r\n\r\n".encode("ascii")
+        )
+        stream.read_head(head_timeout)
+        wait = timeout if quiet_after is None else quiet_after
         while True:
-            if deadline is not None and sock is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError("the deadline passed while waiting on LiteFS's event stream")
-                sock.settimeout(remaining if timeout is None else min(timeout, remaining))
-            line = response.readline(_LINE_LIMIT + 1)
-            if not line:
-                raise EventStreamClosed("LiteFS closed the event stream")
+            line = stream.next_line(wait)
+            if line is None:
+                if quiet_after is None:
+                    raise TimeoutError(f"LiteFS's event stream sent nothing for {timeout} s")
+                yield Quiet()
+                continue
             event = parse_event(line)
             if isinstance(event, Unusable):
                 raise EventStreamClosed(f"LiteFS's event stream sent {event.reason}")
             if event is not None:
                 yield event
-    except http.client.HTTPException as exc:  # a reply that is not HTTP, a chunk that does not parse
-        raise EventStreamClosed(f"the event stream broke: {exc!r}") from exc
     finally:
-        conn.close()
+        stream.sock.close()
 
 
-def _connection(host: str, port: int, timeout: float | None) -> http.client.HTTPConnection:
-    """An HTTP connection whose socket buffers at most _RECEIVE_BUFFER bytes of events.
+class _EventSocket:
+    """The HTTP/1.1 response to ``GET /events``, read straight from the socket.
+
+    Not :mod:`http.client`: a socket timeout while it buffers leaves its
+    reader in an undefined state, and a quiet stream times out by design.
+    Here a wait that times out has consumed nothing.
+    """
+
+    __slots__ = ("body", "chunk_left", "chunked", "crlf_left", "deadline", "raw", "sock")
+
+    def __init__(self, sock: socket.socket, deadline: float | None) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.raw = bytearray()  # received, not decoded yet
+        self.body = bytearray()  # decoded: lines of events
+        self.chunked = False
+        self.chunk_left = 0  # data bytes left in the current chunk
+        self.crlf_left = 0  # bytes of the CRLF after a chunk's data still to skip
+
+    def _receive(self, timeout: float | None) -> bool:
+        """Read what the socket has (waiting at most *timeout*); False if nothing came in time."""
+        if self.deadline is not None:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the deadline passed while waiting on LiteFS's event stream")
+            timeout = remaining if timeout is None else min(timeout, remaining)
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                raise
+            return False
+        if not data:
+            raise EventStreamClosed("LiteFS closed the event stream")
+        self.raw += data
+        return True
+
+    def read_head(self, timeout: float | None) -> None:
+        while (end := self.raw.find(b"\r\n\r\n")) < 0:
+            if len(self.raw) > _HEAD_LIMIT:
+                raise EventStreamClosed("the reply to GET /events has an oversized head")
+            if not self._receive(timeout):
+                raise TimeoutError("LiteFS did not answer GET /events in time")
+        head = bytes(self.raw[:end]).decode("latin-1").split("\r\n")
+        del self.raw[: end + 4]
+        status = head[0].split(" ", 2)
+        if len(status) < 2 or not status[0].startswith("HTTP/1.") or status[1] != "200":
+            raise EventStreamClosed(f"LiteFS answered {head[0][:64]!r} to GET /events")
+        for field in head[1:]:
+            name, _, value = field.partition(":")
+            if name.strip().lower() == "transfer-encoding":
+                self.chunked = "chunked" in value.lower()
+
+    def next_line(self, timeout: float | None) -> bytes | None:
+        """The next line of events (at most _LINE_LIMIT + 1 bytes); None if none came within *timeout*."""
+        while True:
+            self._decode()  # what came in with the head, or since
+            end = self.body.find(b"\n")
+            if end >= 0:
+                line = bytes(self.body[: end + 1])
+                del self.body[: end + 1]
+                return line
+            if len(self.body) > _LINE_LIMIT:
+                return bytes(self.body)  # over the limit: parse_event calls it unusable
+            if not self._receive(timeout):
+                return None
+
+    def _decode(self) -> None:
+        if not self.chunked:
+            self.body += self.raw
+            self.raw.clear()
+            return
+        while self.raw:
+            if self.crlf_left:
+                skip = min(self.crlf_left, len(self.raw))
+                del self.raw[:skip]
+                self.crlf_left -= skip
+            elif self.chunk_left:
+                take = min(self.chunk_left, len(self.raw))
+                self.body += self.raw[:take]
+                del self.raw[:take]
+                self.chunk_left -= take
+                if not self.chunk_left:
+                    self.crlf_left = 2
+            else:
+                end = self.raw.find(b"\r\n")
+                if end < 0:
+                    if len(self.raw) > 64:
+                        raise EventStreamClosed("the event stream's chunk framing is broken")
+                    return
+                size = bytes(self.raw[:end]).split(b";")[0].strip()
+                del self.raw[: end + 2]
+                if not _HEX_SIZE.fullmatch(size):
+                    raise EventStreamClosed("the event stream's chunk framing is broken")
+                if int(size, 16) == 0:
+                    raise EventStreamClosed("LiteFS ended the event stream")
+                self.chunk_left = int(size, 16)
+
+
+def _connect(host: str, port: int, timeout: float | None) -> socket.socket:
+    """A connection whose socket buffers at most _RECEIVE_BUFFER bytes of events.
 
     Left to the kernel, a receive buffer grows to megabytes: a reader that
     stalls would later work through a backlog of stale events, and LiteFS
@@ -215,23 +322,55 @@ def _connection(host: str, port: int, timeout: float | None) -> http.client.HTTP
     reader (its 1,024-event channel fills), which then reconnects and
     re-reads the state, as it must.
     """
+    error: OSError | None = None
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            # Before connect(): the window advertised in the handshake depends on it.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER)
+            sock.settimeout(timeout)
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        return sock
+    raise error if error is not None else OSError(f"cannot resolve {host}")
 
-    class Connection(http.client.HTTPConnection):
-        def connect(self) -> None:
-            error: OSError | None = None
-            for family, kind, proto, _, address in socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM):
-                sock = socket.socket(family, kind, proto)
-                try:
-                    # Before connect(): the window advertised in the handshake depends on it.
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER)
-                    sock.settimeout(self.timeout)
-                    sock.connect(address)
-                except OSError as exc:
-                    sock.close()
-                    error = exc
-                    continue
-                self.sock = sock
-                return
-            raise error if error is not None else OSError(f"cannot resolve {self.host}")
 
-    return Connection(host, port, timeout=timeout)
+def read_info(api_url: str, *, timeout: float = 2.0) -> Init:
+    """LiteFS's view now, from ``GET /info``, in the terms of an ``init`` event (blocking).
+
+    Raises OSError if LiteFS cannot be reached, and :class:`EventStreamClosed`
+    if its answer is not one to trust.
+    """
+    import http.client  # here: only a quiet event stream asks
+
+    parts = urlsplit(api_url)
+    if parts.scheme != "http" or not parts.hostname:
+        raise ValueError(f"the LiteFS API URL must be http://host:port, got {api_url!r}")
+    conn = http.client.HTTPConnection(parts.hostname, parts.port or 20202, timeout=timeout)
+    try:
+        conn.request("GET", "/info")
+        response = conn.getresponse()
+        body = response.read(_HEAD_LIMIT)
+        if response.status != 200:
+            raise EventStreamClosed(f"LiteFS answered {response.status} to GET /info")
+    except http.client.HTTPException as exc:
+        raise EventStreamClosed(f"LiteFS's answer to GET /info is not HTTP: {exc!r}") from exc
+    finally:
+        conn.close()
+    try:
+        info = json.loads(body)
+    except (ValueError, RecursionError):
+        info = None
+    primary = info.get("primary") if isinstance(info, dict) else None
+    hostname = primary.get("hostname", "") if isinstance(primary, dict) else None
+    is_primary = info.get("isPrimary") if isinstance(info, dict) else None
+    if not isinstance(is_primary, bool) or not isinstance(hostname, str):
+        raise EventStreamClosed("LiteFS's answer to GET /info is malformed")
+    if is_primary:
+        return Init(True, None)  # /info names the primary itself; the stream does not
+    if hostname and not is_valid_instance_id(hostname):
+        raise EventStreamClosed("LiteFS's answer to GET /info names a primary that is not a host name")
+    return Init(False, hostname or None)

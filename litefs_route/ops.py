@@ -53,7 +53,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import TypeVar
 
-from .events import Init, LiteFSEvent, PrimaryChange, Tx, node_state, read_events
+from .events import Init, LiteFSEvent, PrimaryChange, Quiet, Tx, node_state, read_events
 from .mount import NodeState, Position, Role, default_instance_id, read_node_state, read_position
 
 __all__ = [
@@ -156,7 +156,7 @@ def wait_for_primary(
     return _poll(lambda: read_node_state(litefs_dir, me), done, timeout, interval, _describe_state, on_wait, deadline)
 
 
-def _state_if(event: LiteFSEvent, instance_id: str, done: Callable[[NodeState], bool]) -> NodeState | None:
+def _state_if(event: LiteFSEvent | Quiet, instance_id: str, done: Callable[[NodeState], bool]) -> NodeState | None:
     if isinstance(event, Init | PrimaryChange) and done(state := node_state(event, instance_id)):
         return state
     return None
@@ -165,7 +165,7 @@ def _state_if(event: LiteFSEvent, instance_id: str, done: Callable[[NodeState], 
 def _wait_on_stream(
     api_url: str,
     deadline: float,
-    found: Callable[[LiteFSEvent], T | None],
+    found: Callable[[LiteFSEvent | Quiet], T | None],
     catch_up: Callable[[], T | None] | None = None,
 ) -> T | None:
     """Wait on LiteFS's event stream until *found* returns a value; None if the stream is not usable.
@@ -272,7 +272,7 @@ def wait_for_txid(
     def reached(pos: Position | None) -> Position | None:
         return pos if pos is not None and pos.txid >= txid else None
 
-    def on_stream(event: LiteFSEvent) -> Position | None:
+    def on_stream(event: LiteFSEvent | Quiet) -> Position | None:
         if isinstance(event, Tx) and event.database == database:
             return reached(Position(event.txid, event.checksum))
         return None

@@ -38,7 +38,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from .consistency import PositionWatcher
-from .events import Init, LiteFSEvent, PrimaryChange, Tx, node_state, read_events
+from .events import Init, LiteFSEvent, PrimaryChange, Quiet, Tx, node_state, read_events, read_info
 from .mount import read_node_state
 from .state_cache import StateCache
 
@@ -58,6 +58,10 @@ _BACKOFF_MAX = 10.0
 _STABLE = 30.0
 # Seconds to connect and get the response's head (a local socket).
 _CONNECT_TIMEOUT = 2.0
+# Seconds of silence after which LiteFS's /info is asked whether the stream
+# still tells the truth (LiteFS sends nothing while nothing happens, and a
+# stalled stream looks the same).
+_QUIET_AFTER = 5.0
 
 
 def resolve_api_url(option: str | None) -> str | None:
@@ -86,10 +90,20 @@ class EventSubscriber:
     Build it through :func:`subscriber_for` (one per API and mount per process).
     """
 
-    def __init__(self, api_url: str, litefs_dir: str, *, connect_timeout: float = _CONNECT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        api_url: str,
+        litefs_dir: str,
+        *,
+        connect_timeout: float = _CONNECT_TIMEOUT,
+        quiet_after: float = _QUIET_AFTER,
+    ) -> None:
         self.api_url = api_url
         self.litefs_dir = litefs_dir
         self.connect_timeout = connect_timeout
+        self.quiet_after = quiet_after
+        # Consecutive quiet checks whose /info disagreed with the last pushed state.
+        self._disagreements = 0
         self._caches: weakref.WeakSet[StateCache] = weakref.WeakSet()
         self._watchers: weakref.WeakSet[PositionWatcher] = weakref.WeakSet()
         self._lock = threading.Lock()  # starting the thread
@@ -157,7 +171,10 @@ class EventSubscriber:
         while self._caches:  # ends once every middleware it fed is gone
             began = time.monotonic()
             try:
-                self._follow(read_events(self.api_url, timeout=None, connect_timeout=self.connect_timeout))
+                events = read_events(
+                    self.api_url, timeout=None, connect_timeout=self.connect_timeout, quiet_after=self.quiet_after
+                )
+                self._follow(events)
             except (OSError, ValueError) as exc:
                 self._fall_back(exc)
             except Exception as exc:  # a bug must not end the thread with the stream's state trusted
@@ -169,9 +186,12 @@ class EventSubscriber:
             backoff = min(backoff * 2, _BACKOFF_MAX)
         _forget(self)
 
-    def _follow(self, events: Iterator[LiteFSEvent]) -> None:
+    def _follow(self, events: Iterator[LiteFSEvent | Quiet]) -> None:
         """Trust the stream once it agrees with the mount, then apply its events until it ends."""
         for event in events:
+            if isinstance(event, Quiet):
+                self._check_quiet()
+                continue
             with self._feed_lock:
                 self._apply(event)
         raise ConnectionError("the event stream ended")  # read_events raises first; kept for safety
@@ -211,6 +231,24 @@ class EventSubscriber:
             "back up" if was_up_before else "up",
             self.litefs_dir,
         )
+
+    def _check_quiet(self) -> None:
+        """A quiet stream: LiteFS's /info must still say what the stream last said.
+
+        Twice in a row not (an event may be on its way the first time): the
+        stream stalled, and is dropped. /info not answering drops it too.
+        """
+        last = self._last_state
+        if not self.up or last is None:
+            return
+        now = read_info(self.api_url, timeout=self.connect_timeout)
+        if (now.is_primary, now.primary) == (last.is_primary, None if last.is_primary else last.primary):
+            self._disagreements = 0
+            return
+        self._disagreements += 1
+        if self._disagreements >= 2:
+            self._disagreements = 0
+            raise StreamMismatch("LiteFS's /info no longer says what its event stream said: the stream stalled")
 
     def _push_state(self, event: Init | PrimaryChange) -> None:
         self._last_state = event

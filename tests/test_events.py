@@ -15,6 +15,7 @@ from litefs_route.events import (
     Init,
     LiteFSEvent,
     PrimaryChange,
+    Quiet,
     Tx,
     Unusable,
     node_state,
@@ -120,7 +121,7 @@ def test_read_events_on_real_litefs(litefs_real_cluster: LiteFSClusterFactory) -
     cluster = litefs_real_cluster(instances=3, lease="consul")
     assert next(read_events(cluster.nodes["node1"].api_url)) == Init(True, None)
 
-    events: queue.Queue[LiteFSEvent | BaseException] = queue.Queue()
+    events: queue.Queue[LiteFSEvent | Quiet | BaseException] = queue.Queue()
 
     def read() -> None:
         try:

@@ -550,3 +550,28 @@ def test_a_middleware_built_while_the_stream_is_up_is_fed_at_once(litefs_real_cl
     for _ in range(5):
         assert second.cache.get().primary_id == "node1"  # a TTL of 0: any read would show
     assert second.cache.reads == 0
+
+
+@pytest.mark.litefs
+def test_a_stream_that_stalls_is_dropped(litefs_real_cluster: LiteFSClusterFactory) -> None:
+    """LiteFS's API behind a path that stops moving bytes: /info is asked when the stream is quiet, then dropped."""
+    from litefs_route.devcluster.litefs import TcpRelay
+
+    cluster = litefs_real_cluster(instances=3, lease="consul")
+    node2 = cluster.nodes["node2"]
+    relay = TcpRelay(("127.0.0.1", node2.http_port))
+    try:
+        middleware = wsgi.PrimaryRoutingMiddleware(
+            lambda e, s: [], litefs_dir=node2.mount_dir, instance_id="node2", cache_ttl=0.05, litefs_api_url="off"
+        )
+        cache = middleware.router.cache
+        subscriber = EventSubscriber(relay.url, node2.mount_dir, connect_timeout=0.5, quiet_after=0.2)
+        subscriber.attach(cache)
+        assert cache.get().primary_id == "node1"
+        wait_until(lambda: subscriber.up, what="the stream")
+        relay.pause()  # the open stream and /info both stall
+        cluster.promote("node3")
+        wait_until(lambda: not subscriber.up, what="the stalled stream to be dropped")
+        wait_until(lambda: cache.get().primary_id == "node3", what="routing on the mount's reading")
+    finally:
+        relay.close()
