@@ -13,13 +13,23 @@ unreachable, refuses, or the stream drops (LiteFS stopped, or closed this
 subscriber because it fell 1,024 events behind), the cache and the watchers
 fall back at once to reading the mount (every ``cache_ttl``; ``<db>-pos``
 every millisecond while someone waits) and the thread reconnects with
-backoff. On every (re)connection it trusts the stream only after checking
-it against the mount: LiteFS's ``init`` event must agree with ``.primary``
-and ``.lag`` (an API that is not this mount's LiteFS never drives routing),
-and each database's ``-pos`` is read once, since ``tx`` events are not
-replayed. The thread is a daemon and is started by the first read of the
-mount in the process that serves (so a ``gunicorn --preload`` master starts
-none, and each forked worker its own). Requests never wait on it.
+backoff. The stream is checked against the mount, so that an API that is
+not this mount's LiteFS, or a stream that stalled, does not drive routing:
+
+- on every (re)connection, LiteFS's ``init`` event must agree with
+  ``.primary`` and ``.lag``, and each database's ``-pos`` is read once
+  (``tx`` events are not replayed);
+- at most once a second per database, a ``tx`` event must not be ahead of
+  the mount's ``-pos`` (LiteFS updates it before it publishes the event;
+  this tells two replicas of one primary apart, which ``init`` cannot);
+- after 5 s of silence, LiteFS's ``/info`` must still say what the stream
+  last said (twice in a row not, or no answer: the stream stalled).
+
+Any failed check drops the stream, as an error would. The thread is a
+daemon, started by the first read of the mount in the process that serves
+(so a ``gunicorn --preload`` master starts none, and each forked worker its
+own), and it ends once every middleware it fed is gone. Requests never wait
+on it.
 
 Logged under ``litefs_route``: INFO when the stream comes up and when it
 recovers, WARNING once when it drops or is not this mount's LiteFS, INFO
@@ -30,6 +40,7 @@ imitation cluster). The state it holds is one connection and one thread.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -39,7 +50,7 @@ from dataclasses import dataclass
 
 from .consistency import PositionWatcher
 from .events import Init, LiteFSEvent, PrimaryChange, Quiet, Tx, node_state, read_events, read_info
-from .mount import read_node_state
+from .mount import read_node_state, read_position
 from .state_cache import StateCache
 
 __all__ = ["DEFAULT_API_URL", "EventSubscriber", "resolve_api_url", "subscriber_for"]
@@ -62,6 +73,8 @@ _CONNECT_TIMEOUT = 2.0
 # still tells the truth (LiteFS sends nothing while nothing happens, and a
 # stalled stream looks the same).
 _QUIET_AFTER = 5.0
+# Seconds between two checks of a database's tx events against its -pos.
+_SPOT_CHECK_EVERY = 1.0
 
 
 def resolve_api_url(option: str | None) -> str | None:
@@ -104,6 +117,8 @@ class EventSubscriber:
         self.quiet_after = quiet_after
         # Consecutive quiet checks whose /info disagreed with the last pushed state.
         self._disagreements = 0
+        # When each database's -pos was last compared with a tx event.
+        self._checked_at: dict[str, float] = {}
         self._caches: weakref.WeakSet[StateCache] = weakref.WeakSet()
         self._watchers: weakref.WeakSet[PositionWatcher] = weakref.WeakSet()
         self._lock = threading.Lock()  # starting the thread
@@ -117,6 +132,8 @@ class EventSubscriber:
         self.up = False
         #: Connections this process made that came up and were trusted; the tests and benchmarks read it.
         self.connections = 0
+        #: Reads of the mount by the thread itself (checks of the stream against it); the benchmarks report it.
+        self.reads = 0
         # Logged once per transition, not once per retry.
         self._ever_up = False
         self._reported_unreachable = False
@@ -206,9 +223,11 @@ class EventSubscriber:
         elif isinstance(event, PrimaryChange):
             self._push_state(event)
         elif isinstance(event, Tx):
-            for watcher in list(self._watchers):
-                if watcher.database == event.database:
-                    watcher.advance(event.txid)
+            watchers = [w for w in list(self._watchers) if w.database == event.database]
+            if watchers:
+                self._spot_check(event)
+            for watcher in watchers:
+                watcher.advance(event.txid)
 
     def _come_up(self, init: Init) -> None:
         # Every change after this connection's subscription arrives as an
@@ -216,6 +235,7 @@ class EventSubscriber:
         for cache in list(self._caches):
             on_stream = node_state(init, cache.instance_id)
             on_mount = read_node_state(self.litefs_dir, cache.instance_id)
+            self.reads += 1
             if (on_stream.role, on_stream.primary_id) != (on_mount.role, on_mount.primary_id):
                 raise StreamMismatch(
                     f"LiteFS's API says {on_stream.role} (primary {on_stream.primary_id}) but the mount "
@@ -231,6 +251,29 @@ class EventSubscriber:
             "back up" if was_up_before else "up",
             self.litefs_dir,
         )
+
+    def _spot_check(self, tx: Tx) -> None:
+        """At most once a second per database: this mount must hold the transaction the event announces.
+
+        LiteFS updates ``-pos`` before it publishes the event, so on its own
+        mount ``-pos`` is never behind it. Ahead of the mount, the event is
+        another node's: its TXIDs would let reads run before their write is
+        here. (The ``init`` check cannot tell two replicas of one primary apart.)
+        """
+        now = time.monotonic()
+        if now - self._checked_at.get(tx.database, -math.inf) < _SPOT_CHECK_EVERY:
+            return
+        self._checked_at[tx.database] = now
+        self.reads += 1
+        try:
+            position = read_position(self.litefs_dir, tx.database)
+        except OSError:
+            return  # a dead mount: the stream ends with it
+        if position is not None and position.txid < tx.txid:
+            raise StreamMismatch(
+                f"LiteFS's API announced TXID {tx.txid} of {tx.database} but the mount {self.litefs_dir} is at "
+                f"{position.txid}: it is not this mount's LiteFS"
+            )
 
     def _check_quiet(self) -> None:
         """A quiet stream: LiteFS's /info must still say what the stream last said.

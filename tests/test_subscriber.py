@@ -575,3 +575,47 @@ def test_a_stream_that_stalls_is_dropped(litefs_real_cluster: LiteFSClusterFacto
         wait_until(lambda: cache.get().primary_id == "node3", what="routing on the mount's reading")
     finally:
         relay.close()
+
+
+@pytest.mark.litefs
+def test_another_replicas_api_is_dropped_at_its_first_transaction(
+    litefs_real_cluster: LiteFSClusterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """node2's API on node3's mount agrees at init (both replicas of node1); its first tx ahead of the mount ends it."""
+    caplog.set_level(logging.INFO, logger="litefs_route")
+    cluster = litefs_real_cluster(instances=3, lease="static")
+    _commit(cluster, "node1")
+    cluster.wait_replicated()
+    node3 = cluster.nodes["node3"]
+    middleware = wsgi.PrimaryRoutingMiddleware(
+        lambda e, s: [],
+        litefs_dir=node3.mount_dir,
+        instance_id="node3",
+        database="app.db",
+        consistency_wait=0.3,
+        litefs_api_url=cluster.nodes["node2"].api_url,  # the wrong node's
+    )
+    router = middleware.router
+    subscriber, positions = router.subscriber, router.positions
+    assert subscriber is not None
+    assert positions is not None
+    router.cache.get()
+    wait_until(lambda: subscriber.up, what="the stream (init agrees)")
+    cluster.pause_replication("node3")
+    try:
+        _commit(cluster, "node1", value="ryw")
+        target = cluster.position("node1")
+        assert target is not None
+        wait_until(lambda: not subscriber.up, what="the wrong stream to be dropped")
+        assert not positions.watchers[0].reached(target)  # its TXID was never taken
+        statuses: list[str] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            statuses.append(status)
+
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "HTTP_COOKIE": f"__txid={target:016x}"}
+        middleware(environ, start_response)
+        assert statuses == ["409 Conflict"]  # waited, then replayed to the primary, which has the write
+    finally:
+        cluster.resume_replication("node3")
+    assert "it is not this mount's LiteFS" in caplog.text
