@@ -190,9 +190,11 @@ class _AsyncIO:
     def clock(self) -> float:
         return time.monotonic()
 
-    async def sleep(self, seconds: float) -> None:
-        _, sleep = _async_backend()
-        await sleep(seconds)
+    async def await_change(self, seen: NodeState, timeout: float) -> NodeState:
+        if not await self.router.cache.wait_for_change_async(seen, timeout):  # not pushed: poll
+            _, sleep = _async_backend()
+            await sleep(timeout)
+        return await self.read_state(timeout)
 
     async def measure_body(self, limit: int, timeout: float) -> int | None:
         return await _measure_body(self.receive, limit, timeout)

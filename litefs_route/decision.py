@@ -55,6 +55,7 @@ __all__ = [
     "NO_PRIMARY_REASON",
     "READ_METHODS",
     "Answer",
+    "AwaitChange",
     "Decision",
     "Kind",
     "MeasureBody",
@@ -69,7 +70,6 @@ __all__ = [
     "ReadState",
     "RequestInfo",
     "Rules",
-    "Sleep",
     "WaitForTxids",
     "assert_never",
     "decide",
@@ -94,7 +94,8 @@ _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 # A fly-replay-src longer than this is not Fly's; we do not scan it.
 _REPLAY_SRC_LIMIT = 1024
 # While a write waits for a primary, the mount is read at most this often
-# (shared by every waiting request through the single-flight cache).
+# (shared by every waiting request through the single-flight cache); a
+# pushed state wakes it at once.
 _PRIMARY_POLL = 0.05
 
 NO_PRIMARY_REASON = "no primary is known right now (a LiteFS election or failover)"
@@ -265,10 +266,17 @@ class ReadClock:
 
 
 @dataclass(frozen=True, slots=True)
-class Sleep:
-    """Wait *seconds*, without blocking an event loop [None]."""
+class AwaitChange:
+    """The node state once it is no longer *seen*, or after *timeout* seconds [NodeState].
 
-    seconds: float
+    While LiteFS's event stream pushes the state, the push that changes it
+    answers at once; otherwise the mount is read after *timeout* (shared by
+    every waiting request through the single-flight cache). Never blocks an
+    event loop.
+    """
+
+    seen: NodeState
+    timeout: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +306,7 @@ class ReadPositions:
     """Each database's local TXID, read now [a tuple of int, or None where unknown]."""
 
 
-Need = ReadState | ReadMount | ReadClock | Sleep | MeasureBody | WaitForTxids | ReadPositions
+Need = ReadState | ReadMount | ReadClock | AwaitChange | MeasureBody | WaitForTxids | ReadPositions
 #: What a driver sends back for a :data:`Need` (checked by the plan).
 Answer = NodeState | float | int | bool | tuple[int | None, ...] | None
 
@@ -504,8 +512,7 @@ def _wait_for_primary(state: NodeState, rules: Rules) -> Generator[Need, Answer,
         return state
     deadline = _expect_float((yield ReadClock())) + rules.primary_wait
     while state.role is Role.NO_PRIMARY and _expect_float((yield ReadClock())) < deadline:
-        yield Sleep(_PRIMARY_POLL)
-        state = _expect_state((yield ReadState(_PRIMARY_POLL)))
+        state = _expect_state((yield AwaitChange(state, _PRIMARY_POLL)))
     return state
 
 

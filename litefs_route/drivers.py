@@ -14,6 +14,7 @@ from typing import Protocol
 
 from .decision import (
     Answer,
+    AwaitChange,
     MeasureBody,
     Outcome,
     Plan,
@@ -21,7 +22,6 @@ from .decision import (
     ReadMount,
     ReadPositions,
     ReadState,
-    Sleep,
     WaitForTxids,
     assert_never,
 )
@@ -36,7 +36,7 @@ class BlockingIO(Protocol):
     def read_state(self, max_age: float | None) -> NodeState: ...
     def read_mount(self) -> NodeState: ...
     def clock(self) -> float: ...
-    def sleep(self, seconds: float) -> None: ...
+    def await_change(self, seen: NodeState, timeout: float) -> NodeState: ...
     def measure_body(self, limit: int, timeout: float) -> int | None: ...
     def wait_for_txids(self, txids: tuple[int, ...], timeout: float) -> bool: ...
     def read_positions(self) -> tuple[int | None, ...]: ...
@@ -48,7 +48,7 @@ class AsyncIO(Protocol):
     async def read_state(self, max_age: float | None) -> NodeState: ...
     async def read_mount(self) -> NodeState: ...
     def clock(self) -> float: ...
-    async def sleep(self, seconds: float) -> None: ...
+    async def await_change(self, seen: NodeState, timeout: float) -> NodeState: ...
     async def measure_body(self, limit: int, timeout: float) -> int | None: ...
     async def wait_for_txids(self, txids: tuple[int, ...], timeout: float) -> bool: ...
     async def read_positions(self) -> tuple[int | None, ...]: ...
@@ -70,9 +70,8 @@ def drive(plan: Plan, io: BlockingIO) -> Outcome:
                 answer = io.read_mount()
             case ReadClock():
                 answer = io.clock()
-            case Sleep(seconds):
-                io.sleep(seconds)
-                answer = None
+            case AwaitChange(seen, timeout):
+                answer = io.await_change(seen, timeout)
             case MeasureBody(limit, timeout):
                 answer = io.measure_body(limit, timeout)
             case WaitForTxids(txids, timeout):
@@ -99,9 +98,8 @@ async def drive_async(plan: Plan, io: AsyncIO) -> Outcome:
                 answer = await io.read_mount()
             case ReadClock():
                 answer = io.clock()
-            case Sleep(seconds):
-                await io.sleep(seconds)
-                answer = None
+            case AwaitChange(seen, timeout):
+                answer = await io.await_change(seen, timeout)
             case MeasureBody(limit, timeout):
                 answer = await io.measure_body(limit, timeout)
             case WaitForTxids(txids, timeout):

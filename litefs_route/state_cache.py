@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 
 from .mount import NodeState, Role, read_node_state
+from .wakeups import Wakeups
 
 __all__ = ["StateCache"]
 
@@ -63,6 +64,8 @@ class StateCache:
         self._began_at = float("-inf")
         #: How many times the mount was read; the benchmarks report it.
         self.reads = 0
+        # Wakes requests waiting for the reading to change (a write waiting for a primary).
+        self._changes = Wakeups()
         #: Called before each read of the mount (the slow path): the event
         #: subscriber (re)starts its thread there, in the process that serves.
         self.before_read: Callable[[], None] | None = None
@@ -151,6 +154,7 @@ class StateCache:
             previous, self._state = self._state, state
             # Never expires, and counts as begun after any caller's request.
             self._began_at = self._read_at = math.inf
+        self._changes.notify()
         self._log_if_changed(previous, state)
 
     def stream_down(self) -> None:
@@ -158,13 +162,37 @@ class StateCache:
         with self._lock:
             if self._read_at == math.inf:
                 self._began_at = self._read_at = -math.inf
+        self._changes.notify()  # waiters go back to polling
 
     def get(self, max_age: float | None = None) -> NodeState:
         """The cached reading, refreshed inline if too old (WSGI, CLI)."""
         return self.cached(max_age) or self.refresh()
 
+    @property
+    def waiting(self) -> int:
+        """How many requests wait for the reading to change right now."""
+        return len(self._changes)
+
+    def wait_for_change(self, seen: NodeState, timeout: float) -> bool:
+        """While readings are pushed: wait until the reading is no longer *seen*, at most *timeout* (blocking).
+
+        Returns False at once when readings are not pushed: the caller polls.
+        """
+        if self._read_at != math.inf:
+            return False
+        self._changes.wait(lambda: self._state is not seen or self._read_at != math.inf, timeout)
+        return True
+
+    async def wait_for_change_async(self, seen: NodeState, timeout: float) -> bool:
+        """:meth:`wait_for_change` for an event loop: the loop never blocks."""
+        if self._read_at != math.inf:
+            return False
+        await self._changes.wait_async(lambda: self._state is not seen or self._read_at != math.inf, timeout)
+        return True
+
     def forked(self) -> None:
         """In a forked child (see :meth:`EventSubscriber.forked`): fresh locks, and the reading expires."""
+        self._changes.forked()
         self._lock, self._claim, self._claimed_at = threading.Lock(), threading.Lock(), None
         self._began_at = self._read_at = -math.inf
 

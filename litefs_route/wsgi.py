@@ -152,8 +152,11 @@ class _BlockingIO:
     def clock(self) -> float:
         return time.monotonic()
 
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
+    def await_change(self, seen: NodeState, timeout: float) -> NodeState:
+        cache = self.router.cache
+        if not cache.wait_for_change(seen, timeout):  # not pushed: poll
+            time.sleep(timeout)
+        return cache.get(timeout)
 
     def measure_body(self, limit: int, timeout: float) -> int | None:
         return _measure_body(self.environ, limit, timeout)

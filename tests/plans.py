@@ -54,9 +54,10 @@ class FixedIO:
     def clock(self) -> float:
         return self.now
 
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
+    def await_change(self, seen: NodeState, timeout: float) -> NodeState:
+        self.now += timeout  # nothing changes: the whole timeout passes
         self.sleeps += 1
+        return self.state
 
     def measure_body(self, limit: int, timeout: float) -> int | None:
         return min(self.body_size, limit + 1)

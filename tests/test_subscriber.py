@@ -619,3 +619,40 @@ def test_another_replicas_api_is_dropped_at_its_first_transaction(
     finally:
         cluster.resume_replication("node3")
     assert "it is not this mount's LiteFS" in caplog.text
+
+
+# -- a write waiting for a primary is woken by the push ------------------------------------
+
+
+def test_a_push_wakes_whoever_waits_for_the_state_to_change(mount: Any) -> None:
+    cache = StateCache(str(mount.path), "me", NEVER)
+    electing = NodeState(Role.NO_PRIMARY, "me", None, detail="pushed: no primary")
+    assert not cache.wait_for_change(electing, NEVER)  # not pushed: False at once, the caller polls
+    cache.push(electing)
+    with ThreadPoolExecutor(1) as pool:
+        woken = pool.submit(cache.wait_for_change, electing, NEVER)
+        wait_until(lambda: cache.waiting == 1, what="the waiter")
+        cache.push(NodeState(Role.REPLICA, "me", "node9", detail="pushed: primary known"))
+        assert woken.result(10) is True  # long before NEVER: the push woke it
+    assert cache.reads == 0
+
+
+def test_a_write_waiting_for_a_primary_is_answered_by_the_push(adapter: str, mount: Any) -> None:
+    """Both adapters: a pushed election holds the write; the push that names a primary replays it (no mount read)."""
+    calls: list[str] = []
+    mount.make_no_primary()
+    options: dict[str, Any] = {"litefs_dir": str(mount.path), "instance_id": "me", "primary_wait": 30}
+    with (
+        serve_under(adapter, flask_app(calls), starlette_app(calls), **options) as served,
+        httpx.Client(base_url=served.url, timeout=10) as client,
+    ):
+        cache = served.router.cache
+        cache.push(NodeState(Role.NO_PRIMARY, "me", None, detail="pushed: no primary"))
+        with ThreadPoolExecutor(1) as pool:
+            write = pool.submit(client.post, "/")
+            wait_until(lambda: cache.waiting == 1, what="the write to wait")
+            cache.push(NodeState(Role.REPLICA, "me", "node9", detail="pushed: primary known"))
+            response = write.result(10)  # well before primary_wait (30 s)
+        assert (response.status_code, response.headers["fly-replay"].split(";")[0]) == (409, "instance=node9")
+        assert cache.reads == 0
+    assert calls == []
