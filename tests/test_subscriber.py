@@ -59,6 +59,15 @@ def test_a_bad_api_url_is_refused_when_the_middleware_is_built(tmp_path: Any) ->
         wsgi.PrimaryRoutingMiddleware(lambda e, s: [], litefs_dir=str(tmp_path), litefs_api_url="ftp://x")
 
 
+def _middleware_on(cluster: LiteFSCluster, node: str, **options: Any) -> wsgi.PrimaryRoutingMiddleware:
+    """A WSGI middleware over *node*'s mount, as *node*, around an app these tests never call."""
+    return wsgi.PrimaryRoutingMiddleware(_no_app, litefs_dir=cluster.nodes[node].mount_dir, instance_id=node, **options)
+
+
+def _no_app(environ: Any, start_response: Any) -> list[bytes]:
+    raise AssertionError("only the middleware's router is used")
+
+
 def _commit(cluster: LiteFSCluster, node: str, database: str = "app.db", value: str = "x") -> None:
     with sqlite3.connect(cluster.db_path(node, database)) as db:
         db.execute("CREATE TABLE IF NOT EXISTS t (v TEXT)")
@@ -133,10 +142,9 @@ def test_a_stream_that_drops_falls_back_to_the_mount_and_recovers(
     _commit(cluster, "node1")
     cluster.wait_replicated()
     node2 = cluster.nodes["node2"]
-    middleware = wsgi.PrimaryRoutingMiddleware(
-        lambda environ, start: [],
-        litefs_dir=node2.mount_dir,
-        instance_id="node2",
+    middleware = _middleware_on(
+        cluster,
+        "node2",
         database="app.db",
         cache_ttl=NEVER,
         litefs_api_url=node2.api_url,
@@ -179,10 +187,9 @@ def test_an_api_that_is_not_this_mounts_litefs_is_not_followed(
     caplog.set_level(logging.INFO, logger="litefs_route")
     cluster = litefs_real_cluster(instances=2, lease="static")
     subscriber = EventSubscriber(cluster.nodes["node1"].api_url, cluster.nodes["node2"].mount_dir)
-    middleware = wsgi.PrimaryRoutingMiddleware(
-        lambda e, s: [],
-        litefs_dir=cluster.nodes["node2"].mount_dir,
-        instance_id="node2",
+    middleware = _middleware_on(
+        cluster,
+        "node2",
         cache_ttl=0,
         litefs_api_url="off",
     )
@@ -237,9 +244,7 @@ def test_litefs_closing_a_slow_subscriber(
         _commit(cluster, "node1", database)
     slow = _SlowWatcher(node.mount_dir, "a.db")
     subscriber = EventSubscriber(node.api_url, node.mount_dir)
-    middleware = wsgi.PrimaryRoutingMiddleware(
-        lambda e, s: [], litefs_dir=node.mount_dir, instance_id="node1", cache_ttl=NEVER, litefs_api_url="off"
-    )
+    middleware = _middleware_on(cluster, "node1", cache_ttl=NEVER, litefs_api_url="off")
     subscriber.attach(middleware.router.cache, [slow])
     middleware.router.cache.get()
     wait_until(lambda: subscriber.up, what="the event stream to come up")
@@ -561,9 +566,7 @@ def test_a_stream_that_stalls_is_dropped(litefs_real_cluster: LiteFSClusterFacto
     node2 = cluster.nodes["node2"]
     relay = TcpRelay(("127.0.0.1", node2.http_port))
     try:
-        middleware = wsgi.PrimaryRoutingMiddleware(
-            lambda e, s: [], litefs_dir=node2.mount_dir, instance_id="node2", cache_ttl=0.05, litefs_api_url="off"
-        )
+        middleware = _middleware_on(cluster, "node2", cache_ttl=0.05, litefs_api_url="off")
         cache = middleware.router.cache
         subscriber = EventSubscriber(relay.url, node2.mount_dir, connect_timeout=0.5, quiet_after=0.2)
         subscriber.attach(cache)
@@ -586,11 +589,9 @@ def test_another_replicas_api_is_dropped_at_its_first_transaction(
     cluster = litefs_real_cluster(instances=3, lease="static")
     _commit(cluster, "node1")
     cluster.wait_replicated()
-    node3 = cluster.nodes["node3"]
-    middleware = wsgi.PrimaryRoutingMiddleware(
-        lambda e, s: [],
-        litefs_dir=node3.mount_dir,
-        instance_id="node3",
+    middleware = _middleware_on(
+        cluster,
+        "node3",
         database="app.db",
         consistency_wait=0.3,
         litefs_api_url=cluster.nodes["node2"].api_url,  # the wrong node's
