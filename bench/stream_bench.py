@@ -16,7 +16,7 @@ same middleware with ``litefs_api_url="off"`` (**poll**: the mount read every
    waking. Rounds of five kinds, interleaved: both waiters on the same commit,
    each alone, and each end to end over HTTP (a werkzeug server in this
    process, a ``GET`` with the ``__txid`` cookie, timed until its response).
-2. **Mount reads per second** (``cache.reads + positions.reads``): nothing
+2. **Mount reads per second** (``cache.reads + positions.reads + subscriber.reads``): nothing
    served (idle), a loop of in-process ``GET`` calls, and the same ``GET``s
    carrying the ``__txid`` of a writer committing on the primary every 10 ms.
 3. **Failover and handoff.** A 3-node Consul-lease cluster; a stream and a
@@ -387,6 +387,8 @@ class ReadsRow:
     requests: int = 0
     cache_reads: int = 0
     position_reads: int = 0
+    #: The subscriber thread's own reads (its checks of the stream against the mount).
+    check_reads: int = 0
     #: Reads answered 409 (their TXID did not arrive within consistency_wait); with a cookie only.
     replayed: int = 0
     #: req/s of each slice (the variants alternate in slices).
@@ -394,15 +396,18 @@ class ReadsRow:
 
     @property
     def per_s(self) -> float:
-        return (self.cache_reads + self.position_reads) / self.seconds
+        return (self.cache_reads + self.position_reads + self.check_reads) / self.seconds
 
     @property
     def rps(self) -> float:
         return med(self.slice_rps) if self.slice_rps else 0.0
 
 
-def _counters(middleware: PrimaryRoutingMiddleware) -> tuple[int, int]:
-    return middleware.router.cache.reads, _positions(middleware).reads
+def _counters(middleware: PrimaryRoutingMiddleware) -> tuple[int, int, int]:
+    """Mount reads so far: the cache's, the TXID watcher's, the event subscriber's own checks."""
+    router = middleware.router
+    checks = router.subscriber.reads if router.subscriber is not None else 0
+    return router.cache.reads, _positions(middleware).reads, checks
 
 
 #: The loaded rows alternate the two variants in this many slices each (order rotated), req/s the median slice.
@@ -419,9 +424,9 @@ def reads(cluster: LiteFSCluster, mws: dict[str, PrimaryRoutingMiddleware], seco
     time.sleep(seconds)
     elapsed = time.perf_counter() - t0
     for v in VARIANTS:
-        (c0, p0), (c1, p1) = before[v], _counters(mws[v])
-        rows.append(ReadsRow("idle: no request at all", v, elapsed, 0, c1 - c0, p1 - p0))
-        log(f"reads idle {v}: {c1 - c0} + {p1 - p0} in {elapsed:.1f} s")
+        (c0, p0, k0), (c1, p1, k1) = before[v], _counters(mws[v])
+        rows.append(ReadsRow("idle: no request at all", v, elapsed, 0, c1 - c0, p1 - p0, k1 - k0))
+        log(f"reads idle {v}: {c1 - c0} + {p1 - p0} + {k1 - k0} in {elapsed:.1f} s")
     rows += load_rows(GET_LOAD, mws, seconds, None)
     writer = Writer(cluster, "node1")
     stop = threading.Event()
@@ -451,13 +456,14 @@ def load_rows(
         for variant in rotated(VARIANTS, i):
             one_slice(mws[variant], rows[variant], seconds / READS_SLICES, writer)
     for row in rows.values():
-        log(f"reads {load[:40]} {row.variant}: {row.rps:,.0f} req/s, {row.cache_reads} + {row.position_reads} reads")
+        reads = f"{row.cache_reads} + {row.position_reads} + {row.check_reads} reads"
+        log(f"reads {load[:40]} {row.variant}: {row.rps:,.0f} req/s, {reads}")
     return list(rows.values())
 
 
 def one_slice(middleware: PrimaryRoutingMiddleware, row: ReadsRow, seconds: float, writer: Writer | None) -> None:
     plain = make_environ("GET")
-    (c0, p0), n = _counters(middleware), 0
+    (c0, p0, k0), n = _counters(middleware), 0
     t0 = time.perf_counter()
     deadline = t0 + seconds
     while time.perf_counter() < deadline:
@@ -470,11 +476,12 @@ def one_slice(middleware: PrimaryRoutingMiddleware, row: ReadsRow, seconds: floa
                 raise RuntimeError(f"GET answered {status} {headers}")
         n += 10
     elapsed = time.perf_counter() - t0
-    c1, p1 = _counters(middleware)
+    c1, p1, k1 = _counters(middleware)
     row.seconds += elapsed
     row.requests += n
     row.cache_reads += c1 - c0
     row.position_reads += p1 - p0
+    row.check_reads += k1 - k0
     row.slice_rps.append(n / elapsed)
 
 
@@ -1015,20 +1022,21 @@ def report(res: Results, args: argparse.Namespace, cfg: WrkConfig, elapsed: floa
             out += ["Failures:", "", *[f"* {f}" for f in lat.failures], ""]
     if res.reads:
         out += [
-            "## 2. Mount reads per second (`cache.reads + positions.reads`)",
+            "## 2. Mount reads per second (`cache.reads + positions.reads + subscriber.reads`)",
             "",
             f"The same two middlewares on node2's mount, {args.reads_seconds:g} s per row, in-process WSGI calls "
             f"from one thread (a prebuilt environ); under load the two variants alternate in {READS_SLICES} slices "
             "each (req/s: the median slice). Reads are made by requests only: a process serving nothing reads "
             "nothing, polling or not.",
             "",
-            "| load | variant | req/s | `.primary`+`.lag` reads | `-pos` reads | reads/s | reads replayed (409) |",
-            "|---|---|---:|---:|---:|---:|---:|",
+            "| load | variant | req/s | `.primary`+`.lag` reads | `-pos` reads | stream checks | reads/s "
+            "| reads replayed (409) |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for row in res.reads:
             out.append(
                 f"| {row.load} | {row.variant} | {row.rps:,.0f} | {row.cache_reads} | "
-                f"{row.position_reads} | {row.per_s:.2f} | {row.replayed} |"
+                f"{row.position_reads} | {row.check_reads} | {row.per_s:.2f} | {row.replayed} |"
             )
         out.append("")
     if res.moves:
