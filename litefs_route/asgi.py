@@ -190,11 +190,11 @@ class _AsyncIO:
     def clock(self) -> float:
         return time.monotonic()
 
-    async def await_change(self, seen: NodeState, timeout: float) -> NodeState:
-        if not await self.router.cache.wait_for_change_async(seen, timeout):  # not pushed: poll
+    async def await_change(self, seen: NodeState, timeout: float, from_mount: bool) -> NodeState:
+        if not await self.router.cache.wait_for_change_async(None if from_mount else seen, timeout):  # not pushed
             _, sleep = _async_backend()
             await sleep(timeout)
-        return await self.read_state(timeout)
+        return await (self.read_mount() if from_mount else self.read_state(timeout))
 
     async def measure_body(self, limit: int, timeout: float) -> int | None:
         return await _measure_body(self.receive, limit, timeout)

@@ -267,16 +267,18 @@ class ReadClock:
 
 @dataclass(frozen=True, slots=True)
 class AwaitChange:
-    """The node state once it is no longer *seen*, or after *timeout* seconds [NodeState].
+    """The node state once it may differ from *seen*, at most *timeout* seconds from now [NodeState].
 
-    While LiteFS's event stream pushes the state, the push that changes it
-    answers at once; otherwise the mount is read after *timeout* (shared by
-    every waiting request through the single-flight cache). Never blocks an
+    While LiteFS's event stream pushes the state, the next push answers at
+    once; otherwise the state is read after *timeout* (from the cache, shared
+    by every waiting request; or, with *from_mount*, from the mount itself,
+    because the mount has contradicted a pushed state). Never blocks an
     event loop.
     """
 
     seen: NodeState
     timeout: float
+    from_mount: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,7 +487,7 @@ def plan_settlement(request: RequestInfo, rules: Rules) -> Plan:
     reading it was decided on (for the reply's tags).
     """
     state = _expect_state((yield ReadMount()))
-    state = yield from _wait_for_primary(state, rules)
+    state = yield from _wait_for_primary(state, rules, from_mount=True)
     step = decide(request, state, rules, forced=True)
     match step:
         case Decision(kind=Kind.RUN):
@@ -506,13 +508,15 @@ def assert_never(value: NoReturn) -> NoReturn:
     raise AssertionError(f"unhandled: {value!r}")
 
 
-def _wait_for_primary(state: NodeState, rules: Rules) -> Generator[Need, Answer, NodeState]:
-    """Rule 4: re-read the state until a primary is known or ``primary_wait`` has passed."""
+def _wait_for_primary(
+    state: NodeState, rules: Rules, *, from_mount: bool = False
+) -> Generator[Need, Answer, NodeState]:
+    """Rule 4: re-read the state (*from_mount*: the mount) until a primary is known or ``primary_wait`` has passed."""
     if state.role is not Role.NO_PRIMARY:
         return state
     deadline = _expect_float((yield ReadClock())) + rules.primary_wait
     while state.role is Role.NO_PRIMARY and _expect_float((yield ReadClock())) < deadline:
-        state = _expect_state((yield AwaitChange(state, _PRIMARY_POLL)))
+        state = _expect_state((yield AwaitChange(state, _PRIMARY_POLL, from_mount)))
     return state
 
 

@@ -26,11 +26,13 @@ thread); it ends the stream, as an error, at the first unusable line.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -48,6 +50,7 @@ __all__ = [
     "parse_event",
     "read_events",
     "read_info",
+    "read_txids",
 ]
 
 _HEX16 = re.compile(r"[0-9a-f]{16}")
@@ -57,6 +60,9 @@ _LINE_LIMIT = 4096
 _RECEIVE_BUFFER = 65536
 _HEAD_LIMIT = 16384
 _HEX_SIZE = re.compile(rb"[0-9a-fA-F]{1,8}")
+_METRICS_LIMIT = 4 * 1024 * 1024
+# litefs_db_txid{db="app.db"} 27  (Prometheus text format; the value may be written as 2.7e+01)
+_TXID_METRIC = re.compile(rb'litefs_db_txid\{db="([A-Za-z0-9][A-Za-z0-9._-]{0,127})"\} ([0-9.eE+]{1,32})')
 
 
 class EventStreamClosed(ConnectionError):
@@ -170,7 +176,7 @@ def read_events(
     deadline: float | None = None,
     connect_timeout: float | None = None,
     quiet_after: float | None = None,
-) -> Iterator[LiteFSEvent | Quiet]:
+) -> Generator[LiteFSEvent | Quiet, None, None]:
     """Connect to LiteFS's API at *api_url* and yield its events as they come (blocking).
 
     Raises OSError if LiteFS cannot be reached, and :class:`EventStreamClosed`
@@ -221,7 +227,7 @@ class _EventSocket:
     Here a wait that times out has consumed nothing.
     """
 
-    __slots__ = ("body", "chunk_left", "chunked", "crlf_left", "deadline", "raw", "sock")
+    __slots__ = ("body", "chunk_left", "chunked", "crlf_left", "deadline", "ended", "raw", "sock")
 
     def __init__(self, sock: socket.socket, deadline: float | None) -> None:
         self.sock = sock
@@ -231,6 +237,7 @@ class _EventSocket:
         self.chunked = False
         self.chunk_left = 0  # data bytes left in the current chunk
         self.crlf_left = 0  # bytes of the CRLF after a chunk's data still to skip
+        self.ended = False  # the last chunk came: what is buffered is all there is
 
     def _receive(self, timeout: float | None) -> bool:
         """Read what the socket has (waiting at most *timeout*); False if nothing came in time."""
@@ -278,10 +285,14 @@ class _EventSocket:
                 return line
             if len(self.body) > _LINE_LIMIT:
                 return bytes(self.body)  # over the limit: parse_event calls it unusable
+            if self.ended:  # after every line that came before the end
+                raise EventStreamClosed("LiteFS ended the event stream")
             if not self._receive(timeout):
                 return None
 
     def _decode(self) -> None:
+        if self.ended:
+            return
         if not self.chunked:
             self.body += self.raw
             self.raw.clear()
@@ -309,18 +320,20 @@ class _EventSocket:
                 if not _HEX_SIZE.fullmatch(size):
                     raise EventStreamClosed("the event stream's chunk framing is broken")
                 if int(size, 16) == 0:
-                    raise EventStreamClosed("LiteFS ended the event stream")
+                    self.ended = True
+                    return
                 self.chunk_left = int(size, 16)
 
 
 def _connect(host: str, port: int, timeout: float | None) -> socket.socket:
     """A connection whose socket buffers at most _RECEIVE_BUFFER bytes of events.
 
-    Left to the kernel, a receive buffer grows to megabytes: a reader that
-    stalls would later work through a backlog of stale events, and LiteFS
-    would not notice that it fell behind. Bounded, LiteFS drops the stalled
-    reader (its 1,024-event channel fills), which then reconnects and
-    re-reads the state, as it must.
+    Left to the kernel, a receive buffer grows to tens of megabytes: a reader
+    that stalls would later work through a backlog of stale events, and LiteFS
+    would notice late that it fell behind. Bounded here (LiteFS's own send
+    buffer still holds up to ``tcp_wmem``'s maximum, a few megabytes), LiteFS
+    drops a stalled reader once that and its 1,024-event channel are full;
+    the reader then reconnects and re-reads the state, as it must.
     """
     error: OSError | None = None
     for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
@@ -338,39 +351,61 @@ def _connect(host: str, port: int, timeout: float | None) -> socket.socket:
     raise error if error is not None else OSError(f"cannot resolve {host}")
 
 
-def read_info(api_url: str, *, timeout: float = 2.0) -> Init:
+def read_info(api_url: str, *, timeout: float = 2.0) -> Init | None:
     """LiteFS's view now, from ``GET /info``, in the terms of an ``init`` event (blocking).
 
-    Raises OSError if LiteFS cannot be reached, and :class:`EventStreamClosed`
-    if its answer is not one to trust.
+    None if the answer does not have the fields of LiteFS v0.5.7 and later
+    (``isPrimary``, ``primary.hostname``; v0.5.5 and v0.5.6 had ``primary``
+    as a bool). Raises OSError if LiteFS cannot be reached or does not answer
+    200 in time.
     """
-    import http.client  # here: only a quiet event stream asks
+    info = _get_json(api_url, "/info", timeout)
+    primary = info.get("primary") if isinstance(info, dict) else None
+    hostname = primary.get("hostname", "") if isinstance(primary, dict) else None
+    is_primary = info.get("isPrimary") if isinstance(info, dict) else None
+    if not isinstance(is_primary, bool) or not isinstance(hostname, str):
+        return None
+    if is_primary:
+        return Init(True, None)  # /info names the primary itself; the stream does not
+    if hostname and not is_valid_instance_id(hostname):
+        return None
+    return Init(False, hostname or None)
 
+
+def read_txids(api_url: str, *, timeout: float = 2.0) -> dict[str, int]:
+    """Each database's TXID from LiteFS's ``/metrics`` (``litefs_db_txid``), blocking; {} if it has none.
+
+    Raises OSError if LiteFS cannot be reached or does not answer 200 in time.
+    """
+    txids: dict[str, int] = {}
+    for line in _get(api_url, "/metrics", timeout, _METRICS_LIMIT).splitlines():
+        match = _TXID_METRIC.fullmatch(line.strip())
+        if match is not None:
+            with contextlib.suppress(ValueError, OverflowError):
+                txids[match[1].decode()] = int(float(match[2]))  # a gauge: exact below 2**53
+    return txids
+
+
+def _get_json(api_url: str, path: str, timeout: float) -> object:
+    try:
+        return json.loads(_get(api_url, path, timeout, _HEAD_LIMIT))
+    except (ValueError, RecursionError):
+        return None
+
+
+def _get(api_url: str, path: str, timeout: float, limit: int) -> bytes:
     parts = urlsplit(api_url)
     if parts.scheme != "http" or not parts.hostname:
         raise ValueError(f"the LiteFS API URL must be http://host:port, got {api_url!r}")
     conn = http.client.HTTPConnection(parts.hostname, parts.port or 20202, timeout=timeout)
     try:
-        conn.request("GET", "/info")
+        conn.request("GET", path)
         response = conn.getresponse()
-        body = response.read(_HEAD_LIMIT)
+        body = response.read(limit)
         if response.status != 200:
-            raise EventStreamClosed(f"LiteFS answered {response.status} to GET /info")
+            raise EventStreamClosed(f"LiteFS answered {response.status} to GET {path}")
+        return body
     except http.client.HTTPException as exc:
-        raise EventStreamClosed(f"LiteFS's answer to GET /info is not HTTP: {exc!r}") from exc
+        raise EventStreamClosed(f"LiteFS's answer to GET {path} is not HTTP: {exc!r}") from exc
     finally:
         conn.close()
-    try:
-        info = json.loads(body)
-    except (ValueError, RecursionError):
-        info = None
-    primary = info.get("primary") if isinstance(info, dict) else None
-    hostname = primary.get("hostname", "") if isinstance(primary, dict) else None
-    is_primary = info.get("isPrimary") if isinstance(info, dict) else None
-    if not isinstance(is_primary, bool) or not isinstance(hostname, str):
-        raise EventStreamClosed("LiteFS's answer to GET /info is malformed")
-    if is_primary:
-        return Init(True, None)  # /info names the primary itself; the stream does not
-    if hostname and not is_valid_instance_id(hostname):
-        raise EventStreamClosed("LiteFS's answer to GET /info names a primary that is not a host name")
-    return Init(False, hostname or None)

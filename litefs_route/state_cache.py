@@ -66,6 +66,7 @@ class StateCache:
         self.reads = 0
         # Wakes requests waiting for the reading to change (a write waiting for a primary).
         self._changes = Wakeups()
+        self._pushes = 0
         #: Called before each read of the mount (the slow path): the event
         #: subscriber (re)starts its thread there, in the process that serves.
         self.before_read: Callable[[], None] | None = None
@@ -154,6 +155,7 @@ class StateCache:
             previous, self._state = self._state, state
             # Never expires, and counts as begun after any caller's request.
             self._began_at = self._read_at = math.inf
+            self._pushes += 1
         self._changes.notify()
         self._log_if_changed(previous, state)
 
@@ -173,22 +175,42 @@ class StateCache:
         """How many requests wait for the reading to change right now."""
         return len(self._changes)
 
-    def wait_for_change(self, seen: NodeState, timeout: float) -> bool:
-        """While readings are pushed: wait until the reading is no longer *seen*, at most *timeout* (blocking).
+    def wait_for_change(self, seen: NodeState | None, timeout: float) -> bool:
+        """While readings are pushed: wait for the next push, at most *timeout* (blocking).
 
-        Returns False at once when readings are not pushed: the caller polls.
+        Returns at once if the pushed reading already differs from *seen* in
+        role or primary (a push that came before the wait), and when the
+        stream drops. Returns False at once when readings are not pushed: the
+        caller polls.
         """
         if self._read_at != math.inf:
             return False
-        self._changes.wait(lambda: self._state is not seen or self._read_at != math.inf, timeout)
+        self._changes.wait(self._changed_since(seen), timeout)
         return True
 
-    async def wait_for_change_async(self, seen: NodeState, timeout: float) -> bool:
+    async def wait_for_change_async(self, seen: NodeState | None, timeout: float) -> bool:
         """:meth:`wait_for_change` for an event loop: the loop never blocks."""
         if self._read_at != math.inf:
             return False
-        await self._changes.wait_async(lambda: self._state is not seen or self._read_at != math.inf, timeout)
+        await self._changes.wait_async(self._changed_since(seen), timeout)
         return True
+
+    def _changed_since(self, seen: NodeState | None) -> Callable[[], bool]:
+        pushes = self._pushes
+
+        def changed() -> bool:
+            state = self._state
+            return (
+                self._pushes != pushes
+                or self._read_at != math.inf
+                or (
+                    seen is not None
+                    and state is not None
+                    and (state.role, state.primary_id) != (seen.role, seen.primary_id)
+                )
+            )
+
+        return changed
 
     def forked(self) -> None:
         """In a forked child (see :meth:`EventSubscriber.forked`): fresh locks, and the reading expires."""

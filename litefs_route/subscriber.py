@@ -49,7 +49,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from .consistency import PositionWatcher
-from .events import Init, LiteFSEvent, PrimaryChange, Quiet, Tx, node_state, read_events, read_info
+from .events import Init, LiteFSEvent, PrimaryChange, Quiet, Tx, node_state, read_events, read_info, read_txids
 from .mount import read_node_state, read_position
 from .state_cache import StateCache
 
@@ -117,8 +117,10 @@ class EventSubscriber:
         self.quiet_after = quiet_after
         # Consecutive quiet checks whose /info disagreed with the last pushed state.
         self._disagreements = 0
-        # When each database's -pos was last compared with a tx event.
+        # When each database's -pos was last compared with a tx event, and
+        # the databases whose last tx event was ahead of it.
         self._checked_at: dict[str, float] = {}
+        self._suspects: set[str] = set()
         self._caches: weakref.WeakSet[StateCache] = weakref.WeakSet()
         self._watchers: weakref.WeakSet[PositionWatcher] = weakref.WeakSet()
         self._lock = threading.Lock()  # starting the thread
@@ -187,16 +189,18 @@ class EventSubscriber:
         backoff = _BACKOFF_MIN
         while self._caches:  # ends once every middleware it fed is gone
             began = time.monotonic()
+            events = read_events(
+                self.api_url, timeout=None, connect_timeout=self.connect_timeout, quiet_after=self.quiet_after
+            )
             try:
-                events = read_events(
-                    self.api_url, timeout=None, connect_timeout=self.connect_timeout, quiet_after=self.quiet_after
-                )
                 self._follow(events)
             except (OSError, ValueError) as exc:
                 self._fall_back(exc)
             except Exception as exc:  # a bug must not end the thread with the stream's state trusted
                 logger.exception("the LiteFS event stream's thread failed; reading the mount, retrying")
                 self._fall_back(exc)
+            finally:
+                events.close()  # its socket, now rather than after the backoff
             if time.monotonic() - began > _STABLE:
                 backoff = _BACKOFF_MIN
             time.sleep(backoff)
@@ -206,6 +210,8 @@ class EventSubscriber:
     def _follow(self, events: Iterator[LiteFSEvent | Quiet]) -> None:
         """Trust the stream once it agrees with the mount, then apply its events until it ends."""
         for event in events:
+            if not self._caches:
+                raise _Abandoned("every middleware this stream fed is gone")
             if isinstance(event, Quiet):
                 self._check_quiet()
                 continue
@@ -214,8 +220,7 @@ class EventSubscriber:
         raise ConnectionError("the event stream ended")  # read_events raises first; kept for safety
 
     def _apply(self, event: LiteFSEvent) -> None:
-        if not self._caches:
-            raise _Abandoned("every middleware this stream fed is gone")
+        self._disagreements = 0  # the stream moves: whatever a quiet check saw is not a stall
         if isinstance(event, Init):
             self._come_up(event)
         elif not self.up:
@@ -224,8 +229,8 @@ class EventSubscriber:
             self._push_state(event)
         elif isinstance(event, Tx):
             watchers = [w for w in list(self._watchers) if w.database == event.database]
-            if watchers:
-                self._spot_check(event)
+            if watchers and not self._spot_check(event):
+                return  # not applied: checked again at the next tx
             for watcher in watchers:
                 watcher.advance(event.txid)
 
@@ -241,6 +246,8 @@ class EventSubscriber:
                     f"LiteFS's API says {on_stream.role} (primary {on_stream.primary_id}) but the mount "
                     f"{self.litefs_dir} says {on_mount.role} (primary {on_mount.primary_id})"
                 )
+        self._disagreements = 0
+        self._suspects.clear()
         self._push_state(init)
         self._catch_up(list(self._watchers))
         was_up_before, self.up, self._ever_up = self._ever_up, True, True
@@ -252,46 +259,69 @@ class EventSubscriber:
             self.litefs_dir,
         )
 
-    def _spot_check(self, tx: Tx) -> None:
+    def _spot_check(self, tx: Tx) -> bool:
         """At most once a second per database: this mount must hold the transaction the event announces.
 
         LiteFS updates ``-pos`` before it publishes the event, so on its own
         mount ``-pos`` is never behind it. Ahead of the mount, the event is
         another node's: its TXIDs would let reads run before their write is
-        here. (The ``init`` check cannot tell two replicas of one primary apart.)
+        here. (The ``init`` check cannot tell two replicas of one primary
+        apart.) Once, it may be this node's after all: TXIDs go backwards after
+        a failover that lost writes, and this reader may be behind. So the
+        event is not applied (False) and the next one is checked too; ahead
+        twice in a row, the stream is dropped.
         """
+        suspect = tx.database in self._suspects
         now = time.monotonic()
-        if now - self._checked_at.get(tx.database, -math.inf) < _SPOT_CHECK_EVERY:
-            return
+        if not suspect and now - self._checked_at.get(tx.database, -math.inf) < _SPOT_CHECK_EVERY:
+            return True
         self._checked_at[tx.database] = now
         self.reads += 1
         try:
             position = read_position(self.litefs_dir, tx.database)
         except OSError:
-            return  # a dead mount: the stream ends with it
-        if position is not None and position.txid < tx.txid:
+            return True  # a dead mount: the stream ends with it
+        if position is None or position.txid >= tx.txid:
+            self._suspects.discard(tx.database)
+            return True
+        if suspect:
             raise StreamMismatch(
                 f"LiteFS's API announced TXID {tx.txid} of {tx.database} but the mount {self.litefs_dir} is at "
                 f"{position.txid}: it is not this mount's LiteFS"
             )
+        self._suspects.add(tx.database)
+        return False
 
     def _check_quiet(self) -> None:
-        """A quiet stream: LiteFS's /info must still say what the stream last said.
+        """A quiet stream: LiteFS's API must still say what the stream last said (no mount read).
 
-        Twice in a row not (an event may be on its way the first time): the
-        stream stalled, and is dropped. /info not answering drops it too.
+        ``/info``'s primary, and each watched database's TXID in
+        ``/metrics``. Twice in a row not (an event may be on its way the first
+        time): the stream stalled, and is dropped. No answer drops it too.
         """
         last = self._last_state
         if not self.up or last is None:
             return
+        stale: list[str] = []
         now = read_info(self.api_url, timeout=self.connect_timeout)
-        if (now.is_primary, now.primary) == (last.is_primary, None if last.is_primary else last.primary):
+        said = (last.is_primary, None if last.is_primary else last.primary)
+        if now is not None and (now.is_primary, now.primary) != said:  # None: an older LiteFS's /info
+            stale.append(f"/info says primary {now.primary or '-'} (is primary: {now.is_primary})")
+        watchers = list(self._watchers)
+        if watchers:
+            txids = read_txids(self.api_url, timeout=self.connect_timeout)
+            stale += [
+                f"{w.database} is at TXID {txids[w.database]}, the stream said {w.last_known}"
+                for w in watchers
+                if w.database in txids and txids[w.database] != w.last_known
+            ]
+        if not stale:
             self._disagreements = 0
             return
         self._disagreements += 1
         if self._disagreements >= 2:
             self._disagreements = 0
-            raise StreamMismatch("LiteFS's /info no longer says what its event stream said: the stream stalled")
+            raise StreamMismatch(f"the event stream stalled: {'; '.join(stale)}")
 
     def _push_state(self, event: Init | PrimaryChange) -> None:
         self._last_state = event

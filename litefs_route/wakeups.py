@@ -13,10 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["Wakeups"]
+
+# Seconds between looks at a condition where no thread can wake the loop (trio).
+_POLL = 0.002
 
 
 @dataclass(slots=True, eq=False)
@@ -79,11 +83,8 @@ class Wakeups:
             return True
         try:
             loop = asyncio.get_running_loop()
-        except RuntimeError:  # not asyncio (trio): wait in a worker thread
-            import anyio.to_thread
-
-            result: bool = await anyio.to_thread.run_sync(lambda: self.wait(ready, timeout, waiting=waiting))
-            return result
+        except RuntimeError:  # not asyncio (trio): no thread can wake the loop, so look every few ms
+            return await self._poll(ready, timeout, waiting)
         future: asyncio.Future[None] = loop.create_future()
 
         def resolve() -> None:
@@ -108,6 +109,24 @@ class Wakeups:
             self._remove(waiter)
         return ready()
 
+    async def _poll(self, ready: Callable[[], bool], timeout: float, waiting: Callable[[], None] | None) -> bool:
+        """:meth:`wait_async` on a loop other than asyncio's (trio, through anyio): cancellable, no thread."""
+        import anyio
+
+        # Registered all the same: a poller (PositionWatcher's) runs only while someone waits.
+        waiter = self._add(ready, _nothing)
+        if waiter is None:
+            return True
+        try:
+            if waiting is not None:
+                waiting()
+            deadline = time.monotonic() + timeout
+            while not ready() and time.monotonic() < deadline:
+                await anyio.sleep(_POLL)
+        finally:
+            self._remove(waiter)
+        return ready()
+
     def forked(self) -> None:
         """In a forked child: a fresh lock, and no waiters (their threads did not survive the fork)."""
         self._lock, self._waiters = threading.Lock(), []
@@ -123,3 +142,7 @@ class Wakeups:
     def _remove(self, waiter: _Waiter) -> None:
         with self._lock, contextlib.suppress(ValueError):
             self._waiters.remove(waiter)
+
+
+def _nothing() -> None:
+    """The wake-up of a waiter that looks for itself."""

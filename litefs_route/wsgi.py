@@ -152,11 +152,11 @@ class _BlockingIO:
     def clock(self) -> float:
         return time.monotonic()
 
-    def await_change(self, seen: NodeState, timeout: float) -> NodeState:
+    def await_change(self, seen: NodeState, timeout: float, from_mount: bool) -> NodeState:
         cache = self.router.cache
-        if not cache.wait_for_change(seen, timeout):  # not pushed: poll
+        if not cache.wait_for_change(None if from_mount else seen, timeout):  # not pushed: poll
             time.sleep(timeout)
-        return cache.get(timeout)
+        return cache.read_mount() if from_mount else cache.get(timeout)
 
     def measure_body(self, limit: int, timeout: float) -> int | None:
         return _measure_body(self.environ, limit, timeout)

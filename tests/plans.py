@@ -54,7 +54,7 @@ class FixedIO:
     def clock(self) -> float:
         return self.now
 
-    def await_change(self, seen: NodeState, timeout: float) -> NodeState:
+    def await_change(self, seen: NodeState, timeout: float, from_mount: bool) -> NodeState:
         self.now += timeout  # nothing changes: the whole timeout passes
         self.sleeps += 1
         return self.state

@@ -244,3 +244,69 @@ def test_a_stream_that_sends_an_unusable_line_is_ended() -> None:
         next(events)
     server.join(5)
     listener.close()
+
+
+def _serve_once(response: bytes) -> str:
+    """A one-shot HTTP server on 127.0.0.1 that answers any request with *response*; its URL."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, listener:
+            conn.recv(65536)
+            conn.sendall(response)
+            conn.recv(1)  # until the client closes
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def test_events_sent_with_the_last_chunk_are_not_lost() -> None:
+    """LiteFS closing a slow subscriber sends the buffered events and the end together: each is read first."""
+    init = b'{"type":"init","data":{"isPrimary":false,"hostname":"node1"}}\n'
+    tx = TX + TX_TAIL
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(line), line) for line in (init, tx)) + b"0\r\n\r\n"
+    url = _serve_once(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+    events = read_events(url, timeout=5)
+    assert [next(events), next(events)] == [Init(False, "node1"), Tx("app.db", 0x27, 0x83B05248774CE767)]
+    with pytest.raises(EventStreamClosed, match="ended"):
+        next(events)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"clusterID":"x","isPrimary":false,"primary":{"hostname":"node1"}}', Init(False, "node1")),
+        (b'{"isPrimary":true,"primary":{"hostname":"node2"}}', Init(True, None)),
+        (b'{"isPrimary":false,"primary":{}}', Init(False, None)),
+        (b'{"primary":true,"candidate":true}', None),  # LiteFS v0.5.5/v0.5.6
+        (b'{"isPrimary":false,"primary":{"hostname":"a b"}}', None),
+        (b"[" * 5000, None),
+    ],
+    ids=["replica", "primary-names-itself", "no-primary", "litefs-0.5.6", "hostile-hostname", "not-json"],
+)
+def test_read_info(body: bytes, expected: Init | None) -> None:
+    from litefs_route.events import read_info
+
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+    assert read_info(_serve_once(head + body)) == expected
+
+
+@pytest.mark.litefs
+def test_litefs_metrics_name_each_databases_txid(litefs_real_cluster: LiteFSClusterFactory) -> None:
+    """``litefs_db_txid`` in /metrics is what -pos shows (the stream's quiet check compares them)."""
+    from litefs_route.events import read_txids
+
+    cluster = litefs_real_cluster(instances=2, lease="static")
+    for database in ("app.db", "cache.db"):
+        with sqlite3.connect(cluster.db_path("node1", database)) as db:
+            db.execute("CREATE TABLE t (v TEXT)")
+            db.execute("INSERT INTO t VALUES ('x')")
+        db.close()
+        cluster.wait_replicated(database=database)
+    for node in ("node1", "node2"):
+        assert read_txids(cluster.nodes[node].api_url) == {
+            database: cluster.position(node, database) for database in ("app.db", "cache.db")
+        }

@@ -164,3 +164,21 @@ def test_slipped_write_reads_the_mount_even_while_states_are_pushed(mount: Mount
     assert r.headers["fly-replay"] == f"instance={PRIMARY};state=litefs-route-hop-1"
     assert cache.reads == 1  # the settlement's own read of the mount
     assert cache.get().detail == "a stale push"  # kept until the stream's next event
+
+
+def test_a_settlement_trusts_the_mount_over_a_stale_push(mount: Mount, tmp_path: Path) -> None:
+    """The mount says no primary, a lagging push still names one: the write waits for a primary, then 503."""
+    from litefs_route.mount import NodeState, Role
+
+    db = readonly_database(tmp_path / "app.db")
+    app = _flask(db, {})
+    middleware = wsgi.PrimaryRoutingMiddleware(
+        app.wsgi_app, litefs_dir=str(mount.path), instance_id=ME, primary_wait=0.3
+    )
+    app.wsgi_app = middleware
+    mount.make_no_primary()
+    middleware.router.cache.push(NodeState(Role.PRIMARY, ME, ME, detail="a stale push"))
+    with serve_wsgi(app) as url:
+        r = httpx.post(url + "/w")
+    assert (r.status_code, r.headers["retry-after"]) == (503, "2")
+    assert middleware.router.cache.reads >= 2  # the settlement polled the mount, not the push
