@@ -22,8 +22,10 @@ not this mount's LiteFS, or a stream that stalled, does not drive routing:
 - at most once a second per database, a ``tx`` event must not be ahead of
   the mount's ``-pos`` (LiteFS updates it before it publishes the event;
   this tells two replicas of one primary apart, which ``init`` cannot);
-- after 5 s of silence, LiteFS's ``/info`` must still say what the stream
-  last said (twice in a row not, or no answer: the stream stalled).
+  ahead once, it is held back and the next one checked; twice, dropped;
+- after 5 s of silence, the API must still say what the stream last said:
+  the primary in ``/info``, each watched database's TXID in ``/metrics``
+  (twice in a row not, or no answer: the stream stalled).
 
 Any failed check drops the stream, as an error would. The thread is a
 daemon, started by the first read of the mount in the process that serves
