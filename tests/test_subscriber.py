@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from litefs_route import wsgi
-from litefs_route.consistency import PositionWatcher
+from litefs_route.consistency import Positions, PositionWatcher
 from litefs_route.devcluster import free_port
 from litefs_route.mount import NodeState, Role, read_position
 from litefs_route.state_cache import StateCache
@@ -69,6 +69,25 @@ def _no_app(environ: Any, start_response: Any) -> list[bytes]:
     raise AssertionError("only the middleware's router is used")
 
 
+def _read_waits_for_a_commit(cluster: LiteFSCluster, client: httpx.Client, positions: Positions) -> int:
+    """node2 held back, a commit on node1: a GET on node2 with its cookie waits, then is answered by node2."""
+    cluster.pause_replication("node2")
+    try:
+        _commit(cluster, "node1", value="ryw")
+        target = cluster.position("node1")
+        assert target is not None
+        assert (cluster.position("node2") or 0) < target
+        with ThreadPoolExecutor(1) as pool:
+            read = pool.submit(client.get, "/", headers={"Cookie": f"__txid={target:016x}"})
+            wait_until(lambda: positions.waiting == 1, what="the read to wait for its TXID")
+            cluster.resume_replication("node2")
+            response = read.result(30)
+    finally:
+        cluster.resume_replication("node2")
+    assert (response.status_code, response.headers["fly-instance"]) == (200, "node2")
+    return target
+
+
 def _commit(cluster: LiteFSCluster, node: str, database: str = "app.db", value: str = "x") -> None:
     with sqlite3.connect(cluster.db_path(node, database)) as db:
         db.execute("CREATE TABLE IF NOT EXISTS t (v TEXT)")
@@ -111,20 +130,7 @@ def test_routing_follows_the_stream_without_reading_the_mount(
         assert client.post("/").headers["fly-replay"].startswith("instance=node1;")
 
         # Read-your-writes: a read ahead of node2 waits, and the tx event that brings its TXID wakes it.
-        cluster.pause_replication("node2")
-        try:
-            _commit(cluster, "node1", value="ryw")
-            target = cluster.position("node1")
-            assert target is not None
-            assert (cluster.position("node2") or 0) < target
-            with ThreadPoolExecutor(1) as pool:
-                read = pool.submit(client.get, "/", headers={"Cookie": f"__txid={target:016x}"})
-                wait_until(lambda: positions.waiting == 1, what="the read to wait for its TXID")
-                cluster.resume_replication("node2")
-                response = read.result(30)
-        finally:
-            cluster.resume_replication("node2")
-        assert (response.status_code, response.headers["fly-instance"]) == (200, "node2")
+        target = _read_waits_for_a_commit(cluster, client, positions)
         assert positions.watchers[0].reached(target)
 
         assert (cache.reads, positions.reads, positions.watchers[0].threads_started) == (mount_reads, position_reads, 0)
@@ -511,19 +517,7 @@ def test_an_api_unreachable_from_the_start_routes_and_waits_on_the_mount(
         positions = served.router.positions
         assert positions is not None
         assert client.post("/").headers["fly-replay"].startswith("instance=node1;")
-        cluster.pause_replication("node2")
-        try:
-            _commit(cluster, "node1", value="ryw")
-            target = cluster.position("node1")
-            assert target is not None
-            with ThreadPoolExecutor(1) as pool:
-                read = pool.submit(client.get, "/", headers={"Cookie": f"__txid={target:016x}"})
-                wait_until(lambda: positions.waiting == 1, what="the read to wait for its TXID")
-                cluster.resume_replication("node2")
-                response = read.result(30)
-        finally:
-            cluster.resume_replication("node2")
-        assert (response.status_code, response.headers["fly-instance"]) == (200, "node2")
+        _read_waits_for_a_commit(cluster, client, positions)
         assert served.router.subscriber is not None
         assert not served.router.subscriber.up
         assert positions.watchers[0].threads_started == 1  # the poller woke it
