@@ -5,12 +5,13 @@ Standard library only; importing this package imports no web framework.
 - :mod:`litefs_route.wsgi` / :mod:`litefs_route.asgi`: ``PrimaryRoutingMiddleware``.
 - :func:`ensure_primary`: in a handler, end the request in a replay to the
   primary unless this instance is the primary.
+- :func:`ensure_instance`: the same, to one named instance.
 - :func:`get_instance_info`: this instance, the primary, and whether they are the same.
 """
 
 from __future__ import annotations
 
-from .context import InstanceInfo, ensure_primary, get_instance_info, report_exception
+from .context import InstanceInfo, ensure_instance, ensure_primary, get_instance_info, report_exception
 from .exceptions import PrimaryRequired
 from .mount import NodeState, Role
 from .ops import (
@@ -30,6 +31,7 @@ __all__ = [
     "PrimaryRequired",
     "Role",
     "WaitTimeout",
+    "ensure_instance",
     "ensure_primary",
     "get_instance_info",
     "halt_lock",

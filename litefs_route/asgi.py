@@ -87,7 +87,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             return
         finally:
             current_request.reset(token)
-        if ctx.must_end_on_primary and ctx.ends_without_response():
+        if ctx.must_end_elsewhere and ctx.ends_without_response():
             await response.send_ending()
 
     def raw_tags(self, state: NodeState) -> RawHeaders:
@@ -130,7 +130,7 @@ class _Response:
             ctx = self.ctx
             ctx.response_started = True
             headers: Iterable[tuple[bytes, bytes]] = message.get("headers", ())
-            if ctx.must_end_on_primary:
+            if ctx.must_end_elsewhere:
                 headers = list(headers)  # read twice; ASGI allows a one-shot iterable
                 if ctx.replaces_response(headers):
                     self.replaced = True

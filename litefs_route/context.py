@@ -19,9 +19,20 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import AnyStr
 
-from .decision import NO_PRIMARY, Decision, Kind, Outcome, Pending, Plan, RequestInfo, assert_never, sets_txid_cookie
+from .decision import (
+    NO_PRIMARY,
+    Decision,
+    Kind,
+    Outcome,
+    Pending,
+    Plan,
+    RequestInfo,
+    assert_never,
+    decide_instance,
+    sets_txid_cookie,
+)
 from .exceptions import PrimaryRequired
-from .mount import NodeState, Role, default_instance_id, read_node_state
+from .mount import NodeState, Role, default_instance_id, is_valid_instance_id, read_node_state
 from .replies import Reply, has_replay_header
 from .router import Router
 from .sqlite_errors import is_readonly_error
@@ -30,6 +41,7 @@ __all__ = [
     "InstanceInfo",
     "RequestContext",
     "current_request",
+    "ensure_instance",
     "ensure_primary",
     "get_instance_info",
     "report_exception",
@@ -56,9 +68,10 @@ class RequestContext:
     txids_before: tuple[int | None, ...] | None = None
     #: The app's response has begun (it can no longer be replaced).
     response_started: bool = False
-    #: ``ensure_primary()`` on a non-primary, or the safety net: the request
-    #: ends in a replay (or a refusal) whatever the app answers.
-    must_end_on_primary: bool = False
+    #: ``ensure_primary()`` on a non-primary, ``ensure_instance()`` on another
+    #: instance, or the safety net: the request ends in a replay (or a
+    #: refusal) whatever the app answers.
+    must_end_elsewhere: bool = False
     #: That ending's reply, when known; None while it must still be settled
     #: (no primary was known, or SQLite refused the write; see
     #: :func:`~litefs_route.decision.plan_settlement`).
@@ -72,7 +85,7 @@ class RequestContext:
         ``ensure_primary()`` was called and the app answered something other
         than a replay (its error handler ate the exception).
         """
-        return self.must_end_on_primary and not has_replay_header(headers)
+        return self.must_end_elsewhere and not has_replay_header(headers)
 
     def ends_on_exception(self, exc: BaseException) -> bool:
         """True if the request that raised *exc* ends in the middleware's own reply.
@@ -86,14 +99,14 @@ class RequestContext:
         if self.response_started:
             return False
         if isinstance(exc, PrimaryRequired):
-            if not self.must_end_on_primary:  # raised by hand, or for another request
-                self.must_end_on_primary, self.ending = True, exc.reply
+            if not self.must_end_elsewhere:  # raised by hand, or for another request
+                self.must_end_elsewhere, self.ending = True, exc.reply
             return True
-        return self.must_end_on_primary or self.mark_readonly_failure(exc)
+        return self.must_end_elsewhere or self.mark_readonly_failure(exc)
 
     def ends_without_response(self) -> bool:
         """True if the app returned without starting a response, and the request must end on the primary."""
-        return self.must_end_on_primary and not self.response_started
+        return self.must_end_elsewhere and not self.response_started
 
     def settlement(self) -> Plan | None:
         """The plan that decides the ending (drive it, then :meth:`settle`); None if the ending is known."""
@@ -135,9 +148,9 @@ class RequestContext:
 
     def mark_readonly_failure(self, exc: BaseException) -> bool:
         """The safety net: if *exc* is SQLite refusing a write, the request must end on the primary."""
-        if self.must_end_on_primary or not is_readonly_error(exc):
+        if self.must_end_elsewhere or not is_readonly_error(exc):
             return False
-        self.must_end_on_primary = True
+        self.must_end_elsewhere = True
         logger.warning(
             "a write slipped through to a non-primary (SQLite refused it as read-only); "
             "replaying it to the primary or refusing it"
@@ -180,15 +193,39 @@ def ensure_primary() -> None:
             ctx.note_write()
             return
         case Decision():  # the replay, or a refusal (413, 503 after too many replays)
-            ctx.must_end_on_primary, ctx.ending = True, ctx.router.reply(step)
+            ctx.must_end_elsewhere, ctx.ending = True, ctx.router.reply(step)
             raise ctx.primary_required_error(ctx.ending)
         case Pending.WAIT_FOR_PRIMARY:  # settled by the middleware once the handler is done
-            ctx.must_end_on_primary = True
+            ctx.must_end_elsewhere = True
             raise ctx.primary_required_error(ctx.router.reply(NO_PRIMARY))
         case Pending.MEASURE_BODY | Pending.WAIT_FOR_TXID | Pending.CHECK_TXID:
             raise AssertionError(f"a forced decision cannot be {step}")
         case _:
             assert_never(step)
+
+
+def ensure_instance(instance_id: str) -> None:
+    """Return if this is the instance *instance_id*; else end the request in a replay to it.
+
+    For work that belongs to one instance (clearing that instance's cache,
+    reading its local files), as litefs-js's ``ensureInstance``. On any other
+    instance it raises :class:`PrimaryRequired`, and the request ends in
+    ``409`` + ``fly-replay: instance=<instance_id>``, with the guarantees of
+    :func:`ensure_primary`: the app's own answer is replaced even if it
+    catches the exception, a request replayed ``max_replays`` times gets 503
+    (the instance may be gone), and a body too large for Fly's proxy 413.
+
+    Raises ValueError if *instance_id* is not a host name or Machine ID, and
+    RuntimeError outside a request handled by the middleware.
+    """
+    if not isinstance(instance_id, str) or not is_valid_instance_id(instance_id):
+        raise ValueError(f"instance_id must be a host name or Fly Machine ID, got {instance_id!r}")
+    ctx = _context("ensure_instance")
+    step = decide_instance(ctx.request, ctx.state, ctx.router.rules, instance_id)
+    if step is None:  # this is the instance
+        return
+    ctx.must_end_elsewhere, ctx.ending = True, ctx.router.reply(step)
+    raise ctx.primary_required_error(ctx.ending)
 
 
 def report_exception(exc: BaseException) -> bool:

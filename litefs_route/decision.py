@@ -37,6 +37,9 @@ The rules, in order:
    (``ensure_primary()`` with no primary known, or SQLite refusing its
    write) is *settled*: decided again on a fresh reading, after waiting for
    a primary as rule 4; it is replayed, or refused with 503, never run.
+9. ``ensure_instance(id)``: the request runs on that instance and is
+   replayed to it from any other, within ``max_replays`` (past it: 503, the
+   instance may be gone) and Fly's body limit (413), as rule 5.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ __all__ = [
     "WaitForTxids",
     "assert_never",
     "decide",
+    "decide_instance",
     "decide_without_io",
     "plan_request",
     "plan_settlement",
@@ -382,6 +386,20 @@ def decide(
     if size is None and request.unknown_length and not forced:
         return Pending.MEASURE_BODY
     return Decision(Kind.REPLAY, True, target=state.primary_id, hops=hops + 1)
+
+
+def decide_instance(request: RequestInfo, state: NodeState, rules: Rules, instance_id: str) -> Decision | None:
+    """Rule 9: None if this is *instance_id* (the request goes on), else how it ends."""
+    if instance_id == state.instance_id:
+        return None
+    hops = replay_hops(request.replay_src)
+    if hops >= rules.max_replays:
+        reason = f"replayed {hops} times without reaching instance {instance_id} (is it running?)"
+        return Decision(Kind.UNAVAILABLE, False, reason=reason)
+    limit = rules.replay_body_limit
+    if request.content_length is not None and request.content_length > limit:
+        return Decision(Kind.TOO_LARGE, False, target=instance_id, reason=f"the body is larger than {limit} bytes")
+    return Decision(Kind.REPLAY, False, target=instance_id, hops=hops + 1)
 
 
 def _decide_read(

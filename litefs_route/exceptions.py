@@ -1,4 +1,4 @@
-"""The exception :func:`~litefs_route.ensure_primary` raises."""
+"""The exception :func:`~litefs_route.ensure_primary` and :func:`~litefs_route.ensure_instance` raise."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ __all__ = ["PrimaryRequired"]
 class PrimaryRequired(Exception):
     """Raised by :func:`~litefs_route.ensure_primary` on a node that is not the primary.
 
-    Carries the response that ends the request (409 + ``fly-replay``, or 503
-    when no primary is known). Inside Flask/Werkzeug or Starlette/FastAPI the
+    (And by :func:`~litefs_route.ensure_instance` on any other instance than
+    the one named.) Carries the response that ends the request (409 +
+    ``fly-replay``, or 503 when no primary is known). Inside Flask/Werkzeug or Starlette/FastAPI the
     exception raised is a subclass that is also the framework's own HTTP
     exception (:mod:`litefs_route.frameworks`), so the framework answers with
     that response by itself; the middleware makes sure of it even if a
@@ -19,5 +20,5 @@ class PrimaryRequired(Exception):
     """
 
     def __init__(self, reply: Reply) -> None:
-        super().__init__(f"this request must run on the primary (HTTP {reply.status})")
+        super().__init__(f"this request must run on another instance (HTTP {reply.status})")
         self.reply = reply

@@ -80,7 +80,7 @@ def build_reply(decision: Decision, retry_after: int) -> Reply:
         raise ValueError(f"a {decision.kind.value} decision needs a target")
     if decision.kind is Kind.REPLAY:
         body = (
-            f"This request must run on the primary instance, {decision.target}.\n"
+            f"This request must run on instance {decision.target}.\n"
             "Fly's proxy replays it there when it sees the fly-replay header; if you are\n"
             "reading this, nothing did (local development or private-network traffic).\n"
         )
@@ -88,8 +88,8 @@ def build_reply(decision: Decision, retry_after: int) -> Reply:
         return _text_reply(409, body, [replay])
     if decision.kind is Kind.TOO_LARGE:
         body = (
-            f"This write must run on the primary instance, {decision.target}, but {decision.reason}\n"
-            "and Fly's proxy cannot replay it there. Send it to the primary directly\n"
+            f"This request must run on instance {decision.target}, but {decision.reason}\n"
+            "and Fly's proxy cannot replay it there. Send it to that instance directly\n"
             f"(header fly-force-instance-id: {decision.target}) or make it smaller.\n"
         )
         return _text_reply(413, body, [])
@@ -97,7 +97,7 @@ def build_reply(decision: Decision, retry_after: int) -> Reply:
         body = f"This write must run on the primary, but {decision.reason}. Send it again.\n"
         return _text_reply(408, body, [])
     if decision.kind is Kind.UNAVAILABLE:
-        body = f"This write cannot run now: {decision.reason}. Retry shortly.\n"
+        body = f"This request cannot run now: {decision.reason}. Retry shortly.\n"
         return _text_reply(503, body, [("Retry-After", str(retry_after))])
     raise ValueError(f"no reply for {decision.kind}: the app runs")
 

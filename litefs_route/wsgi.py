@@ -81,7 +81,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
             return response.send_ending()
         finally:
             current_request.reset(token)
-        if ctx.must_end_on_primary:  # only then can anything remain to do after the app
+        if ctx.must_end_elsewhere:  # only then can anything remain to do after the app
             if response.replaced_by is not None:
                 _close(result)
                 return [response.replaced_by.body]
@@ -107,7 +107,7 @@ class _Response:
         ctx = self.ctx
         router = ctx.router
         # The flag first: the rule's own check, without a call on every response.
-        if ctx.must_end_on_primary and ctx.replaces_response(headers):
+        if ctx.must_end_elsewhere and ctx.replaces_response(headers):
             reply = self.replaced_by = self._ending()
             status, headers = reply.status_line, list(reply.headers)
         elif router.rules.read_your_writes:  # a cookie may be due

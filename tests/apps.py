@@ -10,7 +10,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from litefs_route import ensure_primary, get_instance_info
+from litefs_route import ensure_instance, ensure_primary, get_instance_info
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -55,6 +55,16 @@ def flask_app(calls: list[str], gate: Gate | None = None, **config: Any) -> Any:
         ensure_primary()
         calls.append("ensure")
         return "wrote"
+
+    @app.route("/instance/<name>", methods=["GET", "POST"])
+    def instance(name: str) -> str:
+        try:
+            ensure_instance(name)
+        except Exception:
+            calls.append(f"swallowed {name}")  # swallowed: the middleware still ends it in the replay
+            return "swallowed"
+        calls.append(f"on {name}")
+        return "here"
 
     @app.route("/ensure-swallow")
     def ensure_swallow() -> str:
@@ -113,6 +123,16 @@ def starlette_app(calls: list[str], gate: Gate | None = None, *, lifespan: Any =
         calls.append("ensure")
         return PlainTextResponse("wrote")
 
+    async def instance(request: Request) -> Response:
+        name = request.path_params["name"]
+        try:
+            ensure_instance(name)
+        except Exception:
+            calls.append(f"swallowed {name}")  # swallowed: the middleware still ends it in the replay
+            return PlainTextResponse("swallowed")
+        calls.append(f"on {name}")
+        return PlainTextResponse("here")
+
     async def ensure_swallow(request: Request) -> Response:
         try:
             ensure_primary()
@@ -150,6 +170,7 @@ def starlette_app(calls: list[str], gate: Gate | None = None, *, lifespan: Any =
         Route("/ensure", ensure, methods=["GET", "POST"]),
         Route("/ensure-sync", ensure_sync),
         Route("/ensure-swallow", ensure_swallow),
+        Route("/instance/{name}", instance, methods=["GET", "POST"]),
         Route("/info", info),
         Route("/stream", stream),
         WebSocketRoute("/ws", ws),

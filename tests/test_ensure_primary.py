@@ -17,7 +17,7 @@ import httpx
 import pytest
 from flask import Flask
 
-from litefs_route import PrimaryRequired, asgi, ensure_primary, get_instance_info, wsgi
+from litefs_route import PrimaryRequired, asgi, ensure_instance, ensure_primary, get_instance_info, wsgi
 from tests.plans import router_for
 from tests.support import Mount, Served, serve_asgi, serve_under, serve_wsgi
 
@@ -309,3 +309,78 @@ def test_ensure_primary_with_no_primary_gets_503_after_primary_wait(mount: Mount
     assert (r.status_code, r.headers["retry-after"]) == (503, "2")
     assert "no primary is known" in r.text
     assert called == ["visit"]
+
+
+# -- ensure_instance(): one named instance ------------------------------------------------------
+
+OTHER = "9185e7a1c00d48"
+INSTANCE_CASES = [
+    # id, path, extra headers, expected status, expected fly-replay prefix, expected calls
+    # (the handler catches the exception: the replay must survive that)
+    ("this-instance", f"/instance/{ME}", {}, 200, None, [f"on {ME}"]),
+    (
+        "another-instance",
+        f"/instance/{OTHER}",
+        {},
+        409,
+        f"instance={OTHER};state=litefs-route-hop-1",
+        [f"swallowed {OTHER}"],
+    ),
+    (
+        "replayed-too-often",
+        f"/instance/{OTHER}",
+        {"fly-replay-src": "instance=x;state=litefs-route-hop-3"},
+        503,
+        None,
+        [f"swallowed {OTHER}"],
+    ),
+    ("primary-is-not-the-point", f"/instance/{PRIMARY}", {}, 409, f"instance={PRIMARY};", [f"swallowed {PRIMARY}"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status", "replay", "calls"),
+    [c[1:] for c in INSTANCE_CASES],
+    ids=[c[0] for c in INSTANCE_CASES],
+)
+def test_ensure_instance(
+    mount: Mount,
+    adapter: str,
+    path: str,
+    headers: dict[str, str],
+    status: int,
+    replay: str | None,
+    calls: list[str],
+) -> None:
+    """A replica (ME) asked for one instance: here it runs, elsewhere it is replayed there, whatever the app does."""
+    from tests.apps import flask_app, starlette_app
+
+    mount.make_replica(PRIMARY)
+    called: list[str] = []
+    options: dict[str, Any] = {"litefs_dir": str(mount.path), "instance_id": ME}
+    with serve_under(adapter, flask_app(called), starlette_app(called), **options) as served:
+        r = httpx.get(served.url + path, headers=headers)
+    assert r.status_code == status, r.text
+    if replay is not None:
+        assert r.headers["fly-replay"].startswith(replay)
+    else:
+        assert "fly-replay" not in r.headers
+    assert called == calls
+
+
+def test_ensure_instance_refuses_a_name_that_is_not_one() -> None:
+    with pytest.raises(ValueError, match="instance_id"):
+        ensure_instance("a b")
+
+
+def test_ensure_instance_with_a_body_fly_cannot_replay_is_413() -> None:
+    from litefs_route.decision import Kind, RequestInfo, decide_instance
+    from litefs_route.mount import NodeState, Role
+    from tests.plans import rules
+
+    state = NodeState(Role.REPLICA, ME, PRIMARY)
+    big = RequestInfo("POST", "/x", content_length=1_000_001)
+    decision = decide_instance(big, state, rules(), OTHER)
+    assert decision is not None
+    assert (decision.kind, decision.target) == (Kind.TOO_LARGE, OTHER)
+    assert decide_instance(big, state, rules(), ME) is None
