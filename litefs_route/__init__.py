@@ -6,6 +6,7 @@ Standard library only; importing this package imports no web framework.
 - :func:`ensure_primary`: in a handler, end the request in a replay to the
   primary unless this instance is the primary.
 - :func:`ensure_instance`: the same, to one named instance.
+- :func:`instance_url`, :func:`list_instances`: Fly's private network.
 - :func:`get_instance_info`: this instance, the primary, and whether they are the same.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from .context import InstanceInfo, ensure_instance, ensure_primary, get_instance_info, report_exception
 from .exceptions import PrimaryRequired
+from .fly import NotOnFly, instance_url, list_instances
 from .mount import NodeState, Role
 from .ops import (
     HaltLockError,
@@ -28,6 +30,7 @@ __all__ = [
     "HaltLockError",
     "InstanceInfo",
     "NodeState",
+    "NotOnFly",
     "PrimaryRequired",
     "Role",
     "WaitTimeout",
@@ -36,6 +39,8 @@ __all__ = [
     "get_instance_info",
     "halt_lock",
     "halt_lock_async",
+    "instance_url",
+    "list_instances",
     "report_exception",
     "wait_for_primary",
     "wait_for_sync",

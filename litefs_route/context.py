@@ -256,6 +256,8 @@ class InstanceInfo:
     primary_instance: str | None
     is_primary: bool
     role: Role
+    #: This instance's Fly region (``$FLY_REGION``); None off Fly.
+    region: str | None = None
 
 
 def get_instance_info(*, litefs_dir: str | None = None, instance_id: str | None = None) -> InstanceInfo:
@@ -270,4 +272,5 @@ def get_instance_info(*, litefs_dir: str | None = None, instance_id: str | None 
         state = ctx.state
     else:
         state = read_node_state(litefs_dir or os.environ.get("LITEFS_DIR"), instance_id or default_instance_id())
-    return InstanceInfo(state.instance_id, state.primary_id, state.is_primary, state.role)
+    region = os.environ.get("FLY_REGION") or None
+    return InstanceInfo(state.instance_id, state.primary_id, state.is_primary, state.role, region)

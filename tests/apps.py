@@ -78,7 +78,7 @@ def flask_app(calls: list[str], gate: Gate | None = None, **config: Any) -> Any:
     @app.route("/info")
     def info() -> Response:
         i = get_instance_info()
-        return jsonify(current=i.current_instance, primary=i.primary_instance, is_primary=i.is_primary)
+        return jsonify(current=i.current_instance, primary=i.primary_instance, is_primary=i.is_primary, region=i.region)
 
     @app.route("/stream")
     def stream() -> Response:
@@ -143,7 +143,14 @@ def starlette_app(calls: list[str], gate: Gate | None = None, *, lifespan: Any =
 
     async def info(request: Request) -> Response:
         i = get_instance_info()
-        return JSONResponse({"current": i.current_instance, "primary": i.primary_instance, "is_primary": i.is_primary})
+        return JSONResponse(
+            {
+                "current": i.current_instance,
+                "primary": i.primary_instance,
+                "is_primary": i.is_primary,
+                "region": i.region,
+            }
+        )
 
     async def stream(request: Request) -> Response:
         import anyio.to_thread

@@ -27,5 +27,5 @@ def adapter(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(autouse=True)
 def _no_fly_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # Tests say which mount and instance they mean; the host's env must not leak in.
-    for name in ("LITEFS_DIR", "FLY_MACHINE_ID", "DATABASE_FILENAME", "LITEFS_API_URL"):
+    for name in ("LITEFS_DIR", "FLY_MACHINE_ID", "FLY_REGION", "FLY_APP_NAME", "DATABASE_FILENAME", "LITEFS_API_URL"):
         monkeypatch.delenv(name, raising=False)

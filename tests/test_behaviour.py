@@ -192,11 +192,13 @@ def test_ensure_primary_without_primary_is_503(adapter: str, mount: Mount) -> No
         assert stack.calls == []
 
 
-def test_instance_info_in_handler(stack: Stack, mount: Mount) -> None:
+def test_instance_info_in_handler(stack: Stack, mount: Mount, monkeypatch: pytest.MonkeyPatch) -> None:
     mount.make_replica(PRIMARY)
-    assert stack.client.get("/info").json() == {"current": ME, "primary": PRIMARY, "is_primary": False}
+    info = {"current": ME, "primary": PRIMARY, "is_primary": False, "region": None}
+    assert stack.client.get("/info").json() == info
     mount.make_primary()
-    assert stack.client.get("/info").json() == {"current": ME, "primary": ME, "is_primary": True}
+    monkeypatch.setenv("FLY_REGION", "ams")
+    assert stack.client.get("/info").json() == {**info, "primary": ME, "is_primary": True, "region": "ams"}
 
 
 # -- streaming, websockets, lifespan ------------------------------------------
