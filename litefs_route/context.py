@@ -151,6 +151,7 @@ class RequestContext:
         if self.must_end_elsewhere or not is_readonly_error(exc):
             return False
         self.must_end_elsewhere = True
+        self.router.counters.add("safety_net")
         logger.warning(
             "a write slipped through to a non-primary (SQLite refused it as read-only); "
             "replaying it to the primary or refusing it"
@@ -197,7 +198,8 @@ def ensure_primary() -> None:
             raise ctx.primary_required_error(ctx.ending)
         case Pending.WAIT_FOR_PRIMARY:  # settled by the middleware once the handler is done
             ctx.must_end_elsewhere = True
-            raise ctx.primary_required_error(ctx.router.reply(NO_PRIMARY))
+            # Not counted: the middleware settles it once the handler is done.
+            raise ctx.primary_required_error(ctx.router.reply(NO_PRIMARY, final=False))
         case Pending.MEASURE_BODY | Pending.WAIT_FOR_TXID | Pending.CHECK_TXID:
             raise AssertionError(f"a forced decision cannot be {step}")
         case _:

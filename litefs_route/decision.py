@@ -75,6 +75,7 @@ __all__ = [
     "Rules",
     "WaitForTxids",
     "assert_never",
+    "counter_name",
     "decide",
     "decide_instance",
     "decide_without_io",
@@ -105,6 +106,7 @@ _PRIMARY_POLL = 0.05
 NO_PRIMARY_REASON = "no primary is known right now (a LiteFS election or failover)"
 _DISAGREE_REASON = "replayed {} times without reaching the primary (the instances disagree on the primary)"
 _RAN_HERE_REASON = "this instance was not the primary when the request ran"
+_LAGGING_REASON = "its TXID did not arrive in time"
 
 
 class PathGlobs:
@@ -221,7 +223,7 @@ class Decision(NamedTuple):
     target: str | None = None
     #: The replay's hop number, carried in fly-replay's `state` (REPLAY only).
     hops: int = 0
-    #: Why, in words a user may read (UNAVAILABLE, TOO_LARGE, TIMEOUT).
+    #: Why, in words a user may read (UNAVAILABLE, TOO_LARGE, TIMEOUT; a read's REPLAY).
     reason: str = ""
     #: The path is a passthrough path (RUN only): never gets a TXID cookie.
     passthrough: bool = False
@@ -388,6 +390,25 @@ def decide(
     return Decision(Kind.REPLAY, True, target=state.primary_id, hops=hops + 1)
 
 
+def counter_name(decision: Decision) -> str:
+    """The :mod:`~litefs_route.counters` name of a decision that does not run the app."""
+    match decision.kind:
+        case Kind.REPLAY:
+            return "read_replays" if decision.reason == _LAGGING_REASON else "replays"
+        case Kind.UNAVAILABLE:
+            if decision.reason == NO_PRIMARY_REASON:
+                return "unavailable_no_primary"
+            return "unavailable_ran_here" if decision.reason == _RAN_HERE_REASON else "unavailable_too_many_replays"
+        case Kind.TOO_LARGE:
+            return "too_large"
+        case Kind.TIMEOUT:
+            return "body_timeouts"
+        case Kind.RUN:
+            raise ValueError("a decision that runs the app is not counted")
+        case _:
+            assert_never(decision.kind)
+
+
 def decide_instance(request: RequestInfo, state: NodeState, rules: Rules, instance_id: str) -> Decision | None:
     """Rule 9: None if this is *instance_id* (the request goes on), else how it ends."""
     if instance_id == state.instance_id:
@@ -435,7 +456,7 @@ def _decide_lagging_read(request: RequestInfo, state: NodeState, rules: Rules) -
     hops = replay_hops(request.replay_src)
     if state.role is not Role.REPLICA or state.primary_id is None or hops >= rules.max_replays:
         return _RUN_READ
-    return Decision(Kind.REPLAY, False, target=state.primary_id, hops=hops + 1)
+    return Decision(Kind.REPLAY, False, target=state.primary_id, hops=hops + 1, reason=_LAGGING_REASON)
 
 
 def sets_txid_cookie(decision: Decision, state: NodeState, rules: Rules) -> bool:

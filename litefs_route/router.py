@@ -9,14 +9,21 @@ the mount, the :class:`~litefs_route.consistency.Positions` of the databases' TX
 
 from __future__ import annotations
 
+import time
+
 from .consistency import Positions, TxidCookies
+from .counters import Counters
 from .decision import (
+    Answer,
+    AwaitChange,
     Decision,
     Outcome,
     Pending,
     Plan,
     RequestInfo,
     Rules,
+    WaitForTxids,
+    counter_name,
     decide,
     decide_without_io,
     plan_request,
@@ -62,6 +69,8 @@ class Router:
         #: What pushes LiteFS's events into the cache and the watcher; None when off.
         self.subscriber = subscriber
         self.retry_after = retry_after
+        #: What its requests ended in, and how long they waited (:mod:`litefs_route.counters`).
+        self.counters = Counters()
         # (reading, its tags): tags are built once per reading of the mount.
         self._last_tags: tuple[NodeState | None, Headers] = (None, ())
         self._replies: dict[Decision, Reply] = {}
@@ -70,11 +79,34 @@ class Router:
 
     def plan(self, request: RequestInfo) -> Plan:
         """The plan that routes *request* (drive it with :mod:`litefs_route.drivers`)."""
-        return plan_request(request, self.rules, known_txids=self.known_txids(request))
+        return self._counted(plan_request(request, self.rules, known_txids=self.known_txids(request)))
 
     def settlement(self, request: RequestInfo) -> Plan:
         """The plan that ends a request that ran here but must end on the primary."""
-        return plan_settlement(request, self.rules)
+        return self._counted(plan_settlement(request, self.rules))
+
+    def _counted(self, plan: Plan) -> Plan:
+        """*plan*, counting the waits it asks for (a request's, on the slow path only)."""
+        counters = self.counters
+        answer: Answer = None
+        waiting_since: float | None = None
+        try:
+            while True:
+                try:
+                    need = plan.send(answer)
+                except StopIteration as end:
+                    outcome: Outcome = end.value
+                    return outcome
+                if isinstance(need, AwaitChange) and waiting_since is None:
+                    waiting_since = time.monotonic()
+                    counters.add("primary_waits")
+                elif isinstance(need, WaitForTxids):
+                    counters.add("consistency_waits")
+                answer = yield need
+        finally:
+            plan.close()
+            if waiting_since is not None:
+                counters.add("primary_wait_seconds", time.monotonic() - waiting_since)
 
     def outcome_without_io(self, request: RequestInfo) -> Outcome | None:
         """The plan's outcome if it needs no I/O at all (the cached reading is fresh), else None."""
@@ -102,8 +134,10 @@ class Router:
             self._last_tags = (state, tags)
         return tags
 
-    def reply(self, decision: Decision) -> Reply:
-        """The response for a decision that does not run the app."""
+    def reply(self, decision: Decision, *, final: bool = True) -> Reply:
+        """The response for a decision that does not run the app (counted when *final*)."""
+        if final:
+            self.counters.add(counter_name(decision))
         # Built once per distinct decision: a replica answers a flood of
         # writes with the same few bytes. (Bounded: targets are validated host
         # names, hops <= 9, reasons a handful of strings.)

@@ -239,3 +239,44 @@ def test_websocket_and_lifespan_pass_through(mount: Mount) -> None:
         with connect(url.replace("http", "ws") + "/ws") as ws:
             ws.send("hi")
             assert ws.recv() == "echo:hi"
+
+
+# -- counters ---------------------------------------------------------------------------------
+
+
+def test_counters(adapter: str, mount: Mount) -> None:
+    """What requests ended in, and what they waited for, counted per router."""
+    from tests.apps import flask_app, starlette_app
+
+    mount.make_replica(PRIMARY)
+    mount.set_pos("app.db", 1)
+    calls: list[str] = []
+    options: dict[str, Any] = {
+        "litefs_dir": str(mount.path),
+        "instance_id": ME,
+        "database": "app.db",
+        "consistency_wait": 0.05,
+        "primary_wait": 0.05,
+        "replay_body_limit": 10,
+        "cache_ttl": 0,
+    }
+    with (
+        serve_under(adapter, flask_app(calls), starlette_app(calls), **options) as served,
+        httpx.Client(base_url=served.url) as client,
+    ):
+        assert client.post("/").status_code == 409
+        assert client.post("/", content=b"x" * 11).status_code == 413
+        assert client.get("/", headers={"Cookie": f"__txid={2:016x}"}).status_code == 409  # TXID 2 never comes
+        mount.make_no_primary()
+        assert client.post("/").status_code == 503
+        counts = served.router.counters.snapshot()
+    waited = counts.pop("primary_wait_seconds")
+    assert counts == {
+        "replays": 1,
+        "too_large": 1,
+        "consistency_waits": 1,
+        "read_replays": 1,
+        "primary_waits": 1,
+        "unavailable_no_primary": 1,
+    }
+    assert waited >= 0.05

@@ -164,6 +164,7 @@ def test_slipped_write_reads_the_mount_even_while_states_are_pushed(mount: Mount
     assert r.headers["fly-replay"] == f"instance={PRIMARY};state=litefs-route-hop-1"
     assert cache.reads == 1  # the settlement's own read of the mount
     assert cache.get().detail == "a stale push"  # kept until the stream's next event
+    assert middleware.router.counters.snapshot() == {"safety_net": 1, "replays": 1}
 
 
 def test_a_settlement_trusts_the_mount_over_a_stale_push(mount: Mount, tmp_path: Path) -> None:

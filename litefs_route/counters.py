@@ -1,0 +1,59 @@
+"""What the middlewares of one process did: counters, readable from Python.
+
+Every router (so every middleware, or every group sharing a router) has its
+own :class:`Counters`, at ``middleware.router.counters``::
+
+    middleware.router.counters.snapshot()
+    # {"replays": 412, "read_replays": 3, "primary_waits": 2, "primary_wait_seconds": 1.7, ...}
+
+Names (absent until the first count):
+
+``replays``
+    Requests answered ``409`` + ``fly-replay`` (writes on a replica,
+    ``ensure_primary()``, ``ensure_instance()``, the safety net's replays).
+``read_replays``
+    Reads replayed to the primary because their TXID did not arrive within
+    ``consistency_wait``.
+``unavailable_no_primary``, ``unavailable_too_many_replays``, ``unavailable_ran_here``
+    ``503`` answers, by reason: no primary known after ``primary_wait``; a
+    request replayed ``max_replays`` times; a request that ran here and found
+    no primary to end on.
+``too_large``, ``body_timeouts``
+    ``413`` and ``408`` answers.
+``primary_waits``, ``primary_wait_seconds``
+    Requests that waited for a primary, and the seconds they waited in all.
+``consistency_waits``
+    Reads that waited for their TXID (read-your-writes).
+``safety_net``
+    Writes SQLite refused as read-only that the middleware ended in a replay
+    or a ``503``.
+
+Per process: with several workers, each counts its own.
+"""
+
+from __future__ import annotations
+
+import threading
+
+__all__ = ["Counters"]
+
+
+class Counters:
+    """Thread-safe counters of one router (see the module's documentation for the names)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, float] = {}
+
+    def add(self, name: str, amount: float = 1) -> None:
+        """Count *amount* more of *name*."""
+        with self._lock:
+            self._counts[name] = self._counts.get(name, 0) + amount
+
+    def snapshot(self) -> dict[str, float]:
+        """The counts so far (a copy)."""
+        with self._lock:
+            return dict(self._counts)
+
+    def __repr__(self) -> str:
+        return f"Counters({self.snapshot()!r})"
