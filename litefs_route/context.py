@@ -200,7 +200,7 @@ def ensure_primary() -> None:
             ctx.must_end_elsewhere = True
             # Not counted: the middleware settles it once the handler is done.
             raise ctx.primary_required_error(ctx.router.reply(NO_PRIMARY, final=False))
-        case Pending.MEASURE_BODY | Pending.WAIT_FOR_TXID | Pending.CHECK_TXID:
+        case Pending.MEASURE_BODY | Pending.WAIT_FOR_TXID | Pending.CHECK_TXID | Pending.CHECK_HEALTH:
             raise AssertionError(f"a forced decision cannot be {step}")
         case _:
             assert_never(step)

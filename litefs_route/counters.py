@@ -27,6 +27,8 @@ Names (absent until the first count):
 ``safety_net``
     Writes SQLite refused as read-only that the middleware ended in a replay
     or a ``503``.
+``health_checks_passed``, ``health_checks_failed``
+    Answers of the health check (``health_path``).
 
 Per process: with several workers, each counts its own.
 """

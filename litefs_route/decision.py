@@ -40,6 +40,10 @@ The rules, in order:
 9. ``ensure_instance(id)``: the request runs on that instance and is
    replayed to it from any other, within ``max_replays`` (past it: 503, the
    instance may be gone) and Fly's body limit (413), as rule 5.
+10. The health check (``health_path``, opt-in; a GET): answered by the
+    middleware from ``.lag`` read now, as LiteFS's proxy answers
+    ``/litefs/health``: 200 while the replication lag is at most ``max_lag``
+    (always on the primary, and standalone), else 503.
 """
 
 from __future__ import annotations
@@ -79,6 +83,7 @@ __all__ = [
     "decide",
     "decide_instance",
     "decide_without_io",
+    "health",
     "plan_request",
     "plan_settlement",
     "replay_hops",
@@ -154,6 +159,10 @@ class Rules:
     read_your_writes: bool
     #: Seconds a replica read waits for its TXID cookie.
     consistency_wait: float
+    #: The health check's path (GET), None when off.
+    health_path: str | None = None
+    #: The replication lag, in seconds, above which the health check fails (0: never).
+    max_lag: float = 10.0
 
 
 # Built on every request: a plain slotted class (a frozen dataclass's
@@ -208,6 +217,8 @@ class Kind(enum.Enum):
     UNAVAILABLE = "unavailable"  # 503 + Retry-After
     TOO_LARGE = "too-large"  # 413: Fly cannot replay this body
     TIMEOUT = "timeout"  # 408: a body of unknown length did not arrive in time to be measured
+    HEALTHY = "healthy"  # 200: the health check passes
+    UNHEALTHY = "unhealthy"  # 503: the health check fails (replication lag)
 
 
 # A NamedTuple: immutable (one instance may serve every request), and built,
@@ -245,6 +256,7 @@ class Pending(enum.Enum):
     MEASURE_BODY = "measure-body"  # a replay whose body size is unknown: measure, decide again
     WAIT_FOR_TXID = "wait-for-txid"  # a replica read behind its TXID cookie: wait for it
     CHECK_TXID = "check-txid"  # a primary read with a TXID cookie: is the cookie ahead of us?
+    CHECK_HEALTH = "check-health"  # the health check: read .lag now
 
 
 # -- the I/O a plan needs (what the driver sends back, in brackets) --------
@@ -363,6 +375,8 @@ def decide(
     ``ensure_primary()``. *body_size*: the size measured after ``MEASURE_BODY``.
     """
     method = request.method
+    if request.path == rules.health_path and method == "GET" and not forced:
+        return Pending.CHECK_HEALTH
     if not forced:
         if method in READ_METHODS and not (
             method in _WRITE_ON_READ_METHODS and rules.write_on_read.match(request.path)
@@ -390,6 +404,21 @@ def decide(
     return Decision(Kind.REPLAY, True, target=state.primary_id, hops=hops + 1)
 
 
+_HEALTHY = Decision(Kind.HEALTHY, write=False)
+
+
+def health(state: NodeState, rules: Rules) -> Decision:
+    """Rule 10: the health check's answer on a node in *state* (read from the mount)."""
+    if state.is_primary:
+        return _HEALTHY
+    lag_ms = state.lag_ms
+    if lag_ms is None or lag_ms < 0:
+        return Decision(Kind.UNHEALTHY, False, reason=f"replication lag unknown ({state.detail})")
+    if rules.max_lag > 0 and lag_ms > rules.max_lag * 1000:
+        return Decision(Kind.UNHEALTHY, False, reason=f"replication lag {lag_ms} ms exceeds {rules.max_lag:g} s")
+    return _HEALTHY
+
+
 def counter_name(decision: Decision) -> str:
     """The :mod:`~litefs_route.counters` name of a decision that does not run the app."""
     match decision.kind:
@@ -403,6 +432,8 @@ def counter_name(decision: Decision) -> str:
             return "too_large"
         case Kind.TIMEOUT:
             return "body_timeouts"
+        case Kind.HEALTHY | Kind.UNHEALTHY:
+            return "health_checks_passed" if decision.kind is Kind.HEALTHY else "health_checks_failed"
         case Kind.RUN:
             raise ValueError("a decision that runs the app is not counted")
         case _:
@@ -515,6 +546,9 @@ def plan_request(request: RequestInfo, rules: Rules, *, known_txids: tuple[int |
                 assert request.txids is not None
                 local = _expect_positions((yield ReadPositions()), len(request.txids))
                 return Outcome(_RUN_READ, state, clear_txids=_ahead(request.txids, local))
+            case Pending.CHECK_HEALTH:
+                state = _expect_state((yield ReadMount()))  # .lag now: a pushed state carries none
+                return Outcome(health(state, rules), state)
             case _:
                 assert_never(step)
 
@@ -535,7 +569,7 @@ def plan_settlement(request: RequestInfo, rules: Rules) -> Plan:
             return Outcome(step, state)
         case Pending.WAIT_FOR_PRIMARY:
             return Outcome(NO_PRIMARY, state)
-        case Pending.MEASURE_BODY | Pending.WAIT_FOR_TXID | Pending.CHECK_TXID:
+        case Pending.MEASURE_BODY | Pending.WAIT_FOR_TXID | Pending.CHECK_TXID | Pending.CHECK_HEALTH:
             # forced: the body is never measured, and a forced request is no read
             raise AssertionError(f"a forced decision cannot be {step}")
         case _:

@@ -78,6 +78,15 @@ class RoutingMiddleware(Generic[AppT]):
         Lifetime of the TXID cookies in seconds (default 300, as LiteFS).
     txid_cookie_secure
         Add ``Secure`` to the cookie (default False, as LiteFS's proxy).
+    health_path
+        A path the middleware answers itself, for ``GET``, as LiteFS's proxy
+        answers ``/litefs/health``: ``200 OK`` while this node's replication
+        lag (``.lag``, read on each check) is at most ``max_lag``, always on
+        the primary and standalone; ``503`` otherwise. A Fly health check.
+        Default None: off (``"/litefs/health"`` is LiteFS's path).
+    max_lag
+        Seconds of replication lag above which the health check fails
+        (default 10.0, as LiteFS's proxy; 0: only an unknown lag fails).
     litefs_api_url
         LiteFS's HTTP API, whose event stream pushes every change of
         primary and every TXID, so decisions are never stale and the mount
@@ -117,6 +126,8 @@ class RoutingMiddleware(Generic[AppT]):
         consistency_wait: float = 1.0,
         txid_cookie_max_age: int = 300,
         txid_cookie_secure: bool = False,
+        health_path: str | None = None,
+        max_lag: float = 10.0,
         litefs_api_url: str | None = None,
         router: Router | None = None,
     ) -> None:
@@ -130,6 +141,8 @@ class RoutingMiddleware(Generic[AppT]):
             return
         if isinstance(write_on_read, str) or isinstance(passthrough, str):
             raise TypeError("write_on_read and passthrough take a list of globs, not a string")
+        if health_path is not None and not (isinstance(health_path, str) and health_path.startswith("/")):
+            raise ValueError(f"health_path must be a path starting with '/', got {health_path!r}")
         instance_id = instance_id or default_instance_id()
         if not is_valid_instance_id(instance_id):
             raise ValueError(f"instance_id must be a host name or Fly Machine ID, got {instance_id!r}")
@@ -138,6 +151,7 @@ class RoutingMiddleware(Generic[AppT]):
             ("primary_wait", primary_wait),
             ("consistency_wait", consistency_wait),
             ("body_timeout", body_timeout),
+            ("max_lag", max_lag),
         ):
             if not (isinstance(seconds, int | float) and math.isfinite(seconds) and seconds >= 0):
                 raise ValueError(f"{name} must be a number of seconds >= 0, got {seconds!r}")
@@ -166,6 +180,8 @@ class RoutingMiddleware(Generic[AppT]):
             body_timeout=float(body_timeout),
             read_your_writes=positions is not None,
             consistency_wait=float(consistency_wait),
+            health_path=health_path,
+            max_lag=float(max_lag),
         )
         self.router = Router(
             instance_id=instance_id,

@@ -39,7 +39,7 @@ _REPLAY_NAMES: frozenset[str | bytes] = frozenset({REPLAY_HEADER, REPLAY_HEADER.
 
 Headers = tuple[tuple[str, str], ...]
 
-_REASONS = {408: "Request Timeout", 409: "Conflict", 413: "Content Too Large", 503: "Service Unavailable"}
+_REASONS = {200: "OK", 408: "Request Timeout", 409: "Conflict", 413: "Content Too Large", 503: "Service Unavailable"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +96,10 @@ def build_reply(decision: Decision, retry_after: int) -> Reply:
     if decision.kind is Kind.TIMEOUT:
         body = f"This write must run on the primary, but {decision.reason}. Send it again.\n"
         return _text_reply(408, body, [])
+    if decision.kind is Kind.HEALTHY:
+        return _text_reply(200, "OK\n", [("Cache-Control", "no-store")])
+    if decision.kind is Kind.UNHEALTHY:
+        return _text_reply(503, f"Replication lag exceeded: {decision.reason}\n", [("Cache-Control", "no-store")])
     if decision.kind is Kind.UNAVAILABLE:
         body = f"This request cannot run now: {decision.reason}. Retry shortly.\n"
         return _text_reply(503, body, [("Retry-After", str(retry_after))])

@@ -280,3 +280,59 @@ def test_counters(adapter: str, mount: Mount) -> None:
         "unavailable_no_primary": 1,
     }
     assert waited >= 0.05
+
+
+# -- the health check -------------------------------------------------------------------------
+
+HEALTH_CASES = [
+    # id, the mount, method, max_lag, expected status, expected body start
+    ("primary", "primary", "GET", 10.0, 200, "OK"),
+    ("replica-in-sync", "replica-12ms", "GET", 10.0, 200, "OK"),
+    ("replica-behind", "replica-20s", "GET", 10.0, 503, "Replication lag exceeded: replication lag 20000 ms"),
+    ("replica-behind-no-limit", "replica-20s", "GET", 0.0, 200, "OK"),
+    ("replica-lag-unknown", "replica-no-lag", "GET", 10.0, 503, "Replication lag exceeded: replication lag unknown"),
+    ("no-primary", "no-primary", "GET", 10.0, 503, "Replication lag exceeded"),
+    ("a-post-is-routed-as-ever", "replica-12ms", "POST", 10.0, 409, "This request must run on instance"),
+]
+
+
+@pytest.mark.parametrize(
+    ("state", "method", "max_lag", "status", "body"),
+    [c[1:] for c in HEALTH_CASES],
+    ids=[c[0] for c in HEALTH_CASES],
+)
+def test_health_check(
+    adapter: str, mount: Mount, state: str, method: str, max_lag: float, status: int, body: str
+) -> None:
+    """As LiteFS's proxy answers /litefs/health: the app is not called, the lag is read on each check."""
+    from tests.apps import flask_app, starlette_app
+
+    if state == "primary":
+        mount.make_primary()
+    elif state == "no-primary":
+        mount.make_no_primary()
+    else:
+        mount.make_replica(PRIMARY, lag_ms=12 if state == "replica-12ms" else 20_000)
+        if state == "replica-no-lag":
+            mount.set_lag(None)
+    calls: list[str] = []
+    options: dict[str, Any] = {
+        "litefs_dir": str(mount.path),
+        "instance_id": ME,
+        "health_path": "/litefs/health",
+        "max_lag": max_lag,
+        "primary_wait": 0,
+    }
+    with serve_under(adapter, flask_app(calls), starlette_app(calls), **options) as served:
+        r = httpx.request(method, served.url + "/litefs/health")
+        assert (r.status_code, r.text[: len(body)]) == (status, body)
+        assert calls == []
+        if method == "GET":
+            assert served.router.cache.reads >= 1  # read on each check, not from a pushed state
+
+
+def test_health_check_is_off_by_default(mount: Mount) -> None:
+    from tests.apps import flask_app, starlette_app
+
+    with serve_under("wsgi", flask_app([]), starlette_app([]), litefs_dir=str(mount.path)) as served:
+        assert httpx.get(served.url + "/litefs/health").status_code == 404  # the app's own answer

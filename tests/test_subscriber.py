@@ -750,3 +750,34 @@ def test_a_subscriber_whose_middlewares_are_gone_ends_even_while_quiet(
     del cache
     gc.collect()
     wait_until(lambda: subscriber_for(node.api_url, node.mount_dir) is not subscriber, what="the subscriber to end")
+
+
+@pytest.mark.litefs
+def test_the_health_check_on_real_litefs(litefs_real_cluster: LiteFSClusterFactory) -> None:
+    """The primary and an in-sync replica pass; a node whose LiteFS died fails (its .lag cannot be read)."""
+    cluster = litefs_real_cluster(instances=2, lease="static")
+    _commit(cluster, "node1")
+    cluster.wait_replicated()
+
+    def check(node: str) -> tuple[str, bytes]:
+        middleware = wsgi.PrimaryRoutingMiddleware(
+            _no_app,
+            litefs_dir=cluster.nodes[node].mount_dir,
+            instance_id=node,
+            health_path="/litefs/health",
+            litefs_api_url=cluster.nodes[node].api_url,
+        )
+        statuses: list[str] = []
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            statuses.append(status)
+
+        body = b"".join(middleware({"REQUEST_METHOD": "GET", "PATH_INFO": "/litefs/health"}, start_response))
+        return statuses[0], body
+
+    assert check("node1") == ("200 OK", b"OK\n")
+    assert check("node2") == ("200 OK", b"OK\n")
+    cluster.kill_node("node2")
+    status, body = check("node2")
+    assert status == "503 Service Unavailable"
+    assert body.startswith(b"Replication lag exceeded: replication lag unknown")
