@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -230,7 +231,7 @@ def ensure_instance(instance_id: str) -> None:
     raise ctx.primary_required_error(ctx.ending)
 
 
-def report_exception(exc: BaseException) -> bool:
+def report_exception(exc: object = None, /, **signal: object) -> bool:
     """Tell the middleware that the current request failed with *exc*.
 
     If *exc* is SQLite refusing a write because this node is not the primary
@@ -239,12 +240,20 @@ def report_exception(exc: BaseException) -> bool:
 
     The middleware calls this itself for exceptions that reach it, and the
     ``got_request_exception`` signal of a Flask app it wraps is connected to
-    it. Frameworks that turn exceptions into a 500 before the middleware sees
-    them can connect their own hook (Django: ``got_request_exception.connect(
-    lambda sender, request, **kw: report_exception(sys.exc_info()[1]))``). A
-    safety net, not a substitute for ``ensure_primary()``: side effects before
-    the failed write happened here. No I/O: the middleware settles it.
+    it. It is also a signal receiver as it is, for frameworks that turn
+    exceptions into a 500 before the middleware sees them:
+    ``got_request_exception.connect(report_exception)`` works as written in
+    Flask (the exception comes as ``exception=``) and in Django (the
+    exception being handled); a module-level function, so signals that hold
+    weak references keep it. A safety net, not a substitute for
+    ``ensure_primary()``: side effects before the failed write happened here.
+    No I/O: the middleware settles it.
     """
+    if not isinstance(exc, BaseException):  # called as a signal receiver: exc is the sender
+        given = signal.get("exception")
+        exc = given if isinstance(given, BaseException) else sys.exc_info()[1]
+        if exc is None:
+            return False
     ctx = current_request.get()
     return ctx is not None and ctx.mark_readonly_failure(exc)
 

@@ -183,3 +183,55 @@ def test_a_settlement_trusts_the_mount_over_a_stale_push(mount: Mount, tmp_path:
         r = httpx.post(url + "/w")
     assert (r.status_code, r.headers["retry-after"]) == (503, "2")
     assert middleware.router.cache.reads >= 2  # the settlement polled the mount, not the push
+
+
+REPORT_STYLES = [
+    # id, how the handler calls report_exception, expected status
+    ("direct", "direct", 409),
+    ("as-flasks-signal-calls-it", "flask-signal", 409),
+    ("as-djangos-signal-calls-it", "django-signal", 409),
+    ("a-signal-with-no-exception-at-hand", "no-exception", 200),
+]
+
+
+@pytest.mark.parametrize(("style", "status"), [c[1:] for c in REPORT_STYLES], ids=[c[0] for c in REPORT_STYLES])
+def test_report_exception_as_a_signal_receiver_works_as_written(
+    mount: Mount, tmp_path: Path, style: str, status: int
+) -> None:
+    """``got_request_exception.connect(report_exception)``: Flask and Django call it with their own arguments."""
+    from flask import Flask
+
+    from litefs_route import report_exception
+
+    db = readonly_database(tmp_path / "app.db")
+    app = Flask("report")
+
+    @app.post("/w")
+    def w() -> str:
+        if style == "no-exception":
+            reported = report_exception(signal=object(), sender=None, request=object())
+            return f"reported: {reported}"
+        try:
+            write(db)
+        except sqlite3.OperationalError as exc:  # an app's own handler, as a framework's would be
+            if style == "direct":
+                report_exception(exc)
+            elif style == "flask-signal":
+                report_exception(app, exception=exc)
+            else:
+                report_exception(signal=object(), sender=None, request=object())
+        return "handled"
+
+    app.wsgi_app = wsgi.PrimaryRoutingMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, litefs_dir=str(mount.path), instance_id=ME, cache_ttl=3600
+    )
+    with serve_wsgi(app) as url:
+        mount.make_primary()
+        assert httpx.get(url + "/nothing").status_code == 404  # cached: "I am primary"
+        mount.make_replica(PRIMARY)
+        r = httpx.post(url + "/w")
+    assert r.status_code == status, r.text
+    if status == 409:
+        assert r.headers["fly-replay"].startswith(f"instance={PRIMARY};")
+    else:
+        assert r.text == "reported: False"
