@@ -23,15 +23,13 @@ thread, through anyio when it is installed (Starlette, FastAPI) and
 
 from __future__ import annotations
 
-import functools
-import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from .consistency import TxidCookies
 from .context import RequestContext, current_request
 from .decision import Kind, RequestInfo
-from .drivers import drive_async
+from .drivers import AsyncMountIO, async_backend, drive_async
 from .frameworks import starlette_primary_required
 from .middleware import RoutingMiddleware, middleware_doc
 from .mount import NodeState
@@ -159,72 +157,22 @@ class _Response:
         positions = self.ctx.router.positions
         if positions is None or not self.ctx.txid_cookie_due():
             return None
-        run_in_thread, _ = _async_backend()
+        run_in_thread, _ = async_backend()
         txids: tuple[int | None, ...] = await run_in_thread(positions.read)
         return txids
 
 
-class _AsyncIO:
+class _AsyncIO(AsyncMountIO):
     """The I/O of a plan, off the event loop: mount reads in a worker thread."""
 
-    __slots__ = ("receive", "router")
+    __slots__ = ("receive",)
 
     def __init__(self, router: Router, receive: Receive) -> None:
-        self.router = router
+        super().__init__(router)
         self.receive = receive
-
-    async def read_state(self, max_age: float | None) -> NodeState:
-        cache = self.router.cache
-        cached = cache.cached(max_age)
-        if cached is not None:
-            return cached
-        run_in_thread, _ = _async_backend()
-        state: NodeState = await run_in_thread(cache.refresh)
-        return state
-
-    async def read_mount(self) -> NodeState:
-        run_in_thread, _ = _async_backend()
-        state: NodeState = await run_in_thread(self.router.cache.read_mount)
-        return state
-
-    def clock(self) -> float:
-        return time.monotonic()
-
-    async def await_change(self, seen: NodeState, timeout: float, from_mount: bool) -> NodeState:
-        if not await self.router.cache.wait_for_change_async(None if from_mount else seen, timeout):  # not pushed
-            _, sleep = _async_backend()
-            await sleep(timeout)
-        return await (self.read_mount() if from_mount else self.read_state(timeout))
 
     async def measure_body(self, limit: int, timeout: float) -> int | None:
         return await _measure_body(self.receive, limit, timeout)
-
-    async def wait_for_txids(self, txids: tuple[int, ...], timeout: float) -> bool:
-        positions = self.router.positions
-        assert positions is not None  # the plan waits only when read-your-writes is on
-        return await positions.wait_async(txids, timeout)
-
-    async def read_positions(self) -> tuple[int | None, ...]:
-        positions = self.router.positions
-        assert positions is not None
-        run_in_thread, _ = _async_backend()
-        txids: tuple[int | None, ...] = await run_in_thread(positions.read)
-        return txids
-
-
-@functools.cache
-def _async_backend() -> tuple[Callable[[Callable[[], Any]], Awaitable[Any]], Callable[[float], Awaitable[None]]]:
-    """(run_in_thread, sleep) for the running loop: anyio's when installed,
-    so trio-hosted apps work too; asyncio's otherwise."""
-    try:
-        import anyio
-        import anyio.to_thread
-
-        return anyio.to_thread.run_sync, anyio.sleep
-    except ImportError:
-        import asyncio
-
-        return asyncio.to_thread, asyncio.sleep
 
 
 def _request_info(scope: Scope, txid_cookies: TxidCookies | None) -> RequestInfo:

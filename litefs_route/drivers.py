@@ -6,11 +6,18 @@ and the tests) and :func:`drive_async` on an event loop (ASGI); each adapter
 supplies only the I/O, as an object with one method per need
 (:class:`BlockingIO` / :class:`AsyncIO`). Every need is handled by name, and
 a need added to the protocol but not to a driver fails the type check.
+
+Most of that I/O is the same for every adapter (the mount, the clock, the
+TXIDs): :class:`MountIO` and :class:`AsyncMountIO` hold it, and an adapter
+adds only ``measure_body``, which depends on how its server hands over a body.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 from .decision import (
     Answer,
@@ -26,8 +33,9 @@ from .decision import (
     assert_never,
 )
 from .mount import NodeState
+from .router import Router
 
-__all__ = ["AsyncIO", "BlockingIO", "drive", "drive_async"]
+__all__ = ["AsyncIO", "AsyncMountIO", "BlockingIO", "MountIO", "async_backend", "drive", "drive_async"]
 
 
 class BlockingIO(Protocol):
@@ -108,3 +116,100 @@ async def drive_async(plan: Plan, io: AsyncIO) -> Outcome:
                 answer = await io.read_positions()
             case _:
                 assert_never(need)
+
+
+# -- the I/O every adapter shares: the mount, the clock, the TXIDs ------------------
+# (An adapter adds ``measure_body``, which depends on how its server hands over a body.)
+
+
+class MountIO:
+    """:class:`BlockingIO` but for ``measure_body``: inline in the request's thread."""
+
+    __slots__ = ("router",)
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def read_state(self, max_age: float | None) -> NodeState:
+        return self.router.cache.get(max_age)
+
+    def read_mount(self) -> NodeState:
+        return self.router.cache.read_mount()
+
+    def clock(self) -> float:
+        return time.monotonic()
+
+    def await_change(self, seen: NodeState, timeout: float, from_mount: bool) -> NodeState:
+        cache = self.router.cache
+        if not cache.wait_for_change(None if from_mount else seen, timeout):  # not pushed: poll
+            time.sleep(timeout)
+        return cache.read_mount() if from_mount else cache.get(timeout)
+
+    def wait_for_txids(self, txids: tuple[int, ...], timeout: float) -> bool:
+        positions = self.router.positions
+        assert positions is not None  # the plan waits only when read-your-writes is on
+        return positions.wait(txids, timeout)
+
+    def read_positions(self) -> tuple[int | None, ...]:
+        positions = self.router.positions
+        assert positions is not None
+        return positions.read()
+
+
+class AsyncMountIO:
+    """:class:`AsyncIO` but for ``measure_body``: mount reads in a worker thread, never on the loop."""
+
+    __slots__ = ("router",)
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    async def read_state(self, max_age: float | None) -> NodeState:
+        cache = self.router.cache
+        cached = cache.cached(max_age)
+        if cached is not None:
+            return cached
+        run_in_thread, _ = async_backend()
+        state: NodeState = await run_in_thread(cache.refresh)
+        return state
+
+    async def read_mount(self) -> NodeState:
+        run_in_thread, _ = async_backend()
+        state: NodeState = await run_in_thread(self.router.cache.read_mount)
+        return state
+
+    def clock(self) -> float:
+        return time.monotonic()
+
+    async def await_change(self, seen: NodeState, timeout: float, from_mount: bool) -> NodeState:
+        if not await self.router.cache.wait_for_change_async(None if from_mount else seen, timeout):  # not pushed
+            _, sleep = async_backend()
+            await sleep(timeout)
+        return await (self.read_mount() if from_mount else self.read_state(timeout))
+
+    async def wait_for_txids(self, txids: tuple[int, ...], timeout: float) -> bool:
+        positions = self.router.positions
+        assert positions is not None  # the plan waits only when read-your-writes is on
+        return await positions.wait_async(txids, timeout)
+
+    async def read_positions(self) -> tuple[int | None, ...]:
+        positions = self.router.positions
+        assert positions is not None
+        run_in_thread, _ = async_backend()
+        txids: tuple[int | None, ...] = await run_in_thread(positions.read)
+        return txids
+
+
+@functools.cache
+def async_backend() -> tuple[Callable[[Callable[[], Any]], Awaitable[Any]], Callable[[float], Awaitable[None]]]:
+    """(run_in_thread, sleep) for the running loop: anyio's when installed,
+    so trio-hosted apps work too; asyncio's otherwise."""
+    try:
+        import anyio
+        import anyio.to_thread
+
+        return anyio.to_thread.run_sync, anyio.sleep
+    except ImportError:
+        import asyncio
+
+        return asyncio.to_thread, asyncio.sleep

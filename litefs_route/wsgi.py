@@ -32,10 +32,9 @@ from typing import TYPE_CHECKING, Any
 from .consistency import TxidCookies
 from .context import RequestContext, current_request, report_exception
 from .decision import Kind, RequestInfo
-from .drivers import drive
+from .drivers import MountIO, drive
 from .frameworks import connect_flask_exception_signal, werkzeug_primary_required
 from .middleware import RoutingMiddleware, middleware_doc
-from .mount import NodeState
 from .replies import OUR_TAG_NAMES, Headers, Reply, with_tags
 from .router import Router
 
@@ -134,42 +133,17 @@ class _Response:
         return positions.read() if positions is not None and self.ctx.txid_cookie_due() else None
 
 
-class _BlockingIO:
+class _BlockingIO(MountIO):
     """The I/O of a plan, inline in the request's thread (a WSGI server gives each request one)."""
 
-    __slots__ = ("environ", "router")
+    __slots__ = ("environ",)
 
     def __init__(self, router: Router, environ: WSGIEnvironment) -> None:
-        self.router = router
+        super().__init__(router)
         self.environ = environ
-
-    def read_state(self, max_age: float | None) -> NodeState:
-        return self.router.cache.get(max_age)
-
-    def read_mount(self) -> NodeState:
-        return self.router.cache.read_mount()
-
-    def clock(self) -> float:
-        return time.monotonic()
-
-    def await_change(self, seen: NodeState, timeout: float, from_mount: bool) -> NodeState:
-        cache = self.router.cache
-        if not cache.wait_for_change(None if from_mount else seen, timeout):  # not pushed: poll
-            time.sleep(timeout)
-        return cache.read_mount() if from_mount else cache.get(timeout)
 
     def measure_body(self, limit: int, timeout: float) -> int | None:
         return _measure_body(self.environ, limit, timeout)
-
-    def wait_for_txids(self, txids: tuple[int, ...], timeout: float) -> bool:
-        positions = self.router.positions
-        assert positions is not None  # the plan waits only when read-your-writes is on
-        return positions.wait(txids, timeout)
-
-    def read_positions(self) -> tuple[int | None, ...]:
-        positions = self.router.positions
-        assert positions is not None
-        return positions.read()
 
 
 def _request_info(environ: WSGIEnvironment, txid_cookies: TxidCookies | None) -> RequestInfo:
