@@ -221,29 +221,15 @@ def test_waits_follow_the_stream_and_fall_back_to_polling(
 
 def test_a_stream_that_sends_an_unusable_line_is_ended() -> None:
     """A primaryChange that cannot be read is never skipped: the reader ends the stream (and its user falls back)."""
-    import socket
-
     lines = [
         b'{"type":"init","data":{"isPrimary":false,"hostname":"node1"}}\n',
         b'{"type":"primaryChange","data":{"isPrimary":false,"hostname":"a b"}}\n',
     ]
-    listener = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + b"".join(lines))
-            conn.recv(1)  # until the reader closes
-
-    server = threading.Thread(target=serve, daemon=True)
-    server.start()
-    events = read_events(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=5)
+    url = _serve_once(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + b"".join(lines))
+    events = read_events(url, timeout=5)
     assert next(events) == Init(False, "node1")
     with pytest.raises(EventStreamClosed, match="hostname is not a host name"):
         next(events)
-    server.join(5)
-    listener.close()
 
 
 def _serve_once(response: bytes) -> str:
