@@ -123,12 +123,16 @@ async def drive_async(plan: Plan, io: AsyncIO) -> Outcome:
 
 
 class MountIO:
-    """:class:`BlockingIO` but for ``measure_body``: inline in the request's thread."""
+    """:class:`BlockingIO` but for ``measure_body``: inline in the request's thread.
 
-    __slots__ = ("router",)
+    One per plan driven: it counts that plan's waits in the router's counters.
+    """
+
+    __slots__ = ("router", "waited_for_primary")
 
     def __init__(self, router: Router) -> None:
         self.router = router
+        self.waited_for_primary = False
 
     def read_state(self, max_age: float | None) -> NodeState:
         return self.router.cache.get(max_age)
@@ -140,14 +144,16 @@ class MountIO:
         return time.monotonic()
 
     def await_change(self, seen: NodeState, timeout: float, from_mount: bool) -> NodeState:
-        cache = self.router.cache
+        began, cache = time.monotonic(), self.router.cache
         if not cache.wait_for_change(None if from_mount else seen, timeout):  # not pushed: poll
             time.sleep(timeout)
+        _count_primary_wait(self, began)
         return cache.read_mount() if from_mount else cache.get(timeout)
 
     def wait_for_txids(self, txids: tuple[int, ...], timeout: float) -> bool:
         positions = self.router.positions
         assert positions is not None  # the plan waits only when read-your-writes is on
+        self.router.counters.add("consistency_waits")
         return positions.wait(txids, timeout)
 
     def read_positions(self) -> tuple[int | None, ...]:
@@ -157,12 +163,16 @@ class MountIO:
 
 
 class AsyncMountIO:
-    """:class:`AsyncIO` but for ``measure_body``: mount reads in a worker thread, never on the loop."""
+    """:class:`AsyncIO` but for ``measure_body``: mount reads in a worker thread, never on the loop.
 
-    __slots__ = ("router",)
+    One per plan driven: it counts that plan's waits in the router's counters.
+    """
+
+    __slots__ = ("router", "waited_for_primary")
 
     def __init__(self, router: Router) -> None:
         self.router = router
+        self.waited_for_primary = False
 
     async def read_state(self, max_age: float | None) -> NodeState:
         cache = self.router.cache
@@ -182,14 +192,17 @@ class AsyncMountIO:
         return time.monotonic()
 
     async def await_change(self, seen: NodeState, timeout: float, from_mount: bool) -> NodeState:
+        began = time.monotonic()
         if not await self.router.cache.wait_for_change_async(None if from_mount else seen, timeout):  # not pushed
             _, sleep = async_backend()
             await sleep(timeout)
+        _count_primary_wait(self, began)
         return await (self.read_mount() if from_mount else self.read_state(timeout))
 
     async def wait_for_txids(self, txids: tuple[int, ...], timeout: float) -> bool:
         positions = self.router.positions
         assert positions is not None  # the plan waits only when read-your-writes is on
+        self.router.counters.add("consistency_waits")
         return await positions.wait_async(txids, timeout)
 
     async def read_positions(self) -> tuple[int | None, ...]:
@@ -198,6 +211,15 @@ class AsyncMountIO:
         run_in_thread, _ = async_backend()
         txids: tuple[int | None, ...] = await run_in_thread(positions.read)
         return txids
+
+
+def _count_primary_wait(io: MountIO | AsyncMountIO, began: float) -> None:
+    """One slice of a wait for a primary is over: a plan's first counts the wait, each its seconds."""
+    counters = io.router.counters
+    if not io.waited_for_primary:
+        io.waited_for_primary = True
+        counters.add("primary_waits")
+    counters.add("primary_wait_seconds", time.monotonic() - began)
 
 
 @functools.cache

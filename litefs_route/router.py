@@ -9,20 +9,15 @@ the mount, the :class:`~litefs_route.consistency.Positions` of the databases' TX
 
 from __future__ import annotations
 
-import time
-
 from .consistency import Positions, TxidCookies
 from .counters import Counters
 from .decision import (
-    Answer,
-    AwaitChange,
     Decision,
     Outcome,
     Pending,
     Plan,
     RequestInfo,
     Rules,
-    WaitForTxids,
     counter_name,
     decide,
     decide_without_io,
@@ -79,34 +74,11 @@ class Router:
 
     def plan(self, request: RequestInfo) -> Plan:
         """The plan that routes *request* (drive it with :mod:`litefs_route.drivers`)."""
-        return self._counted(plan_request(request, self.rules, known_txids=self.known_txids(request)))
+        return plan_request(request, self.rules, known_txids=self.known_txids(request))
 
     def settlement(self, request: RequestInfo) -> Plan:
         """The plan that ends a request that ran here but must end on the primary."""
-        return self._counted(plan_settlement(request, self.rules))
-
-    def _counted(self, plan: Plan) -> Plan:
-        """*plan*, counting the waits it asks for (a request's, on the slow path only)."""
-        counters = self.counters
-        answer: Answer = None
-        waiting_since: float | None = None
-        try:
-            while True:
-                try:
-                    need = plan.send(answer)
-                except StopIteration as end:
-                    outcome: Outcome = end.value
-                    return outcome
-                if isinstance(need, AwaitChange) and waiting_since is None:
-                    waiting_since = time.monotonic()
-                    counters.add("primary_waits")
-                elif isinstance(need, WaitForTxids):
-                    counters.add("consistency_waits")
-                answer = yield need
-        finally:
-            plan.close()
-            if waiting_since is not None:
-                counters.add("primary_wait_seconds", time.monotonic() - waiting_since)
+        return plan_settlement(request, self.rules)
 
     def outcome_without_io(self, request: RequestInfo) -> Outcome | None:
         """The plan's outcome if it needs no I/O at all (the cached reading is fresh), else None."""
