@@ -131,21 +131,30 @@ class StateCache:
     def read_mount(self) -> NodeState:
         """The mount's reading now (blocking), even while readings are pushed.
 
-        A pushed reading stays (the stream's next event replaces it); a
-        disagreement is logged. Without pushes, this is :meth:`refresh`.
+        Never a pushed reading, even one that lands meanwhile (:meth:`refresh`
+        would take that: it is fresh enough to route on, but it carries no
+        ``.lag`` and it is what a safety-net read must check). Without pushes
+        the reading also becomes the cache's; a pushed reading stays (the
+        stream's next event replaces it), and a disagreement is logged.
         """
-        if self._read_at != math.inf:
-            return self.refresh()
+        if self.before_read is not None:
+            self.before_read()
+        began = self._clock()
         state = self._reader(self.litefs_dir, self.instance_id)
-        self.reads += 1
-        pushed = self._state
-        if pushed is not None and (pushed.role, pushed.primary_id) != (state.role, state.primary_id):
+        with self._lock:
+            self.reads += 1
+            previous, pushed = self._state, self._read_at == math.inf
+            if not pushed:
+                self._state, self._began_at, self._read_at = state, began, self._clock()
+        if not pushed:
+            self._log_if_changed(previous, state)
+        elif previous is not None and (previous.role, previous.primary_id) != (state.role, state.primary_id):
             logger.info(
                 "the mount says %s (primary %s) where LiteFS's event stream said %s (primary %s)",
                 state.role,
                 state.primary_id or "unknown",
-                pushed.role,
-                pushed.primary_id or "unknown",
+                previous.role,
+                previous.primary_id or "unknown",
             )
         return state
 
