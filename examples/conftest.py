@@ -56,11 +56,14 @@ def serve_example(tmp_path: Path) -> ServeExample:
         if not db.exists():
             db.symlink_to(shared / "app.db")
         port = free_port()
-        if server == "gunicorn":
-            app = "examples.flask_app.app:app"
-            argv = [sys.executable, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}", app]
-        else:
-            argv = [sys.executable, "-m", "uvicorn", "--port", str(port), "examples.starlette_app.app:app"]
+        gunicorn = [sys.executable, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}"]
+        uvicorn = [sys.executable, "-m", "uvicorn", "--port", str(port)]
+        argv = {
+            "gunicorn": [*gunicorn, "examples.flask_app.app:app"],
+            "uvicorn": [*uvicorn, "examples.starlette_app.app:app"],
+            "django-gunicorn": [*gunicorn, "examples.django_app.wsgi"],
+            "django-uvicorn": [*uvicorn, "examples.django_app.asgi:application"],
+        }[server]
         env = {
             "LITEFS_DIR": str(mount),
             "DATABASE_FILENAME": "app.db",

@@ -8,7 +8,11 @@ import pytest
 from examples.conftest import PRIMARY_ID, REPLICA_ID, ServeExample
 
 
-@pytest.mark.parametrize("server", ["gunicorn", "uvicorn"], ids=["flask-gunicorn", "starlette-uvicorn"])
+@pytest.mark.parametrize(
+    "server",
+    ["gunicorn", "uvicorn", "django-gunicorn", "django-uvicorn"],
+    ids=["flask-gunicorn", "starlette-uvicorn", "django-gunicorn", "django-uvicorn"],
+)
 def test_example_routes_writes_to_the_primary(serve_example: ServeExample, server: str) -> None:
     with serve_example(server, "primary") as primary_url:
         with httpx.Client(base_url=primary_url) as primary:

@@ -30,14 +30,19 @@ Names (absent until the first count):
 ``health_checks_passed``, ``health_checks_failed``
     Answers of the health check (``health_path``).
 
-Per process: with several workers, each counts its own.
+Per process: with several workers, each counts its own. Each count is also
+logged at ``DEBUG`` by the ``litefs_route`` logger (``counted replays``).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 
 __all__ = ["Counters"]
+
+
+logger = logging.getLogger("litefs_route")
 
 
 class Counters:
@@ -51,6 +56,8 @@ class Counters:
         """Count *amount* more of *name*."""
         with self._lock:
             self._counts[name] = self._counts.get(name, 0) + amount
+        if logger.isEnabledFor(logging.DEBUG):  # cached by logging: no record built when off
+            logger.debug("counted %s (+%g)", name, amount)
 
     def snapshot(self) -> dict[str, float]:
         """The counts so far (a copy)."""

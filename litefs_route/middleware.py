@@ -25,7 +25,7 @@ from .router import Router
 from .state_cache import StateCache
 from .subscriber import resolve_api_url, subscriber_for
 
-__all__ = ["RoutingMiddleware", "middleware_doc"]
+__all__ = ["RoutingMiddleware", "middleware_doc", "option_defaults"]
 
 AppT = TypeVar("AppT")
 
@@ -134,7 +134,7 @@ class RoutingMiddleware(Generic[AppT]):
         self.app = app
         if router is not None:
             given = locals()
-            if changed := [name for name, default in _option_defaults().items() if given[name] != default]:
+            if changed := [name for name, default in option_defaults().items() if given[name] != default]:
                 raise TypeError(f"pass either router= or options, not both (got {', '.join(changed)})")
             self.router = router
             self._setup()
@@ -214,7 +214,7 @@ def middleware_doc(summary: str) -> str:
 
 
 @functools.cache
-def _option_defaults() -> dict[str, object]:
+def option_defaults() -> dict[str, object]:
     """Each option's default, from the one place the options are defined (the signature)."""
     parameters = inspect.signature(RoutingMiddleware.__init__).parameters.values()
     return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "router"}

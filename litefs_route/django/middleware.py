@@ -1,0 +1,240 @@
+"""The Django middleware: Django's request and response objects around the one decision.
+
+Documented in :mod:`litefs_route.django`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.apps import apps
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import got_request_exception
+from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
+
+from ..consistency import TxidCookies
+from ..context import RequestContext, current_request, report_exception
+from ..decision import Kind, Outcome, RequestInfo
+from ..drivers import AsyncMountIO, MountIO, async_backend, drive, drive_async
+from ..middleware import RoutingMiddleware, middleware_doc, option_defaults
+from ..mount import NodeState
+from ..replies import PRIMARY_HEADER, Reply
+from ..router import Router
+
+__all__ = ["SETTING", "PrimaryRoutingMiddleware", "options_from_settings"]
+
+#: The Django setting that holds the middleware's options.
+SETTING = "LITEFS_ROUTE"
+
+GetResponse = Callable[[HttpRequest], HttpResponseBase | Awaitable[HttpResponseBase]]
+
+_CHUNK = 65536
+
+logger = logging.getLogger("litefs_route")
+
+
+def options_from_settings() -> dict[str, Any]:
+    """The options in ``settings.LITEFS_ROUTE`` (ImproperlyConfigured if it is not a dict of option names)."""
+    options = getattr(settings, SETTING, {})
+    if not isinstance(options, Mapping):
+        raise ImproperlyConfigured(f"settings.{SETTING} must be a dict of options, not {type(options).__name__}")
+    known = option_defaults()
+    if unknown := sorted(str(name) for name in options if name not in known):
+        raise ImproperlyConfigured(
+            f"settings.{SETTING} names no option {', '.join(map(repr, unknown))}; the options are {', '.join(known)}"
+        )
+    return dict(options)
+
+
+class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
+    __doc__ = middleware_doc(
+        "Django middleware that routes writes to the LiteFS primary; its options come from "
+        "``settings.LITEFS_ROUTE`` (a dict, the option names as keys)."
+    )
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: GetResponse) -> None:
+        try:
+            super().__init__(get_response, **options_from_settings())
+        except (TypeError, ValueError) as exc:
+            raise ImproperlyConfigured(f"settings.{SETTING}: {exc}") from exc
+        # Django hands an async get_response exactly when it runs this middleware async.
+        self.async_mode = iscoroutinefunction(get_response)
+        if self.async_mode:
+            markcoroutinefunction(self)
+        # The safety net for exceptions Django turns into a 500 before they reach us (another
+        # middleware's). A module-level function: Django's signals hold weak references.
+        got_request_exception.connect(report_exception, dispatch_uid="litefs_route.report_exception")
+        if not apps.is_installed("litefs_route.django"):  # its checks do not run: say what they would
+            from .checks import check_litefs_route
+
+            for message in check_litefs_route():
+                logger.warning("%s", message)
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
+        if self.async_mode:
+            return self._call_async(request)
+        router = self.router
+        info = _request_info(request, router.txid_cookies)
+        outcome = router.outcome_without_io(info) or drive(router.plan(info), _DjangoIO(router, request))
+        if outcome.decision.kind is not Kind.RUN:
+            return self._reply(router.reply(outcome.decision), outcome.state)
+        ctx = self._context(info, outcome)
+        token = current_request.set(ctx)
+        try:
+            response = self.app(request)
+        finally:
+            current_request.reset(token)
+        assert isinstance(response, HttpResponseBase)  # sync mode: Django adapted get_response to us
+        if ctx.must_end_elsewhere and ctx.replaces_response(response.items()):
+            response.close()
+            settlement = ctx.settlement()
+            if settlement is not None:
+                ctx.settle(drive(settlement, _DjangoIO(router, request)))
+            return self._ending(ctx)
+        positions = router.positions
+        txids = positions.read() if positions is not None and ctx.txid_cookie_due() else None
+        return self._tagged(response, ctx, txids)
+
+    async def _call_async(self, request: HttpRequest) -> HttpResponseBase:
+        router = self.router
+        info = _request_info(request, router.txid_cookies)
+        outcome = router.outcome_without_io(info)
+        if outcome is None:
+            outcome = await drive_async(router.plan(info), _AsyncDjangoIO(router, request))
+        if outcome.decision.kind is not Kind.RUN:
+            return self._reply(router.reply(outcome.decision), outcome.state)
+        ctx = self._context(info, outcome)
+        token = current_request.set(ctx)
+        try:
+            response = await self.app(request)  # async mode: get_response is async
+        finally:
+            current_request.reset(token)
+        assert isinstance(response, HttpResponseBase)
+        run_in_thread, _ = async_backend()
+        if ctx.must_end_elsewhere and ctx.replaces_response(response.items()):
+            await run_in_thread(response.close)  # may close files: not on the loop
+            settlement = ctx.settlement()
+            if settlement is not None:
+                ctx.settle(await drive_async(settlement, _AsyncDjangoIO(router, request)))
+            return self._ending(ctx)
+        positions = router.positions
+        txids = await run_in_thread(positions.read) if positions is not None and ctx.txid_cookie_due() else None
+        return self._tagged(response, ctx, txids)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponseBase | None:
+        """Answer what ``ensure_primary()`` raised (or SQLite's read-only refusal) in a view or a template.
+
+        Answered here, Django neither logs the exception nor sends
+        ``got_request_exception``. The answer is a stand-in: ``__call__``
+        replaces it with the request's ending, settled there (this runs in a
+        worker thread under ASGI).
+        """
+        ctx = current_request.get()
+        if ctx is None or not ctx.ends_on_exception(exception):
+            return None
+        return _mark_logged(HttpResponse(status=409))
+
+    # -- responses ----------------------------------------------------------
+
+    def _context(self, info: RequestInfo, outcome: Outcome) -> RequestContext:
+        ctx = RequestContext(
+            self.router, info, outcome.state, outcome.decision, self.primary_required_error, outcome.clear_txids
+        )
+        if outcome.decision.write:  # before the view: its cookies name the databases it changes
+            ctx.note_write()
+        return ctx
+
+    def _reply(self, reply: Reply, state: NodeState) -> HttpResponse:
+        """One of the middleware's own responses (replay, 503, 413, 408, health), tagged."""
+        response = HttpResponse(reply.body, status=reply.status)
+        for name, value in (*reply.headers, *self.router.tags(state)):
+            response[name] = value
+        return _mark_logged(response)
+
+    def _ending(self, ctx: RequestContext) -> HttpResponse:
+        assert ctx.ending is not None  # known, or settled just now
+        return self._reply(ctx.ending, ctx.state)
+
+    def _tagged(
+        self, response: HttpResponseBase, ctx: RequestContext, txids: tuple[int | None, ...] | None
+    ) -> HttpResponseBase:
+        """The view's response with our tags (any copy of them the view set dropped) and TXID cookies."""
+        response.headers.pop(PRIMARY_HEADER, None)  # case-insensitive; absent from our tags when none is known
+        for name, value in self.router.tags(ctx.state):
+            response[name] = value
+        for _, cookie in ctx.cookie_headers(txids):
+            response.cookies.load(cookie)  # Django renders response.cookies, not Set-Cookie headers
+        return response
+
+
+def _mark_logged(response: HttpResponse) -> HttpResponse:
+    # django.request logs every response >= 400 as it leaves the handler (a 409 as a
+    # warning, a 503 as an error, mailed to ADMINS) unless it is marked as logged. A
+    # replay is not an error; each of our answers is counted (router.counters) and
+    # logged at DEBUG by litefs_route, and a 503 in a failover must not mail per request.
+    response._has_been_logged = True
+    return response
+
+
+class _DjangoIO(MountIO):
+    """The I/O of a plan in the request's thread (sync mode)."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, router: Router, request: HttpRequest) -> None:
+        super().__init__(router)
+        self.request = request
+
+    def measure_body(self, limit: int, timeout: float) -> int | None:
+        return _measure_body(self.request, limit, timeout)
+
+
+class _AsyncDjangoIO(AsyncMountIO):
+    """The I/O of a plan off the event loop (async mode)."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, router: Router, request: HttpRequest) -> None:
+        super().__init__(router)
+        self.request = request
+
+    async def measure_body(self, limit: int, timeout: float) -> int | None:
+        run_in_thread, _ = async_backend()
+        size: int | None = await run_in_thread(lambda: _measure_body(self.request, limit, timeout))
+        return size
+
+
+def _request_info(request: HttpRequest, txid_cookies: TxidCookies | None) -> RequestInfo:
+    meta = request.META  # WSGI's environ, or what Django's ASGI handler builds in its image
+    return RequestInfo.from_headers(
+        request.method or "GET",
+        request.path,  # decoded, with SCRIPT_NAME: what Django's URL patterns see
+        replay_src=meta.get("HTTP_FLY_REPLAY_SRC"),
+        content_length=meta.get("CONTENT_LENGTH"),
+        transfer_encoding=meta.get("HTTP_TRANSFER_ENCODING"),
+        cookie=meta.get("HTTP_COOKIE"),
+        txid_cookies=txid_cookies,
+    )
+
+
+def _measure_body(request: HttpRequest, limit: int, timeout: float) -> int | None:
+    """The size of the body Django hands the view (at most *limit* + 1 bytes read), or None after *timeout* s."""
+    deadline = time.monotonic() + timeout
+    size = 0
+    while size <= limit:
+        chunk = request.read(min(_CHUNK, limit + 1 - size))
+        if not chunk:
+            break
+        size += len(chunk)
+        if time.monotonic() > deadline:
+            return None
+    return size
