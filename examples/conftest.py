@@ -63,12 +63,14 @@ def serve_example(tmp_path: Path) -> ServeExample:
             "uvicorn": [*uvicorn, "examples.starlette_app.app:app"],
             "django-gunicorn": [*gunicorn, "examples.django_app.wsgi"],
             "django-uvicorn": [*uvicorn, "examples.django_app.asgi:application"],
+            "django-runserver": [sys.executable, "-m", "django", "runserver", "--noreload", f"127.0.0.1:{port}"],
         }[server]
         env = {
             "LITEFS_DIR": str(mount),
             "DATABASE_FILENAME": "app.db",
             "FLY_MACHINE_ID": PRIMARY_ID if role == "primary" else REPLICA_ID,
             "PYTHONPATH": str(ROOT),
+            "DJANGO_SETTINGS_MODULE": "examples.django_app.settings",
         }
         return run_server(argv, port, env)
 

@@ -10,8 +10,8 @@ from examples.conftest import PRIMARY_ID, REPLICA_ID, ServeExample
 
 @pytest.mark.parametrize(
     "server",
-    ["gunicorn", "uvicorn", "django-gunicorn", "django-uvicorn"],
-    ids=["flask-gunicorn", "starlette-uvicorn", "django-gunicorn", "django-uvicorn"],
+    ["gunicorn", "uvicorn", "django-gunicorn", "django-uvicorn", "django-runserver"],
+    ids=["flask-gunicorn", "starlette-uvicorn", "django-gunicorn", "django-uvicorn", "django-runserver"],
 )
 def test_example_routes_writes_to_the_primary(serve_example: ServeExample, server: str) -> None:
     with serve_example(server, "primary") as primary_url:

@@ -8,11 +8,13 @@ Standard library only; importing this package imports no web framework.
 - :func:`ensure_instance`: the same, to one named instance.
 - :func:`instance_url`, :func:`list_instances`: Fly's private network.
 - :func:`get_instance_info`: this instance, the primary, and whether they are the same.
+- :func:`routing_counters`: what this process's requests ended in and waited for.
 """
 
 from __future__ import annotations
 
 from .context import InstanceInfo, ensure_instance, ensure_primary, get_instance_info, report_exception
+from .counters import routing_counters
 from .exceptions import PrimaryRequired
 from .fly import NotOnFly, instance_url, list_instances
 from .mount import NodeState, Role
@@ -42,6 +44,7 @@ __all__ = [
     "instance_url",
     "list_instances",
     "report_exception",
+    "routing_counters",
     "wait_for_primary",
     "wait_for_sync",
     "wait_for_txid",

@@ -12,6 +12,7 @@ the request's own task or thread.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -32,11 +33,13 @@ from .decision import (
     decide_instance,
     sets_txid_cookie,
 )
+from .events import read_candidate
 from .exceptions import PrimaryRequired
 from .mount import NodeState, Role, default_instance_id, is_valid_instance_id, read_node_state
 from .replies import Reply, has_replay_header
 from .router import Router
 from .sqlite_errors import is_readonly_error
+from .subscriber import resolve_api_url
 
 __all__ = [
     "InstanceInfo",
@@ -269,19 +272,34 @@ class InstanceInfo:
     role: Role
     #: This instance's Fly region (``$FLY_REGION``); None off Fly.
     region: str | None = None
+    #: Whether this instance may become primary (LiteFS's ``lease.candidate``); None when LiteFS's API did not say.
+    candidate: bool | None = None
 
 
-def get_instance_info(*, litefs_dir: str | None = None, instance_id: str | None = None) -> InstanceInfo:
+def get_instance_info(
+    *, litefs_dir: str | None = None, instance_id: str | None = None, litefs_api_url: str | None = None
+) -> InstanceInfo:
     """This instance and the primary.
 
     Inside a request handled by the middleware, with no arguments: the
-    reading the request was routed on (no I/O). Otherwise it reads the mount
-    now (``litefs_dir``, default ``$LITEFS_DIR``), which blocks briefly.
+    reading the request was routed on (no I/O), and ``candidate`` as LiteFS's
+    API said when the middleware's event stream came up. Otherwise it reads
+    the mount now (``litefs_dir``, default ``$LITEFS_DIR``) and asks LiteFS's
+    API (``litefs_api_url``, default as the middleware's option) whether this
+    node is a candidate, which blocks briefly (at most a second for the API).
     """
     ctx = current_request.get()
-    if ctx is not None and litefs_dir is None and instance_id is None:
+    if ctx is not None and litefs_dir is None and instance_id is None and litefs_api_url is None:
         state = ctx.state
+        subscriber = ctx.router.subscriber
+        candidate = subscriber.candidate if subscriber is not None else None
     else:
-        state = read_node_state(litefs_dir or os.environ.get("LITEFS_DIR"), instance_id or default_instance_id())
+        mount = litefs_dir or os.environ.get("LITEFS_DIR")
+        state = read_node_state(mount, instance_id or default_instance_id())
+        api_url = resolve_api_url(litefs_api_url)
+        candidate = None
+        if mount and api_url is not None:
+            with contextlib.suppress(OSError, ValueError):
+                candidate = read_candidate(api_url, timeout=1.0)
     region = os.environ.get("FLY_REGION") or None
-    return InstanceInfo(state.instance_id, state.primary_id, state.is_primary, state.role, region)
+    return InstanceInfo(state.instance_id, state.primary_id, state.is_primary, state.role, region, candidate)

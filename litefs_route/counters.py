@@ -6,6 +6,13 @@ own :class:`Counters`, at ``middleware.router.counters``::
     middleware.router.counters.snapshot()
     # {"replays": 412, "read_replays": 3, "primary_waits": 2, "primary_wait_seconds": 1.7, ...}
 
+:func:`routing_counters` sums every middleware of the process, for apps that
+do not hold their middleware (Django builds its own)::
+
+    from litefs_route import routing_counters
+    def metrics(request):
+        return JsonResponse(routing_counters())
+
 Names (absent until the first count):
 
 ``replays``
@@ -38,8 +45,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 
-__all__ = ["Counters"]
+__all__ = ["Counters", "routing_counters"]
 
 
 logger = logging.getLogger("litefs_route")
@@ -51,6 +59,7 @@ class Counters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, float] = {}
+        _EVERY.add(self)
 
     def add(self, name: str, amount: float = 1) -> None:
         """Count *amount* more of *name*."""
@@ -66,3 +75,16 @@ class Counters:
 
     def __repr__(self) -> str:
         return f"Counters({self.snapshot()!r})"
+
+
+# Every router's counters in this process, for routing_counters(); gone with their router.
+_EVERY: weakref.WeakSet[Counters] = weakref.WeakSet()
+
+
+def routing_counters() -> dict[str, float]:
+    """The counts of every middleware in this process, summed (see the module's documentation for the names)."""
+    total: dict[str, float] = {}
+    for counters in list(_EVERY):
+        for name, count in counters.snapshot().items():
+            total[name] = total.get(name, 0) + count
+    return total

@@ -48,6 +48,7 @@ __all__ = [
     "Unusable",
     "node_state",
     "parse_event",
+    "read_candidate",
     "read_events",
     "read_info",
     "read_txids",
@@ -370,6 +371,16 @@ def read_info(api_url: str, *, timeout: float = 2.0) -> Init | None:
     if hostname and not is_valid_instance_id(hostname):
         return None
     return Init(False, hostname or None)
+
+
+def read_candidate(api_url: str, *, timeout: float = 2.0) -> bool | None:
+    """Whether this LiteFS node may become primary (``lease.candidate``), from ``GET /info``; None if not said.
+
+    Raises OSError if LiteFS cannot be reached or does not answer 200 in time.
+    """
+    info = _get_json(api_url, "/info", timeout)
+    candidate = info.get("candidate") if isinstance(info, dict) else None
+    return candidate if isinstance(candidate, bool) else None
 
 
 def read_txids(api_url: str, *, timeout: float = 2.0) -> dict[str, int]:

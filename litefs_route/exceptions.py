@@ -20,5 +20,8 @@ class PrimaryRequired(Exception):
     """
 
     def __init__(self, reply: Reply) -> None:
-        super().__init__(f"this request must run on another instance (HTTP {reply.status})")
+        super().__init__(reply)
         self.reply = reply
+
+    def __str__(self) -> str:  # the framework flavours' own __init__ rewrite args: not from them
+        return f"this request must run on another instance (HTTP {self.reply.status})"

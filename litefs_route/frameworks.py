@@ -58,7 +58,10 @@ def _werkzeug_class() -> type[PrimaryRequired] | None:
             response = Response(reply.body, status=reply.status, headers=list(reply.headers))
             HTTPException.__init__(self, description=reply.body.decode(), response=response)
 
-    return WerkzeugPrimaryRequired
+        def __str__(self) -> str:  # not HTTPException's "??? Unknown Error" (code is None)
+            return PrimaryRequired.__str__(self)
+
+    return _named(WerkzeugPrimaryRequired)
 
 
 @functools.cache
@@ -78,7 +81,13 @@ def _starlette_class() -> type[PrimaryRequired] | None:
         def __str__(self) -> str:
             return PrimaryRequired.__str__(self)
 
-    return StarlettePrimaryRequired
+    return _named(StarlettePrimaryRequired)
+
+
+def _named(cls: type[PrimaryRequired]) -> type[PrimaryRequired]:
+    """*cls* as tracebacks and error trackers should name it: this module's, not a function's local."""
+    cls.__module__, cls.__qualname__ = __name__, cls.__name__
+    return cls
 
 
 def connect_flask_exception_signal(wsgi_app: object, report: Callable[[BaseException], object]) -> int:

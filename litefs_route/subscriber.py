@@ -41,6 +41,7 @@ imitation cluster). The state it holds is one connection and one thread.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -51,7 +52,18 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from .consistency import PositionWatcher
-from .events import Init, LiteFSEvent, PrimaryChange, Quiet, Tx, node_state, read_events, read_info, read_txids
+from .events import (
+    Init,
+    LiteFSEvent,
+    PrimaryChange,
+    Quiet,
+    Tx,
+    node_state,
+    read_candidate,
+    read_events,
+    read_info,
+    read_txids,
+)
 from .mount import read_node_state, read_position
 from .state_cache import StateCache
 
@@ -138,6 +150,8 @@ class EventSubscriber:
         self.connections = 0
         #: Reads of the mount by the thread itself (checks of the stream against it); the benchmarks report it.
         self.reads = 0
+        #: Whether this node is a lease candidate, as its LiteFS said when the stream last came up; None if unknown.
+        self.candidate: bool | None = None
         # Logged once per transition, not once per retry.
         self._ever_up = False
         self._reported_unreachable = False
@@ -252,6 +266,8 @@ class EventSubscriber:
         self._suspects.clear()
         self._push_state(init)
         self._catch_up(list(self._watchers))
+        with contextlib.suppress(OSError):  # a fixed setting: asked once per connection, for get_instance_info()
+            self.candidate = read_candidate(self.api_url, timeout=self.connect_timeout)
         was_up_before, self.up, self._ever_up = self._ever_up, True, True
         self.connections += 1
         logger.info(

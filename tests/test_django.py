@@ -130,6 +130,7 @@ def test_ensure_primary_on_a_replica_is_a_replay_and_nothing_else(
         responses = {path: client.request(method, path) for method, path, _ in GUARDED}
         responses["/instance/other"] = client.get("/instance/other")
         responses["/drf (POST)"] = client.post("/drf", json={})
+        counted = client.get("/counters").json()
         quiet_log = django.output()
         quiet_mails = django.mails()
         boom = client.get("/boom")
@@ -139,6 +140,7 @@ def test_ensure_primary_on_a_replica_is_a_replay_and_nothing_else(
         assert response.headers["fly-replay"] == f"instance={target};state=litefs-route-hop-1"
         assert response.headers["fly-instance"] == REPLICA
         assert response.headers["fly-primary-instance"] == PRIMARY
+    assert counted["replays"] == len(responses)  # how an app exposes the counters
     assert "SIGNAL" not in quiet_log
     assert "LOG ERROR" not in quiet_log
     assert "LOG WARNING django" not in quiet_log  # django.request logs a 409 as a warning unless told not to

@@ -18,6 +18,8 @@ import pytest
 from flask import Flask
 
 from litefs_route import PrimaryRequired, asgi, ensure_instance, ensure_primary, get_instance_info, wsgi
+from litefs_route.frameworks import starlette_primary_required, werkzeug_primary_required
+from litefs_route.replies import Reply
 from tests.plans import router_for
 from tests.support import Mount, Served, serve_asgi, serve_under, serve_wsgi
 
@@ -384,3 +386,16 @@ def test_ensure_instance_with_a_body_fly_cannot_replay_is_413() -> None:
     assert decision is not None
     assert (decision.kind, decision.target) == (Kind.TOO_LARGE, OTHER)
     assert decide_instance(big, state, rules(), ME) is None
+
+
+@pytest.mark.parametrize(
+    "flavour", [werkzeug_primary_required, starlette_primary_required], ids=["werkzeug", "starlette"]
+)
+def test_the_framework_flavours_are_named_as_what_they_are(flavour: Callable[[Reply], PrimaryRequired]) -> None:
+    """An error tracker or a traceback shows a readable name and message, not a function's local class."""
+    exc = flavour(Reply(409, (), b"replay"))
+    assert isinstance(exc, PrimaryRequired)
+    name = type(exc).__qualname__
+    assert (type(exc).__module__, name) == ("litefs_route.frameworks", name)
+    assert "<locals>" not in name
+    assert str(exc) == "this request must run on another instance (HTTP 409)"

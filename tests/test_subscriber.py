@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from litefs_route import wsgi
+from litefs_route import InstanceInfo, get_instance_info, wsgi
 from litefs_route.consistency import Positions, PositionWatcher
 from litefs_route.devcluster import free_port
 from litefs_route.mount import NodeState, Role, read_position
 from litefs_route.state_cache import StateCache
 from litefs_route.subscriber import DEFAULT_API_URL, EventSubscriber, resolve_api_url
 from tests.apps import flask_app, starlette_app
-from tests.support import ROOT, serve_under, wait_until
+from tests.support import ROOT, serve_under, serve_wsgi, wait_until
 
 if TYPE_CHECKING:
     from litefs_route.devcluster.litefs import LiteFSCluster
@@ -781,3 +781,32 @@ def test_the_health_check_on_real_litefs(litefs_real_cluster: LiteFSClusterFacto
     status, body = check("node2")
     assert status == "503 Service Unavailable"
     assert body.startswith(b"Replication lag exceeded: replication lag unknown")
+
+
+@pytest.mark.litefs
+def test_get_instance_info_says_whether_this_node_is_a_lease_candidate(
+    litefs_real_cluster: LiteFSClusterFactory,
+) -> None:
+    """From LiteFS's /info: asked now outside a request, as the stream came up inside one; unknown without the API."""
+    cluster = litefs_real_cluster(instances=2, lease="static")  # a static lease: only node1 is a candidate
+    seen: list[InstanceInfo] = []
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        seen.append(get_instance_info())
+        start_response("200 OK", [])
+        return [b""]
+
+    for node_id, expected in (("node1", True), ("node2", False)):
+        node = cluster.nodes[node_id]
+        where: dict[str, Any] = {"litefs_dir": node.mount_dir, "instance_id": node_id, "litefs_api_url": node.api_url}
+        assert get_instance_info(**where).candidate is expected
+        assert get_instance_info(**{**where, "litefs_api_url": "off"}).candidate is None
+        middleware = wsgi.PrimaryRoutingMiddleware(app, **where)
+        subscriber = middleware.router.subscriber
+        assert subscriber is not None
+        middleware.router.cache.get()
+        wait_until(lambda: subscriber.up, what="the stream")  # noqa: B023 (used at once)
+        with serve_wsgi(middleware) as url:
+            assert httpx.get(url).status_code == 200
+        assert seen[-1].candidate is expected
+        assert seen[-1].current_instance == node_id

@@ -9,6 +9,7 @@ SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-only-not-secret")
 DEBUG = os.environ.get("DJANGO_DEBUG", "0") == "1"
 ALLOWED_HOSTS = ["*"]
 ROOT_URLCONF = "examples.django_app.urls"
+WSGI_APPLICATION = "examples.django_app.wsgi.application"  # runserver too: it migrates on the primary
 USE_TZ = True
 
 INSTALLED_APPS = [

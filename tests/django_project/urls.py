@@ -16,4 +16,5 @@ urlpatterns = [
     path("write", views.write),
     path("read", views.read),
     path("unguarded-write", views.unguarded_write),
+    path("counters", views.counters),
 ]

@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from litefs_route import ensure_instance, ensure_primary, get_instance_info
+from litefs_route import ensure_instance, ensure_primary, get_instance_info, routing_counters
 
 _GUARDED = engines["django"].from_string("{{ guard|default:'' }}ran in a template")
 
@@ -95,3 +95,7 @@ def unguarded_write(request: HttpRequest) -> JsonResponse:
         cursor.execute("CREATE TABLE IF NOT EXISTS hits (id INTEGER PRIMARY KEY, instance TEXT)")
         cursor.execute("INSERT INTO hits (instance) VALUES (%s)", [get_instance_info().current_instance])
     return JsonResponse({"instance": get_instance_info().current_instance})
+
+
+def counters(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(routing_counters())
