@@ -35,7 +35,19 @@ from .decision import (
 from .mount import NodeState
 from .router import Router
 
-__all__ = ["AsyncIO", "AsyncMountIO", "BlockingIO", "MountIO", "async_backend", "drive", "drive_async"]
+__all__ = [
+    "AsyncIO",
+    "AsyncMountIO",
+    "BlockingIO",
+    "MountIO",
+    "async_backend",
+    "drive",
+    "drive_async",
+    "measure_stream",
+]
+
+# Bytes read at a time when measuring a body.
+_CHUNK = 65536
 
 
 class BlockingIO(Protocol):
@@ -220,6 +232,24 @@ def _count_primary_wait(io: MountIO | AsyncMountIO, began: float) -> None:
         io.waited_for_primary = True
         counters.add("primary_waits")
     counters.add("primary_wait_seconds", time.monotonic() - began)
+
+
+def measure_stream(read: Callable[[int], bytes], limit: int, timeout: float) -> int | None:
+    """A blocking body's size, read through *read* (at most *limit* + 1 bytes), or None after *timeout* seconds.
+
+    The time is checked between reads: a read that stalls ends when the
+    server's own read timeout ends it.
+    """
+    deadline = time.monotonic() + timeout
+    size = 0
+    while size <= limit:
+        chunk = read(min(_CHUNK, limit + 1 - size))
+        if not chunk:
+            break
+        size += len(chunk)
+        if time.monotonic() > deadline:
+            return None
+    return size
 
 
 @functools.cache

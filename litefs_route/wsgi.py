@@ -25,14 +25,13 @@ signal is connected to the safety net when the middleware wraps that app
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .consistency import TxidCookies
 from .context import RequestContext, current_request, report_exception
 from .decision import Kind, RequestInfo
-from .drivers import MountIO, drive
+from .drivers import MountIO, drive, measure_stream
 from .frameworks import connect_flask_exception_signal, werkzeug_primary_required
 from .middleware import RoutingMiddleware, middleware_doc
 from .replies import OUR_TAG_NAMES, Headers, Reply, with_tags
@@ -43,8 +42,6 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment  # noqa: F401 (used in a string)
 
 __all__ = ["PrimaryRoutingMiddleware"]
-
-_CHUNK = 65536
 
 
 class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
@@ -179,17 +176,7 @@ def _measure_body(environ: WSGIEnvironment, limit: int, timeout: float) -> int |
     # for chunked bodies) lets us read to EOF without hanging.
     if not environ.get("wsgi.input_terminated"):
         return 0
-    stream = environ["wsgi.input"]
-    deadline = time.monotonic() + timeout
-    size = 0
-    while size <= limit:
-        chunk = stream.read(min(_CHUNK, limit + 1 - size))
-        if not chunk:
-            break
-        size += len(chunk)
-        if time.monotonic() > deadline:
-            return None
-    return size
+    return measure_stream(environ["wsgi.input"].read, limit, timeout)
 
 
 def _discarding_write(data: bytes) -> None:

@@ -6,7 +6,6 @@ Documented in :mod:`litefs_route.django`.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -21,7 +20,7 @@ from django.http.response import HttpResponseBase
 from ..consistency import TxidCookies
 from ..context import RequestContext, current_request, report_exception
 from ..decision import Kind, Outcome, RequestInfo
-from ..drivers import AsyncMountIO, MountIO, async_backend, drive, drive_async
+from ..drivers import AsyncMountIO, MountIO, async_backend, drive, drive_async, measure_stream
 from ..middleware import RoutingMiddleware, middleware_doc, option_defaults
 from ..mount import NodeState
 from ..replies import PRIMARY_HEADER, Reply
@@ -34,7 +33,6 @@ SETTING = "LITEFS_ROUTE"
 
 GetResponse = Callable[[HttpRequest], HttpResponseBase | Awaitable[HttpResponseBase]]
 
-_CHUNK = 65536
 
 logger = logging.getLogger("litefs_route")
 
@@ -227,14 +225,5 @@ def _request_info(request: HttpRequest, txid_cookies: TxidCookies | None) -> Req
 
 
 def _measure_body(request: HttpRequest, limit: int, timeout: float) -> int | None:
-    """The size of the body Django hands the view (at most *limit* + 1 bytes read), or None after *timeout* s."""
-    deadline = time.monotonic() + timeout
-    size = 0
-    while size <= limit:
-        chunk = request.read(min(_CHUNK, limit + 1 - size))
-        if not chunk:
-            break
-        size += len(chunk)
-        if time.monotonic() > deadline:
-            return None
-    return size
+    """The size of the body Django hands the view (see :func:`~litefs_route.drivers.measure_stream`)."""
+    return measure_stream(request.read, limit, timeout)
