@@ -225,6 +225,25 @@ def test_an_unknown_option_stops_the_server_with_a_clear_error(tmp_path: Path, m
     assert "ImproperlyConfigured: settings.LITEFS_ROUTE names no option 'write_on_reads'" in result.stderr
 
 
+_MODES = """
+import gc
+from django.core.asgi import get_asgi_application
+from django.core.wsgi import get_wsgi_application
+from litefs_route.django import PrimaryRoutingMiddleware
+get_wsgi_application(), get_asgi_application()
+print(sorted(m.async_mode for m in gc.get_objects() if isinstance(m, PrimaryRoutingMiddleware)))
+"""
+
+
+def test_django_runs_the_middleware_in_its_own_mode_without_a_thread_hop() -> None:
+    """Sync under WSGI, async under ASGI: Django adapts nothing around it (no sync_to_async per request)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DJANGO_SETTINGS_MODULE": "tests.django_project.settings"}
+    env.pop("LITEFS_DIR", None)
+    result = subprocess.run([sys.executable, "-c", _MODES], env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[False, True]"
+
+
 # -- system checks -------------------------------------------------------------------------------
 
 _CHECK = """
