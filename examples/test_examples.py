@@ -32,6 +32,9 @@ def test_example_routes_writes_to_the_primary(serve_example: ServeExample, serve
             assert "hello &lt;world&gt;" in page.text
             for response in (replica.post("/entries", data={"text": "x"}), replica.get("/visit")):
                 assert response.status_code == 409
-                assert response.headers["fly-replay"] == f"instance={PRIMARY_ID};state=litefs-route-hop-1"
+                assert (
+                    response.headers["fly-replay"]
+                    == f"instance={PRIMARY_ID};state=litefs-route-hop-1;timeout=5s;fallback=force_self"
+                )
             assert replica.get("/healthz").text == "ok"
             assert "Visits: 1." in replica.get("/").text  # the replayed visit did not run here

@@ -176,13 +176,15 @@ class _AsyncIO(AsyncMountIO):
 
 
 def _request_info(scope: Scope, txid_cookies: TxidCookies | None) -> RequestInfo:
-    replay_src = content_length = transfer_encoding = None
+    replay_src = content_length = transfer_encoding = replay_failed = None
     cookies: list[str] = []
     for name, value in scope.get("headers", ()):
         if name == b"cookie":
             cookies.append(value.decode("latin-1"))
         elif name == b"fly-replay-src":
             replay_src = value.decode("latin-1")
+        elif name == b"fly-replay-failed":
+            replay_failed = value.decode("latin-1")
         elif name == b"content-length":
             content_length = value.decode("latin-1")
         elif name == b"transfer-encoding":
@@ -195,6 +197,7 @@ def _request_info(scope: Scope, txid_cookies: TxidCookies | None) -> RequestInfo
         transfer_encoding=transfer_encoding,
         cookie="; ".join(cookies) or None,  # HTTP/2 may split the header
         txid_cookies=txid_cookies,
+        replay_failed=replay_failed,
     )
 
 

@@ -86,6 +86,7 @@ __all__ = [
     "health",
     "plan_request",
     "plan_settlement",
+    "replay_failure",
     "replay_hops",
     "replay_state",
     "sets_txid_cookie",
@@ -112,6 +113,9 @@ NO_PRIMARY_REASON = "no primary is known right now (a LiteFS election or failove
 _DISAGREE_REASON = "replayed {} times without reaching the primary (the instances disagree on the primary)"
 _RAN_HERE_REASON = "this instance was not the primary when the request ran"
 _LAGGING_REASON = "its TXID did not arrive in time"
+# Fly's proxy could not deliver our replay and sent the request back (fly-replay-failed).
+_REPLAY_FAILED_REASON = "the replay to instance {} failed ({}), and a request sent back may not be replayed again"
+_REPLAY_FAILED_FIELD = re.compile(r"(?:^|;)\s*(instance|reason)=([A-Za-z0-9_.-]{1,64})\s*(?=;|$)")
 
 
 class PathGlobs:
@@ -183,6 +187,9 @@ class RequestInfo:
     #: The read-your-writes TXID of each database from its cookie (0: no
     #: cookie for it), in the ``database`` option's order; None if none.
     txids: tuple[int, ...] | None = None
+    #: The raw ``fly-replay-failed`` header: Fly's proxy could not deliver a
+    #: replay of this request and sent it back here. None when absent.
+    replay_failed: str | None = None
 
     @classmethod
     def from_headers(
@@ -195,18 +202,19 @@ class RequestInfo:
         transfer_encoding: str | None,
         cookie: str | None = None,
         txid_cookies: TxidCookies | None = None,
+        replay_failed: str | None = None,
     ) -> RequestInfo:
         """Build from raw header values; anything malformed counts as absent.
 
         *txid_cookies*: the read-your-writes cookies to look for in *cookie*
         (None: read-your-writes is off, no cookie is parsed).
         """
-        if not (content_length or transfer_encoding or cookie):
+        if not (content_length or transfer_encoding or cookie or replay_failed):
             return cls(method, path, replay_src)  # most reads: nothing to parse
         length = int(content_length) if content_length and _CONTENT_LENGTH.fullmatch(content_length) else None
         chunked = transfer_encoding is not None and "chunked" in transfer_encoding.lower()
         txids = txid_cookies.parse(cookie) if txid_cookies is not None else None
-        return cls(method, path, replay_src, length, chunked and length is None, txids)
+        return cls(method, path, replay_src, length, chunked and length is None, txids, replay_failed)
 
 
 class Kind(enum.Enum):
@@ -230,7 +238,7 @@ class Decision(NamedTuple):
     kind: Kind
     #: True if the request was routed as a write (it mutates the database).
     write: bool
-    #: The replay target (REPLAY, TOO_LARGE).
+    #: The replay target (REPLAY, TOO_LARGE; UNAVAILABLE: the replay Fly's proxy could not deliver).
     target: str | None = None
     #: The replay's hop number, carried in fly-replay's `state` (REPLAY only).
     hops: int = 0
@@ -401,7 +409,24 @@ def decide(
         return Decision(Kind.TOO_LARGE, True, target=state.primary_id, reason=f"the body is larger than {limit} bytes")
     if size is None and request.unknown_length and not forced:
         return Pending.MEASURE_BODY
-    return Decision(Kind.REPLAY, True, target=state.primary_id, hops=hops + 1)
+    return _replay(request, True, state.primary_id, hops + 1)
+
+
+def _replay(request: RequestInfo, write: bool, target: str, hops: int, reason: str = "") -> Decision:
+    """The replay to *target*; or, for a request Fly's proxy sent back (``fly-replay-failed``), a 503.
+
+    Fly forbids a request sent back from replaying again, and a write must
+    not run on a replica: refused, and retried by the client later.
+    """
+    if request.replay_failed is None:
+        return Decision(Kind.REPLAY, write, target=target, hops=hops, reason=reason)
+    return Decision(Kind.UNAVAILABLE, write, target=target, reason=replay_failure(request.replay_failed))
+
+
+def replay_failure(replay_failed: str) -> str:
+    """Why a request came back: a ``fly-replay-failed`` header in words (the reason of its 503)."""
+    fields = dict(_REPLAY_FAILED_FIELD.findall(replay_failed[:_REPLAY_SRC_LIMIT]))
+    return _REPLAY_FAILED_REASON.format(fields.get("instance", "?"), fields.get("reason", "unknown reason"))
 
 
 _HEALTHY = Decision(Kind.HEALTHY, write=False)
@@ -427,6 +452,8 @@ def counter_name(decision: Decision) -> str:
         case Kind.UNAVAILABLE:
             if decision.reason == NO_PRIMARY_REASON:
                 return "unavailable_no_primary"
+            if decision.target is not None:  # only a refused replay names its target
+                return "unavailable_replay_failed"
             return "unavailable_ran_here" if decision.reason == _RAN_HERE_REASON else "unavailable_too_many_replays"
         case Kind.TOO_LARGE:
             return "too_large"
@@ -451,7 +478,7 @@ def decide_instance(request: RequestInfo, state: NodeState, rules: Rules, instan
     limit = rules.replay_body_limit
     if request.content_length is not None and request.content_length > limit:
         return Decision(Kind.TOO_LARGE, False, target=instance_id, reason=f"the body is larger than {limit} bytes")
-    return Decision(Kind.REPLAY, False, target=instance_id, hops=hops + 1)
+    return _replay(request, False, instance_id, hops + 1)
 
 
 def _decide_read(
@@ -487,6 +514,8 @@ def _decide_lagging_read(request: RequestInfo, state: NodeState, rules: Rules) -
     hops = replay_hops(request.replay_src)
     if state.role is not Role.REPLICA or state.primary_id is None or hops >= rules.max_replays:
         return _RUN_READ
+    if request.replay_failed is not None:  # the primary is out of reach: the best this node has
+        return _RUN_READ
     return Decision(Kind.REPLAY, False, target=state.primary_id, hops=hops + 1, reason=_LAGGING_REASON)
 
 
@@ -514,7 +543,8 @@ def _needs_fresh_state(request: RequestInfo) -> bool:
     # A replayed request was sent here because another node believes this
     # one is primary: decide on the truth, not on a cached reading, so a node
     # that was just promoted keeps the write instead of bouncing it.
-    return request.replay_src is not None
+    # A request Fly's proxy sent back found its target unreachable: the same.
+    return request.replay_src is not None or request.replay_failed is not None
 
 
 def plan_request(request: RequestInfo, rules: Rules, *, known_txids: tuple[int | None, ...] | None = None) -> Plan:

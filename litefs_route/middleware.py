@@ -65,6 +65,14 @@ class RoutingMiddleware(Generic[AppT]):
         ``Content-Length``) before it answers 408 (default 10.0).
     retry_after
         Seconds in the ``Retry-After`` of a 503 (default 2).
+    replay_timeout
+        Seconds Fly's proxy tries to reach the primary with a replay before it
+        gives up and sends the request back here (fly-replay's ``timeout``,
+        with ``fallback=force_self``; default 5.0). A request sent back
+        (``fly-replay-failed``) is decided on fresh state and never replayed
+        again: it runs here only if this node is now the primary; otherwise it
+        gets 503 + ``Retry-After``, the reason logged. None: no ``timeout``
+        nor ``fallback`` (Fly tries for a while, then answers its own error).
     database
         The database file name in the mount, for read-your-writes, or
         several (a list, or names separated by commas): each gets its own
@@ -122,6 +130,7 @@ class RoutingMiddleware(Generic[AppT]):
         replay_body_limit: int = 1_000_000,
         body_timeout: float = 10.0,
         retry_after: int = 2,
+        replay_timeout: float | None = 5.0,
         database: str | Sequence[str] | None = None,
         consistency_wait: float = 1.0,
         txid_cookie_max_age: int = 300,
@@ -155,6 +164,10 @@ class RoutingMiddleware(Generic[AppT]):
         ):
             if not (isinstance(seconds, int | float) and math.isfinite(seconds) and seconds >= 0):
                 raise ValueError(f"{name} must be a number of seconds >= 0, got {seconds!r}")
+        if replay_timeout is not None and not (
+            isinstance(replay_timeout, int | float) and math.isfinite(replay_timeout) and 0.001 <= replay_timeout <= 300
+        ):
+            raise ValueError(f"replay_timeout must be None or seconds from 0.001 to 300, got {replay_timeout!r}")
         # Fly's edge gives up after 10 replays; ours must answer 503 before that.
         if not 1 <= max_replays <= 9 or replay_body_limit < 0 or retry_after < 0:
             raise ValueError("max_replays must be 1 to 9; replay_body_limit and retry_after >= 0")
@@ -191,6 +204,7 @@ class RoutingMiddleware(Generic[AppT]):
             txid_cookies=cookies,
             subscriber=subscriber,
             retry_after=retry_after,
+            replay_timeout=None if replay_timeout is None else float(replay_timeout),
         )
         self._setup()
 

@@ -23,6 +23,7 @@ __all__ = [
     "Reply",
     "build_reply",
     "build_tags",
+    "fly_duration",
     "has_replay_header",
     "with_tags",
 ]
@@ -74,8 +75,13 @@ def with_tags(
     return tagged
 
 
-def build_reply(decision: Decision, retry_after: int) -> Reply:
-    """The response for a decision that does not run the app."""
+def build_reply(decision: Decision, retry_after: int, replay_timeout: float | None = None) -> Reply:
+    """The response for a decision that does not run the app.
+
+    *replay_timeout*: seconds Fly's proxy tries to reach a replay's target
+    before it sends the request back here with ``fly-replay-failed``
+    (``fallback=force_self``); None: Fly's own default, and no fallback.
+    """
     if decision.kind in (Kind.REPLAY, Kind.TOO_LARGE) and decision.target is None:
         raise ValueError(f"a {decision.kind.value} decision needs a target")
     if decision.kind is Kind.REPLAY:
@@ -84,8 +90,10 @@ def build_reply(decision: Decision, retry_after: int) -> Reply:
             "Fly's proxy replays it there when it sees the fly-replay header; if you are\n"
             "reading this, nothing did (local development or private-network traffic).\n"
         )
-        replay = (REPLAY_HEADER, f"instance={decision.target};state={replay_state(decision.hops)}")
-        return _text_reply(409, body, [replay])
+        fields = f"instance={decision.target};state={replay_state(decision.hops)}"
+        if replay_timeout is not None:
+            fields += f";timeout={fly_duration(replay_timeout)};fallback=force_self"
+        return _text_reply(409, body, [(REPLAY_HEADER, fields)])
     if decision.kind is Kind.TOO_LARGE:
         body = (
             f"This request must run on instance {decision.target}, but {decision.reason}\n"
@@ -104,6 +112,12 @@ def build_reply(decision: Decision, retry_after: int) -> Reply:
         body = f"This request cannot run now: {decision.reason}. Retry shortly.\n"
         return _text_reply(503, body, [("Retry-After", str(retry_after))])
     raise ValueError(f"no reply for {decision.kind}: the app runs")
+
+
+def fly_duration(seconds: float) -> str:
+    """*seconds* as Fly's duration strings spell it: ``5s``, ``800ms``."""
+    ms = round(seconds * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
 
 
 def _text_reply(status: int, body: str, extra: list[tuple[str, str]]) -> Reply:

@@ -9,6 +9,8 @@ the mount, the :class:`~litefs_route.consistency.Positions` of the databases' TX
 
 from __future__ import annotations
 
+import logging
+
 from .consistency import Positions, TxidCookies
 from .counters import Counters
 from .decision import (
@@ -31,6 +33,8 @@ from .subscriber import EventSubscriber
 
 __all__ = ["Router"]
 
+logger = logging.getLogger("litefs_route")
+
 # Distinct replies remembered by Router.reply().
 _REPLY_MEMO_SIZE = 64
 
@@ -51,6 +55,7 @@ class Router:
         positions: Positions | None,
         txid_cookies: TxidCookies | None,
         retry_after: int,
+        replay_timeout: float | None = None,
         subscriber: EventSubscriber | None = None,
     ) -> None:
         self.instance_id = instance_id
@@ -64,6 +69,8 @@ class Router:
         #: What pushes LiteFS's events into the cache and the watcher; None when off.
         self.subscriber = subscriber
         self.retry_after = retry_after
+        #: fly-replay's ``timeout`` (with ``fallback=force_self``), None: not sent.
+        self.replay_timeout = replay_timeout
         #: What its requests ended in, and how long they waited (:mod:`litefs_route.counters`).
         self.counters = Counters()
         # (reading, its tags): tags are built once per reading of the mount.
@@ -109,7 +116,10 @@ class Router:
     def reply(self, decision: Decision, *, final: bool = True) -> Reply:
         """The response for a decision that does not run the app (counted when *final*)."""
         if final:
-            self.counters.add(counter_name(decision))
+            name = counter_name(decision)
+            self.counters.add(name)
+            if name == "unavailable_replay_failed":  # the primary is out of Fly's reach: worth a look
+                logger.warning("answered 503: %s", decision.reason)
         # Built once per distinct decision: a replica answers a flood of
         # writes with the same few bytes. (Bounded: targets are validated host
         # names, hops <= 9, reasons a handful of strings.)
@@ -117,7 +127,7 @@ class Router:
         if reply is None:
             if len(self._replies) >= _REPLY_MEMO_SIZE:
                 self._replies.clear()
-            reply = self._replies[decision] = build_reply(decision, self.retry_after)
+            reply = self._replies[decision] = build_reply(decision, self.retry_after, self.replay_timeout)
         return reply
 
     def __repr__(self) -> str:

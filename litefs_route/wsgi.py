@@ -154,6 +154,7 @@ def _request_info(environ: WSGIEnvironment, txid_cookies: TxidCookies | None) ->
         environ.get("REQUEST_METHOD", "GET"),
         path,
         replay_src=environ.get("HTTP_FLY_REPLAY_SRC"),
+        replay_failed=environ.get("HTTP_FLY_REPLAY_FAILED"),
         content_length=environ.get("CONTENT_LENGTH"),
         transfer_encoding=environ.get("HTTP_TRANSFER_ENCODING"),
         cookie=environ.get("HTTP_COOKIE"),

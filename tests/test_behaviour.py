@@ -60,7 +60,10 @@ def stack(adapter: str, mount: Mount) -> Iterator[Stack]:
 
 def assert_replayed(response: httpx.Response, stack: Stack, hop: int = 1) -> None:
     assert response.status_code == 409
-    assert response.headers["fly-replay"] == f"instance={PRIMARY};state=litefs-route-hop-{hop}"
+    assert (
+        response.headers["fly-replay"]
+        == f"instance={PRIMARY};state=litefs-route-hop-{hop};timeout=5s;fallback=force_self"
+    )
     assert response.headers["fly-primary-instance"] == PRIMARY
     assert response.headers["fly-instance"] == ME
     assert response.headers["content-type"].startswith("text/plain")

@@ -129,7 +129,9 @@ def test_replica_that_never_catches_up_replays_to_the_primary(stack: Stack) -> N
     stack.mount.make_replica(PRIMARY)
     response = stack.get("/", "00000000000003e8")
     assert response.status_code == 409
-    assert response.headers["fly-replay"] == f"instance={PRIMARY};state=litefs-route-hop-1"
+    assert (
+        response.headers["fly-replay"] == f"instance={PRIMARY};state=litefs-route-hop-1;timeout=5s;fallback=force_self"
+    )
     assert stack.calls == []
 
 

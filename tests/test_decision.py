@@ -34,6 +34,15 @@ def replay(hops: int = 1) -> Decision:
     return Decision(Kind.REPLAY, True, target=P, hops=hops)
 
 
+FAILED = "instance=pp0000000000bb;app=a;region=ams;replay_source=me0000000000aa;reason=timeout;elapsed_ms=5001"
+SENT_BACK_503 = Decision(
+    Kind.UNAVAILABLE,
+    True,
+    target=P,
+    reason=f"the replay to instance {P} failed (timeout), and a request sent back may not be replayed again",
+)
+
+
 def req(method: str = "GET", path: str = "/", **kw: object) -> RequestInfo:
     return RequestInfo(method, path, **kw)  # type: ignore[arg-type]
 
@@ -70,6 +79,11 @@ CASES = [
     ("replica-body-at-limit", req("POST", content_length=1_000_000), REPLICA, replay()),
     ("replica-chunked-body-measured", req("POST", unknown_length=True), REPLICA, Pending.MEASURE_BODY),
     ("primary-huge-body-runs", req("POST", content_length=10**9), PRIMARY, RUN_WRITE),
+    # Fly's proxy could not deliver our replay and sent the request back: never replayed again.
+    ("sent-back-write-on-replica-is-503", req("POST", replay_failed=FAILED), REPLICA, SENT_BACK_503),
+    ("sent-back-write-on-new-primary-runs", req("POST", replay_failed=FAILED), PRIMARY, RUN_WRITE),
+    ("sent-back-write-no-primary-waits", req("POST", replay_failed=FAILED), NO_PRIMARY, Pending.WAIT_FOR_PRIMARY),
+    ("sent-back-read-runs", req("GET", replay_failed=FAILED), REPLICA, RUN_READ),
 ]
 
 

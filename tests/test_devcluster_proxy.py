@@ -217,3 +217,74 @@ def test_streaming_is_not_buffered(backends: Callable[[str, Respond], Backend]) 
     assert first == b"chunk-1;"
     assert rest == b"chunk-2;"
     assert events == ["client got chunk-1;", "chunk 2 sent"]
+
+
+def _closed_port() -> tuple[str, int]:
+    """An address nothing listens on: a Machine that is down."""
+    from litefs_route.devcluster import free_port
+
+    return ("127.0.0.1", free_port())
+
+
+def _replay_with(fields: str) -> Respond:
+    """Replay to "b" with extra fly-replay *fields*; once sent back (fly-replay-failed), echo it."""
+
+    def respond(handler: _BackendHandler, seen: Seen) -> None:
+        if "fly-replay-failed" in seen.headers:
+            _echo(handler, seen)
+        else:
+            handler.reply(409, b"go elsewhere", {"fly-replay": f"instance=b;state=s1;{fields}"})
+
+    return respond
+
+
+@pytest.mark.parametrize(
+    ("fields", "b_exists", "status", "reason"),
+    [
+        pytest.param("timeout=300ms;fallback=force_self", True, 200, "timeout", id="timeout-sent-back"),
+        pytest.param("fallback=prefer_self", True, 200, "retries_exhausted", id="no-timeout-sent-back"),
+        pytest.param("timeout=1s;fallback=force_self", False, 200, "no_candidate", id="no-such-instance-sent-back"),
+        pytest.param("timeout=300ms", True, 502, None, id="timeout-without-fallback-is-502"),
+    ],
+)
+def test_a_replay_that_cannot_be_delivered(
+    backends: Callable[[str, Respond], Backend], fields: str, b_exists: bool, status: int, reason: str | None
+) -> None:
+    """As Fly: the target unreachable within ``timeout`` sends the request back with ``fly-replay-failed``."""
+    a = backends("a", _replay_with(fields))
+    instances = {"a": a.address, **({"b": _closed_port()} if b_exists else {})}
+    with FrontProxy(instances, regions={"a": "ams"}, app_name="my-app") as front:
+        response = httpx.post(front.url + "/w", content=b"body", headers={FORCE: "a"})
+    assert response.status_code == status, response.text
+    if reason is None:
+        assert response.headers["fly-devcluster-error"] == "replay-unreachable"
+        assert len(a.seen) == 1
+        return
+    assert response.json() == {"by": "a", "method": "POST", "path": "/w", "body": "body"}
+    first, sent_back = a.seen
+    assert "fly-replay-failed" not in first.headers
+    failed = parse_fly_replay(sent_back.headers["fly-replay-failed"])
+    assert {k: failed[k] for k in ("instance", "app", "region", "replay_source", "reason")} == {
+        "instance": "b",
+        "app": "my-app",
+        "region": "ams",
+        "replay_source": "a",
+        "reason": reason,
+    }
+    elapsed_ms = int(failed["elapsed_ms"])
+    if reason == "timeout":
+        assert elapsed_ms >= 250  # tried until the timeout (300 ms, in 50 ms steps)
+    assert "fly-replay-src" not in sent_back.headers
+    assert [e.refused for e in front.replays] == [f"fallback-{reason}"]
+
+
+def test_a_request_sent_back_may_not_replay_again(backends: Callable[[str, Respond], Backend]) -> None:
+    def always_replay(handler: _BackendHandler, seen: Seen) -> None:
+        handler.reply(409, b"go elsewhere", {"fly-replay": "instance=b;timeout=100ms;fallback=force_self"})
+
+    a = backends("a", always_replay)
+    with FrontProxy({"a": a.address, "b": _closed_port()}) as front:
+        response = httpx.post(front.url + "/w", content=b"x", headers={FORCE: "a"})
+    assert response.status_code == 502
+    assert response.headers["fly-devcluster-error"] == "replay-after-fallback"
+    assert len(a.seen) == 2

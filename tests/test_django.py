@@ -137,7 +137,10 @@ def test_ensure_primary_on_a_replica_is_a_replay_and_nothing_else(
     for path, response in responses.items():
         target = "other" if path == "/instance/other" else PRIMARY
         assert (path, response.status_code) == (path, 409), response.text
-        assert response.headers["fly-replay"] == f"instance={target};state=litefs-route-hop-1"
+        assert (
+            response.headers["fly-replay"]
+            == f"instance={target};state=litefs-route-hop-1;timeout=5s;fallback=force_self"
+        )
         assert response.headers["fly-instance"] == REPLICA
         assert response.headers["fly-primary-instance"] == PRIMARY
     assert counted["replays"] == len(responses)  # how an app exposes the counters
@@ -187,7 +190,10 @@ def test_writes_on_a_replica_are_replayed_before_the_view_and_reads_run(
         read = client.get("/read")
     for response in (write, chunked):
         assert response.status_code == 409
-        assert response.headers["fly-replay"] == f"instance={PRIMARY};state=litefs-route-hop-1"
+        assert (
+            response.headers["fly-replay"]
+            == f"instance={PRIMARY};state=litefs-route-hop-1;timeout=5s;fallback=force_self"
+        )
     assert (read.status_code, read.json()) == (200, {"read_on": REPLICA})
     assert not (mount.path / "app.db").exists()  # the write never ran here
 

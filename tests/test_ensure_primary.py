@@ -29,7 +29,7 @@ PRIMARY = "3d8d9e5b711e68"
 
 def assert_replay(r: httpx.Response) -> None:
     assert r.status_code == 409, r.text
-    assert r.headers["fly-replay"] == f"instance={PRIMARY};state=litefs-route-hop-1"
+    assert r.headers["fly-replay"] == f"instance={PRIMARY};state=litefs-route-hop-1;timeout=5s;fallback=force_self"
     assert r.headers["fly-primary-instance"] == PRIMARY
     assert r.headers["fly-instance"] == ME
 
@@ -325,7 +325,7 @@ INSTANCE_CASES = [
         f"/instance/{OTHER}",
         {},
         409,
-        f"instance={OTHER};state=litefs-route-hop-1",
+        f"instance={OTHER};state=litefs-route-hop-1;timeout=5s;fallback=force_self",
         [f"swallowed {OTHER}"],
     ),
     (

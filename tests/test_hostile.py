@@ -153,7 +153,7 @@ def assert_clean_httpx(response: httpx.Response, *markers: str) -> None:
 
 
 def replay_value(hop: int) -> str:
-    return f"instance={PRIMARY};state=litefs-route-hop-{hop}"
+    return f"instance={PRIMARY};state=litefs-route-hop-{hop};timeout=5s;fallback=force_self"
 
 
 # -- a mount that does not say who is primary ------------------------------------

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
+from litefs_route.devcluster import free_port
 from litefs_route.mount import parse_position
 
 if TYPE_CHECKING:
@@ -52,6 +53,11 @@ def _rows(cluster: LiteFSCluster, node: str) -> list[tuple[str, str]]:
         db.close()
 
 
+def _app_log(cluster: LiteFSCluster, node: str) -> str:
+    with open(cluster.instances[node].log_path, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
 def _log(cluster: LiteFSCluster, node: str) -> str:
     with open(cluster.nodes[node].log_path, encoding="utf-8", errors="replace") as f:
         return f.read()
@@ -78,6 +84,35 @@ def test_a_write_hidden_in_a_get_is_replayed_by_the_safety_net(
     assert (replay.from_instance, replay.to_instance, replay.target) == ("node2", "node1", "/unguarded-write/hidden-1")
     cluster.wait_replicated()
     assert _rows(cluster, "node2") == [("hidden-1", "node1")]
+
+
+# -- a replay Fly's proxy cannot deliver ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_a_replay_that_cannot_reach_the_primary_comes_back_and_is_refused(
+    litefs_real_cluster: LiteFSClusterFactory, app: str
+) -> None:
+    """The primary's Machine is out of the edge's reach: the request comes back with fly-replay-failed.
+
+    It is never run on the replica, never replayed again: 503 + Retry-After,
+    with the reason, and the write is in no database.
+    """
+    cluster = litefs_real_cluster(
+        app, instances=["node1", "node2"], lease="static", env={"DEVCLUSTER_REPLAY_TIMEOUT": "0.3"}
+    )
+    cluster.wait_replicated()
+    front = cluster.front
+    front.set_instances({**front.instances, "node1": ("127.0.0.1", free_port())})  # node1 unreachable to the edge
+    with httpx.Client(base_url=cluster.front_url, timeout=30) as client:
+        response = client.post("/write", data={"id": "lost"}, headers=_on("node2"))
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "2"
+    assert "the replay to instance node1 failed (timeout)" in response.text
+    assert response.headers["fly-instance"] == "node2"
+    assert [e.refused for e in front.replays] == ["fallback-timeout"]
+    assert _rows(cluster, "node1") == []
+    assert "answered 503: the replay to instance node1 failed (timeout)" in _app_log(cluster, "node2")
 
 
 # -- read-your-writes ------------------------------------------------------------------------

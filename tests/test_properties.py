@@ -29,7 +29,7 @@ SAFE_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
 # A header value we write: visible ASCII and spaces, no CR, LF, NUL or other controls.
 SAFE_VALUE = re.compile(r"[\x20-\x7e]*")
 SAFE_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-REPLAY_VALUE = re.compile(r"instance=([^;]*);state=litefs-route-hop-([0-9]+)")
+REPLAY_VALUE = re.compile(r"instance=([^;]*);state=litefs-route-hop-([0-9]+);timeout=5s;fallback=force_self")
 
 FAST = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -119,7 +119,7 @@ def test_slipped_write_is_replayed(stack: str, mount: Mount, tmp_path: Path) -> 
         mount.make_replica(PRIMARY)  # the primary moved; the cache does not know yet
         r = httpx.post(url + "/w")
         assert r.status_code == 409, r.text
-        assert r.headers["fly-replay"] == f"instance={PRIMARY};state=litefs-route-hop-1"
+        assert r.headers["fly-replay"] == f"instance={PRIMARY};state=litefs-route-hop-1;timeout=5s;fallback=force_self"
         # an ordinary exception is still the app's own error
         assert httpx.get(url + "/boom").status_code == 500
         # nobody primary now: the slipped write waits primary_wait for one, then gets 503, not a 500
@@ -161,7 +161,7 @@ def test_slipped_write_reads_the_mount_even_while_states_are_pushed(mount: Mount
     with serve_wsgi(app) as url:
         r = httpx.post(url + "/w")
     assert r.status_code == 409, r.text
-    assert r.headers["fly-replay"] == f"instance={PRIMARY};state=litefs-route-hop-1"
+    assert r.headers["fly-replay"] == f"instance={PRIMARY};state=litefs-route-hop-1;timeout=5s;fallback=force_self"
     assert cache.reads == 1  # the settlement's own read of the mount
     assert cache.get().detail == "a stale push"  # kept until the stream's next event
     assert middleware.router.counters.snapshot() == {"safety_net": 1, "replays": 1}

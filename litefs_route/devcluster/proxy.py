@@ -15,6 +15,13 @@ depends on, and nothing else:
   ``502`` with a body naming Fly's error code ``PA02`` and "replay limit";
 - a request whose body is over 1 MB is forwarded once but cannot be
   replayed: its ``fly-replay`` is answered ``502`` ("body too large to replay");
+- a replay whose target cannot be reached (no such instance: ``no_candidate``;
+  connections refused until fly-replay's ``timeout=`` (``5s``, ``800ms``):
+  ``timeout``; without one, three attempts: ``retries_exhausted``) is answered
+  ``502``, or with ``fallback=force_self|prefer_self`` sent back to the
+  instance that asked for it, carrying ``fly-replay-failed:
+  instance=…;app=…;region=…;replay_source=…;reason=…;elapsed_ms=…``; a
+  ``fly-replay`` in the answer to that is refused (``502``), as Fly refuses it;
 - responses stream through chunk by chunk, never buffered.
 
 Every error the proxy makes itself carries ``fly-devcluster-error: <code>``.
@@ -32,6 +39,8 @@ import dataclasses
 import http.client
 import itertools
 import logging
+import re
+import socket
 import threading
 import time
 import uuid
@@ -50,6 +59,11 @@ logger = logging.getLogger("litefs_route.devcluster")
 MAX_REPLAYS = 10
 #: Fly cannot replay a request whose body is larger than this.
 REPLAY_BODY_LIMIT = 1_000_000
+# A replay's target that refuses the connection is tried again this often
+# until fly-replay's timeout; without one, this many times in all.
+_RECONNECT_EVERY = 0.05
+_ATTEMPTS_WITHOUT_TIMEOUT = 3
+_DURATION = re.compile(r"([0-9]{1,6})(ms|s)")
 
 # Hop-by-hop headers (RFC 9110 7.6.1): never forwarded.
 _HOP_BY_HOP = frozenset(
@@ -139,6 +153,7 @@ class FrontProxy:
         port: int = 0,
         max_replays: int = MAX_REPLAYS,
         replay_body_limit: int = REPLAY_BODY_LIMIT,
+        app_name: str = "devcluster",
     ) -> None:
         self._lock = threading.Lock()
         self._instances: dict[str, tuple[str, int]] = {}
@@ -147,6 +162,8 @@ class FrontProxy:
         self.default_region = default_region
         self.max_replays = max_replays
         self.replay_body_limit = replay_body_limit
+        #: What ``fly-replay-failed``'s ``app`` field says.
+        self.app_name = app_name
         self.set_instances(instances, regions)
         self._host = host
         self._port = port
@@ -371,14 +388,10 @@ class _Handler(BaseHTTPRequestHandler):
                         f"limit {front.replay_body_limit}); {instance} asked for a replay ({replay})",
                     )
                 targets = front._replay_targets(fields, instance)
-                if not targets or front._address(targets[0]) is None:
-                    raise refused("no-target", 502, "replay-no-target", f"fly-replay names no known instance: {replay}")
+                began = time.monotonic()
                 src = f"instance={instance};region={front.region_of(instance)};t={time.time_ns() // 1000}"
                 if state is not None:
                     src += f";state={state}"
-                front._record(
-                    ReplayEvent(request.request_id, request.method, request.target, instance, targets[0], state, hop)
-                )
                 replayed = _Request(
                     request.method,
                     request.target,
@@ -386,7 +399,44 @@ class _Handler(BaseHTTPRequestHandler):
                     request.body,
                     request.request_id,
                 )
-                response, conn, instance = self._send_first(replayed, targets, retry=False)
+                target = targets[0] if targets else fields.get("instance", "")
+                failure: str | None
+                if not targets or front._address(target) is None:
+                    failure = "no_candidate"
+                else:
+                    failure = self._reach(target, _duration(fields.get("timeout")))
+                if failure is None:
+                    front._record(
+                        ReplayEvent(request.request_id, request.method, request.target, instance, target, state, hop)
+                    )
+                    response, conn, instance = self._send_first(replayed, [target], retry=False)
+                    continue
+                if fields.get("fallback") not in ("force_self", "prefer_self"):
+                    if failure == "no_candidate":
+                        raise refused(
+                            "no-target", 502, "replay-no-target", f"fly-replay names no known instance: {replay}"
+                        )
+                    raise refused("unreachable", 502, "replay-unreachable", f"{target} could not be reached: {failure}")
+                front._record(dataclasses.replace(refused.event, refused=f"fallback-{failure}"))
+                elapsed_ms = int((time.monotonic() - began) * 1000)
+                failed = (
+                    f"instance={target};app={front.app_name};region={front.region_of(instance)};"
+                    f"replay_source={instance};reason={failure};elapsed_ms={elapsed_ms}"
+                )
+                sent_back = _Request(
+                    request.method,
+                    request.target,
+                    [*request.headers, ("fly-replay-failed", failed)],
+                    request.body,
+                    request.request_id,
+                )
+                response, conn, instance = self._send_first(sent_back, [instance], retry=False)
+                if response.getheader("fly-replay") is not None:
+                    _discard(response, conn)
+                    raise _ProxyError(
+                        502, "replay-after-fallback", f"{instance} asked to replay a request sent back to it"
+                    )
+                break
         except _ProxyError as exc:
             self._error(exc)
             return
@@ -395,6 +445,30 @@ class _Handler(BaseHTTPRequestHandler):
             self._relay(response, instance)
         finally:
             conn.close()
+
+    def _reach(self, instance: str, timeout: float | None) -> str | None:
+        """None once *instance* accepts a connection; else why not (``timeout``, ``retries_exhausted``).
+
+        Tried every 50 ms until *timeout*; without one, three times. The
+        connection is only a probe: the replay opens its own.
+        """
+        front = self.server.owner
+        deadline = None if timeout is None else time.monotonic() + timeout
+        attempts = 0
+        while True:
+            address = front._address(instance)
+            if address is None:
+                return "no_candidate"
+            try:
+                socket.create_connection(address, timeout=_RECONNECT_EVERY * 4).close()
+                return None
+            except OSError:
+                attempts += 1
+            if deadline is None and attempts >= _ATTEMPTS_WITHOUT_TIMEOUT:
+                return "retries_exhausted"
+            if deadline is not None and time.monotonic() + _RECONNECT_EVERY > deadline:
+                return "timeout"
+            time.sleep(_RECONNECT_EVERY)
 
     def _send_first(
         self, request: _Request, candidates: list[str], *, retry: bool = True
@@ -493,6 +567,14 @@ class _Refusal:
     def __call__(self, reason: str, status: int, code: str, message: str) -> _ProxyError:
         self.front._record(dataclasses.replace(self.event, refused=reason))
         return _ProxyError(status, code, message)
+
+
+def _duration(value: str | None) -> float | None:
+    """Seconds in a Fly duration (``5s``, ``800ms``); None when absent or not one."""
+    match = _DURATION.fullmatch(value.strip()) if value else None
+    if match is None:
+        return None
+    return int(match[1]) / (1000 if match[2] == "ms" else 1)
 
 
 def _discard(response: http.client.HTTPResponse, conn: http.client.HTTPConnection) -> None:

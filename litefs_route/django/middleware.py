@@ -217,6 +217,7 @@ def _request_info(request: HttpRequest, txid_cookies: TxidCookies | None) -> Req
         request.method or "GET",
         request.path,  # decoded, with SCRIPT_NAME: what Django's URL patterns see
         replay_src=meta.get("HTTP_FLY_REPLAY_SRC"),
+        replay_failed=meta.get("HTTP_FLY_REPLAY_FAILED"),
         content_length=meta.get("CONTENT_LENGTH"),
         transfer_encoding=meta.get("HTTP_TRANSFER_ENCODING"),
         cookie=meta.get("HTTP_COOKIE"),

@@ -92,6 +92,7 @@ app = Starlette(
             PrimaryRoutingMiddleware,
             cache_ttl=common.CACHE_TTL,
             primary_wait=common.PRIMARY_WAIT,
+            replay_timeout=common.REPLAY_TIMEOUT,
             passthrough=["/release/*"],
         )
     ],

@@ -16,6 +16,7 @@ from litefs_route.sqlite_errors import is_readonly_error
 INSTANCE = os.environ.get("FLY_MACHINE_ID", "standalone")
 CACHE_TTL = float(os.environ.get("DEVCLUSTER_CACHE_TTL", "0.05"))
 PRIMARY_WAIT = float(os.environ.get("DEVCLUSTER_PRIMARY_WAIT", "5"))
+REPLAY_TIMEOUT = float(os.environ.get("DEVCLUSTER_REPLAY_TIMEOUT", "5"))
 
 
 def db_path() -> str:

@@ -43,4 +43,6 @@ def inner(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[b
 
 
 common.init_schema()
-app = PrimaryRoutingMiddleware(inner, cache_ttl=common.CACHE_TTL, primary_wait=common.PRIMARY_WAIT)
+app = PrimaryRoutingMiddleware(
+    inner, cache_ttl=common.CACHE_TTL, primary_wait=common.PRIMARY_WAIT, replay_timeout=common.REPLAY_TIMEOUT
+)
