@@ -9,9 +9,10 @@
     # or around any ASGI app
     app = PrimaryRoutingMiddleware(app)
 
-Pure ASGI (no Starlette import): ``http`` scopes are routed; ``websocket``
-and ``lifespan`` scopes pass straight through. Response headers are added by
-wrapping ``send``; body messages are forwarded one by one, never buffered.
+Pure ASGI (no Starlette import): ``http`` scopes are routed; ``lifespan``
+scopes, and ``websocket`` scopes outside ``write_sockets``, pass straight
+through. Response headers are added by wrapping ``send``; body messages are
+forwarded one by one, never buffered.
 
 The event loop never waits on the mount: the node's state is pushed by
 LiteFS's event stream where it is up (:mod:`litefs_route.subscriber`), and a
@@ -23,6 +24,7 @@ thread, through anyio when it is installed (Starlette, FastAPI) and
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
@@ -36,7 +38,14 @@ from .mount import NodeState
 from .replies import OUR_TAG_NAMES_BYTES, Headers, Reply, with_tags
 from .router import Router
 
-__all__ = ["PrimaryRoutingMiddleware"]
+__all__ = ["SOCKET_REFUSED_CLOSE_CODE", "PrimaryRoutingMiddleware"]
+
+#: The close code of a write-socket refused on a replica by a server without
+#: ``websocket.http.response`` (1013, "try again later"; sent before the
+#: handshake, so most servers answer it with a 403).
+SOCKET_REFUSED_CLOSE_CODE = 1013
+
+logger = logging.getLogger("litefs_route")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -55,10 +64,14 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         # Encoded once per reading of the mount / per reply, not per request.
         self._last_tags: tuple[Headers, RawHeaders] = ((), [])
         self._last_reply: tuple[Reply | None, Headers, RawHeaders] = (None, (), [])
+        self._routes_sockets = bool(self.router.rules.write_sockets.patterns)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            if scope["type"] == "websocket" and self._routes_sockets:
+                await self.route_socket(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         router = self.router
         request = _request_info(scope, router.txid_cookies)
@@ -87,6 +100,33 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             current_request.reset(token)
         if ctx.must_end_elsewhere and ctx.ends_without_response():
             await response.send_ending()
+
+    async def route_socket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A WebSocket handshake: on a ``write_sockets`` path, held by the primary or answered with the replay."""
+        router = self.router
+        request = _request_info(scope, None, websocket=True)
+        outcome = router.outcome_without_io(request)
+        if outcome is None:
+            outcome = await drive_async(router.plan(request), _AsyncIO(router, receive))
+        if outcome.decision.kind is Kind.RUN:
+            await self.app(scope, receive, send)
+            return
+        reply = router.reply(outcome.decision)
+        if (await receive())["type"] != "websocket.connect":
+            return  # the client is gone
+        if "websocket.http.response" in (scope.get("extensions") or {}):
+            headers = with_tags(_encode(reply.headers), self.raw_tags(outcome.state), OUR_TAG_NAMES_BYTES)
+            await send({"type": "websocket.http.response.start", "status": reply.status, "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": reply.body})
+            return
+        # Never accepted here: its writes would fail on this replica.
+        logger.warning(
+            "refused the WebSocket %s with close code %d: it must be opened on the primary, and this ASGI "
+            "server cannot answer a handshake with the replay (no websocket.http.response extension)",
+            request.path,
+            SOCKET_REFUSED_CLOSE_CODE,
+        )
+        await send({"type": "websocket.close", "code": SOCKET_REFUSED_CLOSE_CODE})
 
     def raw_tags(self, state: NodeState) -> RawHeaders:
         """The tag headers for *state*, encoded (once per reading of the mount)."""
@@ -175,7 +215,7 @@ class _AsyncIO(AsyncMountIO):
         return await _measure_body(self.receive, limit, timeout)
 
 
-def _request_info(scope: Scope, txid_cookies: TxidCookies | None) -> RequestInfo:
+def _request_info(scope: Scope, txid_cookies: TxidCookies | None, *, websocket: bool = False) -> RequestInfo:
     replay_src = content_length = transfer_encoding = replay_failed = None
     cookies: list[str] = []
     for name, value in scope.get("headers", ()):
@@ -190,7 +230,7 @@ def _request_info(scope: Scope, txid_cookies: TxidCookies | None) -> RequestInfo
         elif name == b"transfer-encoding":
             transfer_encoding = value.decode("latin-1")
     return RequestInfo.from_headers(
-        scope["method"],
+        scope.get("method", "GET"),  # a websocket scope has none: its handshake is a GET
         scope["path"],
         replay_src=replay_src,
         content_length=content_length,
@@ -198,6 +238,7 @@ def _request_info(scope: Scope, txid_cookies: TxidCookies | None) -> RequestInfo
         cookie="; ".join(cookies) or None,  # HTTP/2 may split the header
         txid_cookies=txid_cookies,
         replay_failed=replay_failed,
+        websocket=websocket,
     )
 
 

@@ -145,6 +145,9 @@ class PathGlobs:
         return f"PathGlobs({list(self.patterns)!r})"
 
 
+_NO_GLOBS = PathGlobs(())
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Rules:
     """The options the rules depend on (validated by the middleware that builds them)."""
@@ -167,6 +170,8 @@ class Rules:
     health_path: str | None = None
     #: The replication lag, in seconds, above which the health check fails (0: never).
     max_lag: float = 10.0
+    #: WebSocket paths whose handlers write: their handshake is routed as a write.
+    write_sockets: PathGlobs = _NO_GLOBS
 
 
 # Built on every request: a plain slotted class (a frozen dataclass's
@@ -190,6 +195,8 @@ class RequestInfo:
     #: The raw ``fly-replay-failed`` header: Fly's proxy could not deliver a
     #: replay of this request and sent it back here. None when absent.
     replay_failed: str | None = None
+    #: A WebSocket handshake (routed only on a ``write_sockets`` path).
+    websocket: bool = False
 
     @classmethod
     def from_headers(
@@ -203,18 +210,19 @@ class RequestInfo:
         cookie: str | None = None,
         txid_cookies: TxidCookies | None = None,
         replay_failed: str | None = None,
+        websocket: bool = False,
     ) -> RequestInfo:
         """Build from raw header values; anything malformed counts as absent.
 
         *txid_cookies*: the read-your-writes cookies to look for in *cookie*
         (None: read-your-writes is off, no cookie is parsed).
         """
-        if not (content_length or transfer_encoding or cookie or replay_failed):
+        if not (content_length or transfer_encoding or cookie or replay_failed or websocket):
             return cls(method, path, replay_src)  # most reads: nothing to parse
         length = int(content_length) if content_length and _CONTENT_LENGTH.fullmatch(content_length) else None
         chunked = transfer_encoding is not None and "chunked" in transfer_encoding.lower()
         txids = txid_cookies.parse(cookie) if txid_cookies is not None else None
-        return cls(method, path, replay_src, length, chunked and length is None, txids, replay_failed)
+        return cls(method, path, replay_src, length, chunked and length is None, txids, replay_failed, websocket)
 
 
 class Kind(enum.Enum):
@@ -386,7 +394,12 @@ def decide(
     if request.path == rules.health_path and method == "GET" and not forced:
         return Pending.CHECK_HEALTH
     if not forced:
-        if method in READ_METHODS and not (
+        if request.websocket:
+            # A socket on a write_sockets path must be held by the primary (Fly
+            # replays the handshake); any other runs here untouched.
+            if not rules.write_sockets.match(request.path):
+                return _RUN_READ
+        elif method in READ_METHODS and not (
             method in _WRITE_ON_READ_METHODS and rules.write_on_read.match(request.path)
         ):
             # Most reads carry no TXID: then passthrough cannot matter (both

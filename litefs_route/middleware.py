@@ -47,6 +47,15 @@ class RoutingMiddleware(Generic[AppT]):
         primary (``["/auth/callback/*"]``).
     passthrough
         Path globs never routed, any method (static files, health checks).
+    write_sockets
+        Path globs of WebSocket endpoints whose handlers write (ASGI; WSGI
+        has no WebSockets). On a replica their handshake is answered with the
+        replay, so Fly opens the socket on the primary; the socket is never
+        accepted here. Answered through the server's
+        ``websocket.http.response`` extension (uvicorn has it); a server
+        without it gets the socket closed with code 1013 (try again later,
+        which it sends as a 403) and a warning logged. Other WebSocket
+        paths are not touched.
     cache_ttl
         Seconds a reading of the mount is reused while LiteFS's event stream
         is not followed (default 1.0; 0 reads on every request): the
@@ -124,6 +133,7 @@ class RoutingMiddleware(Generic[AppT]):
         instance_id: str | None = None,
         write_on_read: Iterable[str] = (),
         passthrough: Iterable[str] = (),
+        write_sockets: Iterable[str] = (),
         cache_ttl: float = 1.0,
         primary_wait: float = 5.0,
         max_replays: int = 3,
@@ -148,8 +158,8 @@ class RoutingMiddleware(Generic[AppT]):
             self.router = router
             self._setup()
             return
-        if isinstance(write_on_read, str) or isinstance(passthrough, str):
-            raise TypeError("write_on_read and passthrough take a list of globs, not a string")
+        if any(isinstance(globs, str) for globs in (write_on_read, passthrough, write_sockets)):
+            raise TypeError("write_on_read, passthrough and write_sockets take a list of globs, not a string")
         if health_path is not None and not (isinstance(health_path, str) and health_path.startswith("/")):
             raise ValueError(f"health_path must be a path starting with '/', got {health_path!r}")
         instance_id = instance_id or default_instance_id()
@@ -187,6 +197,7 @@ class RoutingMiddleware(Generic[AppT]):
         rules = Rules(
             write_on_read=PathGlobs(write_on_read),
             passthrough=PathGlobs(passthrough),
+            write_sockets=PathGlobs(write_sockets),
             max_replays=max_replays,
             replay_body_limit=replay_body_limit,
             primary_wait=float(primary_wait),
