@@ -9,6 +9,7 @@ handshake with the 409 + ``fly-replay``.
 from __future__ import annotations
 
 import logging
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
@@ -94,8 +95,8 @@ def test_a_server_without_the_http_response_extension_closes_the_socket(
     async def receive() -> dict[str, Any]:
         return incoming.pop(0)
 
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(dict(message))
 
     with caplog.at_level(logging.WARNING, logger="litefs_route"):
         asyncio.run(middleware(scope, receive, send))
