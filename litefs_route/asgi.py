@@ -26,19 +26,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from .consistency import TxidCookies
 from .context import RequestContext, current_request
-from .decision import Kind, RequestInfo
+from .decision import Kind, Outcome, RequestInfo
 from .drivers import AsyncMountIO, async_backend, drive_async
+from .forwarding import HOP_HEADER, SECRET_HEADER, client_address, forward_async, forwarded_headers
 from .frameworks import starlette_primary_required
 from .middleware import RoutingMiddleware, middleware_doc
 from .mount import NodeState
-from .replies import OUR_TAG_NAMES_BYTES, Headers, Reply, with_tags
+from .replies import OUR_TAG_NAMES_BYTES, Headers, Reply, forward_failure_reply, with_tags
 from .router import Router
 
 __all__ = ["SOCKET_REFUSED_CLOSE_CODE", "PrimaryRoutingMiddleware"]
+
+_SECRET_HEADER_BYTES = SECRET_HEADER.encode()
+_FORWARD_HEADERS = frozenset({_SECRET_HEADER_BYTES, HOP_HEADER.encode()})
 
 #: The close code of a write-socket refused on a replica by a server without
 #: ``websocket.http.response`` (1013, "try again later"; sent before the
@@ -76,11 +82,18 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         router = self.router
         request = _request_info(scope, router.txid_cookies)
         outcome = router.outcome_without_io(request)
+        io = None
         if outcome is None:
-            outcome = await drive_async(router.plan(request), _AsyncIO(router, receive))
+            io = _AsyncIO(router, receive)
+            outcome = await drive_async(router.plan(request), io)
         if outcome.decision.kind is not Kind.RUN:
-            await self.send_reply(send, router.reply(outcome.decision), outcome.state)
+            if outcome.decision.kind is Kind.FORWARD:
+                await self.forward(scope, receive, send, request, outcome, io.kept if io is not None else _Kept())
+            else:
+                await self.send_reply(send, router.reply(outcome.decision), outcome.state)
             return
+        if request.forward_claim is not None:  # a genuine forwarded request: the secret is not the app's business
+            scope = {**scope, "headers": [h for h in scope.get("headers", ()) if h[0] not in _FORWARD_HEADERS]}
 
         ctx = RequestContext(
             router, request, outcome.state, outcome.decision, self.primary_required_error, outcome.clear_txids
@@ -127,6 +140,57 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             SOCKET_REFUSED_CLOSE_CODE,
         )
         await send({"type": "websocket.close", "code": SOCKET_REFUSED_CLOSE_CODE})
+
+    async def forward(
+        self, scope: Scope, receive: Receive, send: Send, request: RequestInfo, outcome: Outcome, kept: _Kept
+    ) -> None:
+        """Send the request to the primary ourselves (forward mode) and relay its answer, streaming."""
+        router, decision = self.router, outcome.decision
+        assert decision.target is not None  # FORWARD names the primary
+        assert router.rules.forward_secret is not None  # forward mode refuses to start without one
+        router.counters.add("forwards")
+        chunked = request.unknown_length
+        length = None if chunked else (request.content_length or 0)
+        failed = False
+
+        async def reply(failure: Reply) -> None:
+            nonlocal failed
+            failed = True
+            await self.send_reply(send, failure, outcome.state)
+
+        try:
+            target = router.forward_target(decision.target)
+        except ValueError as exc:  # a forward_url callable that gave no http URL
+            await reply(forward_failure_reply(decision.target, False, str(exc), router.retry_after))
+            router.counters.add("forward_failures")
+            return
+        client = scope.get("client")
+        headers = forwarded_headers(
+            [(n.decode("latin-1"), v.decode("latin-1")) for n, v in scope.get("headers", ())],
+            client=client_address(client[0] if client else None),
+            scheme=scope.get("scheme", "http"),
+            secret=router.rules.forward_secret,
+            hop=decision.hops,
+            content_length=length,
+        )
+        raw_path = scope.get("raw_path") or quote(scope["path"]).encode("latin-1")
+        query = scope.get("query_string", b"")
+        path_qs = (raw_path + (b"?" + query if query else b"")).decode("latin-1")
+        await forward_async(
+            target,
+            request.method,
+            path_qs,
+            headers,
+            kept.chunks,
+            None if kept.ended else receive,
+            send,
+            chunked=chunked,
+            timeout=router.forward_timeout,
+            retry_after=router.retry_after,
+            reply=reply,
+        )
+        if failed:
+            router.counters.add("forward_failures")
 
     def raw_tags(self, state: NodeState) -> RawHeaders:
         """The tag headers for *state*, encoded (once per reading of the mount)."""
@@ -205,18 +269,30 @@ class _Response:
 class _AsyncIO(AsyncMountIO):
     """The I/O of a plan, off the event loop: mount reads in a worker thread."""
 
-    __slots__ = ("receive",)
+    __slots__ = ("kept", "receive")
 
     def __init__(self, router: Router, receive: Receive) -> None:
         super().__init__(router)
         self.receive = receive
+        #: The body measured so far, kept in forward mode: sent first.
+        self.kept = _Kept()
 
     async def measure_body(self, limit: int, timeout: float) -> int | None:
-        return await _measure_body(self.receive, limit, timeout)
+        keep = self.kept if self.router.rules.forward == "oversize" else None
+        return await _measure_body(self.receive, limit, timeout, keep)
+
+
+@dataclass(slots=True)
+class _Kept:
+    """The part of a body read while measuring it (forward mode: at most replay_body_limit + 1 bytes)."""
+
+    chunks: list[bytes] = field(default_factory=list)
+    #: The body ended within it: nothing is left to receive.
+    ended: bool = False
 
 
 def _request_info(scope: Scope, txid_cookies: TxidCookies | None, *, websocket: bool = False) -> RequestInfo:
-    replay_src = content_length = transfer_encoding = replay_failed = None
+    replay_src = content_length = transfer_encoding = replay_failed = forward_claim = forward_hop = None
     cookies: list[str] = []
     for name, value in scope.get("headers", ()):
         if name == b"cookie":
@@ -225,6 +301,11 @@ def _request_info(scope: Scope, txid_cookies: TxidCookies | None, *, websocket: 
             replay_src = value.decode("latin-1")
         elif name == b"fly-replay-failed":
             replay_failed = value.decode("latin-1")
+        elif name in _FORWARD_HEADERS:
+            if name == _SECRET_HEADER_BYTES:
+                forward_claim = value.decode("latin-1")
+            else:
+                forward_hop = value.decode("latin-1")
         elif name == b"content-length":
             content_length = value.decode("latin-1")
         elif name == b"transfer-encoding":
@@ -239,6 +320,8 @@ def _request_info(scope: Scope, txid_cookies: TxidCookies | None, *, websocket: 
         txid_cookies=txid_cookies,
         replay_failed=replay_failed,
         websocket=websocket,
+        forward_claim=forward_claim,
+        forward_hop=forward_hop,
     )
 
 
@@ -246,7 +329,7 @@ def _encode(headers: Iterable[tuple[str, str]]) -> RawHeaders:
     return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
 
-async def _measure_body(receive: Receive, limit: int, timeout: float) -> int | None:
+async def _measure_body(receive: Receive, limit: int, timeout: float, keep: _Kept | None) -> int | None:
     """The body's size (reading at most *limit* + 1 bytes), or None if it took over *timeout* seconds."""
     try:
         import anyio
@@ -254,21 +337,26 @@ async def _measure_body(receive: Receive, limit: int, timeout: float) -> int | N
         import asyncio
 
         try:
-            return await asyncio.wait_for(_count_body(receive, limit), timeout)
+            return await asyncio.wait_for(_count_body(receive, limit, keep), timeout)
         except asyncio.TimeoutError:
             return None
     with anyio.move_on_after(timeout):
-        return await _count_body(receive, limit)
+        return await _count_body(receive, limit, keep)
     return None
 
 
-async def _count_body(receive: Receive, limit: int) -> int:
+async def _count_body(receive: Receive, limit: int, keep: _Kept | None) -> int:
     size = 0
     while size <= limit:
         message = await receive()
         if message["type"] != "http.request":
             break  # http.disconnect: the client is gone
-        size += len(message.get("body", b""))
-        if not message.get("more_body", False):
+        body = message.get("body", b"")
+        size += len(body)
+        more = message.get("more_body", False)
+        if keep is not None:
+            keep.chunks.append(body)
+            keep.ended = not more
+        if not more:
             break
     return size

@@ -49,6 +49,7 @@ The rules, in order:
 from __future__ import annotations
 
 import enum
+import hmac
 import re
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
@@ -102,6 +103,7 @@ _WRITE_ON_READ_METHODS = frozenset({"GET", "HEAD"})
 _STATE_PREFIX = "litefs-route-hop-"
 _REPLAY_SRC_STATE = re.compile(r"(?:^|;)\s*state=" + re.escape(_STATE_PREFIX) + r"([0-9]{1,3})\s*(?:;|$)")
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
+_FORWARD_HOP = re.compile(r"[0-9]")
 # A fly-replay-src longer than this is not Fly's; we do not scan it.
 _REPLAY_SRC_LIMIT = 1024
 # While a write waits for a primary, the mount is read at most this often
@@ -113,6 +115,7 @@ NO_PRIMARY_REASON = "no primary is known right now (a LiteFS election or failove
 _DISAGREE_REASON = "replayed {} times without reaching the primary (the instances disagree on the primary)"
 _RAN_HERE_REASON = "this instance was not the primary when the request ran"
 _LAGGING_REASON = "its TXID did not arrive in time"
+_FORWARD_LOOP_REASON = "it was forwarded here {} times and this instance is not the primary either"
 # Fly's proxy could not deliver our replay and sent the request back (fly-replay-failed).
 _REPLAY_FAILED_REASON = "the replay to instance {} failed ({}), and a request sent back may not be replayed again"
 _REPLAY_FAILED_FIELD = re.compile(r"(?:^|;)\s*(instance|reason)=([A-Za-z0-9_.-]{1,64})\s*(?=;|$)")
@@ -172,6 +175,10 @@ class Rules:
     max_lag: float = 10.0
     #: WebSocket paths whose handlers write: their handshake is routed as a write.
     write_sockets: PathGlobs = _NO_GLOBS
+    #: Forward mode: "off", "oversize" (the writes Fly cannot replay), "always" (every write).
+    forward: str = "off"
+    #: The secret a forwarded request must carry; None: no forwarded request is run here.
+    forward_secret: str | None = None
 
 
 # Built on every request: a plain slotted class (a frozen dataclass's
@@ -197,6 +204,10 @@ class RequestInfo:
     replay_failed: str | None = None
     #: A WebSocket handshake (routed only on a ``write_sockets`` path).
     websocket: bool = False
+    #: The secret a request forwarded by litefs-route claims to carry; None: not forwarded.
+    forward_claim: str | None = None
+    #: How many times litefs-route forwarded it so far (its hop header; 0 if none or malformed).
+    forward_hops: int = 0
 
     @classmethod
     def from_headers(
@@ -211,18 +222,34 @@ class RequestInfo:
         txid_cookies: TxidCookies | None = None,
         replay_failed: str | None = None,
         websocket: bool = False,
+        forward_claim: str | None = None,
+        forward_hop: str | None = None,
     ) -> RequestInfo:
         """Build from raw header values; anything malformed counts as absent.
 
         *txid_cookies*: the read-your-writes cookies to look for in *cookie*
         (None: read-your-writes is off, no cookie is parsed).
         """
-        if not (content_length or transfer_encoding or cookie or replay_failed or websocket):
+        if not (
+            content_length or transfer_encoding or cookie or replay_failed or websocket or forward_claim is not None
+        ):
             return cls(method, path, replay_src)  # most reads: nothing to parse
         length = int(content_length) if content_length and _CONTENT_LENGTH.fullmatch(content_length) else None
         chunked = transfer_encoding is not None and "chunked" in transfer_encoding.lower()
         txids = txid_cookies.parse(cookie) if txid_cookies is not None else None
-        return cls(method, path, replay_src, length, chunked and length is None, txids, replay_failed, websocket)
+        hops = int(forward_hop) if forward_hop and _FORWARD_HOP.fullmatch(forward_hop) else 0
+        return cls(
+            method,
+            path,
+            replay_src,
+            length,
+            chunked and length is None,
+            txids,
+            replay_failed,
+            websocket,
+            forward_claim,
+            hops,
+        )
 
 
 class Kind(enum.Enum):
@@ -235,6 +262,8 @@ class Kind(enum.Enum):
     TIMEOUT = "timeout"  # 408: a body of unknown length did not arrive in time to be measured
     HEALTHY = "healthy"  # 200: the health check passes
     UNHEALTHY = "unhealthy"  # 503: the health check fails (replication lag)
+    FORWARD = "forward"  # send the request to <target> ourselves and relay its answer (forward mode)
+    FORBIDDEN = "forbidden"  # 403: claims to be forwarded by litefs-route, without this cluster's secret
 
 
 # A NamedTuple: immutable (one instance may serve every request), and built,
@@ -391,6 +420,8 @@ def decide(
     ``ensure_primary()``. *body_size*: the size measured after ``MEASURE_BODY``.
     """
     method = request.method
+    if request.forward_claim is not None and not forced:
+        return _decide_forwarded(request, state, rules)
     if request.path == rules.health_path and method == "GET" and not forced:
         return Pending.CHECK_HEALTH
     if not forced:
@@ -416,13 +447,40 @@ def decide(
     hops = replay_hops(request.replay_src)
     if hops >= rules.max_replays:
         return Decision(Kind.UNAVAILABLE, True, reason=_DISAGREE_REASON.format(hops))
+    # Forward mode sends a write to the primary before its handler runs (never
+    # after: the handler may have read the body, and the request may have written).
+    forwards = rules.forward != "off" and not forced
+    if forwards and rules.forward == "always":
+        return Decision(Kind.FORWARD, True, target=state.primary_id, hops=1)
     limit = rules.replay_body_limit
     size = request.content_length if request.content_length is not None else body_size
     if size is not None and size > limit:
+        if forwards:
+            return Decision(Kind.FORWARD, True, target=state.primary_id, hops=1)
         return Decision(Kind.TOO_LARGE, True, target=state.primary_id, reason=f"the body is larger than {limit} bytes")
     if size is None and request.unknown_length and not forced:
         return Pending.MEASURE_BODY
+    if forwards and request.replay_failed is not None:  # Fly could not deliver our replay: deliver it ourselves
+        return Decision(Kind.FORWARD, True, target=state.primary_id, hops=1)
     return _replay(request, True, state.primary_id, hops + 1)
+
+
+_FORBIDDEN = Decision(Kind.FORBIDDEN, write=True, reason="it claims to be forwarded but lacks this cluster's secret")
+
+
+def _decide_forwarded(request: RequestInfo, state: NodeState, rules: Rules) -> Decision | Pending:
+    """A request that claims another instance forwarded it: run only with the secret, only on the primary."""
+    secret, claim = rules.forward_secret, request.forward_claim
+    if secret is None or claim is None or not hmac.compare_digest(claim.encode(), secret.encode()):
+        return _FORBIDDEN
+    if state.is_primary:
+        return _RUN_WRITE
+    if state.role is Role.NO_PRIMARY or state.primary_id is None:
+        return Pending.WAIT_FOR_PRIMARY
+    hops = request.forward_hops
+    if rules.forward == "off" or hops >= rules.max_replays:
+        return Decision(Kind.UNAVAILABLE, True, reason=_FORWARD_LOOP_REASON.format(hops))
+    return Decision(Kind.FORWARD, True, target=state.primary_id, hops=hops + 1)
 
 
 def _replay(request: RequestInfo, write: bool, target: str, hops: int, reason: str = "") -> Decision:
@@ -470,6 +528,10 @@ def counter_name(decision: Decision) -> str:
             return "unavailable_ran_here" if decision.reason == _RAN_HERE_REASON else "unavailable_too_many_replays"
         case Kind.TOO_LARGE:
             return "too_large"
+        case Kind.FORWARD:
+            return "forwards"
+        case Kind.FORBIDDEN:
+            return "forbidden_forwards"
         case Kind.TIMEOUT:
             return "body_timeouts"
         case Kind.HEALTHY | Kind.UNHEALTHY:

@@ -234,11 +234,14 @@ def _count_primary_wait(io: MountIO | AsyncMountIO, began: float) -> None:
     counters.add("primary_wait_seconds", time.monotonic() - began)
 
 
-def measure_stream(read: Callable[[int], bytes], limit: int, timeout: float) -> int | None:
+def measure_stream(
+    read: Callable[[int], bytes], limit: int, timeout: float, keep: list[bytes] | None = None
+) -> int | None:
     """A blocking body's size, read through *read* (at most *limit* + 1 bytes), or None after *timeout* seconds.
 
     The time is checked between reads: a read that stalls ends when the
-    server's own read timeout ends it.
+    server's own read timeout ends it. *keep*: where the bytes read go (forward
+    mode sends them on), else they are dropped.
     """
     deadline = time.monotonic() + timeout
     size = 0
@@ -247,6 +250,8 @@ def measure_stream(read: Callable[[int], bytes], limit: int, timeout: float) -> 
         if not chunk:
             break
         size += len(chunk)
+        if keep is not None:
+            keep.append(chunk)
         if time.monotonic() > deadline:
             return None
     return size

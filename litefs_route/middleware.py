@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from .consistency import Positions, TxidCookies
 from .decision import PathGlobs, Rules
 from .exceptions import PrimaryRequired
+from .forwarding import DEFAULT_FORWARD_URL, SECRET_ENV, ForwardURL, resolve_forward_url
 from .mount import default_instance_id, is_valid_instance_id
 from .replies import Reply
 from .router import Router
@@ -82,6 +83,31 @@ class RoutingMiddleware(Generic[AppT]):
         again: it runs here only if this node is now the primary; otherwise it
         gets 503 + ``Retry-After``, the reason logged. None: no ``timeout``
         nor ``fallback`` (Fly tries for a while, then answers its own error).
+    forward
+        Forward mode: ``"off"`` (default); ``"oversize"``: a replica sends the
+        writes Fly cannot replay (a body over ``replay_body_limit``, by
+        ``Content-Length`` or as a chunked body grows past it) to the primary
+        itself, over the private network, and relays the answer (instead of
+        413); every other write is still replayed; ``"always"``: every write
+        (deployments without Fly's edge, where nothing honours
+        ``fly-replay``). Streams both ways with bounded memory. Needs
+        ``forward_secret``. ``ensure_primary()`` still ends in a replay (the
+        handler has run): list such paths in ``write_on_read`` there.
+    forward_url
+        Where the primary answers forwarded requests: a template with
+        ``{instance}`` (the primary's id, from the mount) and ``{app}``
+        (``$FLY_APP_NAME``), or a callable from instance id to URL. Default
+        ``"http://{instance}.vm.{app}.internal:8080"`` (Fly's private
+        network; use your app's internal port).
+    forward_secret
+        The secret every instance shares, that a forwarded request carries:
+        the primary runs a forwarded request only with it (403 otherwise, the
+        app not called) and strips it before the app sees the request.
+        Default ``$LITEFS_ROUTE_FORWARD_SECRET``; at least 16 characters;
+        forward mode refuses to start without one.
+    forward_timeout
+        Seconds to connect to the primary, and for each read and write of a
+        forwarded request (default 30.0).
     database
         The database file name in the mount, for read-your-writes, or
         several (a list, or names separated by commas): each gets its own
@@ -141,6 +167,10 @@ class RoutingMiddleware(Generic[AppT]):
         body_timeout: float = 10.0,
         retry_after: int = 2,
         replay_timeout: float | None = 5.0,
+        forward: str = "off",
+        forward_url: ForwardURL = DEFAULT_FORWARD_URL,
+        forward_secret: str | None = None,
+        forward_timeout: float = 30.0,
         database: str | Sequence[str] | None = None,
         consistency_wait: float = 1.0,
         txid_cookie_max_age: int = 300,
@@ -171,6 +201,7 @@ class RoutingMiddleware(Generic[AppT]):
             ("consistency_wait", consistency_wait),
             ("body_timeout", body_timeout),
             ("max_lag", max_lag),
+            ("forward_timeout", forward_timeout),
         ):
             if not (isinstance(seconds, int | float) and math.isfinite(seconds) and seconds >= 0):
                 raise ValueError(f"{name} must be a number of seconds >= 0, got {seconds!r}")
@@ -181,6 +212,7 @@ class RoutingMiddleware(Generic[AppT]):
         # Fly's edge gives up after 10 replays; ours must answer 503 before that.
         if not 1 <= max_replays <= 9 or replay_body_limit < 0 or retry_after < 0:
             raise ValueError("max_replays must be 1 to 9; replay_body_limit and retry_after >= 0")
+        secret = _forward_secret(forward, forward_url, forward_secret)
         mount = os.fspath(litefs_dir) if litefs_dir is not None else os.environ.get("LITEFS_DIR") or None
         databases = _database_names(database if database is not None else os.environ.get("DATABASE_FILENAME", ""))
         positions = Positions(mount, databases) if mount and databases else None
@@ -206,6 +238,8 @@ class RoutingMiddleware(Generic[AppT]):
             consistency_wait=float(consistency_wait),
             health_path=health_path,
             max_lag=float(max_lag),
+            forward=forward,
+            forward_secret=secret,
         )
         self.router = Router(
             instance_id=instance_id,
@@ -216,11 +250,33 @@ class RoutingMiddleware(Generic[AppT]):
             subscriber=subscriber,
             retry_after=retry_after,
             replay_timeout=None if replay_timeout is None else float(replay_timeout),
+            forward_url=forward_url,
+            forward_timeout=float(forward_timeout),
         )
         self._setup()
 
     def _setup(self) -> None:
         """An adapter's own set-up, once the router exists (a hook; none by default)."""
+
+
+def _forward_secret(forward: str, forward_url: ForwardURL, option: str | None) -> str | None:
+    """The forward secret (option, else ``$LITEFS_ROUTE_FORWARD_SECRET``), with forward mode's options checked."""
+    if forward not in ("off", "oversize", "always"):
+        raise ValueError(f"forward must be 'off', 'oversize' or 'always', got {forward!r}")
+    secret = option if option is not None else os.environ.get(SECRET_ENV) or None
+    if secret is not None and (not isinstance(secret, str) or len(secret) < 16 or not secret.isprintable()):
+        raise ValueError(f"forward_secret (or ${SECRET_ENV}) must be at least 16 printable characters")
+    if forward == "off":
+        return secret  # still checks the requests other instances forward here
+    if secret is None:
+        raise ValueError(f"forward={forward!r} needs a forward_secret (or ${SECRET_ENV}) shared by every instance")
+    if isinstance(forward_url, str):
+        if "{app}" in forward_url and not os.environ.get("FLY_APP_NAME"):
+            raise ValueError("forward_url uses {app} but $FLY_APP_NAME is not set: give forward_url")
+        resolve_forward_url(forward_url, "instance")  # raises ValueError for a URL that is not http://host:port
+    elif not callable(forward_url):
+        raise TypeError("forward_url must be a URL template or a callable from instance id to URL")
+    return secret
 
 
 def _database_names(option: str | Sequence[str]) -> tuple[str, ...]:

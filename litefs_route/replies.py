@@ -24,6 +24,7 @@ __all__ = [
     "build_reply",
     "build_tags",
     "fly_duration",
+    "forward_failure_reply",
     "has_replay_header",
     "with_tags",
 ]
@@ -40,7 +41,15 @@ _REPLAY_NAMES: frozenset[str | bytes] = frozenset({REPLAY_HEADER, REPLAY_HEADER.
 
 Headers = tuple[tuple[str, str], ...]
 
-_REASONS = {200: "OK", 408: "Request Timeout", 409: "Conflict", 413: "Content Too Large", 503: "Service Unavailable"}
+_REASONS = {
+    200: "OK",
+    403: "Forbidden",
+    408: "Request Timeout",
+    409: "Conflict",
+    413: "Content Too Large",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +117,24 @@ def build_reply(decision: Decision, retry_after: int, replay_timeout: float | No
         return _text_reply(200, "OK\n", [("Cache-Control", "no-store")])
     if decision.kind is Kind.UNHEALTHY:
         return _text_reply(503, f"Replication lag exceeded: {decision.reason}\n", [("Cache-Control", "no-store")])
+    if decision.kind is Kind.FORBIDDEN:
+        return _text_reply(403, f"This request was refused: {decision.reason}.\n", [])
     if decision.kind is Kind.UNAVAILABLE:
         body = f"This request cannot run now: {decision.reason}. Retry shortly.\n"
         return _text_reply(503, body, [("Retry-After", str(retry_after))])
-    raise ValueError(f"no reply for {decision.kind}: the app runs")
+    raise ValueError(f"no reply for {decision.kind}: the app runs, or the adapter forwards the request")
+
+
+def forward_failure_reply(target: str, sent: bool, detail: str, retry_after: int) -> Reply:
+    """The answer when forwarding a write to *target* failed: whether it may have run, in words and status."""
+    if not sent:  # nothing left this instance: safe to send again
+        body = f"This write was not sent to the primary ({target}: {detail}); it did not run. Retry shortly.\n"
+        return _text_reply(503, body, [("Retry-After", str(retry_after))])
+    body = (
+        f"The connection to the primary ({target}) failed after this write was sent ({detail}):\n"
+        "it may have run. Check before sending it again.\n"
+    )
+    return _text_reply(502, body, [])
 
 
 def fly_duration(seconds: float) -> str:

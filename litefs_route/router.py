@@ -26,6 +26,7 @@ from .decision import (
     plan_request,
     plan_settlement,
 )
+from .forwarding import DEFAULT_FORWARD_URL, ForwardTarget, ForwardURL, resolve_forward_url
 from .mount import NodeState
 from .replies import Headers, Reply, build_reply, build_tags
 from .state_cache import StateCache
@@ -56,6 +57,8 @@ class Router:
         txid_cookies: TxidCookies | None,
         retry_after: int,
         replay_timeout: float | None = None,
+        forward_url: ForwardURL = DEFAULT_FORWARD_URL,
+        forward_timeout: float = 30.0,
         subscriber: EventSubscriber | None = None,
     ) -> None:
         self.instance_id = instance_id
@@ -71,6 +74,9 @@ class Router:
         self.retry_after = retry_after
         #: fly-replay's ``timeout`` (with ``fallback=force_self``), None: not sent.
         self.replay_timeout = replay_timeout
+        #: Forward mode: where the primary answers (a template or a callable), and how long it may take.
+        self.forward_url = forward_url
+        self.forward_timeout = forward_timeout
         #: What its requests ended in, and how long they waited (:mod:`litefs_route.counters`).
         self.counters = Counters()
         # (reading, its tags): tags are built once per reading of the mount.
@@ -129,6 +135,10 @@ class Router:
                 self._replies.clear()
             reply = self._replies[decision] = build_reply(decision, self.retry_after, self.replay_timeout)
         return reply
+
+    def forward_target(self, instance: str) -> ForwardTarget:
+        """Where *instance* answers forwarded requests (ValueError if ``forward_url`` gives no http URL)."""
+        return resolve_forward_url(self.forward_url, instance)
 
     def __repr__(self) -> str:
         return f"Router(instance_id={self.instance_id!r}, litefs_dir={self.cache.litefs_dir!r})"

@@ -25,16 +25,18 @@ signal is connected to the safety net when the middleware wraps that app
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from .consistency import TxidCookies
 from .context import RequestContext, current_request, report_exception
-from .decision import Kind, RequestInfo
+from .decision import Kind, Outcome, RequestInfo
 from .drivers import MountIO, drive, measure_stream
+from .forwarding import HOP_HEADER, SECRET_HEADER, client_address, forward_blocking, forwarded_headers
 from .frameworks import connect_flask_exception_signal, werkzeug_primary_required
 from .middleware import RoutingMiddleware, middleware_doc
-from .replies import OUR_TAG_NAMES, Headers, Reply, with_tags
+from .replies import OUR_TAG_NAMES, Headers, Reply, forward_failure_reply, with_tags
 from .router import Router
 
 if TYPE_CHECKING:
@@ -42,6 +44,11 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment  # noqa: F401 (used in a string)
 
 __all__ = ["PrimaryRoutingMiddleware"]
+
+_CHUNK = 65536
+# The forward headers (forwarding.SECRET_HEADER, HOP_HEADER) as WSGI names them.
+_SECRET_KEY = "HTTP_" + SECRET_HEADER.upper().replace("-", "_")
+_HOP_KEY = "HTTP_" + HOP_HEADER.upper().replace("-", "_")
 
 
 class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
@@ -57,9 +64,18 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         router = self.router
         request = _request_info(environ, router.txid_cookies)
-        outcome = router.outcome_without_io(request) or drive(router.plan(request), _BlockingIO(router, environ))
+        outcome = router.outcome_without_io(request)
+        io = None
+        if outcome is None:
+            io = _BlockingIO(router, environ)
+            outcome = drive(router.plan(request), io)
         if outcome.decision.kind is not Kind.RUN:
+            if outcome.decision.kind is Kind.FORWARD:
+                return self.forward(environ, start_response, request, outcome, io.kept if io is not None else [])
             return _send_reply(start_response, router.reply(outcome.decision), router.tags(outcome.state))
+        if request.forward_claim is not None:  # a genuine forwarded request: the secret is not the app's business
+            environ.pop(_SECRET_KEY, None)
+            environ.pop(_HOP_KEY, None)
 
         ctx = RequestContext(
             router, request, outcome.state, outcome.decision, self.primary_required_error, outcome.clear_txids
@@ -85,6 +101,50 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
                 _close(result)
                 return response.send_ending()
         return result
+
+    def forward(
+        self,
+        environ: WSGIEnvironment,
+        start_response: StartResponse,
+        request: RequestInfo,
+        outcome: Outcome,
+        kept: list[bytes],
+    ) -> Iterable[bytes]:
+        """Send the request to the primary ourselves (forward mode) and relay its answer, streaming."""
+        router, decision = self.router, outcome.decision
+        assert decision.target is not None  # FORWARD names the primary
+        assert router.rules.forward_secret is not None  # forward mode refuses to start without one
+        router.counters.add("forwards")
+        chunked = request.unknown_length
+        length = None if chunked else (request.content_length or 0)
+        try:
+            target = router.forward_target(decision.target)
+        except ValueError as exc:  # a forward_url callable that gave no http URL
+            reply = forward_failure_reply(decision.target, False, str(exc), router.retry_after)
+            return _send_reply(start_response, reply, router.tags(outcome.state))
+        headers = forwarded_headers(
+            _environ_headers(environ),
+            client=client_address(environ.get("REMOTE_ADDR")),
+            scheme=environ.get("wsgi.url_scheme", "http"),
+            secret=router.rules.forward_secret,
+            hop=decision.hops,
+            content_length=length,
+        )
+        relay = forward_blocking(
+            target,
+            request.method,
+            _request_target(environ),
+            headers,
+            _body(environ, kept, length),
+            chunked=chunked,
+            timeout=router.forward_timeout,
+            retry_after=router.retry_after,
+        )
+        if isinstance(relay, Reply):
+            router.counters.add("forward_failures")
+            return _send_reply(start_response, relay, router.tags(outcome.state))
+        start_response(f"{relay.status} {relay.reason or 'Unknown'}", relay.headers)
+        return relay.body
 
 
 class _Response:
@@ -133,14 +193,17 @@ class _Response:
 class _BlockingIO(MountIO):
     """The I/O of a plan, inline in the request's thread (a WSGI server gives each request one)."""
 
-    __slots__ = ("environ",)
+    __slots__ = ("environ", "kept")
 
     def __init__(self, router: Router, environ: WSGIEnvironment) -> None:
         super().__init__(router)
         self.environ = environ
+        #: The body measured so far, kept in forward mode (at most replay_body_limit + 1 bytes): sent first.
+        self.kept: list[bytes] = []
 
     def measure_body(self, limit: int, timeout: float) -> int | None:
-        return _measure_body(self.environ, limit, timeout)
+        keep = self.kept if self.router.rules.forward == "oversize" else None
+        return _measure_body(self.environ, limit, timeout, keep)
 
 
 def _request_info(environ: WSGIEnvironment, txid_cookies: TxidCookies | None) -> RequestInfo:
@@ -155,6 +218,8 @@ def _request_info(environ: WSGIEnvironment, txid_cookies: TxidCookies | None) ->
         path,
         replay_src=environ.get("HTTP_FLY_REPLAY_SRC"),
         replay_failed=environ.get("HTTP_FLY_REPLAY_FAILED"),
+        forward_claim=environ.get(_SECRET_KEY),
+        forward_hop=environ.get(_HOP_KEY),
         content_length=environ.get("CONTENT_LENGTH"),
         transfer_encoding=environ.get("HTTP_TRANSFER_ENCODING"),
         cookie=environ.get("HTTP_COOKIE"),
@@ -167,7 +232,7 @@ def _send_reply(start_response: StartResponse, reply: Reply, tags: Headers) -> l
     return [reply.body]
 
 
-def _measure_body(environ: WSGIEnvironment, limit: int, timeout: float) -> int | None:
+def _measure_body(environ: WSGIEnvironment, limit: int, timeout: float, keep: list[bytes] | None) -> int | None:
     """The body's size (reading at most *limit* + 1 bytes), or None if it took over *timeout* seconds.
 
     The time is checked between reads: a read that stalls ends when the
@@ -177,7 +242,50 @@ def _measure_body(environ: WSGIEnvironment, limit: int, timeout: float) -> int |
     # for chunked bodies) lets us read to EOF without hanging.
     if not environ.get("wsgi.input_terminated"):
         return 0
-    return measure_stream(environ["wsgi.input"].read, limit, timeout)
+    return measure_stream(environ["wsgi.input"].read, limit, timeout, keep)
+
+
+def _environ_headers(environ: WSGIEnvironment) -> list[tuple[str, str]]:
+    """The request's headers, from the environ (CGI names back to HTTP's)."""
+    headers = [
+        (key[5:].replace("_", "-").title(), str(value)) for key, value in environ.items() if key.startswith("HTTP_")
+    ]
+    if environ.get("CONTENT_TYPE"):
+        headers.append(("Content-Type", environ["CONTENT_TYPE"]))
+    return headers
+
+
+def _request_target(environ: WSGIEnvironment) -> str:
+    """The path and query as the client sent them (the server's raw copy where it keeps one)."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if isinstance(raw, str) and raw.startswith("/"):
+        return raw
+    path = quote(
+        (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode("latin-1"), safe="/:@!$&'()*+,;=-._~%"
+    )
+    query = environ.get("QUERY_STRING")
+    return f"{path}?{query}" if query else path
+
+
+def _body(environ: WSGIEnvironment, kept: list[bytes], length: int | None) -> Iterator[bytes]:
+    """The request body for forwarding: what was measured already, then the rest as it is read."""
+    yield from kept
+    stream = environ.get("wsgi.input")
+    if stream is None:
+        return
+    if length is None:  # chunked: to its end, where the server marks it
+        if not environ.get("wsgi.input_terminated"):
+            return
+        while chunk := stream.read(_CHUNK):
+            yield chunk
+        return
+    left = length - sum(len(chunk) for chunk in kept)
+    while left > 0:
+        chunk = stream.read(min(_CHUNK, left))
+        if not chunk:
+            return  # the client sent less than it announced: the primary sees it cut short
+        left -= len(chunk)
+        yield chunk
 
 
 def _discarding_write(data: bytes) -> None:

@@ -188,6 +188,43 @@ ASGI_APP = "tests.devcluster_apps.asgi_app:app"
 FORCE = "fly-force-instance-id"
 
 
+@dataclass
+class ServerProcess:
+    """A server in its own process group (see :func:`server_process`)."""
+
+    url: str
+    port: int
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def server_process(argv: list[str], port: int, env: dict[str, str], log: Path) -> Iterator[ServerProcess]:
+    """Run a server command (its output to *log*) until it listens on *port*; stop its whole group after."""
+    from litefs_route.devcluster import port_open, wait_for
+    from litefs_route.devcluster.cluster import stop_process_group
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent, start_new_session=True
+        )
+
+    def listening() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"{argv[:4]} exited with {process.returncode}:\n{log.read_text(errors='replace')}")
+        return port_open("127.0.0.1", port)
+
+    try:
+        wait_for(listening, timeout=30, message=f"{argv[:4]} did not listen on {port}")
+        yield ServerProcess(f"http://127.0.0.1:{port}", port, log, process)
+    finally:
+        stop_process_group(process, 10, argv[0])
+
+
 def read_if_exists(path: str) -> bytes | None:
     """A file's bytes, or None if there is no such file (a mount file LiteFS does not show)."""
     try:

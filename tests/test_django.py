@@ -23,9 +23,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from litefs_route.devcluster import free_port, port_open, wait_for
-from litefs_route.devcluster.cluster import stop_process_group
-from tests.support import Mount
+from litefs_route.devcluster import free_port
+from tests.support import Mount, server_process
 
 if TYPE_CHECKING:
     from litefs_route.devcluster.pytest_plugin import LiteFSClusterFactory
@@ -62,12 +61,9 @@ def django_server(
     bind = ["-b", f"127.0.0.1:{port}"] if server == "gunicorn" else ["--port", str(port)]
     run = tmp_path / f"{server}-{instance}-{port}"
     run.mkdir()
-    mail_dir, log = run / "mail", run / "server.log"
+    mail_dir = run / "mail"
     mail_dir.mkdir()
     env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "PYTHONUNBUFFERED": "1",
         "LITEFS_DIR": str(mount),
         "LITEFS_API_URL": "off",  # a written folder: no LiteFS API to follow
         "FLY_MACHINE_ID": instance,
@@ -75,26 +71,8 @@ def django_server(
         "MAIL_DIR": str(mail_dir),
         "LITEFS_ROUTE_JSON": json.dumps(options or {}),
     }
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, *SERVERS[server], *bind],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=run,
-            start_new_session=True,
-        )
-
-    def listening() -> bool:
-        if process.poll() is not None:
-            raise AssertionError(f"{server} exited with {process.returncode}:\n{log.read_text()}")
-        return port_open("127.0.0.1", port)
-
-    try:
-        wait_for(listening, timeout=30, message=f"{server} did not listen")
-        yield DjangoServer(f"http://127.0.0.1:{port}", log, mail_dir)
-    finally:
-        stop_process_group(process, 10, server)
+    with server_process([sys.executable, *SERVERS[server], *bind], port, env, run / "server.log") as process:
+        yield DjangoServer(process.url, process.log, mail_dir)
 
 
 @pytest.fixture(params=["gunicorn", "uvicorn"])

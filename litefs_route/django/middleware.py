@@ -21,6 +21,7 @@ from ..consistency import TxidCookies
 from ..context import RequestContext, current_request, report_exception
 from ..decision import Kind, Outcome, RequestInfo
 from ..drivers import AsyncMountIO, MountIO, async_backend, drive, drive_async, measure_stream
+from ..forwarding import HOP_HEADER, SECRET_HEADER
 from ..middleware import RoutingMiddleware, middleware_doc, option_defaults
 from ..mount import NodeState
 from ..replies import PRIMARY_HEADER, Reply
@@ -35,6 +36,9 @@ GetResponse = Callable[[HttpRequest], HttpResponseBase | Awaitable[HttpResponseB
 
 
 logger = logging.getLogger("litefs_route")
+# The forward headers (forwarding.SECRET_HEADER, HOP_HEADER) as request.META names them.
+_SECRET_KEY = "HTTP_" + SECRET_HEADER.upper().replace("-", "_")
+_HOP_KEY = "HTTP_" + HOP_HEADER.upper().replace("-", "_")
 
 
 def options_from_settings() -> dict[str, Any]:
@@ -64,6 +68,11 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
             super().__init__(get_response, **options_from_settings())
         except (TypeError, ValueError) as exc:
             raise ImproperlyConfigured(f"settings.{SETTING}: {exc}") from exc
+        if self.router.rules.forward != "off":
+            raise ImproperlyConfigured(
+                f"settings.{SETTING}: forward mode is not available in the Django middleware yet; "
+                "wrap Django's WSGI or ASGI application in litefs_route.wsgi / litefs_route.asgi for it"
+            )
         # Django hands an async get_response exactly when it runs this middleware async.
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:
@@ -85,6 +94,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
         outcome = router.outcome_without_io(info) or drive(router.plan(info), _DjangoIO(router, request))
         if outcome.decision.kind is not Kind.RUN:
             return self._reply(router.reply(outcome.decision), outcome.state)
+        _strip_forward_secret(request, info)
         ctx = self._context(info, outcome)
         token = current_request.set(ctx)
         try:
@@ -110,6 +120,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
             outcome = await drive_async(router.plan(info), _AsyncDjangoIO(router, request))
         if outcome.decision.kind is not Kind.RUN:
             return self._reply(router.reply(outcome.decision), outcome.state)
+        _strip_forward_secret(request, info)
         ctx = self._context(info, outcome)
         token = current_request.set(ctx)
         try:
@@ -218,11 +229,20 @@ def _request_info(request: HttpRequest, txid_cookies: TxidCookies | None) -> Req
         request.path,  # decoded, with SCRIPT_NAME: what Django's URL patterns see
         replay_src=meta.get("HTTP_FLY_REPLAY_SRC"),
         replay_failed=meta.get("HTTP_FLY_REPLAY_FAILED"),
+        forward_claim=meta.get(_SECRET_KEY),
+        forward_hop=meta.get(_HOP_KEY),
         content_length=meta.get("CONTENT_LENGTH"),
         transfer_encoding=meta.get("HTTP_TRANSFER_ENCODING"),
         cookie=meta.get("HTTP_COOKIE"),
         txid_cookies=txid_cookies,
     )
+
+
+def _strip_forward_secret(request: HttpRequest, info: RequestInfo) -> None:
+    """A genuine forwarded request (it runs): the secret is not the view's business."""
+    if info.forward_claim is not None:
+        request.META.pop(_SECRET_KEY, None)
+        request.META.pop(_HOP_KEY, None)
 
 
 def _measure_body(request: HttpRequest, limit: int, timeout: float) -> int | None:

@@ -1,0 +1,434 @@
+"""Forward mode: a replica sends a write to the primary itself, and relays the answer.
+
+For the writes Fly's proxy cannot replay (a body over 1 MB) or, with
+``forward="always"``, every write (deployments without Fly's edge). The
+request goes over the private network to ``forward_url``, streaming both
+ways with bounded memory: the body is never held whole, nor the response.
+
+Security: the forwarded request carries the cluster's ``forward_secret`` in
+:data:`SECRET_HEADER`; the primary's middleware runs it only with the right
+secret (403 otherwise, the app not called) and strips it before the app sees
+the request. Exactly once: nothing is retried once a byte has left; a
+connection that fails before that is a 503 (not sent: send it again), after
+it a 502 (it may have run).
+
+The header rules (hop-by-hop, ``Forwarded``, ``X-Forwarded-*``) are here
+once; the blocking client serves WSGI, the asyncio client ASGI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from .replies import Reply, forward_failure_reply
+
+__all__ = [
+    "DEFAULT_FORWARD_URL",
+    "HOP_HEADER",
+    "SECRET_ENV",
+    "SECRET_HEADER",
+    "ForwardTarget",
+    "ForwardURL",
+    "Relay",
+    "client_address",
+    "forward_async",
+    "forward_blocking",
+    "forwarded_headers",
+    "relayed_headers",
+    "resolve_forward_url",
+]
+
+logger = logging.getLogger("litefs_route")
+
+#: Where the primary is on Fly: its Machine on the private network (the app's internal port).
+DEFAULT_FORWARD_URL = "http://{instance}.vm.{app}.internal:8080"
+#: The environment variable ``forward_secret`` defaults to.
+SECRET_ENV = "LITEFS_ROUTE_FORWARD_SECRET"  # noqa: S105 (a variable's name, not a secret)
+#: The headers a forwarded request carries (lower case): the secret, and how many times it was forwarded.
+SECRET_HEADER = "x-litefs-route-forward"  # noqa: S105 (a header's name)
+HOP_HEADER = "x-litefs-route-forward-hop"
+
+# Hop-by-hop headers (RFC 9110 7.6.1), never forwarded either way; plus our own.
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",  # framing: set again for the body as it is sent
+        SECRET_HEADER,
+        HOP_HEADER,
+    }
+)
+_CHUNK = 65536
+# The largest response head accepted from the primary.
+_HEAD_LIMIT = 65536
+
+ForwardURL = str | Callable[[str], str]
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardTarget:
+    """The primary's address for forwarded requests."""
+
+    host: str
+    port: int
+    #: A path prefix from the URL (usually empty).
+    prefix: str
+    #: For messages: the instance id.
+    instance: str
+
+
+def resolve_forward_url(forward_url: ForwardURL, instance: str) -> ForwardTarget:
+    """Where *instance* answers forwarded requests: ``forward_url`` formatted (``{instance}``, ``{app}``) or called.
+
+    Raises ValueError for a URL that is not ``http://host[:port][/prefix]``.
+    """
+    if callable(forward_url):
+        url = forward_url(instance)
+    else:
+        url = forward_url.format(instance=instance, app=os.environ.get("FLY_APP_NAME", ""))
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(f"forward_url must give http://host:port, got {url!r}")
+    return ForwardTarget(parts.hostname, parts.port or 80, parts.path.rstrip("/"), instance)
+
+
+def forwarded_headers(
+    headers: Iterable[tuple[str, str]],
+    *,
+    client: str | None,
+    scheme: str,
+    secret: str,
+    hop: int,
+    content_length: int | None,
+) -> list[tuple[str, str]]:
+    """The request's headers as forwarded: hop-by-hop ones dropped, the client recorded, our secret and hop added.
+
+    ``X-Forwarded-For`` gets the client's address appended (its earlier
+    values kept, as every proxy does), ``Forwarded`` a ``for``/``proto``/
+    ``host`` element (RFC 7239); ``X-Forwarded-Proto`` and ``-Host`` are set
+    only where absent (an earlier proxy knows better). The ``Host`` header is
+    kept: the app builds its URLs from it. *content_length* None: the body
+    is sent chunked.
+    """
+    headers = list(headers)
+    listed = {
+        token.strip().lower() for name, value in headers if name.lower() == "connection" for token in value.split(",")
+    }
+    kept = [(n, v) for n, v in headers if n.lower() not in _HOP_BY_HOP and n.lower() not in listed]
+    names = {n.lower() for n, _ in kept}
+    host = next((v for n, v in kept if n.lower() == "host"), None)
+    earlier_for = ", ".join(v for n, v in kept if n.lower() == "x-forwarded-for")
+    kept = [(n, v) for n, v in kept if n.lower() != "x-forwarded-for"]
+    if client:
+        kept.append(("X-Forwarded-For", f"{earlier_for}, {client}" if earlier_for else client))
+        node = f'"[{client}]"' if ":" in client else client
+        element = f"for={node};proto={scheme}" + (f';host="{host}"' if host and '"' not in host else "")
+        kept.append(("Forwarded", element))
+    elif earlier_for:
+        kept.append(("X-Forwarded-For", earlier_for))
+    if "x-forwarded-proto" not in names:
+        kept.append(("X-Forwarded-Proto", scheme))
+    if host and "x-forwarded-host" not in names:
+        kept.append(("X-Forwarded-Host", host))
+    kept += [(SECRET_HEADER, secret), (HOP_HEADER, str(hop))]
+    if content_length is not None:
+        kept.append(("Content-Length", str(content_length)))
+    else:
+        kept.append(("Transfer-Encoding", "chunked"))
+    return kept
+
+
+def relayed_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The primary's response headers as relayed: hop-by-hop ones dropped (``Content-Length`` kept)."""
+    headers = list(headers)
+    listed = {
+        token.strip().lower() for name, value in headers if name.lower() == "connection" for token in value.split(",")
+    }
+    return [
+        (n, v)
+        for n, v in headers
+        if n.lower() == "content-length" or (n.lower() not in _HOP_BY_HOP and n.lower() not in listed)
+    ]
+
+
+# -- WSGI: blocking -----------------------------------------------------------------------------
+
+
+class _Relayed:
+    """The primary's response body as a WSGI iterable: read as it is sent, the connection closed after."""
+
+    __slots__ = ("conn", "response", "target")
+
+    def __init__(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse, target: str) -> None:
+        self.conn, self.response, self.target = conn, response, target
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            try:
+                data = self.response.read1(_CHUNK)
+            except (OSError, http.client.HTTPException) as exc:
+                # The status is sent: all that is left is to cut the response short.
+                logger.warning("the primary (%s) failed while its response was relayed: %r", self.target, exc)
+                raise
+            if not data:
+                return
+            yield data
+
+    def close(self) -> None:
+        self.response.close()
+        self.conn.close()
+
+
+@dataclass(slots=True)
+class Relay:
+    """What :func:`forward_blocking` got back: the primary's status, headers and body (an iterable to return)."""
+
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: Iterable[bytes]
+
+
+def forward_blocking(
+    target: ForwardTarget,
+    method: str,
+    path_qs: str,
+    headers: list[tuple[str, str]],
+    body: Iterable[bytes] | None,
+    *,
+    chunked: bool,
+    timeout: float,
+    retry_after: int,
+) -> Relay | Reply:
+    """Send the request to *target* and return its response to relay, or the reply that says what went wrong.
+
+    Blocking (a WSGI worker thread). *body* is sent as read (chunked when
+    *chunked*), never held whole. Never retried.
+    """
+    conn = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
+    try:
+        conn.connect()
+    except OSError as exc:
+        conn.close()
+        logger.warning("could not forward a write to the primary %s: %r (not sent)", target.instance, exc)
+        return forward_failure_reply(target.instance, False, f"cannot connect: {exc}", retry_after)
+    try:
+        conn.putrequest(method, target.prefix + path_qs, skip_host=True, skip_accept_encoding=True)
+        for name, value in headers:
+            conn.putheader(name, value)
+        conn.endheaders()
+        for chunk in body or ():
+            if chunk:
+                conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+        if chunked:
+            conn.send(b"0\r\n\r\n")
+    except OSError as exc:
+        # The primary may have answered early (a refusal) and closed: relay that answer if it is there.
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            return _relay(conn, conn.getresponse(), target)
+        conn.close()
+        logger.warning("forwarding a write to the primary %s failed after it was sent: %r", target.instance, exc)
+        return forward_failure_reply(target.instance, True, f"{exc}", retry_after)
+    try:
+        response = conn.getresponse()
+    except (OSError, http.client.HTTPException) as exc:
+        conn.close()
+        logger.warning("the primary %s did not answer a forwarded write: %r", target.instance, exc)
+        return forward_failure_reply(target.instance, True, f"no answer: {exc!r}", retry_after)
+    return _relay(conn, response, target)
+
+
+def _relay(conn: http.client.HTTPConnection, response: http.client.HTTPResponse, target: ForwardTarget) -> Relay:
+    headers = relayed_headers(response.getheaders())
+    return Relay(response.status, response.reason, headers, _Relayed(conn, response, target.instance))
+
+
+# -- ASGI: asyncio streams ----------------------------------------------------------------------
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+class _Lost(Exception):
+    """The connection to the primary failed; *sent*: after bytes of the request left."""
+
+    def __init__(self, sent: bool, detail: str) -> None:
+        super().__init__(detail)
+        self.sent = sent
+
+
+async def forward_async(
+    target: ForwardTarget,
+    method: str,
+    path_qs: str,
+    headers: list[tuple[str, str]],
+    prefix: Iterable[bytes],
+    receive: Receive | None,
+    send: Send,
+    *,
+    chunked: bool,
+    timeout: float,
+    retry_after: int,
+    reply: Callable[[Reply], Awaitable[None]],
+) -> None:
+    """Send the request to *target* with asyncio streams and relay its answer through *send*.
+
+    The body is *prefix* (what was already read), then what *receive*
+    delivers; sent as it arrives, with the writer drained after each piece.
+    A failure before the primary's answer starts goes through *reply* (503
+    not sent / 502 may have run); after it, the response is cut short.
+    """
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(target.host, target.port), timeout)
+    except (OSError, asyncio.TimeoutError, RuntimeError) as exc:  # RuntimeError: not an asyncio loop (trio)
+        logger.warning("could not forward a write to the primary %s: %r (not sent)", target.instance, exc)
+        await reply(forward_failure_reply(target.instance, False, f"cannot connect: {exc!r}", retry_after))
+        return
+    try:
+        try:
+            await _send_request(writer, target, method, path_qs, headers, prefix, receive, chunked, timeout)
+            status, response_headers = await _read_head(reader, timeout)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
+            raise _Lost(True, repr(e)) from e
+        await send({"type": "http.response.start", "status": status, "headers": _encode(response_headers)})
+        await _relay_body(reader, send, method, status, response_headers, timeout, target.instance)
+    except _Lost as lost:
+        logger.warning("forwarding a write to the primary %s failed after it was sent: %s", target.instance, lost)
+        await reply(forward_failure_reply(target.instance, lost.sent, str(lost), retry_after))
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, asyncio.TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), 1)
+
+
+async def _send_request(
+    writer: asyncio.StreamWriter,
+    target: ForwardTarget,
+    method: str,
+    path_qs: str,
+    headers: list[tuple[str, str]],
+    prefix: Iterable[bytes],
+    receive: Receive | None,
+    chunked: bool,
+    timeout: float,
+) -> None:
+    head = f"{method} {target.prefix}{path_qs} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n"
+    writer.write(head.encode("latin-1"))
+
+    async def write(chunk: bytes) -> None:
+        if chunk:
+            writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+            await asyncio.wait_for(writer.drain(), timeout)  # backpressure: memory stays bounded
+
+    for chunk in prefix:
+        await write(chunk)
+    more = receive is not None
+    while more and receive is not None:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise OSError("the client went away before its body was complete")
+        await write(message.get("body", b""))
+        more = message.get("more_body", False)
+    if chunked:
+        writer.write(b"0\r\n\r\n")
+    await asyncio.wait_for(writer.drain(), timeout)
+
+
+async def _read_head(reader: asyncio.StreamReader, timeout: float) -> tuple[int, list[tuple[str, str]]]:
+    while True:
+        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+        if len(raw) > _HEAD_LIMIT:
+            raise ValueError("the primary's response head is too large")
+        lines = raw.decode("latin-1").split("\r\n")
+        version, _, rest = lines[0].partition(" ")
+        code = rest.partition(" ")[0]
+        if not version.startswith("HTTP/1.") or not code.isdigit():
+            raise ValueError(f"not an HTTP/1.1 response: {lines[0][:80]!r}")
+        status = int(code)
+        if 100 <= status < 200:
+            continue  # 100 Continue and friends: the final answer follows
+        headers = []
+        for line in lines[1:]:
+            if line:
+                name, sep, value = line.partition(":")
+                if not sep:
+                    raise ValueError(f"a malformed header line: {line[:80]!r}")
+                headers.append((name.strip(), value.strip()))
+        return status, headers
+
+
+async def _relay_body(
+    reader: asyncio.StreamReader,
+    send: Send,
+    method: str,
+    status: int,
+    headers: list[tuple[str, str]],
+    timeout: float,
+    instance: str,
+) -> None:
+    """The primary's body, chunk by chunk; a failure now can only cut the response short."""
+    lower = {n.lower(): v for n, v in headers}
+    try:
+        if method == "HEAD" or status in (204, 304):
+            pass
+        elif "chunked" in lower.get("transfer-encoding", "").lower():
+            while True:
+                size_line = await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout)
+                size = int(size_line.split(b";", 1)[0].strip() or b"0", 16)
+                if size == 0:
+                    while (await asyncio.wait_for(reader.readuntil(b"\r\n"), timeout)) != b"\r\n":
+                        pass  # trailers: dropped
+                    break
+                while size > 0:
+                    data = await asyncio.wait_for(reader.read(min(size, _CHUNK)), timeout)
+                    if not data:
+                        raise asyncio.IncompleteReadError(b"", size)
+                    size -= len(data)
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                await asyncio.wait_for(reader.readexactly(2), timeout)
+        elif "content-length" in lower:
+            left = int(lower["content-length"])
+            while left > 0:
+                data = await asyncio.wait_for(reader.read(min(left, _CHUNK)), timeout)
+                if not data:
+                    raise asyncio.IncompleteReadError(b"", left)
+                left -= len(data)
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+        else:
+            while data := await asyncio.wait_for(reader.read(_CHUNK), timeout):
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+    except (OSError, ValueError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
+        logger.warning("the primary (%s) failed while its response was relayed: %r", instance, e)
+        raise  # the server cuts the response short: the client must not take it as complete
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _encode(headers: Iterable[tuple[str, str]]) -> list[tuple[bytes, bytes]]:
+    return [(n.lower().encode("latin-1"), v.encode("latin-1")) for n, v in relayed_headers(headers)]
+
+
+def client_address(host: str | None) -> str | None:
+    """A client address as ``Forwarded`` and ``X-Forwarded-For`` carry it (None: unknown)."""
+    if not host:
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        return host
+    return None
