@@ -27,6 +27,12 @@ Names (absent until the first count):
     no primary to end on.
 ``too_large``, ``body_timeouts``
     ``413`` and ``408`` answers.
+``unavailable_replay_failed``
+    ``503`` answers to requests Fly's proxy sent back (``fly-replay-failed``).
+``forwards``, ``forward_failures``, ``forbidden_forwards``
+    Writes forward mode sent to the primary; those whose connection failed
+    (a ``503`` or ``502``); requests refused ``403`` for claiming to be
+    forwarded without the secret.
 ``primary_waits``, ``primary_wait_seconds``
     Requests that waited for a primary, and the seconds they waited in all.
 ``consistency_waits``
