@@ -6,11 +6,13 @@ each node's app server reads its own FUSE mount.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
@@ -113,6 +115,38 @@ def test_a_replay_that_cannot_reach_the_primary_comes_back_and_is_refused(
     assert [e.refused for e in front.replays] == ["fallback-timeout"]
     assert _rows(cluster, "node1") == []
     assert "answered 503: the replay to instance node1 failed (timeout)" in _app_log(cluster, "node2")
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_forward_mode_behind_the_edge(litefs_real_cluster: LiteFSClusterFactory, app: str, tmp_path: Path) -> None:
+    """A 2 MB write through the front proxy to a replica: forwarded to the primary, not replayed (Fly could not).
+
+    And a small write whose replay the edge cannot deliver (node1 out of its
+    reach, not of the private network's): sent back, then forwarded.
+    """
+    forward_map = tmp_path / "forward.json"
+    env = {
+        "DEVCLUSTER_FORWARD": "oversize",
+        "DEVCLUSTER_FORWARD_MAP": str(forward_map),
+        "LITEFS_ROUTE_FORWARD_SECRET": "a-secret-for-the-test-cluster",
+        "DEVCLUSTER_REPLAY_TIMEOUT": "0.3",
+    }
+    cluster = litefs_real_cluster(app, instances=["node1", "node2"], lease="static", env=env)
+    forward_map.write_text(json.dumps({node: cluster.url(node) for node in ("node1", "node2")}))
+    cluster.wait_replicated()
+    big = {"id": "large", "body": "x" * 1_000_000, "pad": "y" * 1_000_000}  # 2 MB; Starlette takes fields < 1 MiB
+    with httpx.Client(base_url=cluster.front_url, timeout=60) as client:
+        large = client.post("/write", data=big, headers=_on("node2"))
+        front = cluster.front
+        front.set_instances({**front.instances, "node1": ("127.0.0.1", free_port())})  # the edge loses node1
+        sent_back = client.post("/write", data={"id": "sent-back"}, headers=_on("node2"))
+    assert large.status_code == 200, (large.status_code, large.text[:300])
+    assert large.json() == {"id": "large", "instance": "node1"}
+    assert large.headers["fly-instance"] == "node1"
+    assert (sent_back.status_code, sent_back.json()["instance"]) == (200, "node1"), sent_back.text[:300]
+    assert [e.refused for e in front.replays] == ["fallback-timeout"]  # the large one was never replayed
+    cluster.wait_replicated()
+    assert _rows(cluster, "node2") == [("large", "node1"), ("sent-back", "node1")]
 
 
 # -- read-your-writes ------------------------------------------------------------------------

@@ -93,6 +93,8 @@ app = Starlette(
             cache_ttl=common.CACHE_TTL,
             primary_wait=common.PRIMARY_WAIT,
             replay_timeout=common.REPLAY_TIMEOUT,
+            forward=common.FORWARD,
+            forward_url=common.forward_url,
             passthrough=["/release/*"],
         )
     ],

@@ -17,6 +17,13 @@ INSTANCE = os.environ.get("FLY_MACHINE_ID", "standalone")
 CACHE_TTL = float(os.environ.get("DEVCLUSTER_CACHE_TTL", "0.05"))
 PRIMARY_WAIT = float(os.environ.get("DEVCLUSTER_PRIMARY_WAIT", "5"))
 REPLAY_TIMEOUT = float(os.environ.get("DEVCLUSTER_REPLAY_TIMEOUT", "5"))
+#: Forward mode ("off" unless set), and a JSON file the test writes once the ports are known: {instance: URL}.
+FORWARD = os.environ.get("DEVCLUSTER_FORWARD", "off")
+
+
+def forward_url(instance: str) -> str:
+    with open(os.environ["DEVCLUSTER_FORWARD_MAP"]) as f:
+        return str(json.load(f)[instance])
 
 
 def db_path() -> str:
