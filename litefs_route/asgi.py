@@ -34,11 +34,11 @@ from .consistency import TxidCookies
 from .context import RequestContext, current_request
 from .decision import Kind, Outcome, RequestInfo
 from .drivers import AsyncMountIO, async_backend, drive_async
-from .forwarding import HOP_HEADER, SECRET_HEADER, client_address, forward_async, forwarded_headers
+from .forwarding import HOP_HEADER, SECRET_HEADER, forward_async
 from .frameworks import starlette_primary_required
 from .middleware import RoutingMiddleware, middleware_doc
 from .mount import NodeState
-from .replies import OUR_TAG_NAMES_BYTES, Headers, Reply, forward_failure_reply, with_tags
+from .replies import OUR_TAG_NAMES_BYTES, Headers, Reply, with_tags
 from .router import Router
 
 __all__ = ["SOCKET_REFUSED_CLOSE_CODE", "PrimaryRoutingMiddleware"]
@@ -145,52 +145,38 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         self, scope: Scope, receive: Receive, send: Send, request: RequestInfo, outcome: Outcome, kept: _Kept
     ) -> None:
         """Send the request to the primary ourselves (forward mode) and relay its answer, streaming."""
-        router, decision = self.router, outcome.decision
-        assert decision.target is not None  # FORWARD names the primary
-        assert router.rules.forward_secret is not None  # forward mode refuses to start without one
-        router.counters.add("forwards")
-        chunked = request.unknown_length
-        length = None if chunked else (request.content_length or 0)
-        failed = False
+        router = self.router
+        client = scope.get("client")
+        forward = router.forward(
+            request,
+            outcome.decision,
+            [(n.decode("latin-1"), v.decode("latin-1")) for n, v in scope.get("headers", ())],
+            client=client[0] if client else None,
+            scheme=scope.get("scheme", "http"),
+        )
+        if isinstance(forward, Reply):
+            await self.send_reply(send, forward, outcome.state)
+            return
 
         async def reply(failure: Reply) -> None:
-            nonlocal failed
-            failed = True
+            router.counters.add("forward_failures")
             await self.send_reply(send, failure, outcome.state)
 
-        try:
-            target = router.forward_target(decision.target)
-        except ValueError as exc:  # a forward_url callable that gave no http URL
-            await reply(forward_failure_reply(decision.target, False, str(exc), router.retry_after))
-            router.counters.add("forward_failures")
-            return
-        client = scope.get("client")
-        headers = forwarded_headers(
-            [(n.decode("latin-1"), v.decode("latin-1")) for n, v in scope.get("headers", ())],
-            client=client_address(client[0] if client else None),
-            scheme=scope.get("scheme", "http"),
-            secret=router.rules.forward_secret,
-            hop=decision.hops,
-            content_length=length,
-        )
         raw_path = scope.get("raw_path") or quote(scope["path"]).encode("latin-1")
         query = scope.get("query_string", b"")
-        path_qs = (raw_path + (b"?" + query if query else b"")).decode("latin-1")
         await forward_async(
-            target,
+            forward.target,
             request.method,
-            path_qs,
-            headers,
+            (raw_path + (b"?" + query if query else b"")).decode("latin-1"),
+            forward.headers,
             kept.chunks,
             None if kept.ended else receive,
             send,
-            chunked=chunked,
+            chunked=forward.chunked,
             timeout=router.forward_timeout,
             retry_after=router.retry_after,
             reply=reply,
         )
-        if failed:
-            router.counters.add("forward_failures")
 
     def raw_tags(self, state: NodeState) -> RawHeaders:
         """The tag headers for *state*, encoded (once per reading of the mount)."""

@@ -36,6 +36,7 @@ __all__ = [
     "HOP_HEADER",
     "SECRET_ENV",
     "SECRET_HEADER",
+    "Forward",
     "ForwardTarget",
     "ForwardURL",
     "Relay",
@@ -69,6 +70,7 @@ _HOP_BY_HOP = frozenset(
         "trailer",
         "transfer-encoding",
         "upgrade",
+        "expect",  # the body is streamed at once: no 100-continue to wait for
         "content-length",  # framing: set again for the body as it is sent
         SECRET_HEADER,
         HOP_HEADER,
@@ -91,6 +93,17 @@ class ForwardTarget:
     prefix: str
     #: For messages: the instance id.
     instance: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """A request about to be forwarded: where, with which headers, and how its body is framed."""
+
+    target: ForwardTarget
+    headers: list[tuple[str, str]]
+    #: The body is sent chunked (its length is unknown); else it is *length* bytes.
+    chunked: bool
+    length: int | None
 
 
 def resolve_forward_url(forward_url: ForwardURL, instance: str) -> ForwardTarget:

@@ -10,6 +10,7 @@ the mount, the :class:`~litefs_route.consistency.Positions` of the databases' TX
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 from .consistency import Positions, TxidCookies
 from .counters import Counters
@@ -26,9 +27,16 @@ from .decision import (
     plan_request,
     plan_settlement,
 )
-from .forwarding import DEFAULT_FORWARD_URL, ForwardTarget, ForwardURL, resolve_forward_url
+from .forwarding import (
+    DEFAULT_FORWARD_URL,
+    Forward,
+    ForwardURL,
+    client_address,
+    forwarded_headers,
+    resolve_forward_url,
+)
 from .mount import NodeState
-from .replies import Headers, Reply, build_reply, build_tags
+from .replies import Headers, Reply, build_reply, build_tags, forward_failure_reply
 from .state_cache import StateCache
 from .subscriber import EventSubscriber
 
@@ -126,6 +134,8 @@ class Router:
             self.counters.add(name)
             if name == "unavailable_replay_failed":  # the primary is out of Fly's reach: worth a look
                 logger.warning("answered 503: %s", decision.reason)
+            elif name == "forbidden_forwards":  # a forgery, or instances that do not share one forward_secret
+                logger.warning("answered 403 to a request that claims to be forwarded without this instance's secret")
         # Built once per distinct decision: a replica answers a flood of
         # writes with the same few bytes. (Bounded: targets are validated host
         # names, hops <= 9, reasons a handful of strings.)
@@ -136,9 +146,35 @@ class Router:
             reply = self._replies[decision] = build_reply(decision, self.retry_after, self.replay_timeout)
         return reply
 
-    def forward_target(self, instance: str) -> ForwardTarget:
-        """Where *instance* answers forwarded requests (ValueError if ``forward_url`` gives no http URL)."""
-        return resolve_forward_url(self.forward_url, instance)
+    def forward(
+        self,
+        request: RequestInfo,
+        decision: Decision,
+        headers: Iterable[tuple[str, str]],
+        *,
+        client: str | None,
+        scheme: str,
+    ) -> Forward | Reply:
+        """How to forward *request* on a FORWARD *decision* (counted); or the reply if ``forward_url`` fails."""
+        assert decision.target is not None  # FORWARD names the primary
+        assert self.rules.forward_secret is not None  # forward mode refuses to start without one
+        self.counters.add("forwards")
+        chunked = request.unknown_length
+        length = None if chunked else (request.content_length or 0)
+        try:
+            target = resolve_forward_url(self.forward_url, decision.target)
+        except ValueError as exc:  # a forward_url callable that gave no http URL
+            self.counters.add("forward_failures")
+            return forward_failure_reply(decision.target, False, str(exc), self.retry_after)
+        forwarded = forwarded_headers(
+            headers,
+            client=client_address(client),
+            scheme=scheme,
+            secret=self.rules.forward_secret,
+            hop=decision.hops,
+            content_length=length,
+        )
+        return Forward(target, forwarded, chunked, length)
 
     def __repr__(self) -> str:
         return f"Router(instance_id={self.instance_id!r}, litefs_dir={self.cache.litefs_dir!r})"

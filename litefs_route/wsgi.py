@@ -33,10 +33,10 @@ from .consistency import TxidCookies
 from .context import RequestContext, current_request, report_exception
 from .decision import Kind, Outcome, RequestInfo
 from .drivers import MountIO, drive, measure_stream
-from .forwarding import HOP_HEADER, SECRET_HEADER, client_address, forward_blocking, forwarded_headers
+from .forwarding import HOP_HEADER, SECRET_HEADER, forward_blocking
 from .frameworks import connect_flask_exception_signal, werkzeug_primary_required
 from .middleware import RoutingMiddleware, middleware_doc
-from .replies import OUR_TAG_NAMES, Headers, Reply, forward_failure_reply, with_tags
+from .replies import OUR_TAG_NAMES, Headers, Reply, with_tags
 from .router import Router
 
 if TYPE_CHECKING:
@@ -111,32 +111,23 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
         kept: list[bytes],
     ) -> Iterable[bytes]:
         """Send the request to the primary ourselves (forward mode) and relay its answer, streaming."""
-        router, decision = self.router, outcome.decision
-        assert decision.target is not None  # FORWARD names the primary
-        assert router.rules.forward_secret is not None  # forward mode refuses to start without one
-        router.counters.add("forwards")
-        chunked = request.unknown_length
-        length = None if chunked else (request.content_length or 0)
-        try:
-            target = router.forward_target(decision.target)
-        except ValueError as exc:  # a forward_url callable that gave no http URL
-            reply = forward_failure_reply(decision.target, False, str(exc), router.retry_after)
-            return _send_reply(start_response, reply, router.tags(outcome.state))
-        headers = forwarded_headers(
+        router = self.router
+        forward = router.forward(
+            request,
+            outcome.decision,
             _environ_headers(environ),
-            client=client_address(environ.get("REMOTE_ADDR")),
+            client=environ.get("REMOTE_ADDR"),
             scheme=environ.get("wsgi.url_scheme", "http"),
-            secret=router.rules.forward_secret,
-            hop=decision.hops,
-            content_length=length,
         )
+        if isinstance(forward, Reply):
+            return _send_reply(start_response, forward, router.tags(outcome.state))
         relay = forward_blocking(
-            target,
+            forward.target,
             request.method,
             _request_target(environ),
-            headers,
-            _body(environ, kept, length),
-            chunked=chunked,
+            forward.headers,
+            _body(environ, kept, forward.length),
+            chunked=forward.chunked,
             timeout=router.forward_timeout,
             retry_after=router.retry_after,
         )

@@ -186,3 +186,68 @@ def test_the_primary_dying_mid_upload_is_a_502_that_says_it_may_have_run(serve: 
     response = result["response"]
     assert response.status_code == 502
     assert "it may have run" in response.text
+
+
+@pytest.mark.parametrize(
+    ("given", "client", "expected"),
+    [
+        pytest.param(
+            [("Host", "example.com"), ("Content-Type", "text/plain")],
+            "203.0.113.7",
+            [
+                ("Host", "example.com"),
+                ("Content-Type", "text/plain"),
+                ("X-Forwarded-For", "203.0.113.7"),
+                ("Forwarded", 'for=203.0.113.7;proto=https;host="example.com"'),
+                ("X-Forwarded-Proto", "https"),
+                ("X-Forwarded-Host", "example.com"),
+            ],
+            id="plain",
+        ),
+        pytest.param(
+            [
+                ("Host", "h"),
+                ("X-Forwarded-For", "1.1.1.1"),
+                ("x-forwarded-for", "2.2.2.2"),
+                ("X-Forwarded-Proto", "http"),
+            ],
+            "2001:db8::1",
+            [
+                ("Host", "h"),
+                ("X-Forwarded-Proto", "http"),
+                ("X-Forwarded-For", "1.1.1.1, 2.2.2.2, 2001:db8::1"),
+                ("Forwarded", 'for="[2001:db8::1]";proto=https;host="h"'),
+                ("X-Forwarded-Host", "h"),
+            ],
+            id="earlier-proxies-kept-ipv6-quoted",
+        ),
+        pytest.param(
+            [
+                ("Connection", "keep-alive, X-Private"),
+                ("X-Private", "dropped: listed in Connection"),
+                ("Keep-Alive", "timeout=5"),
+                ("Transfer-Encoding", "chunked"),
+                ("Content-Length", "5"),
+                ("TE", "trailers"),
+                ("Upgrade", "h2c"),
+                ("Expect", "100-continue"),
+                ("Proxy-Authorization", "secret of the hop"),
+                ("x-litefs-route-forward", "a forged secret"),
+                ("x-litefs-route-forward-hop", "7"),
+            ],
+            None,
+            [("X-Forwarded-Proto", "https")],
+            id="hop-by-hop-and-our-own-dropped",
+        ),
+    ],
+)
+def test_forwarded_headers(given: list[tuple[str, str]], client: str | None, expected: list[tuple[str, str]]) -> None:
+    from litefs_route.forwarding import forwarded_headers
+
+    headers = forwarded_headers(given, client=client, scheme="https", secret="s" * 16, hop=2, content_length=5)
+    assert headers == [
+        *expected,
+        ("x-litefs-route-forward", "s" * 16),
+        ("x-litefs-route-forward-hop", "2"),
+        ("Content-Length", "5"),
+    ]
