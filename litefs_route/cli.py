@@ -4,7 +4,10 @@
 
     litefs-route status [--json]                      # role, primary, lag, TXID, source
     litefs-route exec --if-primary [--wait S] -- CMD  # run CMD only on the primary
-    litefs-route wait --primary | --synced [--max-lag MS] | --txid N  [--timeout S]
+    litefs-route exec --if-primary --after-release R -- CMD   # ... once every instance runs R, once
+    litefs-route wait --primary | --synced [--max-lag MS] | --txid N | --schema N  [--timeout S]
+    litefs-route release register | heartbeat | status [--json] | wait --all-on R
+    litefs-route promote [--timeout S]                # move the lease here
 
 Also runnable as ``python -m litefs_route``. Every command reads the mount in
 ``--dir`` (default ``$LITEFS_DIR``). With no directory configured at all the
@@ -25,32 +28,63 @@ Exit codes (shared by all commands; see ``EXIT_CODES_HELP``):
 - 3: the mount is missing or unreadable ("not a LiteFS mount").
 - 4: ``exec --if-primary``: no primary is known (after ``--wait``), so
   nobody can tell whether this node should run the command.
-- 5: ``wait``: timed out.
+- 5: ``wait``, ``release wait``, ``exec --after-release``, ``promote``: timed out.
+- 6: ``exec --after-release``: a run of the step claimed it and never
+  finished (check, then delete its row from ``<table>_steps``).
+- 7: ``release register`` / ``heartbeat``: the record could not be written
+  (no primary, the HALT lock refused).
 - 126 / 127: ``exec``: the command could not be run / was not found.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import shlex
+import sqlite3
 import sys
+import time
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from .mount import NodeState, Position, Role, default_instance_id, read_node_state, read_position
-from .ops import WaitTimeout, read_state_from_stream, wait_for_primary, wait_for_sync, wait_for_txid
+from .ops import HaltLockError, WaitTimeout, read_state_from_stream, wait_for_primary, wait_for_sync, wait_for_txid
+from .releases import (
+    DEFAULT_TABLE,
+    GONE_AFTER,
+    RENEW_EVERY,
+    Heartbeat,
+    StepClaimed,
+    default_release,
+    instances,
+    promote,
+    run_after_release,
+    wait_for_release,
+    wait_for_schema,
+)
 from .subscriber import DEFAULT_API_URL, OFF
 
-__all__ = ["EXIT_MOUNT", "EXIT_NO_PRIMARY", "EXIT_OK", "EXIT_TIMEOUT", "EXIT_USAGE", "main"]
+__all__ = [
+    "EXIT_MOUNT",
+    "EXIT_NOT_WRITTEN",
+    "EXIT_NO_PRIMARY",
+    "EXIT_OK",
+    "EXIT_STEP_CLAIMED",
+    "EXIT_TIMEOUT",
+    "EXIT_USAGE",
+    "main",
+]
 
 EXIT_OK = 0
 EXIT_USAGE = 2  # argparse's own
 EXIT_MOUNT = 3
 EXIT_NO_PRIMARY = 4
 EXIT_TIMEOUT = 5
+EXIT_STEP_CLAIMED = 6
+EXIT_NOT_WRITTEN = 7
 EXIT_CANNOT_RUN = 126  # as sh does
 EXIT_NOT_FOUND = 127
 
@@ -61,7 +95,9 @@ exit codes:
   2    usage error
   3    --dir / $LITEFS_DIR is missing or unreadable (not a LiteFS mount)
   4    exec --if-primary: no primary known (after --wait)
-  5    wait: timed out
+  5    wait, release wait, exec --after-release, promote: timed out
+  6    exec --after-release: the step was claimed by a run that never finished
+  7    release register/heartbeat: the record could not be written
   126  exec: command not executable
   127  exec: command not found
 
@@ -142,7 +178,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=formatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{status,exec,wait,dev}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{status,exec,wait,release,promote,dev}")
 
     status = sub.add_parser(
         "status",
@@ -172,6 +208,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="first wait up to SECONDS for a primary to be known (default: 0, decide now)",
     )
+    run.add_argument(
+        "--after-release",
+        metavar="RELEASE",
+        help="run CMD once every live instance reports RELEASE, and once per release for the cluster "
+        "(recorded in the registry: see `release`)",
+    )
+    run.add_argument(
+        "--step", default="after-release", help="with --after-release: the step's name (default: %(default)s)"
+    )
+    run.add_argument(
+        "--timeout", type=_seconds, default=600.0, metavar="SECONDS", help="with --after-release (default: 600)"
+    )
+    _registry_options(run)
     run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...", help="the command and its arguments")
 
     wait = sub.add_parser(
@@ -186,9 +235,67 @@ def _parser() -> argparse.ArgumentParser:
     what.add_argument("--primary", action="store_true", help="until this node is the primary")
     what.add_argument("--synced", action="store_true", help="until this node's lag is at most --max-lag")
     what.add_argument("--txid", type=_count, metavar="N", help="until --database's TXID is at least N")
+    what.add_argument(
+        "--schema", type=_count, metavar="N", help="until --database's schema (PRAGMA user_version, or --query) is >= N"
+    )
     wait.add_argument("--max-lag", type=_count, default=1000, metavar="MS", help="with --synced (default: 1000 ms)")
+    wait.add_argument("--query", default="PRAGMA user_version", help="with --schema: SQL whose first value is it")
     wait.add_argument("--timeout", type=_seconds, default=60.0, metavar="SECONDS", help="default: 60")
+
+    release = sub.add_parser(
+        "release",
+        help="which release each instance runs (a registry in the database)",
+        description="Each instance records its release in the replicated database (on a replica through "
+        "LiteFS's HALT lock); after-release steps wait for all of them (exec --after-release).",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=formatter,
+    )
+    actions = release.add_subparsers(dest="action", required=True, metavar="{register,heartbeat,status,wait}")
+    for name, summary in (
+        ("register", "record this instance's release once (at start)"),
+        ("heartbeat", f"record it, then renew it every --every seconds until stopped (default {RENEW_EVERY:g})"),
+    ):
+        action = actions.add_parser(name, parents=[common], help=summary, description=summary, epilog=EXIT_CODES_HELP)
+        action.add_argument("--release", default=default_release(), help="default: $FLY_IMAGE_REF")
+        action.add_argument("--schema", type=_count, metavar="N", help="the schema version this release's code needs")
+        _registry_options(action)
+        if name == "heartbeat":
+            action.add_argument("--every", type=_seconds, default=RENEW_EVERY, metavar="SECONDS")
+    shown = actions.add_parser(
+        "status", parents=[common], help="every live instance, its release, schema, last seen", epilog=EXIT_CODES_HELP
+    )
+    shown.add_argument("--json", action="store_true", help="a JSON list on stdout")
+    shown.add_argument("--all", action="store_true", help="gone instances too")
+    _registry_options(shown)
+    waits = actions.add_parser(
+        "wait", parents=[common], help="block until every live instance runs --all-on", epilog=EXIT_CODES_HELP
+    )
+    waits.add_argument("--all-on", required=True, metavar="RELEASE")
+    waits.add_argument("--timeout", type=_seconds, default=600.0, metavar="SECONDS", help="default: 600")
+    _registry_options(waits)
+
+    promote = sub.add_parser(
+        "promote",
+        parents=[common],
+        help="move the lease to this candidate and wait until it holds it",
+        description="Ask LiteFS (POST /promote, as `litefs run -promote`) to hand the lease to this node, "
+        "and wait until this node is the primary.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=formatter,
+    )
+    promote.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS", help="default: 30")
     return parser
+
+
+def _registry_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--table", default=DEFAULT_TABLE, help="the registry's table (default: %(default)s)")
+    parser.add_argument(
+        "--gone-after",
+        type=_seconds,
+        default=GONE_AFTER,
+        metavar="SECONDS",
+        help="an instance not seen for this long counts as gone (default: %(default)g)",
+    )
 
 
 def _mount_dir(args: argparse.Namespace) -> str | None:
@@ -278,6 +385,8 @@ def _exec(args: argparse.Namespace, instance_id: str) -> int:
     if not state.is_primary:
         _say(f"skipped {shown}: {_describe(state)}")
         return EXIT_OK
+    if args.after_release:
+        return _after_release(args, litefs_dir, instance_id, cmd)
     if state.role is Role.STANDALONE:
         _say(f"no LiteFS mount, standalone counts as the primary; running: {shown}")
     else:
@@ -319,6 +428,15 @@ def _wait(args: argparse.Namespace, instance_id: str) -> int:
                 ),
             )
             _say(f"synced: {_describe(state)}, lag {_ms(state.lag_ms)}")
+        elif args.schema is not None:
+            version = wait_for_schema(
+                _database(args, litefs_dir),
+                args.schema,
+                timeout,
+                query=args.query,
+                on_wait=lambda v: _say(f"waiting up to {timeout:g} s for schema {args.schema} (now: {v})"),
+            )
+            _say(f"the schema is at {version}")
         elif litefs_dir is None:
             _say(f"no LiteFS mount (standalone): no TXID to wait for on {args.database}")
         else:
@@ -339,6 +457,110 @@ def _wait(args: argparse.Namespace, instance_id: str) -> int:
     return EXIT_OK
 
 
+def _database(args: argparse.Namespace, litefs_dir: str | None) -> str:
+    """The database's path: --database in the mount (or, standalone, the current directory)."""
+    if not args.database:
+        raise _Fail(EXIT_USAGE, f"{args.command} needs --database (or $DATABASE_FILENAME)")
+    return os.path.join(litefs_dir or ".", args.database)
+
+
+def _after_release(args: argparse.Namespace, litefs_dir: str | None, instance_id: str, cmd: list[str]) -> int:
+    release, step, shown = args.after_release, args.step, shlex.join(cmd)
+    try:
+        code = run_after_release(
+            _database(args, litefs_dir),
+            release,
+            cmd,
+            args.timeout,
+            step=step,
+            instance_id=instance_id,
+            litefs_dir=litefs_dir,
+            table=args.table,
+            gone_after=args.gone_after,
+            on_wait=lambda behind: _say(
+                f"waiting to run {shown} until every instance runs {release}; not yet: "
+                + (", ".join(f"{r.instance} ({r.release})" for r in behind) or "no instance has registered")
+            ),
+        )
+    except StepClaimed as exc:
+        raise _Fail(EXIT_STEP_CLAIMED, f"not running {shown}: {exc}") from None
+    except WaitTimeout as exc:
+        raise _Fail(EXIT_TIMEOUT, f"not running {shown}: {exc}") from None
+    except RuntimeError as exc:
+        raise _Fail(EXIT_NO_PRIMARY, f"not running {shown}: {exc}") from None
+    if code is None:
+        _say(f"skipped {shown}: step {step!r} of release {release} already ran")
+        return EXIT_OK
+    _say(f"{shown} exited {code}" + ("; recorded as done" if code == 0 else "; not recorded, it runs again next time"))
+    return code
+
+
+def _release(args: argparse.Namespace, instance_id: str) -> int:
+    litefs_dir = _mount_dir(args)
+    db_path = _database(args, litefs_dir)
+    try:
+        if args.action in ("register", "heartbeat"):
+            if not args.release:
+                raise _Fail(EXIT_USAGE, f"release {args.action} needs --release (or $FLY_IMAGE_REF)")
+            beat = Heartbeat(
+                db_path, release=args.release, schema=args.schema, instance_id=instance_id, table=args.table
+            )
+            if args.action == "heartbeat":
+                beat.every = args.every
+            record = beat.renew(starting=True)
+            _say(f"{record.instance} registered on release {record.release}")
+            if args.action == "heartbeat":
+                while True:
+                    time.sleep(beat.every)
+                    try:
+                        beat.renew()
+                    except (HaltLockError, sqlite3.Error) as exc:  # the next renewal tries again
+                        _say(f"renewing failed, trying again in {beat.every:g} s: {exc}")
+            return EXIT_OK
+        if args.action == "status":
+            records = instances(db_path, table=args.table, gone_after=None if args.all else args.gone_after)
+            now = time.time()
+            if args.json:
+                print(json.dumps([dataclasses.asdict(r) | {"seen_ago": round(now - r.seen_at, 1)} for r in records]))
+            else:
+                for r in records:
+                    schema = "-" if r.schema is None else r.schema
+                    print(f"{r.instance}  release {r.release}  schema {schema}  seen {now - r.seen_at:.0f} s ago")
+            return EXIT_OK
+        live = wait_for_release(
+            db_path,
+            args.all_on,
+            args.timeout,
+            table=args.table,
+            gone_after=args.gone_after,
+            on_wait=lambda behind: _say(
+                f"waiting for every instance to run {args.all_on}; not yet: "
+                + (", ".join(f"{r.instance} ({r.release})" for r in behind) or "no instance has registered")
+            ),
+        )
+        _say(f"every live instance runs {args.all_on}: {', '.join(r.instance for r in live)}")
+        return EXIT_OK
+    except (HaltLockError, sqlite3.OperationalError, ValueError) as exc:
+        raise _Fail(EXIT_NOT_WRITTEN if args.action in ("register", "heartbeat") else EXIT_MOUNT, str(exc)) from None
+    except WaitTimeout as exc:
+        raise _Fail(EXIT_TIMEOUT, f"release wait: {exc}") from None
+
+
+def _promote(args: argparse.Namespace, instance_id: str) -> int:
+    litefs_dir = _mount_dir(args)
+    if litefs_dir is None:
+        _say("no LiteFS mount (standalone): already the primary")
+        return EXIT_OK
+    if not args.api_url:
+        raise _Fail(EXIT_USAGE, "promote needs LiteFS's API (--api-url, not 'off')")
+    try:
+        promote(litefs_dir, args.api_url, args.timeout, instance_id=instance_id)
+    except WaitTimeout as exc:
+        raise _Fail(EXIT_TIMEOUT, f"promote: {exc}") from None
+    _say(f"{instance_id} is the primary")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see :data:`EXIT_CODES_HELP`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -351,7 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING, format="litefs-route: %(levelname)s %(message)s"
     )
     instance_id: str = args.instance_id or default_instance_id()
-    commands = {"status": _status, "exec": _exec, "wait": _wait}
+    commands = {"status": _status, "exec": _exec, "wait": _wait, "release": _release, "promote": _promote}
     try:
         return commands[args.command](args, instance_id)
     except _Fail as fail:

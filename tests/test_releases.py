@@ -1,0 +1,186 @@
+"""Release-aware migrations on real LiteFS: the registry, after-release steps, the schema gate, promote.
+
+Three LiteFS nodes with a Consul lease (node1 primary at start). Every
+command is the real ``litefs-route`` command line, one process per call, as a
+deploy runs it: ``--dir`` the node's mount, ``--instance-id`` the node. On a
+replica, registering goes through LiteFS's HALT lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from litefs_route.cli import EXIT_OK, EXIT_TIMEOUT
+from tests.support import wait_until
+
+if TYPE_CHECKING:
+    from litefs_route.devcluster.litefs import LiteFSCluster
+    from litefs_route.devcluster.pytest_plugin import LiteFSClusterFactory
+
+pytestmark = pytest.mark.litefs
+
+
+def _args(cluster: LiteFSCluster, node: str, *args: str) -> list[str]:
+    words = 2 if args[0] == "release" else 1  # the command ("release wait", "exec"), then the node's options
+    return [
+        sys.executable,
+        "-m",
+        "litefs_route",
+        *args[:words],
+        "--dir",
+        cluster.mount_dir(node),
+        "--instance-id",
+        node,
+        "--database",
+        "app.db",
+        "--api-url",
+        cluster.nodes[node].api_url,
+        *args[words:],
+    ]
+
+
+def _run(cluster: LiteFSCluster, node: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(_args(cluster, node, *args), capture_output=True, text=True, timeout=120)
+
+
+def _start(cluster: LiteFSCluster, node: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(_args(cluster, node, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _register(cluster: LiteFSCluster, node: str, release: str, *extra: str) -> None:
+    result = _run(cluster, node, "release", "register", "--release", release, *extra)
+    assert result.returncode == EXIT_OK, result.stderr
+
+
+def _step(marker: Path, label: str) -> list[str]:
+    """A step that appends *label* to *marker*: how many times it ran, and where."""
+    code = f"open({str(marker)!r}, 'a').write({label!r} + chr(10))"
+    return ["--", sys.executable, "-c", code]
+
+
+def _ran(marker: Path) -> list[str]:
+    return marker.read_text().split() if marker.exists() else []
+
+
+def _status(cluster: LiteFSCluster, node: str) -> dict[str, str]:
+    result = _run(cluster, node, "release", "status", "--json")
+    assert result.returncode == EXIT_OK, result.stderr
+    return {r["instance"]: r["release"] for r in json.loads(result.stdout)}
+
+
+def test_a_rolling_deploy_runs_the_after_release_step_once_after_the_last_instance(
+    litefs_real_cluster: LiteFSClusterFactory, tmp_path: Path
+) -> None:
+    cluster = litefs_real_cluster(instances=3, lease="consul")
+    for node in ("node1", "node2", "node3"):  # the primary first: it creates the registry
+        _register(cluster, node, "v1")
+    cluster.wait_replicated()
+    assert _status(cluster, "node3") == {"node1": "v1", "node2": "v1", "node3": "v1"}
+
+    marker = tmp_path / "ran"
+    step = _start(cluster, "node1", "exec", "--if-primary", "--after-release", "v2", *_step(marker, "node1"))
+    for node in ("node3", "node2"):  # the deploy restarts the replicas first
+        _register(cluster, node, "v2")
+        assert step.poll() is None, "ran before every instance ran v2"
+    assert _ran(marker) == []
+    _register(cluster, "node1", "v2")
+    _, stderr = step.communicate(timeout=60)
+    assert step.returncode == EXIT_OK, stderr
+    assert _ran(marker) == ["node1"]
+    assert "until every instance runs v2; not yet: node1 (v1)" in stderr  # who it waited for (by id)
+    assert "recorded as done" in stderr
+
+    again = _run(cluster, "node1", "exec", "--if-primary", "--after-release", "v2", *_step(marker, "again"))
+    on_replica = _run(cluster, "node2", "exec", "--if-primary", "--after-release", "v2", *_step(marker, "node2"))
+    assert (again.returncode, on_replica.returncode) == (EXIT_OK, EXIT_OK)
+    assert "already ran" in again.stderr
+    assert "skipped" in on_replica.stderr
+    assert _ran(marker) == ["node1"]
+
+
+def test_an_instance_that_is_gone_no_longer_holds_the_step_back(
+    litefs_real_cluster: LiteFSClusterFactory, tmp_path: Path
+) -> None:
+    """An instance killed mid-deploy stops renewing: after --gone-after it is not waited for."""
+    cluster = litefs_real_cluster(instances=3, lease="consul")
+    for node in ("node1", "node2"):
+        _register(cluster, node, "v1")
+    node3_last_seen_after = time.monotonic()  # its record's seen_at is later than this
+    _register(cluster, "node3", "v1")
+    _register(cluster, "node1", "v2")
+    _register(cluster, "node2", "v2")  # node3 died before its new release started: it stays on v1
+    marker = tmp_path / "ran"
+    step = _run(
+        cluster, "node1", "exec", "--if-primary", "--after-release", "v2", "--gone-after", "3", *_step(marker, "n1")
+    )
+    assert step.returncode == EXIT_OK, step.stderr
+    assert time.monotonic() - node3_last_seen_after >= 3  # it waited for node3 until node3 counted as gone
+    assert "node3 (v1)" in step.stderr
+    assert _ran(marker) == ["n1"]
+    assert _run(cluster, "node1", "release", "wait", "--all-on", "v3", "--timeout", "0.5").returncode == EXIT_TIMEOUT
+
+
+def test_the_schema_gate_holds_a_replica_until_the_migration_arrives(
+    litefs_real_cluster: LiteFSClusterFactory,
+) -> None:
+    cluster = litefs_real_cluster(instances=3, lease="consul")
+    with sqlite3.connect(cluster.db_path("node1")) as db:
+        db.execute("CREATE TABLE t (v)")
+    db.close()
+    cluster.wait_replicated()
+    gate = _start(cluster, "node3", "wait", "--schema", "5", "--timeout", "60")
+    assert gate.stderr is not None
+    assert "waiting up to 60 s for schema 5 (now: 0)" in gate.stderr.readline()  # it is waiting
+    assert gate.poll() is None
+    db = sqlite3.connect(cluster.db_path("node1"))
+    db.execute("PRAGMA user_version = 5")
+    db.close()
+    migrated = time.monotonic()
+    _, stderr = gate.communicate(timeout=30)
+    let_go = time.monotonic() - migrated
+    print(f"the schema gate let the replica go {let_go * 1000:.0f} ms after the migration committed")
+    assert gate.returncode == EXIT_OK, stderr
+    assert "the schema is at 5" in stderr
+
+
+def test_promote_moves_the_lease_and_the_step_runs_there(
+    litefs_real_cluster: LiteFSClusterFactory, tmp_path: Path
+) -> None:
+    cluster = litefs_real_cluster(instances=3, lease="consul")
+    for node in ("node1", "node2", "node3"):
+        _register(cluster, node, "v1")
+    promoted = _run(cluster, "node2", "promote", "--timeout", "30")
+    assert promoted.returncode == EXIT_OK, promoted.stderr
+    assert cluster.read("node2", ".primary") is None  # node2 holds the lease
+    wait_until(lambda: cluster.read("node1", ".primary") == b"node2\n", what="node1 to follow node2")
+    for node in ("node2", "node1", "node3"):
+        _register(cluster, node, "v2")
+    marker = tmp_path / "ran"
+    on_old_primary = _run(cluster, "node1", "exec", "--if-primary", "--after-release", "v2", *_step(marker, "node1"))
+    on_new_primary = _run(cluster, "node2", "exec", "--if-primary", "--after-release", "v2", *_step(marker, "node2"))
+    assert (on_old_primary.returncode, on_new_primary.returncode) == (EXIT_OK, EXIT_OK), on_new_primary.stderr
+    assert _ran(marker) == ["node2"]
+
+
+def test_two_runs_racing_for_one_step_run_it_once(litefs_real_cluster: LiteFSClusterFactory, tmp_path: Path) -> None:
+    """Every candidate's exec entry at once (and the primary's twice): the step runs once, the rest skip."""
+    cluster = litefs_real_cluster(instances=3, lease="consul")
+    for node in ("node1", "node2", "node3"):
+        _register(cluster, node, "v1")
+    marker = tmp_path / "ran"
+    slow = ["--", sys.executable, "-c", f"import time; time.sleep(1); open({str(marker)!r}, 'a').write('x' + chr(10))"]
+    racing = [
+        _start(cluster, node, "exec", "--if-primary", "--after-release", "v1", *slow)
+        for node in ("node1", "node1", "node2", "node3")
+    ]
+    results = [(p.communicate(timeout=60)[1], p.returncode) for p in racing]
+    assert [code for _, code in results] == [EXIT_OK] * 4, results
+    assert _ran(marker) == ["x"]
