@@ -9,6 +9,9 @@ replica, registering goes through LiteFS's HALT lock.
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -184,3 +187,71 @@ def test_two_runs_racing_for_one_step_run_it_once(litefs_real_cluster: LiteFSClu
     results = [(p.communicate(timeout=60)[1], p.returncode) for p in racing]
     assert [code for _, code in results] == [EXIT_OK] * 4, results
     assert _ran(marker) == ["x"]
+
+
+def _recipe(name: str) -> str:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "migrations.md").read_text()
+    match = re.search(rf"<!-- litefs-route:test {re.escape(name)} -->\n```sh\n(.*?)```", text, re.DOTALL)
+    assert match is not None, f"recipe {name} not found in docs/migrations.md"
+    return match[1]
+
+
+def test_the_worked_deploy_in_the_docs(litefs_real_cluster: LiteFSClusterFactory, tmp_path: Path) -> None:
+    """docs/migrations.md's start.sh on three Machines: the primary first, one rolled back, then all on v2."""
+    cluster = litefs_real_cluster(instances=3, lease="consul")
+    db = sqlite3.connect(cluster.db_path("node1"))
+    db.execute("CREATE TABLE t (v)")
+    db.execute("PRAGMA user_version = 3")  # the before-release step (litefs.yml's exec) ran on the primary
+    db.close()
+    cluster.wait_replicated()
+    (tmp_path / "start.sh").write_text(_recipe("start.sh"))
+    marker = tmp_path / "contracted"
+    (tmp_path / "contract.py").write_text(
+        f"import os\nopen({str(marker)!r}, 'a').write(os.environ['FLY_MACHINE_ID'] + chr(10))\n"
+    )
+    app = [sys.executable, "-c", "import time; print('app up', flush=True); time.sleep(600)"]
+    bin_dir = os.path.dirname(sys.executable)  # litefs-route and python, as the image has them
+    machines: dict[str, subprocess.Popen[bytes]] = {}
+
+    def boot(node: str, release: str) -> None:
+        env = {
+            **os.environ,
+            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+            "LITEFS_DIR": cluster.mount_dir(node),
+            "DATABASE_FILENAME": "app.db",
+            "LITEFS_API_URL": cluster.nodes[node].api_url,
+            "FLY_MACHINE_ID": node,
+            "FLY_IMAGE_REF": release,
+        }
+        with open(tmp_path / f"{node}-{release}.log", "wb") as log:
+            machines[node] = subprocess.Popen(
+                ["sh", "start.sh", *app],
+                cwd=tmp_path,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_until(lambda: _status(cluster, "node1").get(node) == release, what=f"{node} to register {release}")
+
+    def stop(node: str) -> None:
+        os.killpg(machines[node].pid, signal.SIGKILL)  # the Machine, its app and its background jobs
+        machines[node].wait(10)
+
+    for node in ("node1", "node2", "node3"):  # the previous release runs everywhere, registered
+        _register(cluster, node, "v1")
+    try:
+        boot("node1", "v2")  # the primary first: its after-release step waits for the others
+        boot("node2", "v2")
+        boot("node3", "v1")  # still (or again) on the old release
+        assert _run(cluster, "node1", "release", "wait", "--all-on", "v2", "--timeout", "1").returncode == EXIT_TIMEOUT
+        assert _ran(marker) == []
+        stop("node3")
+        boot("node3", "v2")
+        wait_until(marker.exists, timeout=30, what="the after-release step")
+        assert all(machine.poll() is None for machine in machines.values())  # every app is up
+    finally:
+        for node in list(machines):
+            stop(node)
+    assert _ran(marker) == ["node1"]
+    assert "waiting to run python contract.py until every instance runs v2" in (tmp_path / "node1-v2.log").read_text()
