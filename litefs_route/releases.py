@@ -32,6 +32,7 @@ import contextlib
 import http.client
 import logging
 import os
+import pathlib
 import sqlite3
 import subprocess
 import threading
@@ -139,7 +140,8 @@ def _writing(db_path: str, instance_id: str | None, halt_timeout: float) -> Iter
 
 @contextlib.contextmanager
 def _reading(db_path: str) -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10, isolation_level=None)
+    uri = pathlib.Path(db_path).resolve().as_uri() + "?mode=ro"  # escaped: a path may hold ? or #
+    conn = sqlite3.connect(uri, uri=True, timeout=10, isolation_level=None)
     try:
         yield conn
     finally:

@@ -152,7 +152,7 @@ def test_status_unreadable_position(mount: Mount) -> None:
     ("args", "message"),
     [
         ((), "required"),
-        (("wait",), "one of the arguments --primary --synced --txid is required"),
+        (("wait",), "one of the arguments --primary --synced --txid --schema is required"),
         (("wait", "--primary", "--synced"), "not allowed with argument"),
         (("wait", "--txid", "5"), "wait --txid needs --database"),
         (("wait", "--primary", "--timeout", "-1"), "must be a finite number >= 0"),
@@ -351,3 +351,30 @@ def test_wait_helpers_return_the_reading_and_time_out_with_the_last_one(mount: M
     with pytest.raises(WaitTimeout) as info:
         wait_for_txid(str(mount.path), "other.db", 1, 0)
     assert info.value.last is None
+
+
+# --- release-aware steps, standalone (the cluster cases are in test_releases.py) --------------
+
+
+def test_an_after_release_step_that_fails_runs_again_and_one_that_never_finished_exits_6(mount: Mount) -> None:
+    mount.make_primary()
+    db = mount.path / "app.db"
+    node = ("--dir", str(mount.path), "--instance-id", ME, "--database", "app.db", "--api-url", "off")
+    assert litefs_route("release", "register", *node, "--release", "v1").returncode == 0
+    step = ("exec", "--if-primary", "--after-release", "v1", *node, "--")
+
+    failed = litefs_route(*step, sys.executable, "-c", "raise SystemExit(3)")
+    assert (failed.returncode, "not recorded, it runs again next time" in failed.stderr) == (3, True)
+    ran = litefs_route(*step, sys.executable, "-c", "print('ran')")
+    assert (ran.returncode, ran.stdout) == (0, "ran\n")
+
+    with sqlite3.connect(db) as conn:  # a run on an instance that died mid-step, long ago
+        conn.execute(
+            "INSERT INTO litefs_route_instances_steps (release, step, instance, started_at) "
+            "VALUES ('v1', 's', 'dead', 0)"
+        )
+    conn.close()
+    stuck = litefs_route(*step[:4], "--step", "s", *step[4:], sys.executable, "-c", "print('ran again')")
+    assert stuck.returncode == 6
+    assert "was claimed by dead at 1970-01-01 00:00:00 UTC and not finished" in stuck.stderr
+    assert stuck.stdout == ""
