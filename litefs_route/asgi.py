@@ -122,6 +122,8 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         if outcome is None:
             outcome = await drive_async(router.plan(request), _AsyncIO(router, receive))
         if outcome.decision.kind is Kind.RUN:
+            if request.forward_claim is not None:  # a genuine forwarded handshake: not the app's business
+                scope = {**scope, "headers": [h for h in scope.get("headers", ()) if h[0] not in _FORWARD_HEADERS]}
             await self.app(scope, receive, send)
             return
         reply = router.reply(outcome.decision)
@@ -153,6 +155,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             [(n.decode("latin-1"), v.decode("latin-1")) for n, v in scope.get("headers", ())],
             client=client[0] if client else None,
             scheme=scope.get("scheme", "http"),
+            chunked=request.content_length is None,  # HTTP/2 may send a body with neither header
         )
         if isinstance(forward, Reply):
             await self.send_reply(send, forward, outcome.state)

@@ -429,13 +429,16 @@ def _wait(args: argparse.Namespace, instance_id: str) -> int:
             )
             _say(f"synced: {_describe(state)}, lag {_ms(state.lag_ms)}")
         elif args.schema is not None:
-            version = wait_for_schema(
-                _database(args, litefs_dir),
-                args.schema,
-                timeout,
-                query=args.query,
-                on_wait=lambda v: _say(f"waiting up to {timeout:g} s for schema {args.schema} (now: {v})"),
-            )
+            try:
+                version = wait_for_schema(
+                    _database(args, litefs_dir),
+                    args.schema,
+                    timeout,
+                    query=args.query,
+                    on_wait=lambda v: _say(f"waiting up to {timeout:g} s for schema {args.schema} (now: {v})"),
+                )
+            except ValueError as exc:
+                raise _Fail(EXIT_USAGE, f"wait --schema: {exc}") from None
             _say(f"the schema is at {version}")
         elif litefs_dir is None:
             _say(f"no LiteFS mount (standalone): no TXID to wait for on {args.database}")
@@ -488,6 +491,8 @@ def _after_release(args: argparse.Namespace, litefs_dir: str | None, instance_id
         raise _Fail(EXIT_TIMEOUT, f"not running {shown}: {exc}") from None
     except RuntimeError as exc:
         raise _Fail(EXIT_NO_PRIMARY, f"not running {shown}: {exc}") from None
+    except sqlite3.Error as exc:
+        raise _Fail(EXIT_MOUNT, f"not running {shown}: the registry cannot be read or written ({exc})") from None
     if code is None:
         _say(f"skipped {shown}: step {step!r} of release {release} already ran")
         return EXIT_OK

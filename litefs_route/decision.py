@@ -449,7 +449,7 @@ def decide(
         return Decision(Kind.UNAVAILABLE, True, reason=_DISAGREE_REASON.format(hops))
     # Forward mode sends a write to the primary before its handler runs (never
     # after: the handler may have read the body, and the request may have written).
-    forwards = rules.forward != "off" and not forced
+    forwards = rules.forward != "off" and not forced and not request.websocket  # a socket is never forwarded
     if forwards and rules.forward == "always":
         return Decision(Kind.FORWARD, True, target=state.primary_id, hops=1)
     limit = rules.replay_body_limit
@@ -478,7 +478,7 @@ def _decide_forwarded(request: RequestInfo, state: NodeState, rules: Rules) -> D
     if state.role is Role.NO_PRIMARY or state.primary_id is None:
         return Pending.WAIT_FOR_PRIMARY
     hops = request.forward_hops
-    if rules.forward == "off" or hops >= rules.max_replays:
+    if rules.forward == "off" or hops >= rules.max_replays or request.websocket:
         return Decision(Kind.UNAVAILABLE, True, reason=_FORWARD_LOOP_REASON.format(hops))
     return Decision(Kind.FORWARD, True, target=state.primary_id, hops=hops + 1)
 
@@ -618,8 +618,9 @@ def _needs_fresh_state(request: RequestInfo) -> bool:
     # A replayed request was sent here because another node believes this
     # one is primary: decide on the truth, not on a cached reading, so a node
     # that was just promoted keeps the write instead of bouncing it.
-    # A request Fly's proxy sent back found its target unreachable: the same.
-    return request.replay_src is not None or request.replay_failed is not None
+    # A request Fly's proxy sent back found its target unreachable, and one
+    # forwarded here was sent by a node that believes this one is primary: the same.
+    return request.replay_src is not None or request.replay_failed is not None or request.forward_claim is not None
 
 
 def plan_request(request: RequestInfo, rules: Rules, *, known_txids: tuple[int | None, ...] | None = None) -> Plan:

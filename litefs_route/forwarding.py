@@ -36,6 +36,7 @@ __all__ = [
     "HOP_HEADER",
     "SECRET_ENV",
     "SECRET_HEADER",
+    "ClientBodyError",
     "Forward",
     "ForwardTarget",
     "ForwardURL",
@@ -251,6 +252,10 @@ def forward_blocking(
                 conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
         if chunked:
             conn.send(b"0\r\n\r\n")
+    except ClientBodyError as exc:  # the client's side: nothing to wait for from the primary
+        conn.close()
+        logger.warning("a write forwarded to the primary %s was cut short by its client: %s", target.instance, exc)
+        return forward_failure_reply(target.instance, True, str(exc), retry_after)
     except OSError as exc:
         # The primary may have answered early (a refusal) and closed: relay that answer if it is there.
         with contextlib.suppress(OSError, http.client.HTTPException):
@@ -258,6 +263,9 @@ def forward_blocking(
         conn.close()
         logger.warning("forwarding a write to the primary %s failed after it was sent: %r", target.instance, exc)
         return forward_failure_reply(target.instance, True, f"{exc}", retry_after)
+    except BaseException:
+        conn.close()
+        raise
     try:
         response = conn.getresponse()
     except (OSError, http.client.HTTPException) as exc:
@@ -277,6 +285,10 @@ def _relay(conn: http.client.HTTPConnection, response: http.client.HTTPResponse,
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+
+
+class ClientBodyError(Exception):
+    """The client's body ended before it said it would (raised by a body iterator): the forward is abandoned."""
 
 
 class _Lost(Exception):
@@ -345,8 +357,15 @@ async def _send_request(
     head = f"{method} {target.prefix}{path_qs} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n"
     writer.write(head.encode("latin-1"))
 
+    sent = 0
+    announced = next((int(v) for n, v in headers if n.lower() == "content-length"), None)
+
     async def write(chunk: bytes) -> None:
+        nonlocal sent
         if chunk:
+            sent += len(chunk)
+            if announced is not None and sent > announced:  # never let a body spill into a next request
+                raise OSError(f"the body is longer than the {announced} bytes announced")
             writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
             await asyncio.wait_for(writer.drain(), timeout)  # backpressure: memory stays bounded
 

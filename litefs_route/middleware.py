@@ -264,8 +264,10 @@ def _forward_secret(forward: str, forward_url: ForwardURL, option: str | None) -
     if forward not in ("off", "oversize", "always"):
         raise ValueError(f"forward must be 'off', 'oversize' or 'always', got {forward!r}")
     secret = option if option is not None else os.environ.get(SECRET_ENV) or None
-    if secret is not None and (not isinstance(secret, str) or len(secret) < 16 or not secret.isprintable()):
-        raise ValueError(f"forward_secret (or ${SECRET_ENV}) must be at least 16 printable characters")
+    if secret is not None and not (
+        isinstance(secret, str) and len(secret) >= 16 and secret.isascii() and secret.isprintable()
+    ):
+        raise ValueError(f"forward_secret (or ${SECRET_ENV}) must be at least 16 printable ASCII characters")
     if forward == "off":
         return secret  # still checks the requests other instances forward here
     if secret is None:

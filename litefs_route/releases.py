@@ -97,12 +97,13 @@ class StepRecord:
 
 
 class StepClaimed(Exception):
-    """The step was claimed by an instance that did not finish it (it failed hard, or is still running)."""
+    """The step was claimed by an instance that is gone from the registry and never finished it."""
 
     def __init__(self, record: StepRecord) -> None:
         super().__init__(
             f"step {record.step!r} of release {record.release!r} was claimed by {record.instance} at "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(record.started_at))} UTC and not finished"
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(record.started_at))} UTC and not finished, "
+            f"and {record.instance} is gone"
         )
         self.record = record
 
@@ -331,7 +332,8 @@ def run_after_release(
     deadline = time.monotonic() + timeout
     if _finished_elsewhere(path, release, step, table, gone_after, deadline):
         return None
-    wait_for_release(path, release, timeout, table=table, gone_after=gone_after, on_wait=on_wait)
+    left = max(0.0, deadline - time.monotonic())
+    wait_for_release(path, release, left, table=table, gone_after=gone_after, on_wait=on_wait)
     mount = (os.path.dirname(path) or ".") if isinstance(litefs_dir, _Same) else litefs_dir
     state = read_node_state(mount, instance)  # again: a failover may have happened while it waited
     if not state.is_primary:
@@ -342,7 +344,14 @@ def run_after_release(
         while _claim(conn, table, release, step, instance) is not None:
             if _finished_elsewhere(path, release, step, table, gone_after, deadline):
                 return None  # (else the other run failed and gave the claim back: claim it again)
-        code = subprocess.call(list(cmd))
+        try:
+            code = subprocess.call(list(cmd))
+        except FileNotFoundError:
+            code = 127  # as sh says it: the command never ran, the claim goes back
+        except OSError:
+            code = 126
+        if code < 0:
+            code = 128 - code  # killed by a signal, as sh reports it
         if code == 0:
             conn.execute(
                 f"UPDATE {table}_steps SET done_at = ? WHERE release = ? AND step = ?", (time.time(), release, step)
@@ -357,8 +366,9 @@ def run_after_release(
 def _finished_elsewhere(path: str, release: str, step: str, table: str, gone_after: float, deadline: float) -> bool:
     """True if the step is done; False if nobody holds it. A run under way (its instance live) is waited for.
 
-    Raises :class:`StepClaimed` for a claim whose instance is gone or that
-    outlives *deadline*: a run that never finished.
+    Raises :class:`StepClaimed` for a claim whose instance is gone (a run
+    that never finished), :class:`~litefs_route.WaitTimeout` at *deadline*
+    while a live instance still holds it.
     """
     while True:
         record = step_record(path, release, step, table=table)
@@ -367,8 +377,14 @@ def _finished_elsewhere(path: str, release: str, step: str, table: str, gone_aft
         if record.done_at is not None:
             return True
         live = {r.instance for r in instances(path, table=table, gone_after=gone_after)}
-        if record.instance not in live or time.monotonic() >= deadline:
+        if record.instance not in live:
             raise StepClaimed(record)
+        if time.monotonic() >= deadline:
+            raise WaitTimeout(
+                f"step {step!r} of release {release!r} is being run by {record.instance}, which is live: "
+                "it may still be running",
+                record,
+            )
         time.sleep(_POLL * 5)
 
 
@@ -390,10 +406,7 @@ def wait_for_schema(
     deadline = time.monotonic() + timeout
     told = False
     while True:
-        now: int | None = None
-        with contextlib.suppress(sqlite3.OperationalError), _reading(path) as conn:
-            row = conn.execute(query).fetchone()
-            now = int(row[0]) if row and row[0] is not None else None
+        now = _schema_now(path, query)
         if now is not None and now >= version:
             return now
         if time.monotonic() >= deadline:
@@ -402,6 +415,22 @@ def wait_for_schema(
             on_wait(now)
             told = True
         time.sleep(_POLL)
+
+
+def _schema_now(path: str, query: str) -> int | None:
+    """The schema version now; None while the database or its table is not there yet. ValueError for a bad query."""
+    try:
+        with _reading(path) as conn:
+            row = conn.execute(query).fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc) or "unable to open" in str(exc):
+            return None  # not replicated yet
+        raise ValueError(f"the schema query {query!r} failed: {exc}") from exc
+    if not row or row[0] is None:
+        return None
+    if isinstance(row[0], bool) or not isinstance(row[0], int):
+        raise ValueError(f"the schema query {query!r} gave {row[0]!r}, not an integer")
+    return row[0]
 
 
 def promote(

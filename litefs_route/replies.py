@@ -15,6 +15,7 @@ from .mount import NodeState
 
 __all__ = [
     "INSTANCE_HEADER",
+    "LENGTH_REQUIRED",
     "OUR_TAG_NAMES",
     "OUR_TAG_NAMES_BYTES",
     "PRIMARY_HEADER",
@@ -46,6 +47,7 @@ _REASONS = {
     403: "Forbidden",
     408: "Request Timeout",
     409: "Conflict",
+    411: "Length Required",
     413: "Content Too Large",
     502: "Bad Gateway",
     503: "Service Unavailable",
@@ -125,6 +127,14 @@ def build_reply(decision: Decision, retry_after: int, replay_timeout: float | No
     raise ValueError(f"no reply for {decision.kind}: the app runs, or the adapter forwards the request")
 
 
+def _length_required() -> Reply:
+    body = (
+        "This write has a body of unknown length (chunked), and this server does not mark where it ends,\n"
+        "so it cannot be forwarded to the primary. Send it with a Content-Length.\n"
+    )
+    return _text_reply(411, body, [])
+
+
 def forward_failure_reply(target: str, sent: bool, detail: str, retry_after: int) -> Reply:
     """The answer when forwarding a write to *target* failed: whether it may have run, in words and status."""
     if not sent:  # nothing left this instance: safe to send again
@@ -155,3 +165,7 @@ def _text_reply(status: int, body: str, extra: list[tuple[str, str]]) -> Reply:
 def has_replay_header(headers: Iterable[tuple[AnyStr, AnyStr]]) -> bool:
     """True if *headers* include ``fly-replay`` (the app's own replay counts)."""
     return any(name.lower() in _REPLAY_NAMES for name, _ in headers)
+
+
+#: The answer to a chunked write this WSGI server cannot forward (it does not mark the body's end).
+LENGTH_REQUIRED = _length_required()

@@ -154,12 +154,17 @@ class Router:
         *,
         client: str | None,
         scheme: str,
+        chunked: bool,
     ) -> Forward | Reply:
-        """How to forward *request* on a FORWARD *decision* (counted); or the reply if ``forward_url`` fails."""
+        """How to forward *request* on a FORWARD *decision* (counted); or the reply if ``forward_url`` fails.
+
+        *chunked*: the body's length is unknown (the adapter knows what its
+        server's framing means), so it is sent chunked; else it is the
+        request's ``Content-Length`` (none: no body).
+        """
         assert decision.target is not None  # FORWARD names the primary
         assert self.rules.forward_secret is not None  # forward mode refuses to start without one
         self.counters.add("forwards")
-        chunked = request.unknown_length
         length = None if chunked else (request.content_length or 0)
         try:
             target = resolve_forward_url(self.forward_url, decision.target)

@@ -33,10 +33,10 @@ from .consistency import TxidCookies
 from .context import RequestContext, current_request, report_exception
 from .decision import Kind, Outcome, RequestInfo
 from .drivers import MountIO, drive, measure_stream
-from .forwarding import HOP_HEADER, SECRET_HEADER, forward_blocking
+from .forwarding import HOP_HEADER, SECRET_HEADER, ClientBodyError, forward_blocking
 from .frameworks import connect_flask_exception_signal, werkzeug_primary_required
 from .middleware import RoutingMiddleware, middleware_doc
-from .replies import OUR_TAG_NAMES, Headers, Reply, with_tags
+from .replies import LENGTH_REQUIRED, OUR_TAG_NAMES, Headers, Reply, with_tags
 from .router import Router
 
 if TYPE_CHECKING:
@@ -112,12 +112,16 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
     ) -> Iterable[bytes]:
         """Send the request to the primary ourselves (forward mode) and relay its answer, streaming."""
         router = self.router
+        if request.unknown_length and not environ.get("wsgi.input_terminated"):
+            # Its end cannot be found here: forwarding it would send it cut short.
+            return _send_reply(start_response, LENGTH_REQUIRED, router.tags(outcome.state))
         forward = router.forward(
             request,
             outcome.decision,
             _environ_headers(environ),
             client=environ.get("REMOTE_ADDR"),
             scheme=environ.get("wsgi.url_scheme", "http"),
+            chunked=request.unknown_length,  # WSGI (HTTP/1.x): no Content-Length and not chunked is no body
         )
         if isinstance(forward, Reply):
             return _send_reply(start_response, forward, router.tags(outcome.state))
@@ -264,9 +268,7 @@ def _body(environ: WSGIEnvironment, kept: list[bytes], length: int | None) -> It
     stream = environ.get("wsgi.input")
     if stream is None:
         return
-    if length is None:  # chunked: to its end, where the server marks it
-        if not environ.get("wsgi.input_terminated"):
-            return
+    if length is None:  # chunked: to its end, which the server marks (checked before forwarding)
         while chunk := stream.read(_CHUNK):
             yield chunk
         return
@@ -274,7 +276,7 @@ def _body(environ: WSGIEnvironment, kept: list[bytes], length: int | None) -> It
     while left > 0:
         chunk = stream.read(min(_CHUNK, left))
         if not chunk:
-            return  # the client sent less than it announced: the primary sees it cut short
+            raise ClientBodyError(f"the client sent {length - left} of the {length} bytes it announced")
         left -= len(chunk)
         yield chunk
 

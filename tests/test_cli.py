@@ -363,6 +363,8 @@ def test_an_after_release_step_that_fails_runs_again_and_one_that_never_finished
     assert litefs_route("release", "register", *node, "--release", "v1").returncode == 0
     step = ("exec", "--if-primary", "--after-release", "v1", *node, "--")
 
+    missing = litefs_route(*step, "no-such-command-litefs-route")
+    assert (missing.returncode, "not recorded" in missing.stderr) == (127, True)
     failed = litefs_route(*step, sys.executable, "-c", "raise SystemExit(3)")
     assert (failed.returncode, "not recorded, it runs again next time" in failed.stderr) == (3, True)
     ran = litefs_route(*step, sys.executable, "-c", "print('ran')")
@@ -376,5 +378,8 @@ def test_an_after_release_step_that_fails_runs_again_and_one_that_never_finished
     conn.close()
     stuck = litefs_route(*step[:4], "--step", "s", *step[4:], sys.executable, "-c", "print('ran again')")
     assert stuck.returncode == 6
-    assert "was claimed by dead at 1970-01-01 00:00:00 UTC and not finished" in stuck.stderr
+    assert "was claimed by dead at 1970-01-01 00:00:00 UTC and not finished, and dead is gone" in stuck.stderr
     assert stuck.stdout == ""
+
+    bad_query = litefs_route("wait", "--schema", "1", "--query", "SELEC 1", *node)
+    assert (bad_query.returncode, "the schema query 'SELEC 1' failed" in bad_query.stderr) == (2, True)

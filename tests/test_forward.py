@@ -251,3 +251,66 @@ def test_forwarded_headers(given: list[tuple[str, str]], client: str | None, exp
         ("x-litefs-route-forward-hop", "2"),
         ("Content-Length", "5"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        pytest.param({"forward": "always"}, "needs a forward_secret", id="no-secret"),
+        pytest.param({"forward": "always", "forward_secret": "short"}, "at least 16", id="short-secret"),
+        pytest.param({"forward": "always", "forward_secret": "é" * 16}, "ASCII", id="non-ascii-secret"),
+        pytest.param({"forward": "sometimes", "forward_secret": "s" * 16}, "'off', 'oversize' or", id="bad-mode"),
+        pytest.param(
+            {"forward": "always", "forward_secret": "s" * 16, "forward_url": "https://x"}, "http://host", id="https-url"
+        ),
+    ],
+)
+def test_forward_mode_refuses_to_start_misconfigured(
+    options: dict[str, Any], error: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from litefs_route import wsgi
+
+    monkeypatch.delenv("LITEFS_ROUTE_FORWARD_SECRET", raising=False)
+    monkeypatch.setenv("FLY_APP_NAME", "app")
+    with pytest.raises(ValueError, match=error):
+        wsgi.PrimaryRoutingMiddleware(lambda e, s: [], litefs_dir="/nonexistent", **options)
+
+
+def test_a_chunked_write_a_wsgi_server_does_not_terminate_is_refused_not_cut_short(tmp_path: Path) -> None:
+    """The WSGI contract: without wsgi.input_terminated the body's end is unknown, so nothing is forwarded (411)."""
+    import io
+
+    from litefs_route import wsgi
+
+    mount = Mount(tmp_path / "replica")
+    mount.make_replica(PRIMARY)
+    calls: list[str] = []
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        calls.append("app")
+        return []
+
+    middleware = wsgi.PrimaryRoutingMiddleware(
+        app,
+        litefs_dir=str(mount.path),
+        instance_id=REPLICA,
+        litefs_api_url="off",
+        forward="always",
+        forward_secret=SECRET,
+        forward_url=f"http://127.0.0.1:{free_port()}",
+    )
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/upload",
+        "HTTP_TRANSFER_ENCODING": "chunked",
+        "wsgi.input": io.BytesIO(b"never read"),
+    }
+    seen: dict[str, str] = {}
+
+    def start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        seen["status"] = status
+
+    body = b"".join(middleware(environ, start_response))
+    assert seen["status"] == "411 Length Required"
+    assert b"cannot be forwarded" in body
+    assert calls == []

@@ -42,15 +42,20 @@ def _ws(url: str) -> str:
         pytest.param("replica", ["/other/*"], None, id="replica-other-socket-untouched"),
         pytest.param("primary", ["/ws"], None, id="primary-holds-the-write-socket"),
         pytest.param("no-primary", ["/ws"], 503, id="no-primary-refused-after-the-wait"),
+        pytest.param("replica-forwarding", ["/ws"], 409, id="forward-mode-still-replays-a-socket"),
     ],
 )
 def test_write_sockets(mount: Mount, role: str, write_sockets: list[str], expected: int | None) -> None:
-    {
-        "replica": lambda: mount.make_replica(PRIMARY),
-        "primary": mount.make_primary,
-        "no-primary": mount.make_no_primary,
-    }[role]()
-    app = _middleware(mount, write_sockets=write_sockets, primary_wait=0.2)
+    if role == "primary":
+        mount.make_primary()
+    elif role == "no-primary":
+        mount.make_no_primary()
+    else:
+        mount.make_replica(PRIMARY)
+    forwarding: dict[str, Any] = {}
+    if role == "replica-forwarding":
+        forwarding = {"forward": "always", "forward_secret": "s" * 16, "forward_url": "http://127.0.0.1:1"}
+    app = _middleware(mount, write_sockets=write_sockets, primary_wait=0.2, **forwarding)
     with serve_asgi(app) as url:
         if expected is None:
             with connect(_ws(url)) as ws:
