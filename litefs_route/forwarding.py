@@ -24,7 +24,7 @@ import http.client
 import logging
 import os
 import socket
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,6 +41,7 @@ __all__ = [
     "ForwardTarget",
     "ForwardURL",
     "Relay",
+    "cgi_headers",
     "client_address",
     "forward_async",
     "forward_blocking",
@@ -166,6 +167,16 @@ def forwarded_headers(
     else:
         kept.append(("Transfer-Encoding", "chunked"))
     return kept
+
+
+def cgi_headers(environ: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A request's headers from a CGI-style mapping (a WSGI environ, Django's ``request.META``)."""
+    headers = [
+        (key[5:].replace("_", "-").title(), str(value)) for key, value in environ.items() if key.startswith("HTTP_")
+    ]
+    if environ.get("CONTENT_TYPE"):
+        headers.append(("Content-Type", str(environ["CONTENT_TYPE"])))
+    return headers
 
 
 def relayed_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -33,7 +33,7 @@ from .consistency import TxidCookies
 from .context import RequestContext, current_request, report_exception
 from .decision import Kind, Outcome, RequestInfo
 from .drivers import MountIO, drive, measure_stream
-from .forwarding import HOP_HEADER, SECRET_HEADER, ClientBodyError, forward_blocking
+from .forwarding import HOP_HEADER, SECRET_HEADER, ClientBodyError, cgi_headers, forward_blocking
 from .frameworks import connect_flask_exception_signal, werkzeug_primary_required
 from .middleware import RoutingMiddleware, middleware_doc
 from .replies import LENGTH_REQUIRED, OUR_TAG_NAMES, Headers, Reply, with_tags
@@ -118,7 +118,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
         forward = router.forward(
             request,
             outcome.decision,
-            _environ_headers(environ),
+            cgi_headers(environ),
             client=environ.get("REMOTE_ADDR"),
             scheme=environ.get("wsgi.url_scheme", "http"),
             chunked=request.unknown_length,  # WSGI (HTTP/1.x): no Content-Length and not chunked is no body
@@ -238,16 +238,6 @@ def _measure_body(environ: WSGIEnvironment, limit: int, timeout: float, keep: li
     if not environ.get("wsgi.input_terminated"):
         return 0
     return measure_stream(environ["wsgi.input"].read, limit, timeout, keep)
-
-
-def _environ_headers(environ: WSGIEnvironment) -> list[tuple[str, str]]:
-    """The request's headers, from the environ (CGI names back to HTTP's)."""
-    headers = [
-        (key[5:].replace("_", "-").title(), str(value)) for key, value in environ.items() if key.startswith("HTTP_")
-    ]
-    if environ.get("CONTENT_TYPE"):
-        headers.append(("Content-Type", environ["CONTENT_TYPE"]))
-    return headers
 
 
 def _request_target(environ: WSGIEnvironment) -> str:

@@ -54,7 +54,14 @@ class DjangoServer:
 
 @contextmanager
 def django_server(
-    tmp_path: Path, server: str, mount: Path, instance: str, *, debug: bool, options: dict[str, Any] | None = None
+    tmp_path: Path,
+    server: str,
+    mount: Path,
+    instance: str,
+    *,
+    debug: bool,
+    options: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[DjangoServer]:
     """The test project in a real server process on *mount* as *instance*."""
     port = free_port()
@@ -70,6 +77,7 @@ def django_server(
         "DJANGO_DEBUG": "1" if debug else "0",
         "MAIL_DIR": str(mail_dir),
         "LITEFS_ROUTE_JSON": json.dumps(options or {}),
+        **(env or {}),
     }
     with server_process([sys.executable, *SERVERS[server], *bind], port, env, run / "server.log") as process:
         yield DjangoServer(process.url, process.log, mail_dir)
@@ -192,6 +200,33 @@ def test_the_health_check_and_settings_options(tmp_path: Path, mount: Mount, ser
     assert (healthy.status_code, healthy.text) == (200, "OK\n")
     assert read.status_code == 409  # write_on_read
     assert "LOG ERROR" not in django.output()  # a failed health check is not a server error
+
+
+def test_forward_mode_in_django(tmp_path: Path, server: str) -> None:
+    """A 3 MB write to a Django replica is forwarded to the Django primary and relayed; a small one is replayed."""
+    import hashlib
+
+    primary_mount, replica_mount = Mount(tmp_path / "primary"), Mount(tmp_path / "replica")
+    primary_mount.make_primary()
+    replica_mount.make_replica(PRIMARY)
+    secret = {"LITEFS_ROUTE_FORWARD_SECRET": "a-secret-for-django-forwarding"}
+    body = bytes(range(256)) * (3 * 1_000_000 // 256)
+    with django_server(tmp_path, server, primary_mount.path, PRIMARY, debug=False, env=secret) as primary:
+        options = {"forward": "oversize", "forward_url": primary.url}
+        with (
+            django_server(
+                tmp_path, server, replica_mount.path, REPLICA, debug=False, options=options, env=secret
+            ) as replica,
+            httpx.Client(base_url=replica.url, timeout=60) as client,
+        ):
+            large = client.post("/upload", content=body)
+            small = client.post("/upload", content=b"small")
+    assert large.status_code == 200, large.text[:300]
+    assert large.json() == {"instance": PRIMARY, "size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    assert large.headers["fly-instance"] == PRIMARY
+    assert small.status_code == 409
+    assert "LOG ERROR" not in replica.output()
+    assert "must consume synchronous iterators" not in replica.output()  # ASGI: relayed by an async iterator
 
 
 def test_an_unknown_option_stops_the_server_with_a_clear_error(tmp_path: Path, mount: Mount) -> None:

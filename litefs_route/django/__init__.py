@@ -39,7 +39,10 @@ What it adds to the WSGI and ASGI middlewares, for Django:
   error then, and under ASGI Django does not hand the exception to that
   signal, so the 500 stands there. Keep writes in views.
 - Django reads no chunked request body (it needs ``Content-Length``), so
-  a chunked write is measured as the body Django would hand the view.
+  a chunked write is measured as the body Django would hand the view, and
+  in forward mode (``"forward": "oversize"``) a chunked write gets 411; a
+  forwarded answer is relayed as a ``StreamingHttpResponse`` (an async
+  iterator under ASGI).
 
 With ``"litefs_route.django"`` in ``INSTALLED_APPS``, ``manage.py check``
 reports what would silently break routing (:mod:`litefs_route.django.checks`).

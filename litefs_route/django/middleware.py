@@ -6,7 +6,7 @@ Documented in :mod:`litefs_route.django`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -14,17 +14,17 @@ from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import got_request_exception
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
 from ..consistency import TxidCookies
 from ..context import RequestContext, current_request, report_exception
 from ..decision import Kind, Outcome, RequestInfo
 from ..drivers import AsyncMountIO, MountIO, async_backend, drive, drive_async, measure_stream
-from ..forwarding import HOP_HEADER, SECRET_HEADER
+from ..forwarding import HOP_HEADER, SECRET_HEADER, ClientBodyError, Relay, cgi_headers, forward_blocking
 from ..middleware import RoutingMiddleware, middleware_doc, option_defaults
 from ..mount import NodeState
-from ..replies import PRIMARY_HEADER, Reply
+from ..replies import LENGTH_REQUIRED, PRIMARY_HEADER, Reply
 from ..router import Router
 
 __all__ = ["SETTING", "PrimaryRoutingMiddleware", "options_from_settings"]
@@ -68,11 +68,6 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
             super().__init__(get_response, **options_from_settings())
         except (TypeError, ValueError) as exc:
             raise ImproperlyConfigured(f"settings.{SETTING}: {exc}") from exc
-        if self.router.rules.forward != "off":
-            raise ImproperlyConfigured(
-                f"settings.{SETTING}: forward mode is not available in the Django middleware yet; "
-                "wrap Django's WSGI or ASGI application in litefs_route.wsgi / litefs_route.asgi for it"
-            )
         # Django hands an async get_response exactly when it runs this middleware async.
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:
@@ -93,6 +88,8 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
         info = _request_info(request, router.txid_cookies)
         outcome = router.outcome_without_io(info) or drive(router.plan(info), _DjangoIO(router, request))
         if outcome.decision.kind is not Kind.RUN:
+            if outcome.decision.kind is Kind.FORWARD:
+                return self._forward(request, info, outcome)
             return self._reply(router.reply(outcome.decision), outcome.state)
         _strip_forward_secret(request, info)
         ctx = self._context(info, outcome)
@@ -119,6 +116,10 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
         if outcome is None:
             outcome = await drive_async(router.plan(info), _AsyncDjangoIO(router, request))
         if outcome.decision.kind is not Kind.RUN:
+            if outcome.decision.kind is Kind.FORWARD:
+                run_in_thread, _ = async_backend()  # forwarded from a worker thread, relayed chunk by chunk
+                response: HttpResponseBase = await run_in_thread(lambda: self._forward(request, info, outcome, True))
+                return response
             return self._reply(router.reply(outcome.decision), outcome.state)
         _strip_forward_secret(request, info)
         ctx = self._context(info, outcome)
@@ -151,6 +152,38 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
         if ctx is None or not ctx.ends_on_exception(exception):
             return None
         return _mark_logged(HttpResponse(status=409))
+
+    def _forward(
+        self, request: HttpRequest, info: RequestInfo, outcome: Outcome, for_async: bool = False
+    ) -> HttpResponseBase:
+        """Forward mode: send the request to the primary and relay its answer, streaming (blocking: a thread)."""
+        router = self.router
+        if info.unknown_length:  # Django reads no chunked body: there is nothing to forward
+            return self._reply(LENGTH_REQUIRED, outcome.state)
+        forward = router.forward(
+            info,
+            outcome.decision,
+            cgi_headers(request.META),
+            client=request.META.get("REMOTE_ADDR"),
+            scheme=request.scheme or "http",
+            chunked=False,
+        )
+        if isinstance(forward, Reply):
+            return self._reply(forward, outcome.state)
+        relay = forward_blocking(
+            forward.target,
+            info.method,
+            request.META.get("RAW_URI") or request.META.get("REQUEST_URI") or request.get_full_path(),
+            forward.headers,
+            _body(request, forward.length or 0),
+            chunked=False,
+            timeout=router.forward_timeout,
+            retry_after=router.retry_after,
+        )
+        if isinstance(relay, Reply):
+            router.counters.add("forward_failures")
+            return self._reply(relay, outcome.state)
+        return _relayed(relay, _async_chunks(relay.body) if for_async else relay.body)
 
     # -- responses ----------------------------------------------------------
 
@@ -236,6 +269,48 @@ def _request_info(request: HttpRequest, txid_cookies: TxidCookies | None) -> Req
         cookie=meta.get("HTTP_COOKIE"),
         txid_cookies=txid_cookies,
     )
+
+
+def _body(request: HttpRequest, length: int) -> Iterator[bytes]:
+    """The request body for forwarding, as Django reads it, in pieces."""
+    left = length
+    while left > 0:
+        chunk = request.read(min(65536, left))
+        if not chunk:
+            raise ClientBodyError(f"the client sent {length - left} of the {length} bytes it announced")
+        left -= len(chunk)
+        yield chunk
+
+
+async def _async_chunks(body: Iterable[bytes]) -> AsyncIterator[bytes]:
+    """A relayed body for ASGI Django: each read in a worker thread, never on the loop."""
+    run_in_thread, _ = async_backend()
+    pieces = iter(body)
+    try:
+        while (chunk := await run_in_thread(lambda: next(pieces, None))) is not None:
+            yield chunk
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            await run_in_thread(close)
+
+
+def _relayed(relay: Relay, content: Iterable[bytes] | AsyncIterator[bytes]) -> StreamingHttpResponse:
+    """The primary's response as Django's: its status, its headers (cookies through response.cookies), streamed."""
+    response = StreamingHttpResponse(content, status=relay.status, reason=relay.reason or None)
+    response.headers.pop("Content-Type", None)  # Django's default; the primary's own, if any, follows
+    seen: set[str] = set()
+    for name, value in relay.headers:
+        key = name.lower()
+        if key == "set-cookie":
+            response.cookies.load(value)  # Django renders response.cookies, one Set-Cookie each
+        elif key in seen:
+            response[name] = f"{response[name]}, {value}"  # one header per name in Django: the list form
+        else:
+            response[name] = value
+            seen.add(key)
+    response._has_been_logged = True  # the primary logged its own answer
+    return response
 
 
 def _strip_forward_secret(request: HttpRequest, info: RequestInfo) -> None:

@@ -17,4 +17,5 @@ urlpatterns = [
     path("read", views.read),
     path("unguarded-write", views.unguarded_write),
     path("counters", views.counters),
+    path("upload", views.upload),
 ]

@@ -99,3 +99,15 @@ def unguarded_write(request: HttpRequest) -> JsonResponse:
 
 def counters(request: HttpRequest) -> JsonResponse:
     return JsonResponse(routing_counters())
+
+
+@csrf_exempt
+def upload(request: HttpRequest) -> JsonResponse:
+    """Hashes the body as Django hands it over, in pieces (the forward-mode tests)."""
+    import hashlib
+
+    digest, size = hashlib.sha256(), 0
+    while chunk := request.read(65536):
+        size += len(chunk)
+        digest.update(chunk)
+    return JsonResponse({"instance": get_instance_info().current_instance, "size": size, "sha256": digest.hexdigest()})
