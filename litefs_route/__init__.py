@@ -2,7 +2,8 @@
 
 Standard library only; importing this package imports no web framework.
 
-- :mod:`litefs_route.wsgi` / :mod:`litefs_route.asgi`: ``PrimaryRoutingMiddleware``.
+- :mod:`litefs_route.wsgi` / :mod:`litefs_route.asgi` / :mod:`litefs_route.django`: ``PrimaryRoutingMiddleware``.
+- :mod:`litefs_route.releases`: which release each instance runs; after-release steps, the schema gate.
 - :func:`ensure_primary`: in a handler, end the request in a replay to the
   primary unless this instance is the primary.
 - :func:`ensure_instance`: the same, to one named instance.
