@@ -470,8 +470,7 @@ _FORBIDDEN = Decision(Kind.FORBIDDEN, write=True, reason="it claims to be forwar
 
 def _decide_forwarded(request: RequestInfo, state: NodeState, rules: Rules) -> Decision | Pending:
     """A request that claims another instance forwarded it: run only with the secret, only on the primary."""
-    secret, claim = rules.forward_secret, request.forward_claim
-    if secret is None or claim is None or not hmac.compare_digest(claim.encode(), secret.encode()):
+    if not _genuine(request.forward_claim, rules):
         return _FORBIDDEN
     if state.is_primary:
         return _RUN_WRITE
@@ -481,6 +480,12 @@ def _decide_forwarded(request: RequestInfo, state: NodeState, rules: Rules) -> D
     if rules.forward == "off" or hops >= rules.max_replays or request.websocket:
         return Decision(Kind.UNAVAILABLE, True, reason=_FORWARD_LOOP_REASON.format(hops))
     return Decision(Kind.FORWARD, True, target=state.primary_id, hops=hops + 1)
+
+
+def _genuine(claim: str | None, rules: Rules) -> bool:
+    """True if *claim* is this cluster's forward secret (compared in constant time)."""
+    secret = rules.forward_secret
+    return secret is not None and claim is not None and hmac.compare_digest(claim.encode(), secret.encode())
 
 
 def _replay(request: RequestInfo, write: bool, target: str, hops: int, reason: str = "") -> Decision:
@@ -608,24 +613,27 @@ def decide_without_io(
     an answer that needs nothing more) without the cost of a generator: the
     plan's own first step, so the two agree (``tests/test_properties.py``).
     """
-    if cached is None or _needs_fresh_state(request):
+    if cached is None or _needs_fresh_state(request, rules):
         return None
     step = decide(request, cached, rules, known_txids=known_txids)
     return Outcome(step, cached) if type(step) is Decision else None
 
 
-def _needs_fresh_state(request: RequestInfo) -> bool:
+def _needs_fresh_state(request: RequestInfo, rules: Rules) -> bool:
     # A replayed request was sent here because another node believes this
     # one is primary: decide on the truth, not on a cached reading, so a node
     # that was just promoted keeps the write instead of bouncing it.
     # A request Fly's proxy sent back found its target unreachable, and one
     # forwarded here was sent by a node that believes this one is primary: the same.
-    return request.replay_src is not None or request.replay_failed is not None or request.forward_claim is not None
+    # (A forged claim costs no read: it is refused on any state.)
+    if request.replay_src is not None or request.replay_failed is not None:
+        return True
+    return request.forward_claim is not None and _genuine(request.forward_claim, rules)
 
 
 def plan_request(request: RequestInfo, rules: Rules, *, known_txids: tuple[int | None, ...] | None = None) -> Plan:
     """Route *request*: rules 1-6, yielding each piece of I/O they need."""
-    state = _expect_state((yield ReadState(0 if _needs_fresh_state(request) else None)))
+    state = _expect_state((yield ReadState(0 if _needs_fresh_state(request, rules) else None)))
     step = decide(request, state, rules, known_txids=known_txids)
     waited_for_primary = False
     while True:

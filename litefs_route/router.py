@@ -10,6 +10,7 @@ the mount, the :class:`~litefs_route.consistency.Positions` of the databases' TX
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 
 from .consistency import Positions, TxidCookies
@@ -44,6 +45,8 @@ __all__ = ["Router"]
 
 logger = logging.getLogger("litefs_route")
 
+# Seconds between two warnings of one kind (the rest at DEBUG).
+_WARN_EVERY = 60.0
 # Distinct replies remembered by Router.reply().
 _REPLY_MEMO_SIZE = 64
 
@@ -90,6 +93,7 @@ class Router:
         # (reading, its tags): tags are built once per reading of the mount.
         self._last_tags: tuple[NodeState | None, Headers] = (None, ())
         self._replies: dict[Decision, Reply] = {}
+        self._warned_at: dict[str, float] = {}
 
     # -- deciding -----------------------------------------------------------
 
@@ -133,9 +137,9 @@ class Router:
             name = counter_name(decision)
             self.counters.add(name)
             if name == "unavailable_replay_failed":  # the primary is out of Fly's reach: worth a look
-                logger.warning("answered 503: %s", decision.reason)
+                self._warn(name, f"answered 503: {decision.reason}")
             elif name == "forbidden_forwards":  # a forgery, or instances that do not share one forward_secret
-                logger.warning("answered 403 to a request that claims to be forwarded without this instance's secret")
+                self._warn(name, "answered 403 to a request that claims to be forwarded without this instance's secret")
         # Built once per distinct decision: a replica answers a flood of
         # writes with the same few bytes. (Bounded: targets are validated host
         # names, hops <= 9, reasons a handful of strings.)
@@ -180,6 +184,15 @@ class Router:
             content_length=length,
         )
         return Forward(target, forwarded, chunked, length)
+
+    def _warn(self, kind: str, message: str) -> None:
+        """Log *message* as a warning at most once a minute per *kind* (a client can send these at will)."""
+        now = time.monotonic()
+        if now - self._warned_at.get(kind, -_WARN_EVERY) >= _WARN_EVERY:
+            self._warned_at[kind] = now
+            logger.warning("%s (logged at most once a minute; router.counters counts each)", message)
+        else:
+            logger.debug("%s", message)
 
     def __repr__(self) -> str:
         return f"Router(instance_id={self.instance_id!r}, litefs_dir={self.cache.litefs_dir!r})"

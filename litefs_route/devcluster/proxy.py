@@ -406,11 +406,20 @@ class _Handler(BaseHTTPRequestHandler):
                 else:
                     failure = self._reach(target, _duration(fields.get("timeout")))
                 if failure is None:
-                    front._record(
-                        ReplayEvent(request.request_id, request.method, request.target, instance, target, state, hop)
-                    )
-                    response, conn, instance = self._send_first(replayed, [target], retry=False)
-                    continue
+                    try:
+                        delivered = self._send_first(replayed, [target], retry=False)
+                    except _ProxyError as exc:
+                        if exc.code != "unreachable":  # bytes reached it: never sent back, it may have run
+                            raise
+                        failure = "retries_exhausted"  # it went away between the probe and the replay
+                    else:
+                        front._record(
+                            ReplayEvent(
+                                request.request_id, request.method, request.target, instance, target, state, hop
+                            )
+                        )
+                        response, conn, instance = delivered
+                        continue
                 if fields.get("fallback") not in ("force_self", "prefer_self"):
                     if failure == "no_candidate":
                         raise refused(

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from http.cookies import Morsel
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.handlers.asgi import ASGIRequest
 from django.core.signals import got_request_exception
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
@@ -86,10 +88,14 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
             return self._call_async(request)
         router = self.router
         info = _request_info(request, router.txid_cookies)
-        outcome = router.outcome_without_io(info) or drive(router.plan(info), _DjangoIO(router, request))
+        outcome = router.outcome_without_io(info)
+        io = None
+        if outcome is None:
+            io = _DjangoIO(router, request)
+            outcome = drive(router.plan(info), io)
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
-                return self._forward(request, info, outcome)
+                return self._forward(request, info, outcome, io.kept if io is not None else [])
             return self._reply(router.reply(outcome.decision), outcome.state)
         _strip_forward_secret(request, info)
         ctx = self._context(info, outcome)
@@ -100,7 +106,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
             current_request.reset(token)
         assert isinstance(response, HttpResponseBase)  # sync mode: Django adapted get_response to us
         if ctx.must_end_elsewhere and ctx.replaces_response(response.items()):
-            response.close()
+            _discard(response)
             settlement = ctx.settlement()
             if settlement is not None:
                 ctx.settle(drive(settlement, _DjangoIO(router, request)))
@@ -113,12 +119,15 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
         router = self.router
         info = _request_info(request, router.txid_cookies)
         outcome = router.outcome_without_io(info)
+        aio = None
         if outcome is None:
-            outcome = await drive_async(router.plan(info), _AsyncDjangoIO(router, request))
+            aio = _AsyncDjangoIO(router, request)
+            outcome = await drive_async(router.plan(info), aio)
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
+                kept = aio.kept if aio is not None else []
                 run_in_thread, _ = async_backend()  # forwarded from a worker thread, relayed chunk by chunk
-                response: HttpResponseBase = await run_in_thread(lambda: self._forward(request, info, outcome, True))
+                response: HttpResponseBase = await run_in_thread(lambda: self._forward(request, info, outcome, kept))
                 return response
             return self._reply(router.reply(outcome.decision), outcome.state)
         _strip_forward_secret(request, info)
@@ -131,7 +140,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
         assert isinstance(response, HttpResponseBase)
         run_in_thread, _ = async_backend()
         if ctx.must_end_elsewhere and ctx.replaces_response(response.items()):
-            await run_in_thread(response.close)  # may close files: not on the loop
+            await run_in_thread(lambda: _discard(response))  # may close files: not on the loop
             settlement = ctx.settlement()
             if settlement is not None:
                 ctx.settle(await drive_async(settlement, _AsyncDjangoIO(router, request)))
@@ -154,11 +163,15 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
         return _mark_logged(HttpResponse(status=409))
 
     def _forward(
-        self, request: HttpRequest, info: RequestInfo, outcome: Outcome, for_async: bool = False
+        self, request: HttpRequest, info: RequestInfo, outcome: Outcome, kept: list[bytes]
     ) -> HttpResponseBase:
         """Forward mode: send the request to the primary and relay its answer, streaming (blocking: a thread)."""
         router = self.router
-        if info.unknown_length:  # Django reads no chunked body: there is nothing to forward
+        # Django's ASGI handler has read the whole body, whatever its framing (HTTP/2 may send neither
+        # header): its length is unknown here, so it is sent chunked. Under WSGI, Django reads no chunked body.
+        under_asgi = isinstance(request, ASGIRequest)
+        chunked = under_asgi and info.content_length is None
+        if info.unknown_length and not under_asgi:
             return self._reply(LENGTH_REQUIRED, outcome.state)
         forward = router.forward(
             info,
@@ -166,7 +179,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
             cgi_headers(request.META),
             client=request.META.get("REMOTE_ADDR"),
             scheme=request.scheme or "http",
-            chunked=False,
+            chunked=chunked,
         )
         if isinstance(forward, Reply):
             return self._reply(forward, outcome.state)
@@ -175,15 +188,16 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
             info.method,
             request.META.get("RAW_URI") or request.META.get("REQUEST_URI") or request.get_full_path(),
             forward.headers,
-            _body(request, forward.length or 0),
-            chunked=False,
+            _body(request, forward.length, kept),
+            chunked=chunked,
             timeout=router.forward_timeout,
             retry_after=router.retry_after,
         )
         if isinstance(relay, Reply):
             router.counters.add("forward_failures")
             return self._reply(relay, outcome.state)
-        return _relayed(relay, _async_chunks(relay.body) if for_async else relay.body)
+        # Under ASGI (even with this middleware run sync) an async iterator: Django would read a sync one whole.
+        return _relayed(relay, _async_chunks(relay.body) if under_asgi else relay.body)
 
     # -- responses ----------------------------------------------------------
 
@@ -214,7 +228,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
         for name, value in self.router.tags(ctx.state):
             response[name] = value
         for _, cookie in ctx.cookie_headers(txids):
-            response.cookies.load(cookie)  # Django renders response.cookies, not Set-Cookie headers
+            _add_set_cookie(response, cookie)
         return response
 
 
@@ -230,28 +244,34 @@ def _mark_logged(response: HttpResponse) -> HttpResponse:
 class _DjangoIO(MountIO):
     """The I/O of a plan in the request's thread (sync mode)."""
 
-    __slots__ = ("request",)
+    __slots__ = ("kept", "request")
 
     def __init__(self, router: Router, request: HttpRequest) -> None:
         super().__init__(router)
         self.request = request
+        #: The body measured so far, kept in forward mode (at most replay_body_limit + 1 bytes): sent first.
+        self.kept: list[bytes] = []
 
     def measure_body(self, limit: int, timeout: float) -> int | None:
-        return _measure_body(self.request, limit, timeout)
+        keep = self.kept if self.router.rules.forward == "oversize" else None
+        return _measure_body(self.request, limit, timeout, keep)
 
 
 class _AsyncDjangoIO(AsyncMountIO):
     """The I/O of a plan off the event loop (async mode)."""
 
-    __slots__ = ("request",)
+    __slots__ = ("kept", "request")
 
     def __init__(self, router: Router, request: HttpRequest) -> None:
         super().__init__(router)
         self.request = request
+        #: As :class:`_DjangoIO`'s.
+        self.kept: list[bytes] = []
 
     async def measure_body(self, limit: int, timeout: float) -> int | None:
+        keep = self.kept if self.router.rules.forward == "oversize" else None
         run_in_thread, _ = async_backend()
-        size: int | None = await run_in_thread(lambda: _measure_body(self.request, limit, timeout))
+        size: int | None = await run_in_thread(lambda: _measure_body(self.request, limit, timeout, keep))
         return size
 
 
@@ -271,9 +291,14 @@ def _request_info(request: HttpRequest, txid_cookies: TxidCookies | None) -> Req
     )
 
 
-def _body(request: HttpRequest, length: int) -> Iterator[bytes]:
-    """The request body for forwarding, as Django reads it, in pieces."""
-    left = length
+def _body(request: HttpRequest, length: int | None, kept: list[bytes]) -> Iterator[bytes]:
+    """The request body for forwarding: what measuring it read, then the rest as Django reads it (None: to its end)."""
+    yield from kept
+    if length is None:
+        while chunk := request.read(65536):
+            yield chunk
+        return
+    left = length - sum(map(len, kept))
     while left > 0:
         chunk = request.read(min(65536, left))
         if not chunk:
@@ -303,7 +328,7 @@ def _relayed(relay: Relay, content: Iterable[bytes] | AsyncIterator[bytes]) -> S
     for name, value in relay.headers:
         key = name.lower()
         if key == "set-cookie":
-            response.cookies.load(value)  # Django renders response.cookies, one Set-Cookie each
+            _add_set_cookie(response, value)
         elif key in seen:
             response[name] = f"{response[name]}, {value}"  # one header per name in Django: the list form
         else:
@@ -313,13 +338,40 @@ def _relayed(relay: Relay, content: Iterable[bytes] | AsyncIterator[bytes]) -> S
     return response
 
 
+class _RawSetCookie(Morsel):  # type: ignore[type-arg]
+    """A ``Set-Cookie`` value passed through as it is: Django renders only ``response.cookies``.
+
+    ``SimpleCookie.load`` would reparse it, dropping what it does not know
+    (``Partitioned``) and misreading the rest (``Priority=High``).
+    """
+
+    def __init__(self, raw: str) -> None:
+        super().__init__()
+        self.raw = raw
+
+    def output(self, attrs: object = None, header: str = "Set-Cookie:") -> str:
+        return f"{header} {self.raw}"
+
+
+def _add_set_cookie(response: HttpResponseBase, value: str) -> None:
+    # A key no cookie can have: two Set-Cookie headers with one name (other paths) both go out.
+    dict.__setitem__(response.cookies, f"litefs-route raw {len(response.cookies)}", _RawSetCookie(value))
+
+
+def _discard(response: HttpResponseBase) -> None:
+    """Close a replaced response's resources, without ``close()``: it sends ``request_finished`` mid-request."""
+    for closer in getattr(response, "_resource_closers", ()):
+        closer()
+
+
 def _strip_forward_secret(request: HttpRequest, info: RequestInfo) -> None:
     """A genuine forwarded request (it runs): the secret is not the view's business."""
     if info.forward_claim is not None:
         request.META.pop(_SECRET_KEY, None)
         request.META.pop(_HOP_KEY, None)
+        request.__dict__.pop("headers", None)  # request.headers is cached from META once read
 
 
-def _measure_body(request: HttpRequest, limit: int, timeout: float) -> int | None:
+def _measure_body(request: HttpRequest, limit: int, timeout: float, keep: list[bytes] | None) -> int | None:
     """The size of the body Django hands the view (see :func:`~litefs_route.drivers.measure_stream`)."""
-    return measure_stream(request.read, limit, timeout)
+    return measure_stream(request.read, limit, timeout, keep)
