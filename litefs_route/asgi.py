@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
 from .consistency import TxidCookies
 from .context import RequestContext, current_request
 from .decision import Kind, Outcome, RequestInfo
-from .drivers import AsyncMountIO, async_backend, drive_async
+from .drivers import AsyncMountIO, KeptBody, async_backend, drive_async
 from .forwarding import HOP_HEADER, SECRET_HEADER, forward_async
 from .frameworks import starlette_primary_required
 from .middleware import RoutingMiddleware, middleware_doc
@@ -88,7 +87,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             outcome = await drive_async(router.plan(request), io)
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
-                await self.forward(scope, receive, send, request, outcome, io.kept if io is not None else _Kept())
+                await self.forward(scope, receive, send, request, outcome, io.kept if io is not None else KeptBody())
             else:
                 await self.send_reply(send, router.reply(outcome.decision), outcome.state)
             return
@@ -144,7 +143,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         await send({"type": "websocket.close", "code": SOCKET_REFUSED_CLOSE_CODE})
 
     async def forward(
-        self, scope: Scope, receive: Receive, send: Send, request: RequestInfo, outcome: Outcome, kept: _Kept
+        self, scope: Scope, receive: Receive, send: Send, request: RequestInfo, outcome: Outcome, kept: KeptBody
     ) -> None:
         """Send the request to the primary ourselves (forward mode) and relay its answer, streaming."""
         router = self.router
@@ -258,26 +257,14 @@ class _Response:
 class _AsyncIO(AsyncMountIO):
     """The I/O of a plan, off the event loop: mount reads in a worker thread."""
 
-    __slots__ = ("kept", "receive")
+    __slots__ = ("receive",)
 
     def __init__(self, router: Router, receive: Receive) -> None:
         super().__init__(router)
         self.receive = receive
-        #: The body measured so far, kept in forward mode: sent first.
-        self.kept = _Kept()
 
     async def measure_body(self, limit: int, timeout: float) -> int | None:
-        keep = self.kept if self.router.rules.forward == "oversize" else None
-        return await _measure_body(self.receive, limit, timeout, keep)
-
-
-@dataclass(slots=True)
-class _Kept:
-    """The part of a body read while measuring it (forward mode: at most replay_body_limit + 1 bytes)."""
-
-    chunks: list[bytes] = field(default_factory=list)
-    #: The body ended within it: nothing is left to receive.
-    ended: bool = False
+        return await _measure_body(self.receive, limit, timeout, self.keeper())
 
 
 def _request_info(scope: Scope, txid_cookies: TxidCookies | None, *, websocket: bool = False) -> RequestInfo:
@@ -318,7 +305,7 @@ def _encode(headers: Iterable[tuple[str, str]]) -> RawHeaders:
     return [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
 
 
-async def _measure_body(receive: Receive, limit: int, timeout: float, keep: _Kept | None) -> int | None:
+async def _measure_body(receive: Receive, limit: int, timeout: float, keep: KeptBody | None) -> int | None:
     """The body's size (reading at most *limit* + 1 bytes), or None if it took over *timeout* seconds."""
     try:
         import anyio
@@ -334,7 +321,7 @@ async def _measure_body(receive: Receive, limit: int, timeout: float, keep: _Kep
     return None
 
 
-async def _count_body(receive: Receive, limit: int, keep: _Kept | None) -> int:
+async def _count_body(receive: Receive, limit: int, keep: KeptBody | None) -> int:
     size = 0
     while size <= limit:
         message = await receive()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .decision import (
@@ -39,6 +40,7 @@ __all__ = [
     "AsyncIO",
     "AsyncMountIO",
     "BlockingIO",
+    "KeptBody",
     "MountIO",
     "async_backend",
     "drive",
@@ -137,14 +139,21 @@ async def drive_async(plan: Plan, io: AsyncIO) -> Outcome:
 class MountIO:
     """:class:`BlockingIO` but for ``measure_body``: inline in the request's thread.
 
-    One per plan driven: it counts that plan's waits in the router's counters.
+    One per plan driven: it counts that plan's waits in the router's counters,
+    and keeps what measuring a body read when forward mode will send it on.
     """
 
-    __slots__ = ("router", "waited_for_primary")
+    __slots__ = ("kept", "router", "waited_for_primary")
 
     def __init__(self, router: Router) -> None:
         self.router = router
         self.waited_for_primary = False
+        #: What measuring the body read (forward mode): sent first if the request is forwarded.
+        self.kept = KeptBody()
+
+    def keeper(self) -> KeptBody | None:
+        """Where ``measure_body`` keeps what it reads: :attr:`kept` in forward mode "oversize", else nowhere."""
+        return self.kept if self.router.rules.forward == "oversize" else None
 
     def read_state(self, max_age: float | None) -> NodeState:
         return self.router.cache.get(max_age)
@@ -177,14 +186,20 @@ class MountIO:
 class AsyncMountIO:
     """:class:`AsyncIO` but for ``measure_body``: mount reads in a worker thread, never on the loop.
 
-    One per plan driven: it counts that plan's waits in the router's counters.
+    One per plan driven: as :class:`MountIO`.
     """
 
-    __slots__ = ("router", "waited_for_primary")
+    __slots__ = ("kept", "router", "waited_for_primary")
 
     def __init__(self, router: Router) -> None:
         self.router = router
         self.waited_for_primary = False
+        #: As :class:`MountIO`'s.
+        self.kept = KeptBody()
+
+    def keeper(self) -> KeptBody | None:
+        """As :meth:`MountIO.keeper`."""
+        return self.kept if self.router.rules.forward == "oversize" else None
 
     async def read_state(self, max_age: float | None) -> NodeState:
         cache = self.router.cache
@@ -234,8 +249,17 @@ def _count_primary_wait(io: MountIO | AsyncMountIO, began: float) -> None:
     counters.add("primary_wait_seconds", time.monotonic() - began)
 
 
+@dataclass(slots=True)
+class KeptBody:
+    """The part of a body read while measuring it, kept in forward mode (at most replay_body_limit + 1 bytes)."""
+
+    chunks: list[bytes] = field(default_factory=list)
+    #: The body ended within it: nothing is left to read.
+    ended: bool = False
+
+
 def measure_stream(
-    read: Callable[[int], bytes], limit: int, timeout: float, keep: list[bytes] | None = None
+    read: Callable[[int], bytes], limit: int, timeout: float, keep: KeptBody | None = None
 ) -> int | None:
     """A blocking body's size, read through *read* (at most *limit* + 1 bytes), or None after *timeout* seconds.
 
@@ -248,10 +272,12 @@ def measure_stream(
     while size <= limit:
         chunk = read(min(_CHUNK, limit + 1 - size))
         if not chunk:
+            if keep is not None:
+                keep.ended = True
             break
         size += len(chunk)
         if keep is not None:
-            keep.append(chunk)
+            keep.chunks.append(chunk)
         if time.monotonic() > deadline:
             return None
     return size

@@ -32,7 +32,7 @@ from urllib.parse import quote
 from .consistency import TxidCookies
 from .context import RequestContext, current_request, report_exception
 from .decision import Kind, Outcome, RequestInfo
-from .drivers import MountIO, drive, measure_stream
+from .drivers import KeptBody, MountIO, drive, measure_stream
 from .forwarding import HOP_HEADER, SECRET_HEADER, ClientBodyError, cgi_headers, forward_blocking
 from .frameworks import connect_flask_exception_signal, werkzeug_primary_required
 from .middleware import RoutingMiddleware, middleware_doc
@@ -71,7 +71,9 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
             outcome = drive(router.plan(request), io)
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
-                return self.forward(environ, start_response, request, outcome, io.kept if io is not None else [])
+                return self.forward(
+                    environ, start_response, request, outcome, io.kept if io is not None else KeptBody()
+                )
             return _send_reply(start_response, router.reply(outcome.decision), router.tags(outcome.state))
         if request.forward_claim is not None:  # a genuine forwarded request: the secret is not the app's business
             environ.pop(_SECRET_KEY, None)
@@ -108,7 +110,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
         start_response: StartResponse,
         request: RequestInfo,
         outcome: Outcome,
-        kept: list[bytes],
+        kept: KeptBody,
     ) -> Iterable[bytes]:
         """Send the request to the primary ourselves (forward mode) and relay its answer, streaming."""
         router = self.router
@@ -188,17 +190,14 @@ class _Response:
 class _BlockingIO(MountIO):
     """The I/O of a plan, inline in the request's thread (a WSGI server gives each request one)."""
 
-    __slots__ = ("environ", "kept")
+    __slots__ = ("environ",)
 
     def __init__(self, router: Router, environ: WSGIEnvironment) -> None:
         super().__init__(router)
         self.environ = environ
-        #: The body measured so far, kept in forward mode (at most replay_body_limit + 1 bytes): sent first.
-        self.kept: list[bytes] = []
 
     def measure_body(self, limit: int, timeout: float) -> int | None:
-        keep = self.kept if self.router.rules.forward == "oversize" else None
-        return _measure_body(self.environ, limit, timeout, keep)
+        return _measure_body(self.environ, limit, timeout, self.keeper())
 
 
 def _request_info(environ: WSGIEnvironment, txid_cookies: TxidCookies | None) -> RequestInfo:
@@ -227,7 +226,7 @@ def _send_reply(start_response: StartResponse, reply: Reply, tags: Headers) -> l
     return [reply.body]
 
 
-def _measure_body(environ: WSGIEnvironment, limit: int, timeout: float, keep: list[bytes] | None) -> int | None:
+def _measure_body(environ: WSGIEnvironment, limit: int, timeout: float, keep: KeptBody | None) -> int | None:
     """The body's size (reading at most *limit* + 1 bytes), or None if it took over *timeout* seconds.
 
     The time is checked between reads: a read that stalls ends when the
@@ -252,17 +251,17 @@ def _request_target(environ: WSGIEnvironment) -> str:
     return f"{path}?{query}" if query else path
 
 
-def _body(environ: WSGIEnvironment, kept: list[bytes], length: int | None) -> Iterator[bytes]:
+def _body(environ: WSGIEnvironment, kept: KeptBody, length: int | None) -> Iterator[bytes]:
     """The request body for forwarding: what was measured already, then the rest as it is read."""
-    yield from kept
+    yield from kept.chunks
     stream = environ.get("wsgi.input")
-    if stream is None:
+    if stream is None or kept.ended:
         return
     if length is None:  # chunked: to its end, which the server marks (checked before forwarding)
         while chunk := stream.read(_CHUNK):
             yield chunk
         return
-    left = length - sum(len(chunk) for chunk in kept)
+    left = length - sum(map(len, kept.chunks))
     while left > 0:
         chunk = stream.read(min(_CHUNK, left))
         if not chunk:

@@ -22,7 +22,7 @@ from django.http.response import HttpResponseBase
 from ..consistency import TxidCookies
 from ..context import RequestContext, current_request, report_exception
 from ..decision import Kind, Outcome, RequestInfo
-from ..drivers import AsyncMountIO, MountIO, async_backend, drive, drive_async, measure_stream
+from ..drivers import AsyncMountIO, KeptBody, MountIO, async_backend, drive, drive_async, measure_stream
 from ..forwarding import HOP_HEADER, SECRET_HEADER, ClientBodyError, Relay, cgi_headers, forward_blocking
 from ..middleware import RoutingMiddleware, middleware_doc, option_defaults
 from ..mount import NodeState
@@ -95,7 +95,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
             outcome = drive(router.plan(info), io)
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
-                return self._forward(request, info, outcome, io.kept if io is not None else [])
+                return self._forward(request, info, outcome, io.kept if io is not None else KeptBody())
             return self._reply(router.reply(outcome.decision), outcome.state)
         _strip_forward_secret(request, info)
         ctx = self._context(info, outcome)
@@ -125,7 +125,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
             outcome = await drive_async(router.plan(info), aio)
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
-                kept = aio.kept if aio is not None else []
+                kept = aio.kept if aio is not None else KeptBody()
                 run_in_thread, _ = async_backend()  # forwarded from a worker thread, relayed chunk by chunk
                 response: HttpResponseBase = await run_in_thread(lambda: self._forward(request, info, outcome, kept))
                 return response
@@ -162,9 +162,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
             return None
         return _mark_logged(HttpResponse(status=409))
 
-    def _forward(
-        self, request: HttpRequest, info: RequestInfo, outcome: Outcome, kept: list[bytes]
-    ) -> HttpResponseBase:
+    def _forward(self, request: HttpRequest, info: RequestInfo, outcome: Outcome, kept: KeptBody) -> HttpResponseBase:
         """Forward mode: send the request to the primary and relay its answer, streaming (blocking: a thread)."""
         router = self.router
         # Django's ASGI handler has read the whole body, whatever its framing (HTTP/2 may send neither
@@ -244,32 +242,27 @@ def _mark_logged(response: HttpResponse) -> HttpResponse:
 class _DjangoIO(MountIO):
     """The I/O of a plan in the request's thread (sync mode)."""
 
-    __slots__ = ("kept", "request")
+    __slots__ = ("request",)
 
     def __init__(self, router: Router, request: HttpRequest) -> None:
         super().__init__(router)
         self.request = request
-        #: The body measured so far, kept in forward mode (at most replay_body_limit + 1 bytes): sent first.
-        self.kept: list[bytes] = []
 
     def measure_body(self, limit: int, timeout: float) -> int | None:
-        keep = self.kept if self.router.rules.forward == "oversize" else None
-        return _measure_body(self.request, limit, timeout, keep)
+        return _measure_body(self.request, limit, timeout, self.keeper())
 
 
 class _AsyncDjangoIO(AsyncMountIO):
     """The I/O of a plan off the event loop (async mode)."""
 
-    __slots__ = ("kept", "request")
+    __slots__ = ("request",)
 
     def __init__(self, router: Router, request: HttpRequest) -> None:
         super().__init__(router)
         self.request = request
-        #: As :class:`_DjangoIO`'s.
-        self.kept: list[bytes] = []
 
     async def measure_body(self, limit: int, timeout: float) -> int | None:
-        keep = self.kept if self.router.rules.forward == "oversize" else None
+        keep = self.keeper()
         run_in_thread, _ = async_backend()
         size: int | None = await run_in_thread(lambda: _measure_body(self.request, limit, timeout, keep))
         return size
@@ -291,14 +284,16 @@ def _request_info(request: HttpRequest, txid_cookies: TxidCookies | None) -> Req
     )
 
 
-def _body(request: HttpRequest, length: int | None, kept: list[bytes]) -> Iterator[bytes]:
+def _body(request: HttpRequest, length: int | None, kept: KeptBody) -> Iterator[bytes]:
     """The request body for forwarding: what measuring it read, then the rest as Django reads it (None: to its end)."""
-    yield from kept
+    yield from kept.chunks
+    if kept.ended:
+        return
     if length is None:
         while chunk := request.read(65536):
             yield chunk
         return
-    left = length - sum(map(len, kept))
+    left = length - sum(map(len, kept.chunks))
     while left > 0:
         chunk = request.read(min(65536, left))
         if not chunk:
@@ -372,6 +367,6 @@ def _strip_forward_secret(request: HttpRequest, info: RequestInfo) -> None:
         request.__dict__.pop("headers", None)  # request.headers is cached from META once read
 
 
-def _measure_body(request: HttpRequest, limit: int, timeout: float, keep: list[bytes] | None) -> int | None:
+def _measure_body(request: HttpRequest, limit: int, timeout: float, keep: KeptBody | None) -> int | None:
     """The size of the body Django hands the view (see :func:`~litefs_route.drivers.measure_stream`)."""
     return measure_stream(request.read, limit, timeout, keep)
