@@ -136,8 +136,8 @@ async def drive_async(plan: Plan, io: AsyncIO) -> Outcome:
 # (An adapter adds ``measure_body``, which depends on how its server hands over a body.)
 
 
-class MountIO:
-    """:class:`BlockingIO` but for ``measure_body``: inline in the request's thread.
+class _PlanIO:
+    """What the blocking and the asynchronous I/O of one plan share.
 
     One per plan driven: it counts that plan's waits in the router's counters,
     and keeps what measuring a body read when forward mode will send it on.
@@ -154,6 +154,12 @@ class MountIO:
     def keeper(self) -> KeptBody | None:
         """Where ``measure_body`` keeps what it reads: :attr:`kept` in forward mode "oversize", else nowhere."""
         return self.kept if self.router.rules.forward == "oversize" else None
+
+
+class MountIO(_PlanIO):
+    """:class:`BlockingIO` but for ``measure_body``: inline in the request's thread."""
+
+    __slots__ = ()
 
     def read_state(self, max_age: float | None) -> NodeState:
         return self.router.cache.get(max_age)
@@ -183,23 +189,10 @@ class MountIO:
         return positions.read()
 
 
-class AsyncMountIO:
-    """:class:`AsyncIO` but for ``measure_body``: mount reads in a worker thread, never on the loop.
+class AsyncMountIO(_PlanIO):
+    """:class:`AsyncIO` but for ``measure_body``: mount reads in a worker thread, never on the loop."""
 
-    One per plan driven: as :class:`MountIO`.
-    """
-
-    __slots__ = ("kept", "router", "waited_for_primary")
-
-    def __init__(self, router: Router) -> None:
-        self.router = router
-        self.waited_for_primary = False
-        #: As :class:`MountIO`'s.
-        self.kept = KeptBody()
-
-    def keeper(self) -> KeptBody | None:
-        """As :meth:`MountIO.keeper`."""
-        return self.kept if self.router.rules.forward == "oversize" else None
+    __slots__ = ()
 
     async def read_state(self, max_age: float | None) -> NodeState:
         cache = self.router.cache
@@ -240,7 +233,7 @@ class AsyncMountIO:
         return txids
 
 
-def _count_primary_wait(io: MountIO | AsyncMountIO, began: float) -> None:
+def _count_primary_wait(io: _PlanIO, began: float) -> None:
     """One slice of a wait for a primary is over: a plan's first counts the wait, each its seconds."""
     counters = io.router.counters
     if not io.waited_for_primary:
