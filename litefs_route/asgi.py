@@ -43,7 +43,8 @@ from .router import Router
 __all__ = ["SOCKET_REFUSED_CLOSE_CODE", "PrimaryRoutingMiddleware"]
 
 _SECRET_HEADER_BYTES = SECRET_HEADER.encode()
-_FORWARD_HEADERS = frozenset({_SECRET_HEADER_BYTES, HOP_HEADER.encode()})
+_HOP_HEADER_BYTES = HOP_HEADER.encode()
+_FORWARD_HEADERS = frozenset({_SECRET_HEADER_BYTES, _HOP_HEADER_BYTES})
 
 #: The close code of a write-socket refused on a replica by a server without
 #: ``websocket.http.response`` (1013, "try again later"; sent before the
@@ -92,7 +93,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
                 await self.send_reply(send, router.reply(outcome.decision), outcome.state)
             return
         if request.forward_claim is not None:  # a genuine forwarded request: the secret is not the app's business
-            scope = {**scope, "headers": [h for h in scope.get("headers", ()) if h[0] not in _FORWARD_HEADERS]}
+            scope = _without_forward_claim(scope)
 
         ctx = RequestContext(
             router, request, outcome.state, outcome.decision, self.primary_required_error, outcome.clear_txids
@@ -122,7 +123,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             outcome = await drive_async(router.plan(request), _AsyncIO(router, receive))
         if outcome.decision.kind is Kind.RUN:
             if request.forward_claim is not None:  # a genuine forwarded handshake: not the app's business
-                scope = {**scope, "headers": [h for h in scope.get("headers", ()) if h[0] not in _FORWARD_HEADERS]}
+                scope = _without_forward_claim(scope)
             await self.app(scope, receive, send)
             return
         reply = router.reply(outcome.decision)
@@ -167,17 +168,13 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         raw_path = scope.get("raw_path") or quote(scope["path"]).encode("latin-1")
         query = scope.get("query_string", b"")
         await forward_async(
-            forward.target,
+            forward,
             request.method,
             (raw_path + (b"?" + query if query else b"")).decode("latin-1"),
-            forward.headers,
             kept.chunks,
             None if kept.ended else receive,
             send,
-            chunked=forward.chunked,
-            timeout=router.forward_timeout,
-            retry_after=router.retry_after,
-            reply=reply,
+            reply,
         )
 
     def raw_tags(self, state: NodeState) -> RawHeaders:
@@ -267,6 +264,11 @@ class _AsyncIO(AsyncMountIO):
         return await _measure_body(self.receive, limit, timeout, self.keeper())
 
 
+def _without_forward_claim(scope: Scope) -> Scope:
+    """*scope* without a forwarded request's secret and hop count: they are not the app's business."""
+    return {**scope, "headers": [h for h in scope.get("headers", ()) if h[0] not in _FORWARD_HEADERS]}
+
+
 def _request_info(scope: Scope, txid_cookies: TxidCookies | None, *, websocket: bool = False) -> RequestInfo:
     replay_src = content_length = transfer_encoding = replay_failed = forward_claim = forward_hop = None
     cookies: list[str] = []
@@ -277,11 +279,10 @@ def _request_info(scope: Scope, txid_cookies: TxidCookies | None, *, websocket: 
             replay_src = value.decode("latin-1")
         elif name == b"fly-replay-failed":
             replay_failed = value.decode("latin-1")
-        elif name in _FORWARD_HEADERS:
-            if name == _SECRET_HEADER_BYTES:
-                forward_claim = value.decode("latin-1")
-            else:
-                forward_hop = value.decode("latin-1")
+        elif name == _SECRET_HEADER_BYTES:
+            forward_claim = value.decode("latin-1")
+        elif name == _HOP_HEADER_BYTES:
+            forward_hop = value.decode("latin-1")
         elif name == b"content-length":
             content_length = value.decode("latin-1")
         elif name == b"transfer-encoding":

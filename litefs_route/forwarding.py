@@ -33,7 +33,9 @@ from .replies import Reply, forward_failure_reply
 
 __all__ = [
     "DEFAULT_FORWARD_URL",
+    "HOP_CGI_KEY",
     "HOP_HEADER",
+    "SECRET_CGI_KEY",
     "SECRET_ENV",
     "SECRET_HEADER",
     "ClientBodyError",
@@ -42,7 +44,9 @@ __all__ = [
     "ForwardURL",
     "Relay",
     "cgi_headers",
+    "cgi_raw_target",
     "client_address",
+    "drop_forward_claim",
     "forward_async",
     "forward_blocking",
     "forwarded_headers",
@@ -59,6 +63,9 @@ SECRET_ENV = "LITEFS_ROUTE_FORWARD_SECRET"  # noqa: S105 (a variable's name, not
 #: The headers a forwarded request carries (lower case): the secret, and how many times it was forwarded.
 SECRET_HEADER = "x-litefs-route-forward"  # noqa: S105 (a header's name)
 HOP_HEADER = "x-litefs-route-forward-hop"
+#: The same, as a WSGI environ and Django's ``request.META`` name them.
+SECRET_CGI_KEY = "HTTP_" + SECRET_HEADER.upper().replace("-", "_")
+HOP_CGI_KEY = "HTTP_" + HOP_HEADER.upper().replace("-", "_")
 
 # Hop-by-hop headers (RFC 9110 7.6.1), never forwarded either way; plus our own.
 _HOP_BY_HOP = frozenset(
@@ -106,6 +113,10 @@ class Forward:
     #: The body is sent chunked (its length is unknown); else it is *length* bytes.
     chunked: bool
     length: int | None
+    #: Seconds to connect, and for each read and write (``forward_timeout``).
+    timeout: float
+    #: The ``Retry-After`` of a 503 when nothing was sent.
+    retry_after: int
 
 
 def resolve_forward_url(forward_url: ForwardURL, instance: str) -> ForwardTarget:
@@ -169,6 +180,18 @@ def forwarded_headers(
     return kept
 
 
+def cgi_raw_target(environ: Mapping[str, Any]) -> str | None:
+    """The path and query as the client sent them, where the server keeps a copy (gunicorn, Werkzeug); else None."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    return raw if isinstance(raw, str) and raw.startswith("/") else None
+
+
+def drop_forward_claim(environ: MutableMapping[str, Any]) -> None:
+    """Remove a forwarded request's secret and hop count from a CGI-style mapping: they are not the app's business."""
+    environ.pop(SECRET_CGI_KEY, None)
+    environ.pop(HOP_CGI_KEY, None)
+
+
 def cgi_headers(environ: Mapping[str, Any]) -> list[tuple[str, str]]:
     """A request's headers from a CGI-style mapping (a WSGI environ, Django's ``request.META``)."""
     headers = [
@@ -230,23 +253,14 @@ class Relay:
     body: Iterable[bytes]
 
 
-def forward_blocking(
-    target: ForwardTarget,
-    method: str,
-    path_qs: str,
-    headers: list[tuple[str, str]],
-    body: Iterable[bytes] | None,
-    *,
-    chunked: bool,
-    timeout: float,
-    retry_after: int,
-) -> Relay | Reply:
-    """Send the request to *target* and return its response to relay, or the reply that says what went wrong.
+def forward_blocking(forward: Forward, method: str, path_qs: str, body: Iterable[bytes]) -> Relay | Reply:
+    """Send the request as *forward* says and return the response to relay, or the reply that says what went wrong.
 
     Blocking (a WSGI worker thread). *body* is sent as read (chunked when
-    *chunked*), never held whole. Never retried.
+    ``forward.chunked``), never held whole. Never retried.
     """
-    conn = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
+    target, chunked, retry_after = forward.target, forward.chunked, forward.retry_after
+    conn = http.client.HTTPConnection(target.host, target.port, timeout=forward.timeout)
     try:
         conn.connect()
     except OSError as exc:
@@ -255,10 +269,10 @@ def forward_blocking(
         return forward_failure_reply(target.instance, False, f"cannot connect: {exc}", retry_after)
     try:
         conn.putrequest(method, target.prefix + path_qs, skip_host=True, skip_accept_encoding=True)
-        for name, value in headers:
+        for name, value in forward.headers:
             conn.putheader(name, value)
         conn.endheaders()
-        for chunk in body or ():
+        for chunk in body:
             if chunk:
                 conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
         if chunked:
@@ -311,26 +325,22 @@ class _Lost(Exception):
 
 
 async def forward_async(
-    target: ForwardTarget,
+    forward: Forward,
     method: str,
     path_qs: str,
-    headers: list[tuple[str, str]],
     prefix: Iterable[bytes],
     receive: Receive | None,
     send: Send,
-    *,
-    chunked: bool,
-    timeout: float,
-    retry_after: int,
     reply: Callable[[Reply], Awaitable[None]],
 ) -> None:
-    """Send the request to *target* with asyncio streams and relay its answer through *send*.
+    """Send the request as *forward* says, with asyncio streams, and relay its answer through *send*.
 
     The body is *prefix* (what was already read), then what *receive*
     delivers; sent as it arrives, with the writer drained after each piece.
     A failure before the primary's answer starts goes through *reply* (503
     not sent / 502 may have run); after it, the response is cut short.
     """
+    target, timeout, retry_after = forward.target, forward.timeout, forward.retry_after
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(target.host, target.port), timeout)
     except (OSError, asyncio.TimeoutError, RuntimeError) as exc:  # RuntimeError: not an asyncio loop (trio)
@@ -339,7 +349,7 @@ async def forward_async(
         return
     try:
         try:
-            await _send_request(writer, target, method, path_qs, headers, prefix, receive, chunked, timeout)
+            await _send_request(writer, forward, method, path_qs, prefix, receive)
             status, response_headers = await _read_head(reader, timeout)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
             raise _Lost(True, repr(e)) from e
@@ -356,20 +366,17 @@ async def forward_async(
 
 async def _send_request(
     writer: asyncio.StreamWriter,
-    target: ForwardTarget,
+    forward: Forward,
     method: str,
     path_qs: str,
-    headers: list[tuple[str, str]],
     prefix: Iterable[bytes],
     receive: Receive | None,
-    chunked: bool,
-    timeout: float,
 ) -> None:
-    head = f"{method} {target.prefix}{path_qs} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in headers) + "\r\n"
+    head = f"{method} {forward.target.prefix}{path_qs} HTTP/1.1\r\n"
+    head += "".join(f"{n}: {v}\r\n" for n, v in forward.headers) + "\r\n"
     writer.write(head.encode("latin-1"))
-
+    chunked, timeout, announced = forward.chunked, forward.timeout, forward.length
     sent = 0
-    announced = next((int(v) for n, v in headers if n.lower() == "content-length"), None)
 
     async def write(chunk: bytes) -> None:
         nonlocal sent

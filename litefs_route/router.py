@@ -183,7 +183,7 @@ class Router:
             hop=decision.hops,
             content_length=length,
         )
-        return Forward(target, forwarded, chunked, length)
+        return Forward(target, forwarded, chunked, length, self.forward_timeout, self.retry_after)
 
     def _warn(self, kind: str, message: str) -> None:
         """Log *message* as a warning at most once a minute per *kind* (a client can send these at will)."""

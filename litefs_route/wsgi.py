@@ -33,7 +33,15 @@ from .consistency import TxidCookies
 from .context import RequestContext, current_request, report_exception
 from .decision import Kind, Outcome, RequestInfo
 from .drivers import KeptBody, MountIO, drive, measure_stream
-from .forwarding import HOP_HEADER, SECRET_HEADER, ClientBodyError, cgi_headers, forward_blocking
+from .forwarding import (
+    HOP_CGI_KEY,
+    SECRET_CGI_KEY,
+    ClientBodyError,
+    cgi_headers,
+    cgi_raw_target,
+    drop_forward_claim,
+    forward_blocking,
+)
 from .frameworks import connect_flask_exception_signal, werkzeug_primary_required
 from .middleware import RoutingMiddleware, middleware_doc
 from .replies import LENGTH_REQUIRED, OUR_TAG_NAMES, Headers, Reply, with_tags
@@ -46,9 +54,6 @@ if TYPE_CHECKING:
 __all__ = ["PrimaryRoutingMiddleware"]
 
 _CHUNK = 65536
-# The forward headers (forwarding.SECRET_HEADER, HOP_HEADER) as WSGI names them.
-_SECRET_KEY = "HTTP_" + SECRET_HEADER.upper().replace("-", "_")
-_HOP_KEY = "HTTP_" + HOP_HEADER.upper().replace("-", "_")
 
 
 class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
@@ -76,8 +81,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
                 )
             return _send_reply(start_response, router.reply(outcome.decision), router.tags(outcome.state))
         if request.forward_claim is not None:  # a genuine forwarded request: the secret is not the app's business
-            environ.pop(_SECRET_KEY, None)
-            environ.pop(_HOP_KEY, None)
+            drop_forward_claim(environ)
 
         ctx = RequestContext(
             router, request, outcome.state, outcome.decision, self.primary_required_error, outcome.clear_txids
@@ -128,14 +132,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
         if isinstance(forward, Reply):
             return _send_reply(start_response, forward, router.tags(outcome.state))
         relay = forward_blocking(
-            forward.target,
-            request.method,
-            _request_target(environ),
-            forward.headers,
-            _body(environ, kept, forward.length),
-            chunked=forward.chunked,
-            timeout=router.forward_timeout,
-            retry_after=router.retry_after,
+            forward, request.method, _request_target(environ), _body(environ, kept, forward.length)
         )
         if isinstance(relay, Reply):
             router.counters.add("forward_failures")
@@ -212,8 +209,8 @@ def _request_info(environ: WSGIEnvironment, txid_cookies: TxidCookies | None) ->
         path,
         replay_src=environ.get("HTTP_FLY_REPLAY_SRC"),
         replay_failed=environ.get("HTTP_FLY_REPLAY_FAILED"),
-        forward_claim=environ.get(_SECRET_KEY),
-        forward_hop=environ.get(_HOP_KEY),
+        forward_claim=environ.get(SECRET_CGI_KEY),
+        forward_hop=environ.get(HOP_CGI_KEY),
         content_length=environ.get("CONTENT_LENGTH"),
         transfer_encoding=environ.get("HTTP_TRANSFER_ENCODING"),
         cookie=environ.get("HTTP_COOKIE"),
@@ -241,8 +238,8 @@ def _measure_body(environ: WSGIEnvironment, limit: int, timeout: float, keep: Ke
 
 def _request_target(environ: WSGIEnvironment) -> str:
     """The path and query as the client sent them (the server's raw copy where it keeps one)."""
-    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-    if isinstance(raw, str) and raw.startswith("/"):
+    raw = cgi_raw_target(environ)
+    if raw is not None:
         return raw
     path = quote(
         (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode("latin-1"), safe="/:@!$&'()*+,;=-._~%"

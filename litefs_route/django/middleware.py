@@ -23,7 +23,16 @@ from ..consistency import TxidCookies
 from ..context import RequestContext, current_request, report_exception
 from ..decision import Kind, Outcome, RequestInfo
 from ..drivers import AsyncMountIO, KeptBody, MountIO, async_backend, drive, drive_async, measure_stream
-from ..forwarding import HOP_HEADER, SECRET_HEADER, ClientBodyError, Relay, cgi_headers, forward_blocking
+from ..forwarding import (
+    HOP_CGI_KEY,
+    SECRET_CGI_KEY,
+    ClientBodyError,
+    Relay,
+    cgi_headers,
+    cgi_raw_target,
+    drop_forward_claim,
+    forward_blocking,
+)
 from ..middleware import RoutingMiddleware, middleware_doc, option_defaults
 from ..mount import NodeState
 from ..replies import LENGTH_REQUIRED, PRIMARY_HEADER, Reply
@@ -38,9 +47,6 @@ GetResponse = Callable[[HttpRequest], HttpResponseBase | Awaitable[HttpResponseB
 
 
 logger = logging.getLogger("litefs_route")
-# The forward headers (forwarding.SECRET_HEADER, HOP_HEADER) as request.META names them.
-_SECRET_KEY = "HTTP_" + SECRET_HEADER.upper().replace("-", "_")
-_HOP_KEY = "HTTP_" + HOP_HEADER.upper().replace("-", "_")
 
 
 def options_from_settings() -> dict[str, Any]:
@@ -181,16 +187,8 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
         )
         if isinstance(forward, Reply):
             return self._reply(forward, outcome.state)
-        relay = forward_blocking(
-            forward.target,
-            info.method,
-            request.META.get("RAW_URI") or request.META.get("REQUEST_URI") or request.get_full_path(),
-            forward.headers,
-            _body(request, forward.length, kept),
-            chunked=chunked,
-            timeout=router.forward_timeout,
-            retry_after=router.retry_after,
-        )
+        target = cgi_raw_target(request.META) or request.get_full_path()
+        relay = forward_blocking(forward, info.method, target, _body(request, forward.length, kept))
         if isinstance(relay, Reply):
             router.counters.add("forward_failures")
             return self._reply(relay, outcome.state)
@@ -275,8 +273,8 @@ def _request_info(request: HttpRequest, txid_cookies: TxidCookies | None) -> Req
         request.path,  # decoded, with SCRIPT_NAME: what Django's URL patterns see
         replay_src=meta.get("HTTP_FLY_REPLAY_SRC"),
         replay_failed=meta.get("HTTP_FLY_REPLAY_FAILED"),
-        forward_claim=meta.get(_SECRET_KEY),
-        forward_hop=meta.get(_HOP_KEY),
+        forward_claim=meta.get(SECRET_CGI_KEY),
+        forward_hop=meta.get(HOP_CGI_KEY),
         content_length=meta.get("CONTENT_LENGTH"),
         transfer_encoding=meta.get("HTTP_TRANSFER_ENCODING"),
         cookie=meta.get("HTTP_COOKIE"),
@@ -362,8 +360,7 @@ def _discard(response: HttpResponseBase) -> None:
 def _strip_forward_secret(request: HttpRequest, info: RequestInfo) -> None:
     """A genuine forwarded request (it runs): the secret is not the view's business."""
     if info.forward_claim is not None:
-        request.META.pop(_SECRET_KEY, None)
-        request.META.pop(_HOP_KEY, None)
+        drop_forward_claim(request.META)
         request.__dict__.pop("headers", None)  # request.headers is cached from META once read
 
 
