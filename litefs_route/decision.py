@@ -449,19 +449,21 @@ def decide(
         return Decision(Kind.UNAVAILABLE, True, reason=_DISAGREE_REASON.format(hops))
     # Forward mode sends a write to the primary before its handler runs (never
     # after: the handler may have read the body, and the request may have written).
-    forwards = rules.forward != "off" and not forced and not request.websocket  # a socket is never forwarded
-    if forwards and rules.forward == "always":
-        return Decision(Kind.FORWARD, True, target=state.primary_id, hops=1)
+    # It forwards what Fly cannot replay (too large), or could not deliver (sent back), or every write ("always").
     limit = rules.replay_body_limit
     size = request.content_length if request.content_length is not None else body_size
-    if size is not None and size > limit:
-        if forwards:
-            return Decision(Kind.FORWARD, True, target=state.primary_id, hops=1)
+    too_large = size is not None and size > limit
+    if (
+        rules.forward != "off"
+        and not forced
+        and not request.websocket  # a socket is never forwarded
+        and (rules.forward == "always" or too_large or request.replay_failed is not None)
+    ):
+        return Decision(Kind.FORWARD, True, target=state.primary_id, hops=1)
+    if too_large:
         return Decision(Kind.TOO_LARGE, True, target=state.primary_id, reason=f"the body is larger than {limit} bytes")
     if size is None and request.unknown_length and not forced:
         return Pending.MEASURE_BODY
-    if forwards and request.replay_failed is not None:  # Fly could not deliver our replay: deliver it ourselves
-        return Decision(Kind.FORWARD, True, target=state.primary_id, hops=1)
     return _replay(request, True, state.primary_id, hops + 1)
 
 
