@@ -285,6 +285,10 @@ class _Request:
     body: bytes
     request_id: str
 
+    def with_header(self, name: str, value: str) -> _Request:
+        """The same request with one more header (what the edge adds to a replayed or sent-back request)."""
+        return dataclasses.replace(self, headers=[*self.headers, (name, value)])
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -392,13 +396,7 @@ class _Handler(BaseHTTPRequestHandler):
                 src = f"instance={instance};region={front.region_of(instance)};t={time.time_ns() // 1000}"
                 if state is not None:
                     src += f";state={state}"
-                replayed = _Request(
-                    request.method,
-                    request.target,
-                    [*request.headers, ("fly-replay-src", src)],
-                    request.body,
-                    request.request_id,
-                )
+                replayed = request.with_header("fly-replay-src", src)
                 target = targets[0] if targets else fields.get("instance", "")
                 failure: str | None
                 if not targets or front._address(target) is None:
@@ -432,13 +430,7 @@ class _Handler(BaseHTTPRequestHandler):
                     f"instance={target};app={front.app_name};region={front.region_of(instance)};"
                     f"replay_source={instance};reason={failure};elapsed_ms={elapsed_ms}"
                 )
-                sent_back = _Request(
-                    request.method,
-                    request.target,
-                    [*request.headers, ("fly-replay-failed", failed)],
-                    request.body,
-                    request.request_id,
-                )
+                sent_back = request.with_header("fly-replay-failed", failed)
                 response, conn, instance = self._send_first(sent_back, [instance], retry=False)
                 if response.getheader("fly-replay") is not None:
                     _discard(response, conn)
