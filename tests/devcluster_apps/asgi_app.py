@@ -87,16 +87,6 @@ app = Starlette(
         # A read by method, but it must not be replayed: passthrough.
         Route("/release/{n:int}", release, methods=["POST"]),
     ],
-    middleware=[
-        Middleware(
-            PrimaryRoutingMiddleware,
-            cache_ttl=common.CACHE_TTL,
-            primary_wait=common.PRIMARY_WAIT,
-            replay_timeout=common.REPLAY_TIMEOUT,
-            forward=common.FORWARD,
-            forward_url=common.forward_url,
-            passthrough=["/release/*"],
-        )
-    ],
+    middleware=[Middleware(PrimaryRoutingMiddleware, **common.MIDDLEWARE_OPTIONS, passthrough=["/release/*"])],
     lifespan=lifespan,
 )

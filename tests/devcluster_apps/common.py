@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from typing import Any
 
 from litefs_route.sqlite_errors import is_readonly_error
 
@@ -24,6 +25,16 @@ FORWARD = os.environ.get("DEVCLUSTER_FORWARD", "off")
 def forward_url(instance: str) -> str:
     with open(os.environ["DEVCLUSTER_FORWARD_MAP"]) as f:
         return str(json.load(f)[instance])
+
+
+#: The middleware's options, the same for the ASGI and the WSGI app.
+MIDDLEWARE_OPTIONS: dict[str, Any] = {
+    "cache_ttl": CACHE_TTL,
+    "primary_wait": PRIMARY_WAIT,
+    "replay_timeout": REPLAY_TIMEOUT,
+    "forward": FORWARD,
+    "forward_url": forward_url,
+}
 
 
 def db_path() -> str:

@@ -43,11 +43,4 @@ def inner(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[b
 
 
 common.init_schema()
-app = PrimaryRoutingMiddleware(
-    inner,
-    cache_ttl=common.CACHE_TTL,
-    primary_wait=common.PRIMARY_WAIT,
-    replay_timeout=common.REPLAY_TIMEOUT,
-    forward=common.FORWARD,
-    forward_url=common.forward_url,
-)
+app = PrimaryRoutingMiddleware(inner, **common.MIDDLEWARE_OPTIONS)
