@@ -507,20 +507,19 @@ def _release(args: argparse.Namespace, instance_id: str) -> int:
         if args.action in ("register", "heartbeat"):
             if not args.release:
                 raise _Fail(EXIT_USAGE, f"release {args.action} needs --release (or $FLY_IMAGE_REF)")
+            every = getattr(args, "every", RENEW_EVERY)
             beat = Heartbeat(
-                db_path, release=args.release, schema=args.schema, instance_id=instance_id, table=args.table
+                db_path,
+                release=args.release,
+                schema=args.schema,
+                instance_id=instance_id,
+                table=args.table,
+                every=every,
             )
-            if args.action == "heartbeat":
-                beat.every = args.every
             record = beat.renew(starting=True)
             _say(f"{record.instance} registered on release {record.release}")
             if args.action == "heartbeat":
-                while True:
-                    time.sleep(beat.every)
-                    try:
-                        beat.renew()
-                    except (HaltLockError, sqlite3.Error) as exc:  # the next renewal tries again
-                        _say(f"renewing failed, trying again in {beat.every:g} s: {exc}")
+                beat.run(on_error=lambda exc: _say(f"renewing failed, trying again in {every:g} s: {exc}"))
             return EXIT_OK
         if args.action == "status":
             records = instances(db_path, table=args.table, gone_after=None if args.all else args.gone_after)

@@ -503,7 +503,7 @@ class Heartbeat:
         self.release, self.schema, self.instance_id, self.table = release, schema, instance_id, table
         self.every = every
         self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="litefs-route release heartbeat", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="litefs-route release heartbeat", daemon=True)
 
     def start(self) -> InstanceRecord:
         record = self.renew(starting=True)
@@ -523,9 +523,17 @@ class Heartbeat:
     def stop(self) -> None:
         self._stopped.set()
 
-    def _run(self) -> None:
+    def run(self, on_error: Callable[[Exception], None] | None = None) -> None:
+        """Renew every *every* seconds until :meth:`stop` (blocking; :meth:`start` runs it in a thread).
+
+        A failed renewal goes to *on_error* (default: logged) and is tried
+        again at the next: :data:`GONE_AFTER` allows two misses.
+        """
         while not self._stopped.wait(self.every):
             try:
                 self.renew()
-            except Exception:  # the next renewal tries again; GONE_AFTER allows two misses
-                logger.warning("renewing this instance's release record failed", exc_info=True)
+            except Exception as exc:
+                if on_error is None:
+                    logger.warning("renewing this instance's release record failed", exc_info=True)
+                else:
+                    on_error(exc)
