@@ -38,7 +38,7 @@ from .exceptions import PrimaryRequired
 from .mount import NodeState, Role, default_instance_id, is_valid_instance_id, read_node_state
 from .replies import Reply, has_replay_header
 from .router import Router
-from .sqlite_errors import is_readonly_error
+from .sqlite_errors import WriteFailure, WriteFailureKind, classify_write_failure
 from .subscriber import resolve_api_url
 
 __all__ = [
@@ -77,9 +77,11 @@ class RequestContext:
     #: refusal) whatever the app answers.
     must_end_elsewhere: bool = False
     #: That ending's reply, when known; None while it must still be settled
-    #: (no primary was known, or SQLite refused the write; see
+    #: (no primary was known, or SQLite failed the write; see
     #: :func:`~litefs_route.decision.plan_settlement`).
     ending: Reply | None = None
+    #: How SQLite failed the write because of LiteFS (the safety net's case), if it did.
+    failure: WriteFailure | None = None
 
     # -- what the middleware asks (the same for both adapters) ---------------
 
@@ -114,13 +116,41 @@ class RequestContext:
 
     def settlement(self) -> Plan | None:
         """The plan that decides the ending (drive it, then :meth:`settle`); None if the ending is known."""
-        return None if self.ending is not None else self.router.settlement(self.request)
+        if self.ending is not None:
+            return None
+        io_error = self.failure is not None and self.failure.kind is WriteFailureKind.IO_ERROR
+        # self.state is still the reading the request was routed on (settle() replaces it).
+        return self.router.settlement(self.request, io_error=io_error, routed_as_primary=self.state.is_primary)
 
     def settle(self, outcome: Outcome) -> Reply:
         """Record the ending a settlement plan decided; returns its reply."""
         self.state = outcome.state
         self.ending = self.router.reply(outcome.decision)
+        if self.failure is not None:
+            self._log_failure(outcome)
         return self.ending
+
+    def _log_failure(self, outcome: Outcome) -> None:
+        failure, request, decision = self.failure, self.request, outcome.decision
+        assert failure is not None
+        if decision.kind is Kind.OUTCOME_UNKNOWN:
+            logger.warning(
+                "%s %s may have run: %s (%s); answered %d with its outcome unknown, never replayed",
+                request.method,
+                request.path[:200],
+                decision.reason,
+                failure.detail,
+                502,
+            )
+            return
+        # Routed to a replica by a stale reading, or LiteFS stopped being primary before the write.
+        logger.warning(
+            "%s %s did not run: SQLite refused its write on this instance (%s); answered %s",
+            request.method,
+            request.path[:200],
+            failure.detail,
+            f"with the replay to {decision.target}" if decision.kind is Kind.REPLAY else f"{decision.kind.value}",
+        )
 
     def note_write(self) -> None:
         """The request is a write about to run: remember the TXIDs it starts from (no I/O).
@@ -151,15 +181,19 @@ class RequestContext:
         return cookies.headers(fresh, self.clear_txids)
 
     def mark_readonly_failure(self, exc: BaseException) -> bool:
-        """The safety net: if *exc* is SQLite refusing a write, the request must end on the primary."""
-        if self.must_end_elsewhere or not is_readonly_error(exc):
+        """The safety net: if SQLite failed a write because of LiteFS, the request ends in the middleware's reply.
+
+        That reply is settled once the handler is done: a replay or a 503 if
+        the write did not run, a 502 if it may have run
+        (:mod:`litefs_route.sqlite_errors`). Logged then, once.
+        """
+        if self.must_end_elsewhere:
             return False
-        self.must_end_elsewhere = True
+        failure = classify_write_failure(exc)
+        if failure is None:
+            return False
+        self.must_end_elsewhere, self.failure = True, failure
         self.router.counters.add("safety_net")
-        logger.warning(
-            "a write slipped through to a non-primary (SQLite refused it as read-only); "
-            "replaying it to the primary or refusing it"
-        )
         return True
 
 

@@ -38,8 +38,13 @@ Names (absent until the first count):
 ``consistency_waits``
     Reads that waited for their TXID (read-your-writes).
 ``safety_net``
-    Writes SQLite refused as read-only that the middleware ended in a replay
-    or a ``503``.
+    Writes SQLite failed because of LiteFS (a replica, or a primary whose
+    LiteFS stopped) that the middleware ended in its own reply.
+``outcome_unknown``
+    ``502`` answers with ``Litefs-Route-Outcome: unknown``: a write that may
+    have run (SQLite's I/O error on a node whose LiteFS was stopping or had
+    stopped). Forward mode's ``502`` (counted in ``forward_failures``)
+    carries the same header.
 ``health_checks_passed``, ``health_checks_failed``
     Answers of the health check (``health_path``).
 

@@ -34,9 +34,13 @@ The rules, in order:
 7. ``ensure_primary()``: the request is a write whatever its method and
    path, and its body is not measured (the app may have read it).
 8. A request whose app ran here but that must end on the primary
-   (``ensure_primary()`` with no primary known, or SQLite refusing its
-   write) is *settled*: decided again on a fresh reading, after waiting for
-   a primary as rule 4; it is replayed, or refused with 503, never run.
+   (``ensure_primary()`` with no primary known, or SQLite failing its write
+   because of LiteFS) is *settled* on a fresh reading of the mount. A write
+   that may have run (an I/O error, unless this node was routed as a replica
+   and its running LiteFS still names another primary; see
+   :mod:`litefs_route.sqlite_errors`) ends in 502 with its outcome unknown,
+   never replayed. Any other waits for a primary as rule 4 and is replayed,
+   or refused with 503; it is never run again here.
 9. ``ensure_instance(id)``: the request runs on that instance and is
    replayed to it from any other, within ``max_replays`` (past it: 503, the
    instance may be gone) and Fly's body limit (413), as rule 5.
@@ -114,6 +118,10 @@ _PRIMARY_POLL = 0.05
 NO_PRIMARY_REASON = "no primary is known right now (a LiteFS election or failover)"
 _DISAGREE_REASON = "replayed {} times without reaching the primary (the instances disagree on the primary)"
 _RAN_HERE_REASON = "this instance was not the primary when the request ran"
+_MAY_HAVE_RUN_REASON = (
+    "its write failed on instance {} while LiteFS was stopping or had stopped there, "
+    "and LiteFS may have committed it first"
+)
 _LAGGING_REASON = "its TXID did not arrive in time"
 _FORWARD_LOOP_REASON = "it was forwarded here {} times and this instance is not the primary either"
 # Fly's proxy could not deliver our replay and sent the request back (fly-replay-failed).
@@ -264,6 +272,7 @@ class Kind(enum.Enum):
     UNHEALTHY = "unhealthy"  # 503: the health check fails (replication lag)
     FORWARD = "forward"  # send the request to <target> ourselves and relay its answer (forward mode)
     FORBIDDEN = "forbidden"  # 403: claims to be forwarded by litefs-route, without this cluster's secret
+    OUTCOME_UNKNOWN = "outcome-unknown"  # 502: a write that failed here may have run; never replayed
 
 
 # A NamedTuple: immutable (one instance may serve every request), and built,
@@ -539,6 +548,8 @@ def counter_name(decision: Decision) -> str:
             return "forwards"
         case Kind.FORBIDDEN:
             return "forbidden_forwards"
+        case Kind.OUTCOME_UNKNOWN:
+            return "outcome_unknown"
         case Kind.TIMEOUT:
             return "body_timeouts"
         case Kind.HEALTHY | Kind.UNHEALTHY:
@@ -669,13 +680,21 @@ def plan_request(request: RequestInfo, rules: Rules, *, known_txids: tuple[int |
                 assert_never(step)
 
 
-def plan_settlement(request: RequestInfo, rules: Rules) -> Plan:
+def plan_settlement(
+    request: RequestInfo, rules: Rules, *, io_error: bool = False, routed_as_primary: bool = False
+) -> Plan:
     """Rule 8: the answer for a request that ran here but must end on the primary.
 
-    Never RUN (the app already ran); the outcome's state is the fresh
-    reading it was decided on (for the reply's tags).
+    *io_error*: SQLite failed the request's write with an I/O error (else it
+    refused it before writing, or ``ensure_primary()`` ended it).
+    *routed_as_primary*: the reading the request was routed on said this
+    node is the primary. Never RUN (the app already ran); the outcome's
+    state is the fresh reading it was decided on (for the reply's tags).
     """
     state = _expect_state((yield ReadMount()))
+    if io_error and not _refused_as_replica(state, routed_as_primary):
+        reason = _MAY_HAVE_RUN_REASON.format(state.instance_id)
+        return Outcome(Decision(Kind.OUTCOME_UNKNOWN, True, reason=reason), state)
     state = yield from _wait_for_primary(state, rules, from_mount=True)
     step = decide(request, state, rules, forced=True)
     match step:
@@ -690,6 +709,17 @@ def plan_settlement(request: RequestInfo, rules: Rules) -> Plan:
             raise AssertionError(f"a forced decision cannot be {step}")
         case _:
             assert_never(step)
+
+
+def _refused_as_replica(state: NodeState, routed_as_primary: bool) -> bool:
+    """True if an I/O error proves the write did not run: LiteFS refused it on a replica.
+
+    In WAL mode LiteFS answers a replica's write with ``SQLITE_IOERR_WRITE``,
+    the code a kill -9 mid-COMMIT gives too. Only a node routed as a replica
+    whose LiteFS, read now, is alive and names another primary cannot have
+    committed it.
+    """
+    return not routed_as_primary and state.role is Role.REPLICA and state.mount_error is None
 
 
 def assert_never(value: NoReturn) -> NoReturn:

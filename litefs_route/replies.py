@@ -18,6 +18,7 @@ __all__ = [
     "LENGTH_REQUIRED",
     "OUR_TAG_NAMES",
     "OUR_TAG_NAMES_BYTES",
+    "OUTCOME_HEADER",
     "PRIMARY_HEADER",
     "REPLAY_HEADER",
     "Headers",
@@ -35,6 +36,9 @@ __all__ = [
 PRIMARY_HEADER = "Fly-Primary-Instance"
 INSTANCE_HEADER = "Fly-Instance"
 REPLAY_HEADER = "fly-replay"
+#: On a 502: the write may have run; the client must check before sending it again.
+OUTCOME_HEADER = "Litefs-Route-Outcome"
+_OUTCOME_UNKNOWN = (OUTCOME_HEADER, "unknown")
 #: Their lower-case names, as WSGI (str) and ASGI (bytes) headers spell them.
 OUR_TAG_NAMES = frozenset({PRIMARY_HEADER.lower(), INSTANCE_HEADER.lower()})
 OUR_TAG_NAMES_BYTES = frozenset(name.encode() for name in OUR_TAG_NAMES)
@@ -124,6 +128,11 @@ def build_reply(decision: Decision, retry_after: int, replay_timeout: float | No
     if decision.kind is Kind.UNAVAILABLE:
         body = f"This request cannot run now: {decision.reason}. Retry shortly.\n"
         return _text_reply(503, body, [("Retry-After", str(retry_after))])
+    if decision.kind is Kind.OUTCOME_UNKNOWN:
+        body = (
+            f"The outcome of this write is unknown: {decision.reason}.\nCheck whether it ran before sending it again.\n"
+        )
+        return _text_reply(502, body, [_OUTCOME_UNKNOWN])
     raise ValueError(f"no reply for {decision.kind}: the app runs, or the adapter forwards the request")
 
 
@@ -144,7 +153,7 @@ def forward_failure_reply(target: str, sent: bool, detail: str, retry_after: int
         f"The connection to the primary ({target}) failed after this write was sent ({detail}):\n"
         "it may have run. Check before sending it again.\n"
     )
-    return _text_reply(502, body, [])
+    return _text_reply(502, body, [_OUTCOME_UNKNOWN])
 
 
 def fly_duration(seconds: float) -> str:

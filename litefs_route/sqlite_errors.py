@@ -1,22 +1,93 @@
-"""Recognising SQLite refusing a write because this node is a LiteFS replica.
+"""What SQLite's answer to a write proves, when LiteFS is why it failed.
 
-A write that slips past routing (a stale reading, an unflagged GET, a write
-under way while LiteFS hands the lease off) fails in SQLite; the middleware's
-safety net turns that failure into a replay instead of a 500.
+A write that slips past routing (a stale reading, an unflagged GET) fails in
+SQLite on a replica; so does a write under way on a primary whose LiteFS is
+stopped or killed. The middleware's safety net must tell apart a write that
+**did not run** (safe to wait for a primary and replay) from one that **may
+have run** (never replayed: its outcome is reported as unknown). Each answer
+below was observed on real LiteFS v0.5.14 (``tests/test_litefs_write_failures.py``
+keeps each observation as a test):
+
+=============================  ==========================================  ================
+SQLite's answer                where it was seen                           class
+=============================  ==========================================  ================
+``SQLITE_READONLY_DIRECTORY``  first write on a replica (rollback journal:  refused
+                               LiteFS refuses the journal); first write
+                               on a primary whose LiteFS got SIGTERM
+``SQLITE_READONLY_DBMOVED``    first write after LiteFS got SIGTERM (the    refused
+                               mount is gone under the open file)
+``SQLITE_READONLY`` (others)   before any page is written                  refused
+``SQLITE_CANTOPEN``            opening the database, or its journal, on a   refused
+                               mount whose LiteFS died
+``SQLITE_IOERR_WRITE``         first write on a replica in WAL mode; and    i/o error
+                               kill -9 of LiteFS mid-transaction
+``SQLITE_IOERR_*``             kill -9 of LiteFS mid-transaction or during  i/o error
+                               COMMIT (``_WRITE``, ``_DELETE``, ``_LOCK``,
+                               ``_FSTAT``, ``_SHORT_READ``...). LiteFS may
+                               already have applied and shipped the commit.
+=============================  ==========================================  ================
+
+**Refused** answers come before the failing transaction wrote a page (SQLite
+opens the journal, checks the file was not moved, and takes its locks before
+its first write): nothing of that transaction reached LiteFS. **I/O errors**
+can come at COMMIT, after LiteFS committed the transaction. What the request
+then ends in depends on what this node was as well
+(:func:`litefs_route.decision.plan_settlement`): an I/O error proves nothing
+ran only on a node that was a replica when the request was routed *and* whose
+LiteFS, still running, still names another primary (LiteFS refuses a WAL
+write there); anywhere else it may have run.
+
+"Nothing ran" is judged on the transaction that failed: a handler that
+committed another transaction earlier in the same request has side effects
+the middleware cannot see. Keep each write request to one transaction (one
+``with conn:``, Django's ``ATOMIC_REQUESTS``, one ``session.commit()``).
+
+Any other error (a constraint, a syntax error, ``SQLITE_BUSY``) is the app's
+own and is left alone.
 """
 
 from __future__ import annotations
 
-__all__ = ["is_readonly_error"]
+import enum
+from dataclasses import dataclass
 
-# SQLITE_READONLY (8) in rollback mode, SQLITE_IOERR (10) in WAL mode: what
-# a write on a LiteFS replica fails with (primary result code = low byte).
-_READONLY_CODES = {8, 10}
-_READONLY_MESSAGES = ("attempt to write a readonly database", "disk I/O error")
+__all__ = ["WriteFailure", "WriteFailureKind", "classify_write_failure", "is_readonly_error"]
+
+# Primary result codes (the low byte of an extended code).
+_READONLY = 8
+_IOERR = 10
+_CANTOPEN = 14
+
+# On Python 3.10 sqlite3's exceptions carry no code: SQLite's message for each primary code.
+_MESSAGES = {
+    "attempt to write a readonly database": _READONLY,
+    "unable to open database file": _CANTOPEN,
+    "disk I/O error": _IOERR,
+}
 
 
-def is_readonly_error(exc: BaseException) -> bool:
-    """True if *exc* is, or wraps, SQLite refusing a write on a replica.
+class WriteFailureKind(enum.Enum):
+    """What a failed write proves about whether it ran."""
+
+    #: SQLite refused before the transaction wrote anything (READONLY*, CANTOPEN*).
+    REFUSED = "refused"
+    #: An I/O error, possibly at COMMIT after LiteFS applied it (IOERR*).
+    IO_ERROR = "io-error"
+
+
+@dataclass(frozen=True, slots=True)
+class WriteFailure:
+    """A write SQLite failed because of LiteFS: its class, and its code for logs."""
+
+    kind: WriteFailureKind
+    #: SQLite's extended result code; None where Python does not give it (3.10).
+    code: int | None
+    #: The code's name and SQLite's message, for logs (``SQLITE_IOERR_DELETE: disk I/O error``).
+    detail: str
+
+
+def classify_write_failure(exc: BaseException) -> WriteFailure | None:
+    """The LiteFS failure *exc* is, or wraps; None if it is the app's own error.
 
     Follows ``__cause__``/``__context__`` and SQLAlchemy's ``.orig``, so
     Django's and SQLAlchemy's wrappers are recognised too.
@@ -28,11 +99,44 @@ def is_readonly_error(exc: BaseException) -> bool:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        code = getattr(e, "sqlite_errorcode", None)
-        if isinstance(code, int) and code & 0xFF in _READONLY_CODES:
-            return True
-        if type(e).__name__ == "OperationalError" and any(m in str(e) for m in _READONLY_MESSAGES):
-            return True
+        failure = _classify_one(e)
+        if failure is not None:
+            return failure
         orig = getattr(e, "orig", None)
         todo += [e.__cause__, e.__context__, orig if isinstance(orig, BaseException) else None]
-    return False
+    return None
+
+
+def is_readonly_error(exc: BaseException) -> bool:
+    """True if *exc* is, or wraps, SQLite failing a write because of LiteFS (any class above).
+
+    For an app's own start-up code: a replica refuses ``CREATE TABLE``.
+    """
+    return classify_write_failure(exc) is not None
+
+
+def _classify_one(e: BaseException) -> WriteFailure | None:
+    code = getattr(e, "sqlite_errorcode", None)
+    if isinstance(code, int) and not isinstance(code, bool):
+        primary, name = code & 0xFF, getattr(e, "sqlite_errorname", None) or f"SQLite error {code}"
+    elif type(e).__name__ == "OperationalError" and (found := _by_message(str(e))) is not None:
+        primary, name, code = found, _PRIMARY_NAMES[found], None
+    else:
+        return None
+    if primary in (_READONLY, _CANTOPEN):
+        kind = WriteFailureKind.REFUSED
+    elif primary == _IOERR:
+        kind = WriteFailureKind.IO_ERROR
+    else:
+        return None
+    return WriteFailure(kind, code, f"{name}: {str(e)[:200]}")
+
+
+_PRIMARY_NAMES = {_READONLY: "SQLITE_READONLY", _IOERR: "SQLITE_IOERR", _CANTOPEN: "SQLITE_CANTOPEN"}
+
+
+def _by_message(message: str) -> int | None:
+    for text, primary in _MESSAGES.items():
+        if text in message:
+            return primary
+    return None

@@ -13,6 +13,20 @@ smaller ``max_age``; ``max_age=0`` always reads.
 Stat-based invalidation is not possible: LiteFS sets no mtime on these files
 and a primary switch between two Machine IDs keeps the size, so a TTL it is.
 
+A primary is a replay target only once it is *established*. While a dead
+primary's lease runs out, a replica's LiteFS names it again about once a
+second for 0.1-1.6 ms: ``monitorLeaseAsReplica`` (LiteFS ``store.go``) sets
+the primary before it connects, and clears it when the connection fails. A
+write replayed there comes back from Fly's edge as a failed replay. So a
+name counts once it has been seen without a break for
+``ESTABLISHED_AFTER`` seconds (by pushes, which report every change, or by
+readings at most ``_UNBROKEN_GAP`` apart); until then the reading is
+handed out as "no primary known" and writes wait for it as in an election.
+The first reading a process takes counts at once if ``.lag`` shows LiteFS
+heard from the primary within ``_HEARD_WITHIN_MS`` (a flicker's ``.lag`` is
+at least LiteFS's one-second reconnect delay), so a replica that starts
+does not hold its first writes back.
+
 Unless LiteFS tells us: while its event stream is up
 (:mod:`litefs_route.subscriber`), every change is *pushed* here
 (:meth:`StateCache.push`) and the reading never expires, so no request reads
@@ -22,6 +36,7 @@ expires it and the TTL applies again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -31,12 +46,29 @@ from collections.abc import Callable
 from .mount import NodeState, Role, read_node_state
 from .wakeups import Wakeups
 
-__all__ = ["StateCache"]
+__all__ = ["ESTABLISHED_AFTER", "StateCache"]
 
 logger = logging.getLogger("litefs_route")
 
 # Seconds after which an unfinished refresh claim counts as abandoned.
 _CLAIM_EXPIRY = 5.0
+#: Seconds a primary must be named without a break before writes are replayed to it.
+ESTABLISHED_AFTER = 0.1
+# Two readings naming the same primary further apart than this (seconds) do not
+# show it was named in between: a flicker recurs about once a second.
+_UNBROKEN_GAP = 0.5
+# A first reading whose .lag is below this (ms) shows a live stream from the primary.
+_HEARD_WITHIN_MS = 750
+
+
+@dataclasses.dataclass(slots=True)
+class _Naming:
+    """The primary this node's LiteFS names, and since when without a break."""
+
+    primary: str
+    since: float
+    last_seen: float
+    established: bool
 
 
 class StateCache:
@@ -70,6 +102,11 @@ class StateCache:
         #: Called before each read of the mount (the slow path): the event
         #: subscriber (re)starts its thread there, in the process that serves.
         self.before_read: Callable[[], None] | None = None
+        self._naming: _Naming | None = None
+        # The stored reading once vetted as routable (so the hot path is one identity test).
+        self._routable: NodeState | None = None
+        # (a reading naming a primary not yet established, what is handed out instead)
+        self._withheld: tuple[NodeState, NodeState] | None = None
 
     def cached(self, max_age: float | None = None) -> NodeState | None:
         """The reading if it is at most *max_age* (default: the TTL) old.
@@ -91,7 +128,7 @@ class StateCache:
             # A claim older than _CLAIM_EXPIRY was abandoned (a cancelled
             # request): take it over rather than serve a stale reading forever.
             if self._claimed_at is not None and now - self._claimed_at < _CLAIM_EXPIRY:
-                return state
+                return self._vetted(state)
             self._claimed_at = now
         return None
 
@@ -99,7 +136,7 @@ class StateCache:
         """The reading if it is younger than *max_age* (default: the TTL), else None (claims nothing)."""
         state = self._state
         if state is not None and self._clock() - self._read_at < (self.ttl if max_age is None else max_age):
-            return state
+            return state if state is self._routable else self._vetted(state)
         return None
 
     def refresh(self) -> NodeState:
@@ -116,17 +153,18 @@ class StateCache:
         try:
             with self._lock:
                 if self._state is not None and self._began_at > asked:
-                    return self._state
+                    return self._vetted(self._state)
                 began = self._clock()
                 state = self._reader(self.litefs_dir, self.instance_id)
                 self.reads += 1
                 previous, self._state = self._state, state
                 self._began_at = began
                 self._read_at = self._clock()
+                self._observe(state, previous, pushed=False)
         finally:
             self._claimed_at = None
         self._log_if_changed(previous, state)
-        return state
+        return self._vetted(state)
 
     def read_mount(self) -> NodeState:
         """The mount's reading now (blocking), even while readings are pushed.
@@ -146,6 +184,8 @@ class StateCache:
             previous, pushed = self._state, self._read_at == math.inf
             if not pushed:
                 self._state, self._began_at, self._read_at = state, began, self._clock()
+            # Tracked even while pushes lead: a settlement polls the mount until it names an established primary.
+            self._observe(state, previous, pushed=False)
         if not pushed:
             self._log_if_changed(previous, state)
         elif previous is not None and (previous.role, previous.primary_id) != (state.role, state.primary_id):
@@ -156,7 +196,7 @@ class StateCache:
                 previous.role,
                 previous.primary_id or "unknown",
             )
-        return state
+        return self._vetted(state)
 
     def push(self, state: NodeState) -> None:
         """A reading from LiteFS's event stream: current until the next push or :meth:`stream_down`."""
@@ -165,6 +205,7 @@ class StateCache:
             # Never expires, and counts as begun after any caller's request.
             self._began_at = self._read_at = math.inf
             self._pushes += 1
+            self._observe(state, previous, pushed=True)
         self._changes.notify()
         self._log_if_changed(previous, state)
 
@@ -209,17 +250,57 @@ class StateCache:
 
         def changed() -> bool:
             state = self._state
-            return (
-                self._pushes != pushes
-                or self._read_at != math.inf
-                or (
-                    seen is not None
-                    and state is not None
-                    and (state.role, state.primary_id) != (seen.role, seen.primary_id)
-                )
-            )
+            if self._pushes != pushes or self._read_at != math.inf:
+                return True
+            if seen is None or state is None:
+                return False
+            # As handed out: a primary named but not yet established has not changed "no primary".
+            state = self._vetted(state)
+            return (state.role, state.primary_id) != (seen.role, seen.primary_id)
 
         return changed
+
+    def _observe(self, state: NodeState, previous: NodeState | None, *, pushed: bool) -> None:
+        """Track how long *state*'s primary has been named without a break (under ``self._lock``)."""
+        now = self._clock()
+        primary = state.primary_id if state.role is Role.REPLICA else None
+        naming = self._naming
+        if primary is None:
+            self._naming = None
+        elif naming is None or naming.primary != primary:
+            heard = state.lag_ms is not None and 0 <= state.lag_ms < _HEARD_WITHIN_MS
+            self._naming = _Naming(primary, now, now, established=previous is None and heard)
+        else:
+            # Pushes report every change, so consecutive ones are unbroken; readings only sample.
+            if not naming.established and not pushed and now - naming.last_seen > _UNBROKEN_GAP:
+                naming.since = now
+            naming.last_seen = now
+        self._routable = None
+
+    def _vetted(self, state: NodeState) -> NodeState:
+        """*state* as routing may use it: a primary not yet established reads as "no primary known"."""
+        if state.role is not Role.REPLICA:
+            self._mark_routable(state)
+            return state
+        naming = self._naming
+        # (A reading of another primary than the tracked one, the mount read while pushes lead, is not vouched for.)
+        if naming is not None and naming.primary == state.primary_id:
+            if not naming.established and self._clock() - naming.since >= ESTABLISHED_AFTER:
+                naming.established = True
+            if naming.established:
+                self._mark_routable(state)
+                return state
+        withheld = self._withheld
+        if withheld is not None and withheld[0] is state:
+            return withheld[1]
+        detail = f"LiteFS names {state.primary_id} as primary, not yet for {ESTABLISHED_AFTER:g} s without a break"
+        unestablished = dataclasses.replace(state, role=Role.NO_PRIMARY, primary_id=None, detail=detail)
+        self._withheld = (state, unestablished)
+        return unestablished
+
+    def _mark_routable(self, state: NodeState) -> None:
+        if state is self._state:
+            self._routable = state
 
     def forked(self) -> None:
         """In a forked child (see :meth:`EventSubscriber.forked`): fresh locks, and the reading expires."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from litefs_route.mount import NodeState, Position, Role, parse_lag, parse_position, parse_primary, read_node_state
-from litefs_route.state_cache import StateCache
+from litefs_route.state_cache import ESTABLISHED_AFTER, StateCache
 from tests.support import Mount
 
 ME = "e784079b449483"
@@ -135,9 +135,10 @@ def test_cache_reads_once_per_ttl_and_logs_changes(mount: Mount, caplog: pytest.
         assert cache.get().role is Role.PRIMARY  # within the TTL: no read
     assert cache.reads == 1
     now[0] += 1.01
-    assert cache.get().role is Role.REPLICA
+    assert cache.get().role is Role.NO_PRIMARY  # a primary newly named is not a replay target yet
     assert cache.reads == 2
-    assert cache.get(max_age=0).role is Role.REPLICA  # forced fresh read
+    now[0] += ESTABLISHED_AFTER + 0.025
+    assert cache.get(max_age=0).role is Role.REPLICA  # forced fresh read: named without a break since
     assert cache.reads == 3
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 2  # one line per change, not per read
@@ -155,7 +156,7 @@ def test_cache_refresh_is_single_flight(mount: Mount) -> None:
     now = [100.0]
     cache = StateCache(str(mount.path), ME, ttl=1.0, clock=lambda: now[0])
     assert cache.get().role is Role.PRIMARY
-    mount.make_replica(OTHER)
+    mount.make_no_primary()
     now[0] += 2.0
     assert cache.cached() is None  # claimed by this caller
     for _ in range(64):
@@ -163,7 +164,7 @@ def test_cache_refresh_is_single_flight(mount: Mount) -> None:
         assert stale is not None
         assert stale.role is Role.PRIMARY  # everyone else: the previous reading, no read
     assert cache.reads == 1
-    assert cache.refresh().role is Role.REPLICA
+    assert cache.refresh().role is Role.NO_PRIMARY
     assert cache.reads == 2
     assert cache.cached() is not None
     # an abandoned claim (the claimer was cancelled) expires
@@ -219,3 +220,90 @@ def test_concurrent_refreshes_share_reads(mount: Mount) -> None:
 
 def test_a_role_reads_as_its_value() -> None:
     assert (str(Role.REPLICA), f"{Role.NO_PRIMARY}", f"{Role.PRIMARY:>8}") == ("replica", "no-primary", " primary")
+
+
+# -- an established primary ------------------------------------------------------------------------
+# Each step: (seconds from the start, what LiteFS says, how the cache hears it, what routing gets).
+# "X": the mount or a push names X (lag 12 ms); "X?": names X with a .lag over a second (a flicker's);
+# "-": no primary named; "me": this node holds the lease. Heard by "read" (the mount) or "push" (the stream).
+ESTABLISHMENT = [
+    pytest.param([(0.0, "X", "read", "X")], id="first-reading-with-a-live-lag-counts-at-once"),
+    pytest.param(
+        [(0.0, "X?", "read", "-"), (0.0625, "X?", "read", "-"), (0.125, "X?", "read", "X")],
+        id="first-reading-with-an-old-lag-waits-for-the-hold",
+    ),
+    pytest.param(
+        [
+            (0.0, "me", "read", "me"),
+            (1.0, "X", "read", "-"),
+            (1.0625, "-", "read", "-"),
+            (2.0, "X", "read", "-"),
+            (2.0625, "-", "read", "-"),
+        ],
+        id="a-flicker-every-second-is-never-a-target",
+    ),
+    pytest.param(
+        [
+            (0.0, "me", "read", "me"),
+            (1.0, "X", "read", "-"),
+            (2.0, "X", "read", "-"),
+            (2.0625, "X", "read", "-"),
+            (2.125, "X", "read", "X"),
+        ],
+        id="readings-a-second-apart-do-not-show-an-unbroken-name",
+    ),
+    pytest.param(
+        [(0.0, "me", "read", "me"), (1.0, "X", "push", "-"), (1.0625, None, "", "-"), (1.125, None, "", "X")],
+        id="a-push-counts-from-when-it-came-and-holds-until-the-next",
+    ),
+    pytest.param(
+        [
+            (0.0, "me", "push", "me"),
+            (1.0, "X", "push", "-"),
+            (1.001, "-", "push", "-"),
+            (1.2, None, "", "-"),
+            (2.0, "X", "push", "-"),
+            (2.2, None, "", "X"),
+        ],
+        id="a-pushed-flicker-resets-the-hold",
+    ),
+    pytest.param(
+        [(0.0, "X", "read", "X"), (0.5, "Y", "read", "-"), (0.625, "Y", "read", "Y"), (5.0, "Y", "read", "Y")],
+        id="a-new-primary-waits-once-then-stays-established",
+    ),
+]
+
+
+@pytest.mark.parametrize("steps", ESTABLISHMENT)
+def test_a_primary_is_a_target_once_named_without_a_break(
+    mount: Mount, steps: list[tuple[float, str | None, str, str]]
+) -> None:
+    now = [100.0]
+    cache = StateCache(str(mount.path), ME, ttl=1.0, clock=lambda: now[0])
+    names = {"X": "node-x", "Y": "node-y", "me": ME}
+    for at, says, heard, routed in steps:
+        now[0] = 100.0 + at
+        if says is not None:
+            state = {
+                "-": NodeState(Role.NO_PRIMARY, ME, None, 1500),
+                "me": NodeState(Role.PRIMARY, ME, ME, 0),
+                "X?": NodeState(Role.REPLICA, ME, "node-x", 1500),
+            }.get(says) or NodeState(Role.REPLICA, ME, names[says], 12)
+            if heard == "push":
+                cache.push(state)
+            else:
+                _write_mount(mount, state)
+                cache.get(max_age=0)
+        got = cache.get(max_age=10.0)
+        expected = names.get(routed)
+        assert (got.primary_id, got.role is Role.NO_PRIMARY) == (expected, routed == "-"), (at, says, got.detail)
+
+
+def _write_mount(mount: Mount, state: NodeState) -> None:
+    if state.role is Role.PRIMARY:
+        mount.make_primary()
+    elif state.role is Role.NO_PRIMARY:
+        mount.make_no_primary()
+    else:
+        assert state.primary_id is not None and state.lag_ms is not None
+        mount.make_replica(state.primary_id, lag_ms=state.lag_ms)
