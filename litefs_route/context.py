@@ -119,8 +119,7 @@ class RequestContext:
         if self.ending is not None:
             return None
         io_error = self.failure is not None and self.failure.kind is WriteFailureKind.IO_ERROR
-        # self.state is still the reading the request was routed on (settle() replaces it).
-        return self.router.settlement(self.request, io_error=io_error, routed_as_primary=self.state.is_primary)
+        return self.router.settlement(self.request, io_error=io_error)
 
     def settle(self, outcome: Outcome) -> Reply:
         """Record the ending a settlement plan decided; returns its reply."""

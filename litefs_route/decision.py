@@ -36,10 +36,9 @@ The rules, in order:
 8. A request whose app ran here but that must end on the primary
    (``ensure_primary()`` with no primary known, or SQLite failing its write
    because of LiteFS) is *settled* on a fresh reading of the mount. A write
-   that may have run (an I/O error, unless this node was routed as a replica
-   and its running LiteFS still names another primary; see
-   :mod:`litefs_route.sqlite_errors`) ends in 502 with its outcome unknown,
-   never replayed. Any other waits for a primary as rule 4 and is replayed,
+   that may have run (an I/O error, unless this node's LiteFS is still
+   running and is not the primary; see :mod:`litefs_route.sqlite_errors`)
+   ends in 502 with its outcome unknown, never replayed. Any other waits for a primary as rule 4 and is replayed,
    or refused with 503; it is never run again here.
 9. ``ensure_instance(id)``: the request runs on that instance and is
    replayed to it from any other, within ``max_replays`` (past it: 503, the
@@ -680,19 +679,16 @@ def plan_request(request: RequestInfo, rules: Rules, *, known_txids: tuple[int |
                 assert_never(step)
 
 
-def plan_settlement(
-    request: RequestInfo, rules: Rules, *, io_error: bool = False, routed_as_primary: bool = False
-) -> Plan:
+def plan_settlement(request: RequestInfo, rules: Rules, *, io_error: bool = False) -> Plan:
     """Rule 8: the answer for a request that ran here but must end on the primary.
 
     *io_error*: SQLite failed the request's write with an I/O error (else it
-    refused it before writing, or ``ensure_primary()`` ended it).
-    *routed_as_primary*: the reading the request was routed on said this
-    node is the primary. Never RUN (the app already ran); the outcome's
-    state is the fresh reading it was decided on (for the reply's tags).
+    refused it before writing, or ``ensure_primary()`` ended it). Never RUN
+    (the app already ran); the outcome's state is the fresh reading it was
+    decided on (for the reply's tags).
     """
     state = _expect_state((yield ReadMount()))
-    if io_error and not _refused_as_replica(state, routed_as_primary):
+    if io_error and not _refused_by_litefs(state):
         reason = _MAY_HAVE_RUN_REASON.format(state.instance_id)
         return Outcome(Decision(Kind.OUTCOME_UNKNOWN, True, reason=reason), state)
     state = yield from _wait_for_primary(state, rules, from_mount=True)
@@ -711,15 +707,18 @@ def plan_settlement(
             assert_never(step)
 
 
-def _refused_as_replica(state: NodeState, routed_as_primary: bool) -> bool:
-    """True if an I/O error proves the write did not run: LiteFS refused it on a replica.
+def _refused_by_litefs(state: NodeState) -> bool:
+    """True if an I/O error proves the write did not run: LiteFS, still running, refused it.
 
-    In WAL mode LiteFS answers a replica's write with ``SQLITE_IOERR_WRITE``,
-    the code a kill -9 mid-COMMIT gives too. Only a node routed as a replica
-    whose LiteFS, read now, is alive and names another primary cannot have
-    committed it.
+    LiteFS checks that this node may write before it applies anything
+    (``db.Writeable()`` in ``WriteJournalAt``, ``WriteDatabaseAt``,
+    ``CommitJournal``, ``WriteWALAt``) and answers EACCES, which SQLite
+    reports as ``SQLITE_IOERR_*``, on a replica (WAL mode) and on a primary
+    demoted mid-transaction (a handoff). A LiteFS that was killed or stopped
+    leaves a dead or empty mount instead: the same error may then follow a
+    commit it applied. *state* is the mount read right after the failure.
     """
-    return not routed_as_primary and state.role is Role.REPLICA and state.mount_error is None
+    return not state.is_primary and state.mount_error is None and state.litefs_seen
 
 
 def assert_never(value: NoReturn) -> NoReturn:

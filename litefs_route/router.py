@@ -101,9 +101,9 @@ class Router:
         """The plan that routes *request* (drive it with :mod:`litefs_route.drivers`)."""
         return plan_request(request, self.rules, known_txids=self.known_txids(request))
 
-    def settlement(self, request: RequestInfo, *, io_error: bool = False, routed_as_primary: bool = False) -> Plan:
+    def settlement(self, request: RequestInfo, *, io_error: bool = False) -> Plan:
         """The plan that ends a request that ran here but must end on the primary (see :func:`plan_settlement`)."""
-        return plan_settlement(request, self.rules, io_error=io_error, routed_as_primary=routed_as_primary)
+        return plan_settlement(request, self.rules, io_error=io_error)
 
     def outcome_without_io(self, request: RequestInfo) -> Outcome | None:
         """The plan's outcome if it needs no I/O at all (the cached reading is fresh), else None."""

@@ -12,10 +12,10 @@ keeps each observation as a test):
 SQLite's answer                where it was seen                           class
 =============================  ==========================================  ================
 ``SQLITE_READONLY_DIRECTORY``  first write on a replica (rollback journal:  refused
-                               LiteFS refuses the journal); first write
-                               on a primary whose LiteFS got SIGTERM
-``SQLITE_READONLY_DBMOVED``    first write after LiteFS got SIGTERM (the    refused
-                               mount is gone under the open file)
+                               LiteFS refuses the journal), also on an
+                               open connection after the lease was handed
+                               off
+``SQLITE_READONLY_DBMOVED``    see below                                   refused
 ``SQLITE_READONLY`` (others)   before any page is written                  refused
 ``SQLITE_CANTOPEN``            opening the database, or its journal, on a   refused
                                mount whose LiteFS died
@@ -25,17 +25,26 @@ SQLite's answer                where it was seen                           class
                                COMMIT (``_WRITE``, ``_DELETE``, ``_LOCK``,
                                ``_FSTAT``, ``_SHORT_READ``...). LiteFS may
                                already have applied and shipped the commit.
+                               Also SIGTERM of LiteFS under an open
+                               connection (``_LOCK``)
+``SQLITE_PROTOCOL``            kill -9 of LiteFS as a COMMIT starts, in WAL  i/o error
+                               mode (the WAL index went away under it)
 =============================  ==========================================  ================
+
+``SQLITE_READONLY_DBMOVED`` (the database file replaced under an open
+connection) is checked where SQLite opens the journal, before the first
+write; it was seen on LiteFS elsewhere but not reproduced here.
 
 **Refused** answers come before the failing transaction wrote a page (SQLite
 opens the journal, checks the file was not moved, and takes its locks before
 its first write): nothing of that transaction reached LiteFS. **I/O errors**
 can come at COMMIT, after LiteFS committed the transaction. What the request
-then ends in depends on what this node was as well
+then ends in depends on what the mount says right after the failure
 (:func:`litefs_route.decision.plan_settlement`): an I/O error proves nothing
-ran only on a node that was a replica when the request was routed *and* whose
-LiteFS, still running, still names another primary (LiteFS refuses a WAL
-write there); anywhere else it may have run.
+ran only where LiteFS is still running and this node is not the primary
+(LiteFS checks that it may write before it applies anything, and answers
+EACCES: a replica in WAL mode, a primary demoted mid-transaction by a
+handoff); on a dead or unmounted mount it may have run.
 
 "Nothing ran" is judged on the transaction that failed: a handler that
 committed another transaction earlier in the same request has side effects
@@ -57,12 +66,14 @@ __all__ = ["WriteFailure", "WriteFailureKind", "classify_write_failure", "is_rea
 _READONLY = 8
 _IOERR = 10
 _CANTOPEN = 14
+_PROTOCOL = 15
 
 # On Python 3.10 sqlite3's exceptions carry no code: SQLite's message for each primary code.
 _MESSAGES = {
     "attempt to write a readonly database": _READONLY,
     "unable to open database file": _CANTOPEN,
     "disk I/O error": _IOERR,
+    "locking protocol": _PROTOCOL,
 }
 
 
@@ -71,7 +82,7 @@ class WriteFailureKind(enum.Enum):
 
     #: SQLite refused before the transaction wrote anything (READONLY*, CANTOPEN*).
     REFUSED = "refused"
-    #: An I/O error, possibly at COMMIT after LiteFS applied it (IOERR*).
+    #: An I/O error, possibly at COMMIT after LiteFS applied it (IOERR*, PROTOCOL).
     IO_ERROR = "io-error"
 
 
@@ -125,14 +136,19 @@ def _classify_one(e: BaseException) -> WriteFailure | None:
         return None
     if primary in (_READONLY, _CANTOPEN):
         kind = WriteFailureKind.REFUSED
-    elif primary == _IOERR:
+    elif primary in (_IOERR, _PROTOCOL):
         kind = WriteFailureKind.IO_ERROR
     else:
         return None
     return WriteFailure(kind, code, f"{name}: {str(e)[:200]}")
 
 
-_PRIMARY_NAMES = {_READONLY: "SQLITE_READONLY", _IOERR: "SQLITE_IOERR", _CANTOPEN: "SQLITE_CANTOPEN"}
+_PRIMARY_NAMES = {
+    _READONLY: "SQLITE_READONLY",
+    _IOERR: "SQLITE_IOERR",
+    _CANTOPEN: "SQLITE_CANTOPEN",
+    _PROTOCOL: "SQLITE_PROTOCOL",
+}
 
 
 def _by_message(message: str) -> int | None:

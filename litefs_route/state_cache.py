@@ -24,8 +24,9 @@ readings at most ``_UNBROKEN_GAP`` apart); until then the reading is
 handed out as "no primary known" and writes wait for it as in an election.
 The first reading a process takes counts at once if ``.lag`` shows LiteFS
 heard from the primary within ``_HEARD_WITHIN_MS`` (a flicker's ``.lag`` is
-at least LiteFS's one-second reconnect delay), so a replica that starts
-does not hold its first writes back.
+at least LiteFS's reconnect delay, one second by default), or if it is the
+event stream's (checked against the mount when the stream connected), so a
+replica that starts does not hold its first writes back.
 
 Unless LiteFS tells us: while its event stream is up
 (:mod:`litefs_route.subscriber`), every change is *pushed* here
@@ -268,7 +269,9 @@ class StateCache:
         if primary is None:
             self._naming = None
         elif naming is None or naming.primary != primary:
-            heard = state.lag_ms is not None and 0 <= state.lag_ms < _HEARD_WITHIN_MS
+            # A process's first reading: the mount's counts if .lag shows a live stream from the
+            # primary; a push's, which the subscriber checked against the mount when it connected, counts.
+            heard = pushed or (state.lag_ms is not None and 0 <= state.lag_ms < _HEARD_WITHIN_MS)
             self._naming = _Naming(primary, now, now, established=previous is None and heard)
         else:
             # Pushes report every change, so consecutive ones are unbroken; readings only sample.

@@ -305,5 +305,6 @@ def _write_mount(mount: Mount, state: NodeState) -> None:
     elif state.role is Role.NO_PRIMARY:
         mount.make_no_primary()
     else:
-        assert state.primary_id is not None and state.lag_ms is not None
+        assert state.primary_id is not None
+        assert state.lag_ms is not None
         mount.make_replica(state.primary_id, lag_ms=state.lag_ms)

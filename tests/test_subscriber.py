@@ -180,7 +180,8 @@ def test_a_stream_that_drops_falls_back_to_the_mount_and_recovers(
     _commit(cluster, "node3", value="after")
     target = cluster.wait_replicated()["node2"]
     wait_until(lambda: positions.watchers[0].reached(target), what="the tx event")
-    assert cache.get().primary_id == "node3"
+    # node2's LiteFS names node3 anew since its restart: a target once named for ESTABLISHED_AFTER.
+    wait_until(lambda: cache.get().primary_id == "node3", what="node3 to be established again")
     assert cache.reads == reads
     assert subscriber.connections == 2
     assert "is back up" in caplog.text

@@ -4,6 +4,7 @@
 - ``POST /write`` (form ``id``): records a write; ``?redirect=1`` answers 303 to ``/item/<id>``.
 - ``GET /item/<id>``: the write as this instance's copy has it, or 404.
 - ``GET|POST /unguarded-write/<id>``: a write whose SQLite errors propagate (a GET: hidden, no ``ensure_primary()``).
+- ``POST /held-write/<id>?hold=open|commit``: a write held where the test says (``common.held_write``).
 - ``GET /stream``: three chunks; chunk N > 1 is sent only after ``POST /release/N``.
 """
 
@@ -48,6 +49,10 @@ async def item(request: Request) -> Response:
     return JSONResponse(found or {"read_on": common.INSTANCE}, status_code=200 if found else 404)
 
 
+def held_write(request: Request) -> Response:
+    return JSONResponse(common.held_write(request.path_params["id"], request.query_params.get("hold", "commit")))
+
+
 def unguarded_write(request: Request) -> Response:
     return JSONResponse(common.record_write_unguarded(request.path_params["id"]))
 
@@ -83,6 +88,7 @@ app = Starlette(
         Route("/write", write, methods=["POST"]),
         Route("/item/{id}", item),
         Route("/unguarded-write/{id}", unguarded_write, methods=["GET", "POST"]),
+        Route("/held-write/{id}", held_write, methods=["POST"]),
         Route("/stream", stream),
         # A read by method, but it must not be replayed: passthrough.
         Route("/release/{n:int}", release, methods=["POST"]),

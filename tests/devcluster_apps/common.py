@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from typing import Any
 
 from litefs_route.sqlite_errors import is_readonly_error
@@ -86,6 +87,39 @@ def record_write_unguarded(write_id: str) -> dict[str, str]:
     conn = connect()
     try:
         conn.execute("INSERT INTO writes (id, instance) VALUES (?, ?)", (write_id, INSTANCE))
+    finally:
+        conn.close()
+    return {"id": write_id, "instance": INSTANCE}
+
+
+def held_write(write_id: str, hold: str) -> dict[str, str]:
+    """Insert one write, stopping where the test says until it says go; SQLite's errors propagate.
+
+    *hold*: ``"open"`` stops before the database is opened, ``"commit"``
+    between the INSERT and the COMMIT. The test sees ``<id>.held`` appear in
+    ``$DEVCLUSTER_HOLD_DIR``, does what it needs (kills LiteFS), then creates
+    ``<id>.go``. One transaction: what the safety net's "nothing ran" assumes.
+    """
+    gate = os.path.join(os.environ["DEVCLUSTER_HOLD_DIR"], write_id)
+
+    def wait_for_go() -> None:
+        with open(gate + ".held", "w"):
+            pass
+        deadline = time.monotonic() + 60
+        while not os.path.exists(gate + ".go"):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the test never released {write_id}")
+            time.sleep(0.01)
+
+    if hold == "open":
+        wait_for_go()
+    conn = connect()
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("INSERT INTO writes (id, instance) VALUES (?, ?)", (write_id, INSTANCE))
+        if hold == "commit":
+            wait_for_go()
+        conn.execute("COMMIT")
     finally:
         conn.close()
     return {"id": write_id, "instance": INSTANCE}

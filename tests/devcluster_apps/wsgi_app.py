@@ -36,6 +36,9 @@ def inner(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[b
         return _json(start_response, status, payload)
     if path.startswith("/unguarded-write/"):
         return _json(start_response, 200, common.record_write_unguarded(path.removeprefix("/unguarded-write/")))
+    if path.startswith("/held-write/") and method == "POST":
+        hold = parse_qs(environ.get("QUERY_STRING", "")).get("hold", ["commit"])[0]
+        return _json(start_response, 200, common.held_write(path.removeprefix("/held-write/"), hold))
     if path.startswith("/item/"):
         found = common.read_write(path.removeprefix("/item/"))
         return _json(start_response, 200 if found else 404, found or {"read_on": common.INSTANCE})
