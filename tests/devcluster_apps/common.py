@@ -28,6 +28,11 @@ def forward_url(instance: str) -> str:
         return str(json.load(f)[instance])
 
 
+if "DEVCLUSTER_ESTABLISHED_AFTER" in os.environ:  # bench/established_bench.py compares the hold with none
+    import litefs_route.state_cache
+
+    litefs_route.state_cache.ESTABLISHED_AFTER = float(os.environ["DEVCLUSTER_ESTABLISHED_AFTER"])
+
 #: The middleware's options, the same for the ASGI and the WSGI app.
 MIDDLEWARE_OPTIONS: dict[str, Any] = {
     "cache_ttl": CACHE_TTL,
