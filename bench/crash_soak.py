@@ -214,6 +214,9 @@ class Counts:
     errors_500_ran: int = 0
     refused_but_ran: int = 0
     lost_explained: int = 0
+    #: Acknowledged, absent, and its node's LiteFS stopped (SIGTERM) within the loss window: LiteFS
+    #: releases the lease on SIGTERM without waiting for the replicas, so its last transactions can go too.
+    lost_sigterm: int = 0
     lost_unexplained: int = 0
     unknown_library: int = 0
     unknown_library_ran: int = 0
@@ -233,10 +236,12 @@ class Counts:
     waited_other: int = 0
     #: Replays the front delivered to an instance whose LiteFS was down.
     replays_to_dead: int = 0
-    #: Lines of the app logs: the safety net's replays, tracebacks.
+    #: Lines of the app logs: the safety net's replays, the INSERTs SQLite failed.
     log_safety_net: int = 0
-    log_tracebacks: int = 0
+    log_failed_inserts: int = 0
     reasons_503: dict[str, int] = field(default_factory=dict)
+    #: The app's failed INSERTs behind the 500s, by SQLite's message.
+    reasons_500: dict[str, int] = field(default_factory=dict)
     reasons_refused: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list, repr=False)
     #: Per fault kind: ms from the fault to the election, and to the new primary's first acknowledged write.
@@ -291,6 +296,37 @@ class Report:
         problems = [f"{r.config}: did not finish: {r.incomplete}" for r in self.results if r.incomplete]
         problems += [f"{r.config}: the nodes hold different rows" for r in self.results if not r.nodes_agree]
         return problems + [f"{r.config}: {v}" for r in self.results for v in r.counts.violations()]
+
+
+@dataclass
+class Observed:
+    """What one configuration's run left to count: the answers, the faults, the tables, the replays, the logs."""
+
+    writes: list[Write]
+    faults: list[Fault]
+    #: Node id -> value -> how many rows hold it.
+    tables: dict[str, Counter[str]]
+    #: The rows (instance that ran it, seconds into the run) of each value present more than once.
+    doubled_rows: dict[str, list[tuple[str, float]]]
+    primary: str
+    replays: list[ReplayEvent]
+    #: The app logs' lines, with each failed INSERT's by value.
+    log_lines: list[str]
+    #: When the run began: ``time.monotonic()`` and ``time.time()``.
+    began: float
+    began_wall: float
+
+    def failures(self) -> dict[str, list[str]]:
+        """Value -> the app's log lines saying its INSERT failed (where, when, with what)."""
+        found: dict[str, list[str]] = {}
+        for line in self.log_lines:
+            match = _FAILED_INSERT.search(line)
+            if match:
+                found.setdefault(match["value"], []).append(line.strip())
+        return found
+
+
+_FAILED_INSERT = re.compile(r"INSERT of (?P<value>\S+) failed: (?P<error>.*)$")
 
 
 def log(message: str) -> None:
@@ -396,10 +432,7 @@ def run_config(config: Config, settings: Settings) -> ConfigResult:
     traffic = Traffic(settings.writes, deadline)
     faults: list[Fault] = []
     incomplete: str | None = None
-    tables: dict[str, Counter[str]] = {}
-    replays: list[ReplayEvent] = []
-    primary = cluster.ids[0]
-    log_lines: list[str] = []
+    observed = Observed([], faults, {}, {}, cluster.ids[0], [], [], began, time.time())
     with contextlib.closing(cluster):
         log(f"{config.name}: starting 3 LiteFS nodes and the {config.adapter} app servers")
         try:
@@ -445,21 +478,20 @@ def run_config(config: Config, settings: Settings) -> ConfigResult:
                 if thread.is_alive() or thread.ident is not None:
                     thread.join(settings.request_timeout + 5)
         with contextlib.suppress(RuntimeError):  # no front: the cluster never started
-            replays = list(cluster.front.replays)
+            observed.replays = list(cluster.front.replays)
         try:
-            primary = cluster.primary or primary
-            tables = read_tables(cluster)
+            observed.primary = cluster.primary or observed.primary
+            observed.tables, observed.doubled_rows = read_tables(cluster, observed.began_wall)
         except (OSError, sqlite3.Error) as exc:
             incomplete = incomplete or f"the tables could not be read: {exc}"
         if cluster.base_dir and os.path.isdir(os.path.join(cluster.base_dir, "logs")):
             if settings.logs_dir:
                 keep_logs(cluster.base_dir, os.path.join(settings.logs_dir, config.name))
-            log_lines = read_logs(cluster.base_dir)
-    counts, evidence = tally(traffic.records, faults, tables, primary, replays, settings)
-    counts.log_safety_net = sum("slipped through" in line for line in log_lines)
-    counts.log_tracebacks = sum(line.startswith("Traceback") for line in log_lines)
-    per_node = {node: sum(rows.values()) for node, rows in tables.items()}
-    agree = len({tuple(sorted(rows.items())) for rows in tables.values()}) <= 1
+            observed.log_lines = read_logs(cluster.base_dir)
+    observed.writes = traffic.records
+    counts, evidence = tally(observed, settings)
+    per_node = {node: sum(rows.values()) for node, rows in observed.tables.items()}
+    agree = len({tuple(sorted(rows.items())) for rows in observed.tables.values()}) <= 1
     return ConfigResult(
         config=config.name,
         counts=counts,
@@ -527,16 +559,23 @@ def fault_json(fault: Fault, began: float) -> dict[str, Any]:
     }
 
 
-def read_tables(cluster: LiteFSCluster) -> dict[str, Counter[str]]:
-    """Node id -> value -> how many rows hold it, on every running node."""
+def read_tables(
+    cluster: LiteFSCluster, began_wall: float
+) -> tuple[dict[str, Counter[str]], dict[str, list[tuple[str, float]]]]:
+    """Node id -> value -> how many rows hold it, on every running node; and the rows of each doubled value."""
     tables: dict[str, Counter[str]] = {}
+    doubled: dict[str, list[tuple[str, float]]] = {}
     for node in cluster.running:
         conn = sqlite3.connect(f"file:{cluster.db_path(node)}?mode=ro", uri=True, timeout=10)
         try:
             tables[node] = Counter(value for (value,) in conn.execute(f"SELECT value FROM {TABLE}"))
+            twice = [value for value, n in tables[node].items() if n > 1]
+            for value in twice if not doubled else ():  # one node's copy is enough
+                rows = conn.execute(f"SELECT instance, at FROM {TABLE} WHERE value = ?", (value,))
+                doubled[value] = [(instance, round(at - began_wall, 3)) for instance, at in rows]
         finally:
             conn.close()
-    return tables
+    return tables, doubled
 
 
 def keep_logs(base_dir: str, target: str) -> None:
@@ -557,16 +596,11 @@ def read_logs(base_dir: str) -> list[str]:
 # -- counting ------------------------------------------------------------------------------
 
 
-def tally(
-    writes: Sequence[Write],
-    faults: Sequence[Fault],
-    tables: dict[str, Counter[str]],
-    primary: str,
-    replays: Sequence[ReplayEvent],
-    settings: Settings,
-) -> tuple[Counts, dict[str, list[dict[str, Any]]]]:
+def tally(observed: Observed, settings: Settings) -> tuple[Counts, dict[str, list[dict[str, Any]]]]:
     """The figures of one configuration, and the writes behind each broken invariant."""
-    present = tables.get(primary) or next(iter(tables.values()), Counter())
+    writes, faults, tables, replays = observed.writes, observed.faults, observed.tables, observed.replays
+    present = tables.get(observed.primary) or next(iter(tables.values()), Counter())
+    failures = observed.failures()
     most = Counter[str]()
     for rows in tables.values():
         for value, n in rows.items():
@@ -575,12 +609,21 @@ def tally(
     for event in replays:
         hops.setdefault(event.request_id, []).append(event)
     kills = [f for f in faults if f.kind == "kill9-litefs"]
+    sigterms = [f for f in faults if f.kind == "sigterm"]
     outages = [f for f in faults if f.elected_at is not None]
     counts = Counts(writes=len(writes), primary_changes=len(outages), app_kills=len(faults) - len(outages))
     evidence: dict[str, list[dict[str, Any]]] = {}
 
     def cite(kind: str, write: Write) -> None:
-        evidence.setdefault(kind, []).append(write_json(write, present[write.value], hops.get(write.request_id or "")))
+        record = write_json(write, present[write.value], hops.get(write.request_id or ""), observed.began)
+        if write.value in observed.doubled_rows:
+            record["rows_ran_on_at_s"] = observed.doubled_rows[write.value]
+        if write.value in failures:
+            record["app_log"] = failures[write.value]
+        evidence.setdefault(kind, []).append(record)
+
+    def lost_to(stops: Sequence[Fault], w: Write) -> bool:
+        return any(f.node == w.instance and w.sent <= f.at <= w.done + settings.loss_window for f in stops)
 
     counts.doubled = sum(1 for n in most.values() if n > 1)
     by_value = {w.value: w for w in writes}
@@ -597,10 +640,12 @@ def tally(
             counts.acked += 1
             counts.latencies_ms.append((w.done - w.sent) * 1000)
             if not ran:
-                explained = any(k.node == w.instance and w.sent <= k.at <= w.done + settings.loss_window for k in kills)
-                if explained:
+                if lost_to(kills, w):
                     counts.lost_explained += 1
                     cite("lost (explained)", w)
+                elif lost_to(sigterms, w):
+                    counts.lost_sigterm += 1
+                    cite("lost (SIGTERM)", w)
                 else:
                     counts.lost_unexplained += 1
                     cite("lost (unexplained)", w)
@@ -608,6 +653,10 @@ def tally(
             counts.errors_500 += 1
             counts.errors_500_ran += ran
             cite("500", w)
+            for line in failures.get(w.value, ["(no failed INSERT logged)"]):
+                error = _FAILED_INSERT.search(line)
+                reason = error["error"] if error else line
+                counts.reasons_500[reason] = counts.reasons_500.get(reason, 0) + 1
         elif category.startswith("unknown-"):
             kind = category.removeprefix("unknown-")
             setattr(counts, f"unknown_{kind}", getattr(counts, f"unknown_{kind}") + 1)
@@ -643,6 +692,8 @@ def tally(
             f.node == event.to_instance and f.at <= event.at < (f.restarted_at or math.inf) for f in outages
         ):
             counts.replays_to_dead += 1
+    counts.log_safety_net = sum("slipped through" in line for line in observed.log_lines)
+    counts.log_failed_inserts = sum(len(lines) for lines in failures.values())
     acked = [w for w in writes if w.category == "acked"]
     for fault in faults:
         kind = fault.kind
@@ -658,8 +709,9 @@ def tally(
     return counts, evidence
 
 
-def write_json(write: Write, rows: int, hops: Iterable[ReplayEvent] | None) -> dict[str, Any]:
+def write_json(write: Write, rows: int, hops: Iterable[ReplayEvent] | None, began: float) -> dict[str, Any]:
     record = {k: v for k, v in dataclasses.asdict(write).items() if v not in (None, "")}
+    record["sent_s"] = round(write.sent - began, 3)
     record["latency_ms"] = round((write.done - write.sent) * 1000, 1)
     record["rows"] = rows
     record["replays"] = [
@@ -726,7 +778,8 @@ ROWS: tuple[Row, ...] = (
     ("DOUBLED (must be 0)", lambda c: str(c.doubled)),
     ("500s (must be 0)", lambda c: f"{c.errors_500} ({c.errors_500_ran} ran)"),
     ("REFUSED BUT RAN (must be 0)", lambda c: str(c.refused_but_ran)),
-    ("lost, explained", lambda c: str(c.lost_explained)),
+    ("lost, explained (kill -9 <= 1 s after)", lambda c: str(c.lost_explained)),
+    ("lost, acked <= 1 s before a SIGTERM", lambda c: str(c.lost_sigterm)),
     ("LOST, UNEXPLAINED (must be 0)", lambda c: str(c.lost_unexplained)),
     ("502 outcome unknown (library)", lambda c: f"{c.unknown_library} ({c.unknown_library_ran} ran)"),
     ("502 outcome unknown (front)", lambda c: f"{c.unknown_edge} ({c.unknown_edge_ran} ran)"),
@@ -739,7 +792,7 @@ ROWS: tuple[Row, ...] = (
     ("  -> 503 / other", lambda c: f"{c.waited_503} / {c.waited_other}"),
     ("replays delivered to a dead LiteFS", lambda c: str(c.replays_to_dead)),
     ("safety-net replays logged", lambda c: str(c.log_safety_net)),
-    ("tracebacks logged", lambda c: str(c.log_tracebacks)),
+    ("failed INSERTs logged", lambda c: str(c.log_failed_inserts)),
     ("ack latency p50/p99/max ms", lambda c: "/".join(ms(pct(c.latencies_ms, p)) for p in (50, 99, 100))),
     *(_elected_row(kind) for kind in LITEFS_FAULTS),
     *(_first_ack_row(kind) for kind in (*LITEFS_FAULTS, "kill9-app")),
@@ -755,7 +808,11 @@ def summary(report: Report) -> str:
     lines = ["  ".join([" " * width, *(n.rjust(w) for n, w in zip(names, widths, strict=True))])]
     for (label, _), row in zip(ROWS, cells, strict=True):
         lines.append("  ".join([label.ljust(width), *(v.rjust(w) for v, w in zip(row, widths, strict=True))]))
-    for title, reasons in (("503 reasons", report.total.reasons_503), ("other refusals", report.total.reasons_refused)):
+    for title, reasons in (
+        ("500s, by the failed INSERT the app logged", report.total.reasons_500),
+        ("503 reasons", report.total.reasons_503),
+        ("other refusals", report.total.reasons_refused),
+    ):
         if reasons:
             lines.append(f"{title}:")
             lines += [f"  {n:6d}  {reason}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])]

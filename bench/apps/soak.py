@@ -15,6 +15,7 @@ Default middleware options; ``SOAK_EVENT_STREAM=off`` adds
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import time
@@ -39,15 +40,28 @@ SCHEMA = f"CREATE TABLE IF NOT EXISTS {TABLE} (value TEXT NOT NULL, instance TEX
 INSTANCE = os.environ.get("FLY_MACHINE_ID", "standalone")
 OPTIONS: dict[str, Any] = {"litefs_api_url": "off"} if os.environ.get("SOAK_EVENT_STREAM") == "off" else {}
 
+logger = logging.getLogger("soak")
+# Timestamps, to line the app's log up with the soak's faults (gunicorn leaves the root logger bare).
+_FORMAT = logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+if not logging.getLogger().handlers:
+    logging.basicConfig(level=logging.WARNING)
+for _handler in logging.getLogger().handlers:
+    _handler.setFormatter(_FORMAT)
+
 
 def insert(value: str) -> None:
     """One autocommit INSERT on this node's copy of the database."""
     path = os.path.join(os.environ["LITEFS_DIR"], os.environ.get("DATABASE_FILENAME", "app.db"))
-    conn = sqlite3.connect(path, timeout=10, isolation_level=None)
     try:
-        conn.execute(f"INSERT INTO {TABLE} (value, instance, at) VALUES (?, ?, ?)", (value, INSTANCE, time.time()))
-    finally:
-        conn.close()
+        conn = sqlite3.connect(path, timeout=10, isolation_level=None)
+        try:
+            conn.execute(f"INSERT INTO {TABLE} (value, instance, at) VALUES (?, ?, ?)", (value, INSTANCE, time.time()))
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        # Which write met which error: the soak's evidence for a write that ran twice or ended in a 500.
+        logger.warning("INSERT of %s failed: %s (%s)", value, exc, getattr(exc, "sqlite_errorname", "?"))
+        raise
 
 
 async def _write(request: Request) -> Response:
