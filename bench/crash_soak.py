@@ -616,6 +616,11 @@ def tally(observed: Observed, settings: Settings) -> tuple[Counts, dict[str, lis
 
     def cite(kind: str, write: Write) -> None:
         record = write_json(write, present[write.value], hops.get(write.request_id or ""), observed.began)
+        record["faults_near"] = [
+            f"{f.kind} of {f.node} at {f.at - write.sent:+.3f} s"
+            for f in faults
+            if write.sent - 5 <= f.at <= write.done + settings.loss_window
+        ]
         if write.value in observed.doubled_rows:
             record["rows_ran_on_at_s"] = observed.doubled_rows[write.value]
         if write.value in failures:

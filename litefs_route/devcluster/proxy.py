@@ -118,7 +118,7 @@ class ReplayEvent:
     hop: int
     #: Why it was refused ("replay-limit", "body-too-large", "no-target"), or None.
     refused: str | None = None
-    #: When the proxy saw the ``fly-replay`` (``time.monotonic()``), to line replays up with other events.
+    #: When the proxy saw the ``fly-replay`` (``time.monotonic()``), before it tried the target.
     at: float = dataclasses.field(default_factory=time.monotonic)
 
 
@@ -417,11 +417,7 @@ class _Handler(BaseHTTPRequestHandler):
                             raise
                         failure = "retries_exhausted"  # it went away between the probe and the replay
                     else:
-                        front._record(
-                            ReplayEvent(
-                                request.request_id, request.method, request.target, instance, target, state, hop
-                            )
-                        )
+                        front._record(dataclasses.replace(refused.event, to_instance=target))
                         response, conn, instance = delivered
                         continue
                 if fields.get("fallback") not in ("force_self", "prefer_self"):
