@@ -245,6 +245,8 @@ class Counts:
     reasons_503: dict[str, int] = field(default_factory=dict)
     #: The app's failed INSERTs behind the 500s, by SQLite's message.
     reasons_500: dict[str, int] = field(default_factory=dict)
+    #: Every failed INSERT the apps logged: "<SQLite's message> -> <how its write ended>[, ran]".
+    failed_inserts: dict[str, int] = field(default_factory=dict)
     reasons_refused: dict[str, int] = field(default_factory=dict)
     latencies_ms: list[float] = field(default_factory=list, repr=False)
     #: Per fault kind: ms from the fault to the election, and to the new primary's first acknowledged write.
@@ -702,6 +704,13 @@ def tally(observed: Observed, settings: Settings) -> tuple[Counts, dict[str, lis
             counts.replays_to_dead += 1
     counts.log_safety_net = sum("slipped through" in line for line in observed.log_lines)
     counts.log_failed_inserts = sum(len(lines) for lines in failures.values())
+    ended = {w.value: w.category for w in writes}
+    for value, lines in failures.items():
+        for line in lines:
+            error = _FAILED_INSERT.search(line)
+            outcome = ended.get(value, "?") + (", ran" if present[value] else "")
+            key = f"{error['error'] if error else line} -> {outcome}"
+            counts.failed_inserts[key] = counts.failed_inserts.get(key, 0) + 1
     acked = [w for w in writes if w.category == "acked"]
     for fault in faults:
         kind = fault.kind
@@ -818,6 +827,7 @@ def summary(report: Report) -> str:
         lines.append("  ".join([label.ljust(width), *(v.rjust(w) for v, w in zip(row, widths, strict=True))]))
     for title, reasons in (
         ("500s, by the failed INSERT the app logged", report.total.reasons_500),
+        ("failed INSERTs (SQLite's answer -> how the write ended)", report.total.failed_inserts),
         ("503 reasons", report.total.reasons_503),
         ("other refusals", report.total.reasons_refused),
     ):
