@@ -697,6 +697,7 @@ def tally(observed: Observed, settings: Settings) -> tuple[Counts, dict[str, lis
                     cite("waited, 503", w)
             else:
                 counts.waited_other += 1
+                cite("waited, other", w)
     for event in replays:
         if event.refused is None and any(
             f.node == event.to_instance and f.at <= event.at < (f.restarted_at or math.inf) for f in outages
