@@ -3,7 +3,8 @@
 ``python -m litefs_route.devcluster._serve module:attr --port 8001``
 
 ASGI apps run under uvicorn; WSGI apps under Werkzeug's development server
-(threaded), or wsgiref with a thread per request when Werkzeug is absent.
+(threaded), or wsgiref with a thread per request when Werkzeug is absent, or
+gunicorn with ``--server gunicorn`` (its options from ``$GUNICORN_CMD_ARGS``).
 ``--interface auto`` tells them apart: an ASGI app is a coroutine function or
 has an ``async def __call__``.
 """
@@ -15,6 +16,7 @@ import importlib
 import importlib.util
 import inspect
 import logging
+import os
 import socketserver
 import sys
 from typing import Any
@@ -66,6 +68,13 @@ def _serve_wsgi(app: Any, host: str, port: int, server: str) -> None:
         httpd.serve_forever()
 
 
+def _exec_gunicorn(spec: str, host: str, port: int) -> None:
+    # exec, not a child: the instance's process (and group) is gunicorn's master,
+    # so stopping or killing the instance reaches its workers too.
+    argv = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", spec]
+    os.execv(sys.executable, argv)  # noqa: S606 (a fixed argv, no shell)
+
+
 def _serve_asgi(app: Any, host: str, port: int) -> None:
     import uvicorn  # checked in main()
 
@@ -78,8 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--interface", choices=["auto", "asgi", "wsgi"], default="auto")
-    parser.add_argument("--server", choices=["auto", "werkzeug", "wsgiref"], default="auto")
+    parser.add_argument("--server", choices=["auto", "werkzeug", "wsgiref", "gunicorn"], default="auto")
     args = parser.parse_args(argv)
+    if args.server == "gunicorn":
+        if args.interface == "asgi":
+            parser.error("--server gunicorn serves WSGI apps")
+        if importlib.util.find_spec("gunicorn") is None:
+            print("--server gunicorn needs gunicorn: pip install gunicorn", file=sys.stderr, flush=True)
+            return 3
+        print(f"serving {args.app} (gunicorn) on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
+        _exec_gunicorn(args.app, args.host, args.port)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         app = load_app(args.app)

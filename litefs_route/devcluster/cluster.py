@@ -26,6 +26,7 @@ __all__ = [
     "AppRunner",
     "Cluster",
     "Instance",
+    "WSGIServer",
     "free_port",
     "log_tail",
     "pump_output",
@@ -40,6 +41,8 @@ logger = logging.getLogger("litefs_route.devcluster")
 DEFAULT_APP = "litefs_route.devcluster.demo:app"
 
 Interface = Literal["auto", "asgi", "wsgi"]
+#: What serves a WSGI app: Werkzeug's threaded server (else wsgiref) by default, or gunicorn.
+WSGIServer = Literal["auto", "gunicorn"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -401,9 +404,11 @@ class AppRunner:
         startup_timeout: float = 30.0,
         stop_timeout: float = 5.0,
         echo: Callable[[str, str], None] | None = None,
+        wsgi_server: WSGIServer = "auto",
     ) -> None:
         self.app = app
         self.interface: Interface = interface
+        self.wsgi_server: WSGIServer = wsgi_server
         self.app_dir = app_dir
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
@@ -426,6 +431,8 @@ class AppRunner:
             str(instance.port),
             "--interface",
             self.interface,
+            "--server",
+            self.wsgi_server,
         ]
         logger.info("starting %s on %s", instance.id, instance.url)
         process = subprocess.Popen(

@@ -58,7 +58,17 @@ from types import TracebackType
 from typing import Any, Literal
 
 from ..mount import parse_position
-from .cluster import AppRunner, Instance, Interface, free_port, log_tail, pump_output, stop_process_group, wait_for
+from .cluster import (
+    AppRunner,
+    Instance,
+    Interface,
+    WSGIServer,
+    free_port,
+    log_tail,
+    pump_output,
+    stop_process_group,
+    wait_for,
+)
 from .consul import ConsulStandIn
 from .proxy import FrontProxy
 from .reaper import FolderReaper, is_mounted, mounts_under, unmount
@@ -244,6 +254,8 @@ class LiteFSCluster:
     *database*) between the front proxy and each app server. *consul_ttl*
     and *consul_lock_delay* set the Consul lease's timing: a killed primary's
     lease expires after the TTL, and only then can another node take it.
+    *wsgi_server* ``"gunicorn"`` serves a WSGI app with gunicorn (options in
+    ``$GUNICORN_CMD_ARGS``, which *env* can set) instead of Werkzeug.
     """
 
     def __init__(
@@ -270,6 +282,7 @@ class LiteFSCluster:
         startup_timeout: float = 30.0,
         stop_timeout: float = 5.0,
         echo: Callable[[str, str], None] | None = None,
+        wsgi_server: WSGIServer = "auto",
     ) -> None:
         self.app = app
         self.ids = resolve_ids(instances)
@@ -305,6 +318,7 @@ class LiteFSCluster:
             startup_timeout=startup_timeout,
             stop_timeout=stop_timeout,
             echo=echo,
+            wsgi_server=wsgi_server,
         )
         self.nodes: dict[str, LiteFSNode] = {}
         #: The app servers, by node id (empty without *app*).
@@ -551,6 +565,33 @@ class LiteFSCluster:
             timeout=self.startup_timeout,
             message=f"restarted node {node_id} found no primary; log {node.log_path}:\n{log_tail(node.log_path)}",
         )
+
+    def kill_app(self, node_id: str) -> None:
+        """SIGKILL the node's app server (its whole process group), as a crash; its LiteFS keeps running."""
+        with self._lock:
+            instance = self.instances[node_id]
+            if instance.process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(instance.process.pid, signal.SIGKILL)
+                self.runner.terminate(instance)  # reaps it
+
+    def start_app(self, node_id: str) -> None:
+        """(Re)start the node's app server; wait until it listens (on a new port if its old one was taken)."""
+        with self._lock:
+            instance = self.instances[node_id]
+            if instance.running:
+                return
+            self.runner.spawn(instance, self._app_environment(instance))
+            try:
+                self.runner.wait_ready(instance)
+            except RuntimeError:
+                # Most likely another process took the port meanwhile: a fresh one, once.
+                self.runner.terminate(instance)
+                instance.port = free_port()
+                self.runner.spawn(instance, self._app_environment(instance))
+                self.runner.wait_ready(instance)
+                if self._front is not None and self.nodes[node_id].proxy_port is None:
+                    self._front.set_instances({i: ("127.0.0.1", self.instances[i].port) for i in self.instances})
 
     def pause_replication(self, node_id: str) -> None:
         """Hold back replication to replica *node_id* (static lease): its relay to the primary stalls."""

@@ -118,6 +118,8 @@ class ReplayEvent:
     hop: int
     #: Why it was refused ("replay-limit", "body-too-large", "no-target"), or None.
     refused: str | None = None
+    #: When the proxy saw the ``fly-replay`` (``time.monotonic()``), before it tried the target.
+    at: float = dataclasses.field(default_factory=time.monotonic)
 
 
 class _ProxyError(Exception):
@@ -295,6 +297,8 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     # Idle keep-alive connections are closed after this many seconds.
     timeout = 60
+    # The request being proxied (echoed in the response, as Fly's edge does).
+    _request_id: str | None = None
 
     def log_message(self, format: str, *args: object) -> None:
         logger.debug("front: " + format, *args)
@@ -347,8 +351,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _proxy(self) -> None:
         front = self.server.owner
+        self._request_id = None
         try:
             request = self._request()
+            self._request_id = request.request_id
         except (ValueError, OSError):
             self.close_connection = True
             self._error(_ProxyError(400, "bad-request", "could not read the request"))
@@ -411,11 +417,7 @@ class _Handler(BaseHTTPRequestHandler):
                             raise
                         failure = "retries_exhausted"  # it went away between the probe and the replay
                     else:
-                        front._record(
-                            ReplayEvent(
-                                request.request_id, request.method, request.target, instance, target, state, hop
-                            )
-                        )
+                        front._record(dataclasses.replace(refused.event, to_instance=target))
                         response, conn, instance = delivered
                         continue
                 if fields.get("fallback") not in ("force_self", "prefer_self"):
@@ -513,8 +515,9 @@ class _Handler(BaseHTTPRequestHandler):
         upstream_close = response.will_close and length is None and not chunked
         self.send_response_only(response.status, response.reason)
         for name, value in response.getheaders():
-            if name.lower() not in _HOP_BY_HOP:
+            if name.lower() not in _HOP_BY_HOP and name.lower() != "fly-request-id":
                 self.send_header(name, value)
+        self._send_request_id()
         if chunked and not self.close_connection:
             self.send_header("Transfer-Encoding", "chunked")
         if upstream_close:
@@ -542,6 +545,11 @@ class _Handler(BaseHTTPRequestHandler):
             logger.debug("front: relay from %s cut short: %r", instance, exc)
             self.close_connection = True
 
+    def _send_request_id(self) -> None:
+        # As Fly's edge does: a client can quote it, and a test can find the request's replays by it.
+        if self._request_id is not None:
+            self.send_header("Fly-Request-Id", self._request_id)
+
     def _error(self, exc: _ProxyError) -> None:
         logger.info("front: %s %s -> %d %s", self.command, self.path, exc.status, exc.message)
         body = f"devcluster front proxy: {exc.message}\n".encode()
@@ -550,6 +558,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "text/plain; charset=utf-8")
             self.send_header("Content-Length", str(len(body)))
             self.send_header("fly-devcluster-error", exc.code)
+            self._send_request_id()
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
