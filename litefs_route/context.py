@@ -38,7 +38,7 @@ from .exceptions import PrimaryRequired
 from .mount import NodeState, Role, default_instance_id, is_valid_instance_id, read_node_state
 from .replies import Reply, has_replay_header
 from .router import Router
-from .sqlite_errors import WriteFailure, WriteFailureKind, classify_write_failure
+from .sqlite_errors import WriteFailure, classify_write_failure
 from .subscriber import resolve_api_url
 
 __all__ = [
@@ -118,8 +118,7 @@ class RequestContext:
         """The plan that decides the ending (drive it, then :meth:`settle`); None if the ending is known."""
         if self.ending is not None:
             return None
-        io_error = self.failure is not None and self.failure.kind is WriteFailureKind.IO_ERROR
-        return self.router.settlement(self.request, io_error=io_error)
+        return self.router.settlement(self.request, failure=None if self.failure is None else self.failure.kind)
 
     def settle(self, outcome: Outcome) -> Reply:
         """Record the ending a settlement plan decided; returns its reply."""

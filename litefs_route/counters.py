@@ -24,7 +24,8 @@ Names (absent until the first count):
 ``unavailable_no_primary``, ``unavailable_too_many_replays``, ``unavailable_ran_here``
     ``503`` answers, by reason: no primary known after ``primary_wait``; a
     request replayed ``max_replays`` times; a request that ran here and found
-    no primary to end on.
+    no primary to end on (or whose write SQLite refused on the primary:
+    ``SQLITE_BUSY``).
 ``too_large``, ``body_timeouts``
     ``413`` and ``408`` answers.
 ``unavailable_replay_failed``

@@ -60,6 +60,7 @@ from typing import NamedTuple, NoReturn
 
 from .consistency import TxidCookies
 from .mount import NodeState, Role
+from .sqlite_errors import WriteFailureKind
 
 __all__ = [
     "NO_PRIMARY",
@@ -117,6 +118,8 @@ _PRIMARY_POLL = 0.05
 NO_PRIMARY_REASON = "no primary is known right now (a LiteFS election or failover)"
 _DISAGREE_REASON = "replayed {} times without reaching the primary (the instances disagree on the primary)"
 _RAN_HERE_REASON = "this instance was not the primary when the request ran"
+# SQLite refused the write on a node that is the primary after all (SQLITE_BUSY: lock contention, or LiteFS restarting).
+_REFUSED_HERE_REASON = "SQLite refused its write on this instance and none of it ran"
 _MAY_HAVE_RUN_REASON = (
     "its write failed on instance {} while LiteFS was stopping or had stopped there, "
     "and LiteFS may have committed it first"
@@ -540,7 +543,9 @@ def counter_name(decision: Decision) -> str:
                 return "unavailable_no_primary"
             if decision.target is not None:  # only a refused replay names its target
                 return "unavailable_replay_failed"
-            return "unavailable_ran_here" if decision.reason == _RAN_HERE_REASON else "unavailable_too_many_replays"
+            if decision.reason in (_RAN_HERE_REASON, _REFUSED_HERE_REASON):
+                return "unavailable_ran_here"
+            return "unavailable_too_many_replays"
         case Kind.TOO_LARGE:
             return "too_large"
         case Kind.FORWARD:
@@ -679,23 +684,23 @@ def plan_request(request: RequestInfo, rules: Rules, *, known_txids: tuple[int |
                 assert_never(step)
 
 
-def plan_settlement(request: RequestInfo, rules: Rules, *, io_error: bool = False) -> Plan:
+def plan_settlement(request: RequestInfo, rules: Rules, *, failure: WriteFailureKind | None = None) -> Plan:
     """Rule 8: the answer for a request that ran here but must end on the primary.
 
-    *io_error*: SQLite failed the request's write with an I/O error (else it
-    refused it before writing, or ``ensure_primary()`` ended it). Never RUN
-    (the app already ran); the outcome's state is the fresh reading it was
-    decided on (for the reply's tags).
+    *failure*: how SQLite failed the request's write (None: ``ensure_primary()``
+    ended it). Never RUN (the app already ran); the outcome's state is the
+    fresh reading it was decided on (for the reply's tags).
     """
     state = _expect_state((yield ReadMount()))
-    if io_error and not _refused_by_litefs(state):
+    if failure is WriteFailureKind.IO_ERROR and not _refused_by_litefs(state):
         reason = _MAY_HAVE_RUN_REASON.format(state.instance_id)
         return Outcome(Decision(Kind.OUTCOME_UNKNOWN, True, reason=reason), state)
     state = yield from _wait_for_primary(state, rules, from_mount=True)
     step = decide(request, state, rules, forced=True)
     match step:
         case Decision(kind=Kind.RUN):
-            return Outcome(Decision(Kind.UNAVAILABLE, True, reason=_RAN_HERE_REASON), state)
+            reason = _RAN_HERE_REASON if failure is None else _REFUSED_HERE_REASON
+            return Outcome(Decision(Kind.UNAVAILABLE, True, reason=reason), state)
         case Decision():
             return Outcome(step, state)
         case Pending.WAIT_FOR_PRIMARY:

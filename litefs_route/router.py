@@ -38,6 +38,7 @@ from .forwarding import (
 )
 from .mount import NodeState
 from .replies import Headers, Reply, build_reply, build_tags, forward_failure_reply
+from .sqlite_errors import WriteFailureKind
 from .state_cache import StateCache
 from .subscriber import EventSubscriber
 
@@ -101,9 +102,9 @@ class Router:
         """The plan that routes *request* (drive it with :mod:`litefs_route.drivers`)."""
         return plan_request(request, self.rules, known_txids=self.known_txids(request))
 
-    def settlement(self, request: RequestInfo, *, io_error: bool = False) -> Plan:
+    def settlement(self, request: RequestInfo, *, failure: WriteFailureKind | None = None) -> Plan:
         """The plan that ends a request that ran here but must end on the primary (see :func:`plan_settlement`)."""
-        return plan_settlement(request, self.rules, io_error=io_error)
+        return plan_settlement(request, self.rules, failure=failure)
 
     def outcome_without_io(self, request: RequestInfo) -> Outcome | None:
         """The plan's outcome if it needs no I/O at all (the cached reading is fresh), else None."""

@@ -18,7 +18,12 @@ SQLite's answer                where it was seen                           class
 ``SQLITE_READONLY_DBMOVED``    see below                                   refused
 ``SQLITE_READONLY`` (others)   before any page is written                  refused
 ``SQLITE_CANTOPEN``            opening the database, or its journal, on a   refused
-                               mount whose LiteFS died
+                               mount whose LiteFS died (or, opened with
+                               ``mode=rw``, on the empty mount point a
+                               stopped LiteFS leaves)
+``SQLITE_BUSY``                a write that reached the primary's app as    refused
+                               its LiteFS was stopped or killed waits out
+                               its busy timeout for a lock it never gets
 ``SQLITE_IOERR_WRITE``         first write on a replica in WAL mode; and    i/o error
                                kill -9 of LiteFS mid-transaction
 ``SQLITE_IOERR_*``             kill -9 of LiteFS mid-transaction or during  i/o error
@@ -51,8 +56,12 @@ committed another transaction earlier in the same request has side effects
 the middleware cannot see. Keep each write request to one transaction (one
 ``with conn:``, Django's ``ATOMIC_REQUESTS``, one ``session.commit()``).
 
-Any other error (a constraint, a syntax error, ``SQLITE_BUSY``) is the app's
-own and is left alone.
+``SQLITE_BUSY`` is also what lock contention on a healthy primary gives: it
+proves nothing of the transaction ran there too, and it ends in 503 +
+``Retry-After`` instead of the app's 500.
+
+Any other error (a constraint, a syntax error, ``no such table``) is the
+app's own and is left alone.
 """
 
 from __future__ import annotations
@@ -63,6 +72,7 @@ from dataclasses import dataclass
 __all__ = ["WriteFailure", "WriteFailureKind", "classify_write_failure", "is_readonly_error"]
 
 # Primary result codes (the low byte of an extended code).
+_BUSY = 5
 _READONLY = 8
 _IOERR = 10
 _CANTOPEN = 14
@@ -74,13 +84,14 @@ _MESSAGES = {
     "unable to open database file": _CANTOPEN,
     "disk I/O error": _IOERR,
     "locking protocol": _PROTOCOL,
+    "database is locked": _BUSY,
 }
 
 
 class WriteFailureKind(enum.Enum):
     """What a failed write proves about whether it ran."""
 
-    #: SQLite refused before the transaction wrote anything (READONLY*, CANTOPEN*).
+    #: SQLite refused before the transaction wrote anything (READONLY*, CANTOPEN*, BUSY*).
     REFUSED = "refused"
     #: An I/O error, possibly at COMMIT after LiteFS applied it (IOERR*, PROTOCOL).
     IO_ERROR = "io-error"
@@ -134,7 +145,7 @@ def _classify_one(e: BaseException) -> WriteFailure | None:
         primary, name, code = found, _PRIMARY_NAMES[found], None
     else:
         return None
-    if primary in (_READONLY, _CANTOPEN):
+    if primary in (_READONLY, _CANTOPEN, _BUSY):
         kind = WriteFailureKind.REFUSED
     elif primary in (_IOERR, _PROTOCOL):
         kind = WriteFailureKind.IO_ERROR
@@ -148,6 +159,7 @@ _PRIMARY_NAMES = {
     _IOERR: "SQLITE_IOERR",
     _CANTOPEN: "SQLITE_CANTOPEN",
     _PROTOCOL: "SQLITE_PROTOCOL",
+    _BUSY: "SQLITE_BUSY",
 }
 
 

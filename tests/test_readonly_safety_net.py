@@ -35,7 +35,7 @@ def readonly_database(path: Path) -> Path:
 
 
 def write(path: Path) -> None:
-    db = sqlite3.connect(path)
+    db = sqlite3.connect(path, timeout=0.05)
     try:
         with db:
             db.execute("INSERT INTO t VALUES (1)")
@@ -129,6 +129,39 @@ def test_slipped_write_is_replayed(stack: str, mount: Mount, tmp_path: Path) -> 
         mount.make_no_primary()
         r = httpx.post(url + "/w")
         assert (r.status_code, r.headers["retry-after"]) == (503, "2")
+
+
+@pytest.mark.parametrize("stack", ["flask", "starlette"])
+def test_a_write_sqlite_finds_locked_on_the_primary_is_a_503_not_a_500(
+    stack: str, mount: Mount, tmp_path: Path
+) -> None:
+    """SQLITE_BUSY proves none of the transaction ran: refused with 503 + Retry-After, never replayed."""
+    db = tmp_path / "app.db"
+    with sqlite3.connect(db) as setup:
+        setup.execute("CREATE TABLE t (x)")
+    setup.close()
+    options: dict[str, Any] = {"litefs_dir": str(mount.path), "instance_id": ME, "primary_wait": 0.3}
+    if stack == "flask":
+        app = _flask(db, {})
+        app.wsgi_app = wsgi.PrimaryRoutingMiddleware(app.wsgi_app, **options)
+        server = serve_wsgi(app)
+    else:
+        from starlette.middleware import Middleware
+
+        app = _starlette(db)
+        app.user_middleware.append(Middleware(asgi.PrimaryRoutingMiddleware, **options))
+        server = serve_asgi(app)
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")  # another writer holds the lock for the whole request
+    try:
+        with server as url:
+            r = httpx.post(url + "/w")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert (r.status_code, r.headers["retry-after"]) == (503, "2"), r.text
+    assert "none of it ran" in r.text
+    assert "fly-replay" not in r.headers
 
 
 def test_flask_signal_is_connected_for_the_wrapped_app_only(tmp_path: Path) -> None:

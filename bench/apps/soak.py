@@ -53,7 +53,9 @@ def insert(value: str) -> None:
     """One autocommit INSERT on this node's copy of the database."""
     path = os.path.join(os.environ["LITEFS_DIR"], os.environ.get("DATABASE_FILENAME", "app.db"))
     try:
-        conn = sqlite3.connect(path, timeout=10, isolation_level=None)
+        # mode=rw, as docs/exactly-once.md recommends: on the bare mount point a stopped LiteFS
+        # leaves, SQLite answers CANTOPEN instead of creating a stray empty database there.
+        conn = sqlite3.connect(f"file:{path}?mode=rw", timeout=10, isolation_level=None, uri=True)
         try:
             conn.execute(f"INSERT INTO {TABLE} (value, instance, at) VALUES (?, ?, ?)", (value, INSTANCE, time.time()))
         finally:
