@@ -24,14 +24,17 @@ SQLite's answer                where it was seen                           class
 ``SQLITE_BUSY``                a write that reached the primary's app as    refused
                                its LiteFS was stopped or killed waits out
                                its busy timeout for a lock it never gets
+``SQLITE_IOERR_LOCK``          SIGTERM or kill -9 of LiteFS under an open   refused
+(``_RDLOCK``,                  connection, and at COMMIT in rollback mode
+``_CHECKRESERVEDLOCK``)        after a kill mid-transaction: a lock not
+                               taken, always before LiteFS's commit point
 ``SQLITE_IOERR_WRITE``         first write on a replica in WAL mode; and    i/o error
-                               kill -9 of LiteFS mid-transaction
-``SQLITE_IOERR_*``             kill -9 of LiteFS mid-transaction or during  i/o error
-                               COMMIT (``_WRITE``, ``_DELETE``, ``_LOCK``,
-                               ``_FSTAT``, ``_SHORT_READ``...). LiteFS may
-                               already have applied and shipped the commit.
-                               Also SIGTERM of LiteFS under an open
-                               connection (``_LOCK``)
+                               kill -9 of LiteFS mid-transaction (WAL)
+``SQLITE_IOERR_*``             kill -9 of LiteFS during a transaction or    i/o error
+                               its COMMIT (``_WRITE``, ``_DELETE``,
+                               ``_FSTAT``, ``_FSYNC``, ``_UNLOCK``...).
+                               LiteFS may already have applied and
+                               shipped the commit (seen with ``_UNLOCK``)
 ``SQLITE_PROTOCOL``            kill -9 of LiteFS as a COMMIT starts, in WAL  i/o error
                                mode (the WAL index went away under it)
 =============================  ==========================================  ================
@@ -77,6 +80,10 @@ _READONLY = 8
 _IOERR = 10
 _CANTOPEN = 14
 _PROTOCOL = 15
+# SQLITE_IOERR_RDLOCK, _CHECKRESERVEDLOCK, _LOCK: a lock SQLite failed to take. It takes each
+# before the step that needs it, and every one before LiteFS's commit point (the journal's
+# deletion, or the WAL's commit frame); only _UNLOCK comes after it.
+_LOCK_NOT_TAKEN = frozenset({_IOERR | 9 << 8, _IOERR | 14 << 8, _IOERR | 15 << 8})
 
 # On Python 3.10 sqlite3's exceptions carry no code: SQLite's message for each primary code.
 _MESSAGES = {
@@ -91,7 +98,7 @@ _MESSAGES = {
 class WriteFailureKind(enum.Enum):
     """What a failed write proves about whether it ran."""
 
-    #: SQLite refused before the transaction wrote anything (READONLY*, CANTOPEN*, BUSY*).
+    #: SQLite refused before the transaction wrote anything (READONLY*, CANTOPEN*, BUSY*, a lock not taken).
     REFUSED = "refused"
     #: An I/O error, possibly at COMMIT after LiteFS applied it (IOERR*, PROTOCOL).
     IO_ERROR = "io-error"
@@ -145,7 +152,7 @@ def _classify_one(e: BaseException) -> WriteFailure | None:
         primary, name, code = found, _PRIMARY_NAMES[found], None
     else:
         return None
-    if primary in (_READONLY, _CANTOPEN, _BUSY):
+    if primary in (_READONLY, _CANTOPEN, _BUSY) or code in _LOCK_NOT_TAKEN:
         kind = WriteFailureKind.REFUSED
     elif primary in (_IOERR, _PROTOCOL):
         kind = WriteFailureKind.IO_ERROR
