@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+import operator
 import re
 from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
@@ -126,6 +127,15 @@ class PathGlobs:
 
     Anchored at both ends and matched against the decoded path without the
     query string, as LiteFS's ``passthrough``/``always-forward`` are.
+
+    Matching is linear in the path's length whatever the patterns (a path is
+    client input, matched on every request): a glob is split at its stars
+    into literal segments; the first must start the path, the last end it,
+    and each one between is found left to right after the one before
+    (``str.find``, in C). Leftmost is always right for ``*``-only globs: an
+    earlier match leaves the most room for the segments after it. No
+    backtracking, unlike the regex this replaces (``/*/*/*/edit`` against
+    2 KB of slashes took seconds).
     """
 
     def __init__(self, patterns: Iterable[str]) -> None:
@@ -135,17 +145,73 @@ class PathGlobs:
         for pattern in self.patterns:
             if not isinstance(pattern, str) or not pattern.startswith(("/", "*")):
                 raise ValueError(f"path glob must be a string starting with '/' or '*': {pattern!r}")
-        alternatives = (
-            "".join(".*" if part == "*" else re.escape(part) for part in re.split(r"(\*)", p)) for p in self.patterns
-        )
-        regex = re.compile("|".join(f"(?:{a})" for a in alternatives), re.DOTALL) if self.patterns else None
-        #: ``match(path)``: truthy if a glob matches *path*. A C callable either
-        #: way (it runs on every GET): the regex's fullmatch, or, with no globs,
-        #: an empty set's membership test, which is always False.
-        self.match: Callable[[str], object] = regex.fullmatch if regex is not None else frozenset().__contains__
+        self.match: Callable[[str], object] = _matcher(self.patterns)
+        """``match(path)``: truthy if a glob matches *path* (it runs on every GET)."""
 
     def __repr__(self) -> str:
         return f"PathGlobs({list(self.patterns)!r})"
+
+
+class _Glob(NamedTuple):
+    """A glob with a ``*``: the literal before its first star, those between stars, the one after its last."""
+
+    head: str
+    middles: tuple[str, ...]
+    tail: str
+    #: The shortest path it matches.
+    min_length: int
+
+    @classmethod
+    def compile(cls, pattern: str) -> _Glob:
+        head, *middles, tail = pattern.split("*")
+        middles = [m for m in middles if m]  # "**" is "*"
+        return cls(head, tuple(middles), tail, len(head) + sum(map(len, middles)) + len(tail))
+
+    def match(self, path: str) -> bool:
+        if len(path) < self.min_length or not path.startswith(self.head) or not path.endswith(self.tail):
+            return False
+        position, end = len(self.head), len(path) - len(self.tail)
+        for middle in self.middles:
+            found = path.find(middle, position, end)
+            if found < 0:
+                return False
+            position = found + len(middle)
+        return True
+
+
+class _Matcher:
+    """Globs of every shape: exact paths, prefixes (``/static/*``), suffixes (``*.png``), the rest one by one."""
+
+    __slots__ = ("exact", "prefixes", "suffixes", "wild")
+
+    def __init__(
+        self, exact: frozenset[str], prefixes: tuple[str, ...], suffixes: tuple[str, ...], wild: tuple[_Glob, ...]
+    ) -> None:
+        self.exact, self.prefixes, self.suffixes, self.wild = exact, prefixes, suffixes, wild
+
+    def __call__(self, path: str) -> bool:
+        if path in self.exact or path.startswith(self.prefixes) or path.endswith(self.suffixes):
+            return True
+        for glob in self.wild:  # noqa: SIM110 (a loop: any() over a generator costs ~100 ns more per path)
+            if glob.match(path):
+                return True
+        return False
+
+
+def _matcher(patterns: tuple[str, ...]) -> Callable[[str], object]:
+    """The fastest callable that matches *patterns*: in C for the common shapes (each a single test)."""
+    exact = frozenset(p for p in patterns if "*" not in p)
+    globs = [_Glob.compile(p) for p in patterns if "*" in p]
+    # "/static/*" is a prefix test, "*.png" a suffix test: str methods taking a tuple, in C.
+    prefixes = tuple(g.head for g in globs if not g.middles and not g.tail)
+    suffixes = tuple(g.tail for g in globs if not g.middles and not g.head and g.tail)
+    wild = tuple(g for g in globs if g.middles or (g.head and g.tail))
+    if not prefixes and not suffixes and not wild:
+        return exact.__contains__
+    if not exact and not wild and not (prefixes and suffixes):
+        method = "startswith" if prefixes else "endswith"
+        return operator.methodcaller(method, prefixes or suffixes)
+    return _Matcher(exact, prefixes, suffixes, wild)
 
 
 _NO_GLOBS = PathGlobs(())
