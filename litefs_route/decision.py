@@ -12,6 +12,11 @@ I/O are different types, so one can never be taken for the other.
 
 The rules, in order:
 
+0. A request with both ``Content-Length`` and ``Transfer-Encoding`` is
+   refused with 400 before anything else, whatever its method and the
+   node's role: where its body ends is ambiguous (RFC 9112 §6.3 calls it a
+   likely request-smuggling attempt), so it is neither run, measured,
+   replayed nor forwarded.
 1. A ``passthrough`` path runs locally, whatever the method, and never
    waits for read-your-writes nor gets a ``__txid`` cookie.
 2. GET, HEAD, OPTIONS and TRACE are reads and run locally, unless a GET or
@@ -49,7 +54,6 @@ The rules, in order:
 from __future__ import annotations
 
 import enum
-import hmac
 import operator
 import re
 from collections.abc import Callable, Generator, Iterable
@@ -58,6 +62,7 @@ from typing import NamedTuple, NoReturn
 
 from .consistency import TxidCookies
 from .mount import NodeState, Role
+from .secret import Secret
 
 __all__ = [
     "NO_PRIMARY",
@@ -244,7 +249,7 @@ class Rules:
     #: Forward mode: "off", "oversize" (the writes Fly cannot replay), "always" (every write).
     forward: str = "off"
     #: The secret a forwarded request must carry; None: no forwarded request is run here.
-    forward_secret: str | None = None
+    forward_secret: Secret | None = None
 
 
 # Built on every request: a plain slotted class (a frozen dataclass's
@@ -271,9 +276,11 @@ class RequestInfo:
     #: A WebSocket handshake (routed only on a ``write_sockets`` path).
     websocket: bool = False
     #: The secret a request forwarded by litefs-route claims to carry; None: not forwarded.
-    forward_claim: str | None = None
+    forward_claim: Secret | None = None
     #: How many times litefs-route forwarded it so far (its hop header; 0 if none or malformed).
     forward_hops: int = 0
+    #: Both ``Content-Length`` and ``Transfer-Encoding``: where its body ends is ambiguous (refused, 400).
+    ambiguous_length: bool = False
 
     @classmethod
     def from_headers(
@@ -304,6 +311,9 @@ class RequestInfo:
         chunked = transfer_encoding is not None and "chunked" in transfer_encoding.lower()
         txids = txid_cookies.parse(cookie) if txid_cookies is not None else None
         hops = int(forward_hop) if forward_hop and _FORWARD_HOP.fullmatch(forward_hop) else 0
+        # RFC 9112 6.3: a request with both is a likely smuggling attempt; a
+        # proxy in front may have framed it the other way. Never guessed at.
+        ambiguous = bool(content_length) and bool(transfer_encoding)
         return cls(
             method,
             path,
@@ -313,8 +323,9 @@ class RequestInfo:
             txids,
             replay_failed,
             websocket,
-            forward_claim,
+            None if forward_claim is None else Secret(forward_claim),
             hops,
+            ambiguous,
         )
 
 
@@ -330,6 +341,7 @@ class Kind(enum.Enum):
     UNHEALTHY = "unhealthy"  # 503: the health check fails (replication lag)
     FORWARD = "forward"  # send the request to <target> ourselves and relay its answer (forward mode)
     FORBIDDEN = "forbidden"  # 403: claims to be forwarded by litefs-route, without this cluster's secret
+    BAD_REQUEST = "bad-request"  # 400: both Content-Length and Transfer-Encoding (RFC 9112 6.3)
 
 
 # A NamedTuple: immutable (one instance may serve every request), and built,
@@ -358,6 +370,10 @@ _RUN_PASSTHROUGH = Decision(Kind.RUN, write=False, passthrough=True)
 _RUN_PASSTHROUGH_WRITE = Decision(Kind.RUN, write=True, passthrough=True)
 #: The answer to a write when no primary is known, after the wait (rule 4).
 NO_PRIMARY = Decision(Kind.UNAVAILABLE, write=True, reason=NO_PRIMARY_REASON)
+# Rule 0: refused before anything runs, whatever the method and the node.
+_BAD_FRAMING = Decision(
+    Kind.BAD_REQUEST, write=False, reason="it has both Content-Length and Transfer-Encoding (RFC 9112 6.3)"
+)
 
 
 class Pending(enum.Enum):
@@ -486,6 +502,8 @@ def decide(
     ``ensure_primary()``. *body_size*: the size measured after ``MEASURE_BODY``.
     """
     method = request.method
+    if request.ambiguous_length:
+        return _BAD_FRAMING
     if request.forward_claim is not None and not forced:
         return _decide_forwarded(request, state, rules)
     if request.path == rules.health_path and method == "GET" and not forced:
@@ -550,10 +568,10 @@ def _decide_forwarded(request: RequestInfo, state: NodeState, rules: Rules) -> D
     return Decision(Kind.FORWARD, True, target=state.primary_id, hops=hops + 1)
 
 
-def _genuine(claim: str | None, rules: Rules) -> bool:
+def _genuine(claim: Secret | None, rules: Rules) -> bool:
     """True if *claim* is this cluster's forward secret (compared in constant time)."""
     secret = rules.forward_secret
-    return secret is not None and claim is not None and hmac.compare_digest(claim.encode(), secret.encode())
+    return secret is not None and secret.matches(claim)
 
 
 def _replay(request: RequestInfo, write: bool, target: str, hops: int, reason: str = "") -> Decision:
@@ -605,6 +623,8 @@ def counter_name(decision: Decision) -> str:
             return "forwards"
         case Kind.FORBIDDEN:
             return "forbidden_forwards"
+        case Kind.BAD_REQUEST:
+            return "bad_requests"
         case Kind.TIMEOUT:
             return "body_timeouts"
         case Kind.HEALTHY | Kind.UNHEALTHY:

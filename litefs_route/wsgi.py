@@ -39,6 +39,7 @@ from .forwarding import (
     ClientBodyError,
     cgi_headers,
     cgi_raw_target,
+    cgi_server,
     drop_forward_claim,
     forward_blocking,
 )
@@ -128,6 +129,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
             client=environ.get("REMOTE_ADDR"),
             scheme=environ.get("wsgi.url_scheme", "http"),
             chunked=request.unknown_length,  # WSGI (HTTP/1.x): no Content-Length and not chunked is no body
+            server=cgi_server(environ),
         )
         if isinstance(forward, Reply):
             return _send_reply(start_response, forward, router.tags(outcome.state))
@@ -241,8 +243,10 @@ def _request_target(environ: WSGIEnvironment) -> str:
     raw = cgi_raw_target(environ)
     if raw is not None:
         return raw
+    # PATH_INFO is decoded once already: a "%" in it is a character, escaped
+    # again (as %25), or the primary would decode it a second time.
     path = quote(
-        (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode("latin-1"), safe="/:@!$&'()*+,;=-._~%"
+        (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode("latin-1"), safe="/:@!$&'()*+,;=-._~"
     )
     query = environ.get("QUERY_STRING")
     return f"{path}?{query}" if query else path

@@ -30,6 +30,7 @@ from ..forwarding import (
     Relay,
     cgi_headers,
     cgi_raw_target,
+    cgi_server,
     drop_forward_claim,
     forward_blocking,
 )
@@ -184,6 +185,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
             client=request.META.get("REMOTE_ADDR"),
             scheme=request.scheme or "http",
             chunked=chunked,
+            server=cgi_server(request.META),
         )
         if isinstance(forward, Reply):
             return self._reply(forward, outcome.state)
