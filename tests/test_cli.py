@@ -383,3 +383,26 @@ def test_an_after_release_step_that_fails_runs_again_and_one_that_never_finished
 
     bad_query = litefs_route("wait", "--schema", "1", "--query", "SELEC 1", *node)
     assert (bad_query.returncode, "the schema query 'SELEC 1' failed" in bad_query.stderr) == (2, True)
+
+
+def test_an_after_release_step_this_instance_left_unfinished_before_a_restart_exits_6_at_once(mount: Mount) -> None:
+    """Same FLY_MACHINE_ID after a restart: its own old claim is no live run to wait for (issue 24, 6)."""
+    mount.make_primary()
+    db = mount.path / "app.db"
+    node = ("--dir", str(mount.path), "--instance-id", ME, "--database", "app.db", "--api-url", "off")
+    assert litefs_route("release", "register", *node, "--release", "v1").returncode == 0
+    assert litefs_route("release", "status", *node).returncode == 0  # the tables exist
+    ran = litefs_route("exec", "--if-primary", "--after-release", "v1", *node, "--", sys.executable, "-c", "")
+    assert ran.returncode == 0
+    with sqlite3.connect(db) as conn:  # this instance claimed step s, then its Machine died mid-step
+        conn.execute(
+            "INSERT INTO litefs_route_instances_steps (release, step, instance, started_at) VALUES ('v1', 's', ?, 0)",
+            (ME,),
+        )
+    conn.close()
+    # A timeout no test waits out: before the fix it waited all of it, then exited 5.
+    step = ("exec", "--if-primary", "--after-release", "v1", "--step", "s", "--timeout", "3600", *node, "--")
+    stuck = litefs_route(*step, sys.executable, "-c", "print('ran again')")
+    assert stuck.returncode == 6, stuck.stderr
+    assert f"claimed by {ME} at 1970-01-01 00:00:00 UTC and not finished, and this instance restarted" in stuck.stderr
+    assert stuck.stdout == ""
