@@ -406,3 +406,27 @@ def test_an_after_release_step_this_instance_left_unfinished_before_a_restart_ex
     assert stuck.returncode == 6, stuck.stderr
     assert f"claimed by {ME} at 1970-01-01 00:00:00 UTC and not finished, and this instance restarted" in stuck.stderr
     assert stuck.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("release", "status"),
+        ("release", "register", "--release", "v1"),
+        ("release", "wait", "--all-on", "v1", "--timeout", "30"),
+        ("wait", "--schema", "1", "--timeout", "30"),
+        ("exec", "--if-primary", "--after-release", "v1", "--timeout", "30", "--", sys.executable, "-c", ""),
+    ],
+    ids=["release-status", "release-register", "release-wait", "wait-schema", "exec-after-release"],
+)
+def test_a_corrupt_database_is_a_clear_message_and_exit_8(mount: Mount, command: tuple[str, ...]) -> None:
+    """Not a traceback and exit 1 (issue 24, 11): exit 8, documented, saying what is wrong."""
+    mount.make_primary()
+    (mount.path / "app.db").write_bytes(b"this is not a SQLite database " * 200)
+    node = ("--dir", str(mount.path), "--instance-id", ME, "--database", "app.db", "--api-url", "off")
+    split = command.index("--") if "--" in command else len(command)
+    head, tail = command[:split], command[split:]
+    done = litefs_route(*head, *node, *tail)
+    assert done.returncode == 8, done.stderr
+    assert "the database cannot be read (file is not a database)" in done.stderr
+    assert "Traceback" not in done.stderr
