@@ -48,6 +48,7 @@ __all__ = [
     "cgi_headers",
     "cgi_raw_target",
     "cgi_server",
+    "cgi_target",
     "client_address",
     "drop_forward_claim",
     "forward_async",
@@ -224,6 +225,27 @@ def cgi_raw_target(environ: Mapping[str, Any]) -> str | None:
     """The path and query as the client sent them, where the server keeps a copy (gunicorn, Werkzeug); else None."""
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     return raw if isinstance(raw, str) and raw.startswith("/") else None
+
+
+def cgi_target(environ: Mapping[str, Any]) -> str:
+    """The path and query as the client sent them: the server's raw copy where it keeps one, else rebuilt.
+
+    Rebuilt from ``SCRIPT_NAME``, ``PATH_INFO`` and ``QUERY_STRING``, which
+    PEP 3333 gives as latin-1 strings of the bytes. The path is decoded once
+    already: a ``%`` in it is a character and is escaped again (``%25``), or
+    the primary would decode it a second time (``%252F`` must not become ``/``).
+    """
+    raw = cgi_raw_target(environ)
+    if raw is not None:
+        return raw
+    path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+    try:
+        encoded = path.encode("latin-1")
+    except UnicodeEncodeError:  # not a native string after all (a framework decoded it)
+        encoded = path.encode("utf-8", "surrogateescape")
+    quoted = quote(encoded, safe="/:@!$&'()*+,;=-._~")
+    query = environ.get("QUERY_STRING")
+    return f"{quoted}?{query}" if query else quoted
 
 
 def cgi_server(environ: Mapping[str, Any]) -> str | None:
