@@ -438,3 +438,19 @@ def test_the_forward_secret_is_in_no_repr_and_not_in_the_environ(tmp_path: Path)
     assert isinstance(forward, Forward)
     assert SECRET not in repr(forward)
     assert ("x-litefs-route-forward", SECRET) in forward.wire_headers()
+
+
+@pytest.mark.parametrize("server", ["gunicorn", "uvicorn"])
+def test_content_length_with_transfer_encoding_is_refused_in_django(server: str, tmp_path: Path) -> None:
+    """The Django middleware: the same 400, from the same rule (issue 24, 3)."""
+    from tests.test_django import django_server
+
+    mount = Mount(tmp_path / "node")
+    mount.make_primary()
+    with django_server(tmp_path, server, mount.path, PRIMARY, debug=False) as django:
+        response = send_raw(django.url, BOTH_FRAMINGS)
+        output = django.output()
+    assert response.status == 400, response
+    if b"Content-Length and Transfer-Encoding" not in response.body:  # the server refused it before Django
+        assert server == "gunicorn", response
+    assert "LOG ERROR" not in output
