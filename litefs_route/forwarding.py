@@ -175,6 +175,7 @@ def forwarded_headers(
     The secret is not among them: the sender adds it (:meth:`Forward.wire_headers`).
     """
     headers = _safe_headers(headers)
+    client = client_address(client)  # an IP address, or nothing: it is written into two headers
     listed = {
         token.strip().lower() for name, value in headers if name.lower() == "connection" for token in value.split(",")
     }
@@ -194,8 +195,8 @@ def forwarded_headers(
         kept.append(("X-Forwarded-Proto", scheme))
     if host and "x-forwarded-host" not in names:
         kept.append(("X-Forwarded-Host", host))
-    if host is None:
-        kept.insert(0, ("Host", default_host))
+    if host is None:  # (the server's own name: still checked, as everything written here)
+        kept.insert(0, ("Host", default_host if _safe_headers([("Host", default_host)]) else "localhost"))
     kept.append((HOP_HEADER, str(hop)))
     if content_length is not None:
         kept.append(("Content-Length", str(content_length)))
