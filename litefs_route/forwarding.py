@@ -215,11 +215,15 @@ def request_target(target: str) -> str:
     """
     if target.isascii() and target.isprintable() and " " not in target:
         return target
-    try:
-        raw = target.encode("latin-1")
-    except UnicodeEncodeError:
-        raw = target.encode("utf-8", "surrogateescape")
-    return quote(raw, safe=_TARGET_SAFE)
+    return quote(_text_bytes(target), safe=_TARGET_SAFE)
+
+
+def _text_bytes(text: str) -> bytes:
+    """The bytes a server's string stands for: latin-1 (PEP 3333's native strings), else UTF-8."""
+    for encoding, errors in (("latin-1", "strict"), ("utf-8", "surrogateescape"), ("utf-8", "surrogatepass")):
+        with contextlib.suppress(UnicodeEncodeError):
+            return text.encode(encoding, errors)
+    raise AssertionError("surrogatepass encodes any str")
 
 
 def cgi_raw_target(environ: Mapping[str, Any]) -> str | None:
@@ -240,11 +244,7 @@ def cgi_target(environ: Mapping[str, Any]) -> str:
     if raw is not None:
         return raw
     path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
-    try:
-        encoded = path.encode("latin-1")
-    except UnicodeEncodeError:  # not a native string after all (a framework decoded it)
-        encoded = path.encode("utf-8", "surrogateescape")
-    quoted = quote(encoded, safe="/:@!$&'()*+,;=-._~")
+    quoted = quote(_text_bytes(path), safe="/:@!$&'()*+,;=-._~")
     query = environ.get("QUERY_STRING")
     return f"{quoted}?{query}" if query else quoted
 

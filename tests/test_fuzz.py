@@ -213,8 +213,22 @@ def test_request_target_is_visible_ascii_and_keeps_the_bytes(target: str) -> Non
     try:
         raw = target.encode("latin-1")
     except UnicodeEncodeError:
-        raw = target.encode("utf-8", "surrogateescape")
+        raw = target.encode("utf-8", "surrogateescape" if _escapable(target) else "surrogatepass")
     assert unquote_to_bytes(sent) == unquote_to_bytes(raw)  # the same bytes once decoded
+
+
+def _escapable(target: str) -> bool:
+    try:
+        target.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@FUZZ
+@given(target=st.text(alphabet=st.sampled_from("/a%\udcff\ud800é"), max_size=12))
+def test_request_target_never_raises_on_surrogates(target: str) -> None:
+    assert re.fullmatch(r"[\x21-\x7e]*", request_target(target))
 
 
 @FUZZ
