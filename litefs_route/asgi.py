@@ -148,7 +148,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
     ) -> None:
         """Send the request to the primary ourselves (forward mode) and relay its answer, streaming."""
         router = self.router
-        client = scope.get("client")
+        client, server = scope.get("client"), scope.get("server")
         forward = router.forward(
             request,
             outcome.decision,
@@ -156,6 +156,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             client=client[0] if client else None,
             scheme=scope.get("scheme", "http"),
             chunked=request.content_length is None,  # HTTP/2 may send a body with neither header
+            server=f"{server[0]}:{server[1]}" if server and server[1] is not None else None,
         )
         if isinstance(forward, Reply):
             await self.send_reply(send, forward, outcome.state)

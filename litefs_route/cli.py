@@ -68,6 +68,7 @@ from .releases import (
 from .subscriber import DEFAULT_API_URL, OFF
 
 __all__ = [
+    "EXIT_DATABASE",
     "EXIT_MOUNT",
     "EXIT_NOT_WRITTEN",
     "EXIT_NO_PRIMARY",
@@ -85,6 +86,7 @@ EXIT_NO_PRIMARY = 4
 EXIT_TIMEOUT = 5
 EXIT_STEP_CLAIMED = 6
 EXIT_NOT_WRITTEN = 7
+EXIT_DATABASE = 8
 EXIT_CANNOT_RUN = 126  # as sh does
 EXIT_NOT_FOUND = 127
 
@@ -98,6 +100,8 @@ exit codes:
   5    wait, release wait, exec --after-release, promote: timed out
   6    exec --after-release: the step was claimed by a run that never finished
   7    release register/heartbeat: the record could not be written
+  8    release, wait --schema, exec --after-release: the database is not a
+       SQLite database, or is corrupt
   126  exec: command not executable
   127  exec: command not found
 
@@ -491,6 +495,10 @@ def _after_release(args: argparse.Namespace, litefs_dir: str | None, instance_id
         raise _Fail(EXIT_TIMEOUT, f"not running {shown}: {exc}") from None
     except RuntimeError as exc:
         raise _Fail(EXIT_NO_PRIMARY, f"not running {shown}: {exc}") from None
+    except sqlite3.OperationalError as exc:
+        raise _Fail(EXIT_MOUNT, f"not running {shown}: the registry cannot be read or written ({exc})") from None
+    except sqlite3.DatabaseError as exc:
+        raise _Fail(EXIT_DATABASE, f"not running {shown}: {_unreadable(exc)}") from None
     except sqlite3.Error as exc:
         raise _Fail(EXIT_MOUNT, f"not running {shown}: the registry cannot be read or written ({exc})") from None
     if code is None:
@@ -546,6 +554,8 @@ def _release(args: argparse.Namespace, instance_id: str) -> int:
         return EXIT_OK
     except (HaltLockError, sqlite3.OperationalError, ValueError) as exc:
         raise _Fail(EXIT_NOT_WRITTEN if args.action in ("register", "heartbeat") else EXIT_MOUNT, str(exc)) from None
+    except sqlite3.DatabaseError as exc:
+        raise _Fail(EXIT_DATABASE, f"release {args.action}: {_unreadable(exc)}") from None
     except WaitTimeout as exc:
         raise _Fail(EXIT_TIMEOUT, f"release wait: {exc}") from None
 
@@ -563,6 +573,10 @@ def _promote(args: argparse.Namespace, instance_id: str) -> int:
         raise _Fail(EXIT_TIMEOUT, f"promote: {exc}") from None
     _say(f"{instance_id} is the primary")
     return EXIT_OK
+
+
+def _unreadable(exc: sqlite3.DatabaseError) -> str:
+    return f"the database cannot be read ({exc}): it is not a SQLite database, or it is corrupt"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -583,6 +597,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _Fail as fail:
         _say(str(fail))
         return fail.code
+    except sqlite3.DatabaseError as exc:  # e.g. wait --schema on a file that is no SQLite database
+        _say(f"{args.command}: {_unreadable(exc)}")
+        return EXIT_DATABASE
     except KeyboardInterrupt:
         return 130
 

@@ -30,6 +30,9 @@ Names (absent until the first count):
     ``413`` and ``408`` answers.
 ``unavailable_replay_failed``
     ``503`` answers to requests Fly's proxy sent back (``fly-replay-failed``).
+``bad_requests``
+    ``400`` answers: requests with both ``Content-Length`` and
+    ``Transfer-Encoding`` (refused before anything runs, RFC 9112 §6.3).
 ``forwards``, ``forward_failures``, ``forbidden_forwards``
     Writes forward mode sent to the primary; those whose connection failed
     (a ``503`` or ``502``); requests refused ``403`` for claiming to be

@@ -203,18 +203,23 @@ def read_events(
             f"GET /events HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: application/json\r\n\r\n".encode("ascii")
         )
         stream.read_head(head_timeout)
-        wait = timeout if quiet_after is None else quiet_after
+        # Silence is "no event", not "no byte": a line dripped a byte at a
+        # time, or blank lines, must not keep the quiet check from running.
+        last_event = time.monotonic()
         while True:
+            wait = timeout if quiet_after is None else max(0.0, last_event + quiet_after - time.monotonic())
             line = stream.next_line(wait)
             if line is None:
                 if quiet_after is None:
-                    raise TimeoutError(f"LiteFS's event stream sent nothing for {timeout} s")
+                    raise TimeoutError(f"LiteFS's event stream sent no event for {timeout} s")
                 yield Quiet()
+                last_event = time.monotonic()
                 continue
             event = parse_event(line)
             if isinstance(event, Unusable):
                 raise EventStreamClosed(f"LiteFS's event stream sent {event.reason}")
             if event is not None:
+                last_event = time.monotonic()
                 yield event
     finally:
         stream.sock.close()
@@ -276,7 +281,11 @@ class _EventSocket:
                 self.chunked = "chunked" in value.lower()
 
     def next_line(self, timeout: float | None) -> bytes | None:
-        """The next line of events (at most _LINE_LIMIT + 1 bytes); None if none came within *timeout*."""
+        """The next line of events (at most _LINE_LIMIT + 1 bytes); None if no whole line came within *timeout*.
+
+        *timeout* bounds the wait for the whole line, however its bytes trickle in.
+        """
+        until = None if timeout is None else time.monotonic() + timeout
         while True:
             self._decode()  # what came in with the head, or since
             end = self.body.find(b"\n")
@@ -288,7 +297,8 @@ class _EventSocket:
                 return bytes(self.body)  # over the limit: parse_event calls it unusable
             if self.ended:  # after every line that came before the end
                 raise EventStreamClosed("LiteFS ended the event stream")
-            if not self._receive(timeout):
+            left = None if until is None else until - time.monotonic()
+            if (left is not None and left <= 0) or not self._receive(left):
                 return None
 
     def _decode(self) -> None:

@@ -23,13 +23,15 @@ import contextlib
 import http.client
 import logging
 import os
+import re
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from .replies import Reply, forward_failure_reply
+from .secret import Secret
 
 __all__ = [
     "DEFAULT_FORWARD_URL",
@@ -45,12 +47,15 @@ __all__ = [
     "Relay",
     "cgi_headers",
     "cgi_raw_target",
+    "cgi_server",
+    "cgi_target",
     "client_address",
     "drop_forward_claim",
     "forward_async",
     "forward_blocking",
     "forwarded_headers",
     "relayed_headers",
+    "request_target",
     "resolve_forward_url",
 ]
 
@@ -86,6 +91,13 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _CHUNK = 65536
+# A header this module writes must be a token and a value without CR, LF,
+# NUL or other controls (RFC 9110 5.1, 5.5): anything else could become a
+# header line of its own. Servers refuse such bytes today; we do not rely on it.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BAD_VALUE = re.compile(r"[^\t\x20-\x7e\x80-\xff]")
+# What a request target may hold as it is: visible ASCII. Anything else is percent-encoded.
+_TARGET_SAFE = "".join(chr(c) for c in range(0x21, 0x7F))
 # The largest response head accepted from the primary.
 _HEAD_LIMIT = 65536
 
@@ -109,7 +121,10 @@ class Forward:
     """A request about to be forwarded: where, with which headers, and how its body is framed."""
 
     target: ForwardTarget
+    #: The headers to send, but the secret (see :meth:`wire_headers`).
     headers: list[tuple[str, str]]
+    #: The cluster's secret, sent in :data:`SECRET_HEADER` (its repr hides it).
+    secret: Secret
     #: The body is sent chunked (its length is unknown); else it is *length* bytes.
     chunked: bool
     length: int | None
@@ -117,6 +132,10 @@ class Forward:
     timeout: float
     #: The ``Retry-After`` of a 503 when nothing was sent.
     retry_after: int
+
+    def wire_headers(self) -> list[tuple[str, str]]:
+        """The headers as sent, the secret included: read only by the code that sends them."""
+        return [*self.headers, (SECRET_HEADER, self.secret.reveal())]
 
 
 def resolve_forward_url(forward_url: ForwardURL, instance: str) -> ForwardTarget:
@@ -139,20 +158,24 @@ def forwarded_headers(
     *,
     client: str | None,
     scheme: str,
-    secret: str,
     hop: int,
     content_length: int | None,
+    default_host: str = "localhost",
 ) -> list[tuple[str, str]]:
-    """The request's headers as forwarded: hop-by-hop ones dropped, the client recorded, our secret and hop added.
+    """The request's headers as forwarded: hop-by-hop ones dropped, the client recorded, our hop count added.
 
     ``X-Forwarded-For`` gets the client's address appended (its earlier
     values kept, as every proxy does), ``Forwarded`` a ``for``/``proto``/
     ``host`` element (RFC 7239); ``X-Forwarded-Proto`` and ``-Host`` are set
     only where absent (an earlier proxy knows better). The ``Host`` header is
-    kept: the app builds its URLs from it. *content_length* None: the body
-    is sent chunked.
+    kept: the app builds its URLs from it; a request without one (HTTP/1.0)
+    gets *default_host* (the server it reached), as HTTP/1.1 requires one.
+    *content_length* None: the body is sent chunked. A header whose name is
+    no token or whose value holds CR, LF, NUL or another control is dropped.
+    The secret is not among them: the sender adds it (:meth:`Forward.wire_headers`).
     """
-    headers = list(headers)
+    headers = _safe_headers(headers)
+    client = client_address(client)  # an IP address, or nothing: it is written into two headers
     listed = {
         token.strip().lower() for name, value in headers if name.lower() == "connection" for token in value.split(",")
     }
@@ -172,7 +195,9 @@ def forwarded_headers(
         kept.append(("X-Forwarded-Proto", scheme))
     if host and "x-forwarded-host" not in names:
         kept.append(("X-Forwarded-Host", host))
-    kept += [(SECRET_HEADER, secret), (HOP_HEADER, str(hop))]
+    if host is None:  # (the server's own name: still checked, as everything written here)
+        kept.insert(0, ("Host", default_host if _safe_headers([("Host", default_host)]) else "localhost"))
+    kept.append((HOP_HEADER, str(hop)))
     if content_length is not None:
         kept.append(("Content-Length", str(content_length)))
     else:
@@ -180,10 +205,54 @@ def forwarded_headers(
     return kept
 
 
+def request_target(target: str) -> str:
+    """*target* (path and query) as it may go on the wire: anything but visible ASCII percent-encoded.
+
+    Servers hand over a raw target as a latin-1 string of its bytes (PEP 3333)
+    or as text; a raw UTF-8 target is encoded back to its bytes and escaped,
+    which the primary decodes to the same path. ``%`` is kept as it is: what
+    was escaped stays escaped exactly once.
+    """
+    if target.isascii() and target.isprintable() and " " not in target:
+        return target
+    return quote(_text_bytes(target), safe=_TARGET_SAFE)
+
+
+def _text_bytes(text: str) -> bytes:
+    """The bytes a server's string stands for: latin-1 (PEP 3333's native strings), else UTF-8."""
+    for encoding, errors in (("latin-1", "strict"), ("utf-8", "surrogateescape"), ("utf-8", "surrogatepass")):
+        with contextlib.suppress(UnicodeEncodeError):
+            return text.encode(encoding, errors)
+    raise AssertionError("surrogatepass encodes any str")
+
+
 def cgi_raw_target(environ: Mapping[str, Any]) -> str | None:
     """The path and query as the client sent them, where the server keeps a copy (gunicorn, Werkzeug); else None."""
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     return raw if isinstance(raw, str) and raw.startswith("/") else None
+
+
+def cgi_target(environ: Mapping[str, Any]) -> str:
+    """The path and query as the client sent them: the server's raw copy where it keeps one, else rebuilt.
+
+    Rebuilt from ``SCRIPT_NAME``, ``PATH_INFO`` and ``QUERY_STRING``, which
+    PEP 3333 gives as latin-1 strings of the bytes. The path is decoded once
+    already: a ``%`` in it is a character and is escaped again (``%25``), or
+    the primary would decode it a second time (``%252F`` must not become ``/``).
+    """
+    raw = cgi_raw_target(environ)
+    if raw is not None:
+        return raw
+    path = str(environ.get("SCRIPT_NAME", "")) + str(environ.get("PATH_INFO", ""))
+    quoted = quote(_text_bytes(path), safe="/:@!$&'()*+,;=-._~")
+    query = environ.get("QUERY_STRING")
+    return f"{quoted}?{query}" if query else quoted
+
+
+def cgi_server(environ: Mapping[str, Any]) -> str | None:
+    """The ``host:port`` a request reached, from a CGI-style mapping (for a request that named no ``Host``)."""
+    name, port = environ.get("SERVER_NAME"), environ.get("SERVER_PORT")
+    return f"{name}:{port}" if name and port else None
 
 
 def drop_forward_claim(environ: MutableMapping[str, Any]) -> None:
@@ -203,16 +272,33 @@ def cgi_headers(environ: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def relayed_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The primary's response headers as relayed: hop-by-hop ones dropped (``Content-Length`` kept)."""
-    headers = list(headers)
+    """The primary's response headers as relayed: hop-by-hop ones dropped, and unsafe ones.
+
+    ``Content-Length`` is kept, unless the primary also sent
+    ``Transfer-Encoding`` (which wins, RFC 9112 6.3): the body relayed is
+    then the decoded one, of a length no header announced.
+    """
+    headers = _safe_headers(headers)
     listed = {
         token.strip().lower() for name, value in headers if name.lower() == "connection" for token in value.split(",")
     }
+    keep_length = not any(n.lower() == "transfer-encoding" for n, _ in headers)
     return [
         (n, v)
         for n, v in headers
-        if n.lower() == "content-length" or (n.lower() not in _HOP_BY_HOP and n.lower() not in listed)
+        if (keep_length and n.lower() == "content-length") or (n.lower() not in _HOP_BY_HOP and n.lower() not in listed)
     ]
+
+
+def _safe_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """*headers* without those that could break a header block: a name that is no token, a value with controls."""
+    safe = []
+    for name, value in headers:
+        if _TOKEN.fullmatch(name) and not _BAD_VALUE.search(value):
+            safe.append((name, value))
+        else:
+            logger.debug("dropped a header that is not safe to write: %r", name[:64])
+    return safe
 
 
 # -- WSGI: blocking -----------------------------------------------------------------------------
@@ -268,8 +354,8 @@ def forward_blocking(forward: Forward, method: str, path_qs: str, body: Iterable
         logger.warning("could not forward a write to the primary %s: %r (not sent)", target.instance, exc)
         return forward_failure_reply(target.instance, False, f"cannot connect: {exc}", retry_after)
     try:
-        conn.putrequest(method, target.prefix + path_qs, skip_host=True, skip_accept_encoding=True)
-        for name, value in forward.headers:
+        conn.putrequest(method, target.prefix + request_target(path_qs), skip_host=True, skip_accept_encoding=True)
+        for name, value in forward.wire_headers():
             conn.putheader(name, value)
         conn.endheaders()
         for chunk in body:
@@ -302,7 +388,8 @@ def forward_blocking(forward: Forward, method: str, path_qs: str, body: Iterable
 
 def _relay(conn: http.client.HTTPConnection, response: http.client.HTTPResponse, target: ForwardTarget) -> Relay:
     headers = relayed_headers(response.getheaders())
-    return Relay(response.status, response.reason, headers, _Relayed(conn, response, target.instance))
+    reason = response.reason if _TOKEN.fullmatch(response.reason.replace(" ", "")) else ""  # echoed in a status line
+    return Relay(response.status, reason, headers, _Relayed(conn, response, target.instance))
 
 
 # -- ASGI: asyncio streams ----------------------------------------------------------------------
@@ -372,8 +459,8 @@ async def _send_request(
     prefix: Iterable[bytes],
     receive: Receive | None,
 ) -> None:
-    head = f"{method} {forward.target.prefix}{path_qs} HTTP/1.1\r\n"
-    head += "".join(f"{n}: {v}\r\n" for n, v in forward.headers) + "\r\n"
+    head = f"{method} {forward.target.prefix}{request_target(path_qs)} HTTP/1.1\r\n"
+    head += "".join(f"{n}: {v}\r\n" for n, v in forward.wire_headers()) + "\r\n"
     writer.write(head.encode("latin-1"))
     chunked, timeout, announced = forward.chunked, forward.timeout, forward.length
     sent = 0

@@ -23,6 +23,7 @@ from .forwarding import DEFAULT_FORWARD_URL, SECRET_ENV, ForwardURL, resolve_for
 from .mount import default_instance_id, is_valid_instance_id
 from .replies import Reply
 from .router import Router
+from .secret import Secret
 from .state_cache import StateCache
 from .subscriber import resolve_api_url, subscriber_for
 
@@ -259,7 +260,7 @@ class RoutingMiddleware(Generic[AppT]):
         """An adapter's own set-up, once the router exists (a hook; none by default)."""
 
 
-def _forward_secret(forward: str, forward_url: ForwardURL, option: str | None) -> str | None:
+def _forward_secret(forward: str, forward_url: ForwardURL, option: str | None) -> Secret | None:
     """The forward secret (option, else ``$LITEFS_ROUTE_FORWARD_SECRET``), with forward mode's options checked."""
     if forward not in ("off", "oversize", "always"):
         raise ValueError(f"forward must be 'off', 'oversize' or 'always', got {forward!r}")
@@ -269,7 +270,7 @@ def _forward_secret(forward: str, forward_url: ForwardURL, option: str | None) -
     ):
         raise ValueError(f"forward_secret (or ${SECRET_ENV}) must be at least 16 printable ASCII characters")
     if forward == "off":
-        return secret  # still checks the requests other instances forward here
+        return None if secret is None else Secret(secret)  # still checks the requests other instances forward here
     if secret is None:
         raise ValueError(f"forward={forward!r} needs a forward_secret (or ${SECRET_ENV}) shared by every instance")
     if isinstance(forward_url, str):
@@ -278,7 +279,7 @@ def _forward_secret(forward: str, forward_url: ForwardURL, option: str | None) -
         resolve_forward_url(forward_url, "instance")  # raises ValueError for a URL that is not http://host:port
     elif not callable(forward_url):
         raise TypeError("forward_url must be a URL template or a callable from instance id to URL")
-    return secret
+    return Secret(secret)
 
 
 def _database_names(option: str | Sequence[str]) -> tuple[str, ...]:

@@ -29,12 +29,15 @@ machines, whose clocks Fly keeps in sync.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import http.client
 import logging
 import os
 import pathlib
 import sqlite3
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -97,13 +100,19 @@ class StepRecord:
 
 
 class StepClaimed(Exception):
-    """The step was claimed by an instance that is gone from the registry and never finished it."""
+    """The step was claimed by a run that never finished it: its instance is gone, or it is this instance's own.
 
-    def __init__(self, record: StepRecord) -> None:
+    *own*: the claim is this instance's, left by an earlier life of it (a
+    Machine that died mid-step and restarted with the same id): no run of
+    it is under way, however live the instance looks.
+    """
+
+    def __init__(self, record: StepRecord, *, own: bool = False) -> None:
+        why = "this instance restarted since" if own else f"{record.instance} is gone"
         super().__init__(
             f"step {record.step!r} of release {record.release!r} was claimed by {record.instance} at "
             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(record.started_at))} UTC and not finished, "
-            f"and {record.instance} is gone"
+            f"and {why}"
         )
         self.record = record
 
@@ -330,7 +339,7 @@ def run_after_release(
     instance = instance_id or default_instance_id()
     table = _table_name(table)
     deadline = time.monotonic() + timeout
-    if _finished_elsewhere(path, release, step, table, gone_after, deadline):
+    if _finished_elsewhere(path, release, step, table, gone_after, deadline, instance):
         return None
     left = max(0.0, deadline - time.monotonic())
     wait_for_release(path, release, left, table=table, gone_after=gone_after, on_wait=on_wait)
@@ -339,10 +348,11 @@ def run_after_release(
     if not state.is_primary:
         raise RuntimeError(f"not the primary any more ({state.detail}): the step runs on the primary")
     conn = sqlite3.connect(path, timeout=10, isolation_level=None)
+    lock = _hold_run_lock(path, table, release, step, deadline)
     try:
         conn.executescript(_schema_sql(table))
         while _claim(conn, table, release, step, instance) is not None:
-            if _finished_elsewhere(path, release, step, table, gone_after, deadline):
+            if _finished_elsewhere(path, release, step, table, gone_after, deadline, instance, holding=True):
                 return None  # (else the other run failed and gave the claim back: claim it again)
         try:
             code = subprocess.call(list(cmd))
@@ -361,14 +371,70 @@ def run_after_release(
         return code
     finally:
         conn.close()
+        lock.close()
 
 
-def _finished_elsewhere(path: str, release: str, step: str, table: str, gone_after: float, deadline: float) -> bool:
+def _run_lock_path(path: str, table: str, release: str, step: str) -> str:
+    """The lock file this instance's run of the step holds: two runs on one instance tell each other apart by it."""
+    key = hashlib.sha256(f"{os.path.realpath(path)}\0{table}\0{release}\0{step}".encode()).hexdigest()[:32]
+    return os.path.join(tempfile.gettempdir(), f"litefs-route-step-{key}.lock")
+
+
+def _hold_run_lock(path: str, table: str, release: str, step: str, deadline: float) -> _RunLock:
+    """The run lock, held (until closed, or the process dies); waits for another local run until *deadline*."""
+    lock = _RunLock(_run_lock_path(path, table, release, step))
+    while not lock.try_acquire():
+        if time.monotonic() >= deadline:
+            lock.close()
+            raise WaitTimeout(f"step {step!r} of release {release!r} is being run by another process of this instance")
+        time.sleep(_POLL)
+    return lock
+
+
+class _RunLock:
+    """An ``flock`` on a local file: held by a run of a step while it claims and runs it."""
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def try_acquire(self) -> bool:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    def close(self) -> None:
+        os.close(self.fd)  # releases the lock
+
+
+def _local_run_under_way(path: str, table: str, release: str, step: str) -> bool:
+    """True if a process of this instance holds the step's run lock now."""
+    lock = _RunLock(_run_lock_path(path, table, release, step))
+    try:
+        return not lock.try_acquire()
+    finally:
+        lock.close()
+
+
+def _finished_elsewhere(
+    path: str,
+    release: str,
+    step: str,
+    table: str,
+    gone_after: float,
+    deadline: float,
+    me: str,
+    *,
+    holding: bool = False,
+) -> bool:
     """True if the step is done; False if nobody holds it. A run under way (its instance live) is waited for.
 
     Raises :class:`StepClaimed` for a claim whose instance is gone (a run
-    that never finished), :class:`~litefs_route.WaitTimeout` at *deadline*
-    while a live instance still holds it.
+    that never finished), or that is *me*'s own (this run has not claimed it
+    yet, so an earlier life of this instance did and died), and
+    :class:`~litefs_route.WaitTimeout` at *deadline* while a live instance
+    still holds it. *holding*: this run holds the run lock (no other local run is under way).
     """
     while True:
         record = step_record(path, release, step, table=table)
@@ -376,6 +442,10 @@ def _finished_elsewhere(path: str, release: str, step: str, table: str, gone_aft
             return False
         if record.done_at is not None:
             return True
+        # This instance's own claim, held by no process of it: left by an
+        # earlier life of it (same Machine ID after a restart). Never waited for.
+        if record.instance == me and (holding or not _local_run_under_way(path, table, release, step)):
+            raise StepClaimed(record, own=True)
         live = {r.instance for r in instances(path, table=table, gone_after=gone_after)}
         if record.instance not in live:
             raise StepClaimed(record)

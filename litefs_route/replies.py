@@ -48,6 +48,7 @@ Headers = tuple[tuple[str, str], ...]
 
 _REASONS = {
     200: "OK",
+    400: "Bad Request",
     403: "Forbidden",
     408: "Request Timeout",
     409: "Conflict",
@@ -123,6 +124,8 @@ def build_reply(decision: Decision, retry_after: int, replay_timeout: float | No
         return _text_reply(200, "OK\n", [("Cache-Control", "no-store")])
     if decision.kind is Kind.UNHEALTHY:
         return _text_reply(503, f"Replication lag exceeded: {decision.reason}\n", [("Cache-Control", "no-store")])
+    if decision.kind is Kind.BAD_REQUEST:
+        return _text_reply(400, f"This request was refused: {decision.reason}.\n", [])
     if decision.kind is Kind.FORBIDDEN:
         return _text_reply(403, f"This request was refused: {decision.reason}.\n", [])
     if decision.kind is Kind.UNAVAILABLE:

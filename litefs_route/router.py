@@ -160,12 +160,15 @@ class Router:
         client: str | None,
         scheme: str,
         chunked: bool,
+        server: str | None = None,
     ) -> Forward | Reply:
         """How to forward *request* on a FORWARD *decision* (counted); or the reply if ``forward_url`` fails.
 
         *chunked*: the body's length is unknown (the adapter knows what its
         server's framing means), so it is sent chunked; else it is the
-        request's ``Content-Length`` (none: no body).
+        request's ``Content-Length`` (none: no body). *server*: the
+        ``host[:port]`` the request reached, the ``Host`` of one sent without
+        (HTTP/1.0); None: the primary's address.
         """
         assert decision.target is not None  # FORWARD names the primary
         assert self.rules.forward_secret is not None  # forward mode refuses to start without one
@@ -180,11 +183,12 @@ class Router:
             headers,
             client=client_address(client),
             scheme=scheme,
-            secret=self.rules.forward_secret,
             hop=decision.hops,
             content_length=length,
+            default_host=server or f"{target.host}:{target.port}",
         )
-        return Forward(target, forwarded, chunked, length, self.forward_timeout, self.retry_after)
+        secret = self.rules.forward_secret
+        return Forward(target, forwarded, secret, chunked, length, self.forward_timeout, self.retry_after)
 
     def _warn(self, kind: str, message: str) -> None:
         """Log *message* as a warning at most once a minute per *kind* (a client can send these at will)."""

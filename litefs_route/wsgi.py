@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from .consistency import TxidCookies
 from .context import RequestContext, current_request, report_exception
@@ -38,7 +37,8 @@ from .forwarding import (
     SECRET_CGI_KEY,
     ClientBodyError,
     cgi_headers,
-    cgi_raw_target,
+    cgi_server,
+    cgi_target,
     drop_forward_claim,
     forward_blocking,
 )
@@ -128,12 +128,11 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
             client=environ.get("REMOTE_ADDR"),
             scheme=environ.get("wsgi.url_scheme", "http"),
             chunked=request.unknown_length,  # WSGI (HTTP/1.x): no Content-Length and not chunked is no body
+            server=cgi_server(environ),
         )
         if isinstance(forward, Reply):
             return _send_reply(start_response, forward, router.tags(outcome.state))
-        relay = forward_blocking(
-            forward, request.method, _request_target(environ), _body(environ, kept, forward.length)
-        )
+        relay = forward_blocking(forward, request.method, cgi_target(environ), _body(environ, kept, forward.length))
         if isinstance(relay, Reply):
             router.counters.add("forward_failures")
             return _send_reply(start_response, relay, router.tags(outcome.state))
@@ -234,18 +233,6 @@ def _measure_body(environ: WSGIEnvironment, limit: int, timeout: float, keep: Ke
     if not environ.get("wsgi.input_terminated"):
         return 0
     return measure_stream(environ["wsgi.input"].read, limit, timeout, keep)
-
-
-def _request_target(environ: WSGIEnvironment) -> str:
-    """The path and query as the client sent them (the server's raw copy where it keeps one)."""
-    raw = cgi_raw_target(environ)
-    if raw is not None:
-        return raw
-    path = quote(
-        (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode("latin-1"), safe="/:@!$&'()*+,;=-._~%"
-    )
-    query = environ.get("QUERY_STRING")
-    return f"{path}?{query}" if query else path
 
 
 def _body(environ: WSGIEnvironment, kept: KeptBody, length: int | None) -> Iterator[bytes]:

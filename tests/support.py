@@ -8,6 +8,7 @@ At the end, what the dev cluster's tests (``test_devcluster_*.py``) share.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -265,3 +266,104 @@ def start_dev(
         if line.startswith("ready: front "):
             break
     return process, lines
+
+
+# -- a primary that records requests byte for byte -----------------------------
+
+
+@dataclass
+class Received:
+    """A request as the stand-in primary read it off the wire."""
+
+    request_line: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+    def header(self, name: str) -> list[bytes]:
+        return [v for n, v in self.headers if n.lower() == name.lower().encode()]
+
+
+class StandInPrimary:
+    """A primary on 127.0.0.1 that records each request exactly as received, and answers *response* as given.
+
+    For what no real server does on purpose (answer with both framings) or
+    lets through (a header line a client injected): forward mode's own bytes,
+    as they leave the replica. ``url`` is its ``forward_url``.
+    """
+
+    OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 7\r\nConnection: close\r\n\r\nprimary"
+
+    def __init__(self, response: bytes = OK) -> None:
+        self.response = response
+        self.received: list[Received] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            with conn:
+                conn.settimeout(15)
+                try:
+                    self.received.append(self._read(conn))
+                    conn.sendall(self.response)
+                except (OSError, ValueError):
+                    continue
+
+    @staticmethod
+    def _read(conn: socket.socket) -> Received:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                raise ValueError(f"no complete head: {data!r}")
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        request_line, *lines = head.split(b"\r\n")
+        headers = [(n.strip(), v.strip()) for n, _, v in (line.partition(b":") for line in lines)]
+        values = {n.lower(): v for n, v in headers}
+
+        def more() -> bytes:
+            chunk = conn.recv(65536)
+            if not chunk:
+                raise ValueError("the body ended early")
+            return chunk
+
+        if values.get(b"transfer-encoding", b"").lower() == b"chunked":
+            body = b""
+            while True:
+                while b"\r\n" not in rest:
+                    rest += more()
+                size_line, _, rest = rest.partition(b"\r\n")
+                size = int(size_line.split(b";")[0], 16)
+                while len(rest) < size + 2:
+                    rest += more()
+                body, rest = body + rest[:size], rest[size + 2 :]
+                if size == 0:
+                    break
+        else:
+            length = int(values.get(b"content-length", b"0"))
+            while len(rest) < length:
+                rest += more()
+            body = rest[:length]
+        return Received(request_line, headers, body)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way
+        self.listener.close()
+        self.thread.join(10)
+
+
+@contextmanager
+def stand_in_primary(response: bytes = StandInPrimary.OK) -> Iterator[StandInPrimary]:
+    primary = StandInPrimary(response)
+    try:
+        yield primary
+    finally:
+        primary.close()

@@ -383,3 +383,50 @@ def test_an_after_release_step_that_fails_runs_again_and_one_that_never_finished
 
     bad_query = litefs_route("wait", "--schema", "1", "--query", "SELEC 1", *node)
     assert (bad_query.returncode, "the schema query 'SELEC 1' failed" in bad_query.stderr) == (2, True)
+
+
+def test_an_after_release_step_this_instance_left_unfinished_before_a_restart_exits_6_at_once(mount: Mount) -> None:
+    """Same FLY_MACHINE_ID after a restart: its own old claim is no live run to wait for (issue 24, 6)."""
+    mount.make_primary()
+    db = mount.path / "app.db"
+    node = ("--dir", str(mount.path), "--instance-id", ME, "--database", "app.db", "--api-url", "off")
+    assert litefs_route("release", "register", *node, "--release", "v1").returncode == 0
+    assert litefs_route("release", "status", *node).returncode == 0  # the tables exist
+    ran = litefs_route("exec", "--if-primary", "--after-release", "v1", *node, "--", sys.executable, "-c", "")
+    assert ran.returncode == 0
+    with sqlite3.connect(db) as conn:  # this instance claimed step s, then its Machine died mid-step
+        conn.execute(
+            "INSERT INTO litefs_route_instances_steps (release, step, instance, started_at) VALUES ('v1', 's', ?, 0)",
+            (ME,),
+        )
+    conn.close()
+    # A timeout no test waits out: before the fix it waited all of it, then exited 5.
+    step = ("exec", "--if-primary", "--after-release", "v1", "--step", "s", "--timeout", "3600", *node, "--")
+    stuck = litefs_route(*step, sys.executable, "-c", "print('ran again')")
+    assert stuck.returncode == 6, stuck.stderr
+    assert f"claimed by {ME} at 1970-01-01 00:00:00 UTC and not finished, and this instance restarted" in stuck.stderr
+    assert stuck.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("release", "status"),
+        ("release", "register", "--release", "v1"),
+        ("release", "wait", "--all-on", "v1", "--timeout", "30"),
+        ("wait", "--schema", "1", "--timeout", "30"),
+        ("exec", "--if-primary", "--after-release", "v1", "--timeout", "30", "--", sys.executable, "-c", ""),
+    ],
+    ids=["release-status", "release-register", "release-wait", "wait-schema", "exec-after-release"],
+)
+def test_a_corrupt_database_is_a_clear_message_and_exit_8(mount: Mount, command: tuple[str, ...]) -> None:
+    """Not a traceback and exit 1 (issue 24, 11): exit 8, documented, saying what is wrong."""
+    mount.make_primary()
+    (mount.path / "app.db").write_bytes(b"this is not a SQLite database " * 200)
+    node = ("--dir", str(mount.path), "--instance-id", ME, "--database", "app.db", "--api-url", "off")
+    split = command.index("--") if "--" in command else len(command)
+    head, tail = command[:split], command[split:]
+    done = litefs_route(*head, *node, *tail)
+    assert done.returncode == 8, done.stderr
+    assert "the database cannot be read (file is not a database)" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -296,3 +297,54 @@ def test_litefs_metrics_name_each_databases_txid(litefs_real_cluster: LiteFSClus
         assert read_txids(cluster.nodes[node].api_url) == {
             database: cluster.position(node, database) for database in ("app.db", "cache.db")
         }
+
+
+def _serve_dripping(head_and_init: bytes, drip: bytes, then: bytes) -> str:
+    """A LiteFS API stand-in: the head and init, then *drip* one byte at a time (20 ms apart), then *then*."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn, listener:
+            conn.recv(65536)
+            conn.sendall(head_and_init)
+            stop = threading.Event()
+            for byte in drip:
+                if stop.wait(0.02):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return  # the reader went away
+            with contextlib.suppress(OSError):
+                conn.sendall(then)
+                conn.recv(1)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+@pytest.mark.parametrize(
+    "drip",
+    [b'{"type":"tx",' + b" " * 200, b"\n" * 200],
+    ids=["a-partial-line-byte-by-byte", "blank-lines"],
+)
+def test_a_dripping_stream_is_still_quiet(drip: bytes) -> None:
+    """Bytes that make no event are silence: the quiet check runs while they drip (issue 24, 5).
+
+    The drip takes 4 s and ends in an event; the reader must say Quiet
+    (after quiet_after, 0.2 s) before that event, however busy the machine.
+    """
+    init = b'{"type":"init","data":{"isPrimary":false,"hostname":"node1"}}\n'
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n"
+    tx = TX + TX_TAIL
+    then = tx if drip.startswith(b"\n") else tx[len(b'{"type":"tx",') :]
+    url = _serve_dripping(head + init, drip, then)
+    events = read_events(url, timeout=None, connect_timeout=5, quiet_after=0.2)
+    try:
+        assert next(events) == Init(False, "node1")
+        assert next(events) == Quiet()
+    finally:
+        events.close()

@@ -108,7 +108,7 @@ def assert_safe_headers(headers: Any) -> None:
 
 def assert_safe_reply(router: Router, decision: Decision) -> None:
     reply = router.reply(decision)
-    assert reply.status in (409, 413, 503)
+    assert reply.status in (400, 409, 413, 503)
     assert reply.status_line.split(" ", 1)[0] == str(reply.status)
     assert_safe_headers(reply.headers)
     names = [name.lower() for name, _ in reply.headers]
@@ -267,6 +267,10 @@ def test_every_request_gets_a_decision_and_safe_headers(
             assert isinstance(decision, Decision | Pending)
             if isinstance(decision, Pending):  # I/O first: only a write off the primary
                 assert not state.is_primary
+                continue
+            if request.ambiguous_length:  # both Content-Length and Transfer-Encoding: refused anywhere
+                assert decision.kind is Kind.BAD_REQUEST
+                assert_safe_reply(router, decision)
                 continue
             if state.is_primary:
                 assert decision.kind is Kind.RUN

@@ -18,6 +18,7 @@ from django.core.handlers.asgi import ASGIRequest
 from django.core.signals import got_request_exception
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
+from django.utils.encoding import escape_uri_path
 
 from ..consistency import TxidCookies
 from ..context import RequestContext, current_request, report_exception
@@ -30,6 +31,7 @@ from ..forwarding import (
     Relay,
     cgi_headers,
     cgi_raw_target,
+    cgi_server,
     drop_forward_claim,
     forward_blocking,
 )
@@ -184,10 +186,11 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
             client=request.META.get("REMOTE_ADDR"),
             scheme=request.scheme or "http",
             chunked=chunked,
+            server=cgi_server(request.META),
         )
         if isinstance(forward, Reply):
             return self._reply(forward, outcome.state)
-        target = cgi_raw_target(request.META) or request.get_full_path()
+        target = _request_target(request, under_asgi)
         relay = forward_blocking(forward, info.method, target, _body(request, forward.length, kept))
         if isinstance(relay, Reply):
             router.counters.add("forward_failures")
@@ -280,6 +283,22 @@ def _request_info(request: HttpRequest, txid_cookies: TxidCookies | None) -> Req
         cookie=meta.get("HTTP_COOKIE"),
         txid_cookies=txid_cookies,
     )
+
+
+def _request_target(request: HttpRequest, under_asgi: bool) -> str:
+    """The path and query as the client sent them, for forwarding.
+
+    The server's raw copy where it keeps one; else Django's decoded path,
+    escaped again (``%`` too: ``%252F`` must not reach the primary as ``/``),
+    and the query's own bytes (``get_full_path()`` would re-encode a raw
+    non-ASCII query as if it were text).
+    """
+    raw = cgi_raw_target(request.META)
+    if raw is not None:
+        return raw
+    path = escape_uri_path(request.path)
+    query = request.scope.get("query_string", b"").decode("latin-1") if under_asgi else request.META.get("QUERY_STRING")
+    return f"{path}?{query}" if query else path
 
 
 def _body(request: HttpRequest, length: int | None, kept: KeptBody) -> Iterator[bytes]:
