@@ -78,6 +78,7 @@ import httpx
 from bench.apps.soak import SCHEMA, TABLE
 from litefs_route.devcluster.litefs import LITEFS_VERSION, LiteFSCluster, litefs_unavailable
 from litefs_route.devcluster.proxy import ReplayEvent
+from litefs_route.mount import parse_position
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE = "app.db"
@@ -567,19 +568,40 @@ def fault_json(fault: Fault, began: float) -> dict[str, Any]:
 def read_tables(
     cluster: LiteFSCluster, began_wall: float
 ) -> tuple[dict[str, Counter[str]], dict[str, list[tuple[str, float]]]]:
-    """Node id -> value -> how many rows hold it, on every running node; and the rows of each doubled value."""
-    tables: dict[str, Counter[str]] = {}
-    doubled: dict[str, list[tuple[str, float]]] = {}
+    """Node id -> value -> how many rows hold it, on every running node; and the rows of each doubled value.
+
+    Read on the primary, with a connection that may write: a node whose LiteFS
+    was killed mid-transaction can leave a hot journal, which only a writer may
+    roll back (a replica answers "attempt to write a readonly database"). A
+    replica at the primary's position (TXID and checksum: LiteFS's checksum of
+    the whole database) holds the same rows; one that is not is read itself.
+    """
+    primary = cluster.wait_primary(timeout=30)
+    conn = sqlite3.connect(cluster.db_path(primary), timeout=10, isolation_level=None)
+    try:
+        rows = Counter(value for (value,) in conn.execute(f"SELECT value FROM {TABLE}"))
+        doubled: dict[str, list[tuple[str, float]]] = {}
+        for value in (value for value, n in rows.items() if n > 1):
+            found = conn.execute(f"SELECT instance, at FROM {TABLE} WHERE value = ?", (value,))
+            doubled[value] = [(instance, round(at - began_wall, 3)) for instance, at in found]
+    finally:
+        conn.close()
+    tables: dict[str, Counter[str]] = {primary: rows}
+    at_primary = parse_position(cluster.read(primary, f"{cluster.database}-pos") or b"")
     for node in cluster.running:
-        conn = sqlite3.connect(f"file:{cluster.db_path(node)}?mode=ro", uri=True, timeout=10)
+        if node == primary:
+            continue
+        if (
+            at_primary is not None
+            and parse_position(cluster.read(node, f"{cluster.database}-pos") or b"") == at_primary
+        ):
+            tables[node] = rows
+            continue
+        replica = sqlite3.connect(f"file:{cluster.db_path(node)}?mode=ro", uri=True, timeout=10)
         try:
-            tables[node] = Counter(value for (value,) in conn.execute(f"SELECT value FROM {TABLE}"))
-            twice = [value for value, n in tables[node].items() if n > 1]
-            for value in twice if not doubled else ():  # one node's copy is enough
-                rows = conn.execute(f"SELECT instance, at FROM {TABLE} WHERE value = ?", (value,))
-                doubled[value] = [(instance, round(at - began_wall, 3)) for instance, at in rows]
+            tables[node] = Counter(value for (value,) in replica.execute(f"SELECT value FROM {TABLE}"))
         finally:
-            conn.close()
+            replica.close()
     return tables, doubled
 
 
