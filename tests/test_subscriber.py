@@ -467,6 +467,25 @@ def test_each_gunicorn_worker_follows_its_own_stream_after_a_preload_fork(
         server.wait(30)
 
 
+@pytest.mark.litefs
+def test_the_background_threads_import_nothing(litefs_real_cluster: LiteFSClusterFactory) -> None:
+    """A thread that imports can be forked mid-import (gunicorn --preload): the worker keeps a half-made module.
+
+    Seen as ``LookupError: unknown encoding: idna`` on every reconnection of
+    a worker's stream: getaddrinfo() imported the codec in the master's thread.
+    """
+    cluster = litefs_real_cluster(instances=2, lease="static")
+    node1, node2 = cluster.nodes["node1"], cluster.nodes["node2"]
+    _commit(cluster, "node1")  # the database exists everywhere
+    cluster.wait_replicated()
+    script = [sys.executable, "-m", "tests.background_threads", node2.mount_dir, node2.api_url]
+    result = subprocess.run(
+        [*script, cluster.db_path("node1"), node1.api_url], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [], result.stderr
+
+
 class _FailingOnceCache(StateCache):
     """A cache whose first push fails, as a bug in what the stream feeds would."""
 
