@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from litefs_route.cli import EXIT_OK, EXIT_TIMEOUT
+from litefs_route.releases import step_record
 from tests.support import wait_until
 
 if TYPE_CHECKING:
@@ -73,6 +74,11 @@ def _ran(marker: Path) -> list[str]:
     return marker.read_text().split() if marker.exists() else []
 
 
+def _step_done(cluster: LiteFSCluster, release: str) -> bool:
+    record = step_record(cluster.db_path("node1"), release, "after-release")
+    return record is not None and record.done_at is not None
+
+
 def _status(cluster: LiteFSCluster, node: str) -> dict[str, str]:
     result = _run(cluster, node, "release", "status", "--json")
     assert result.returncode == EXIT_OK, result.stderr
@@ -112,18 +118,37 @@ def test_a_rolling_deploy_runs_the_after_release_step_once_after_the_last_instan
 def test_an_instance_that_is_gone_no_longer_holds_the_step_back(
     litefs_real_cluster: LiteFSClusterFactory, tmp_path: Path
 ) -> None:
-    """An instance killed mid-deploy stops renewing: after --gone-after it is not waited for."""
+    """An instance killed mid-deploy stops renewing: after --gone-after it is not waited for.
+
+    The live instances renew (start.sh's heartbeat), as they must: an
+    instance that stopped renewing more than --gone-after ago counts as gone
+    whatever its release, and with every instance gone there is nobody to
+    wait for yet.
+    """
     cluster = litefs_real_cluster(instances=3, lease="consul")
     for node in ("node1", "node2"):
         _register(cluster, node, "v1")
     node3_last_seen_after = time.monotonic()  # its record's seen_at is later than this
     _register(cluster, "node3", "v1")
-    _register(cluster, "node1", "v2")
-    _register(cluster, "node2", "v2")  # node3 died before its new release started: it stays on v1
+    # node3 died before its new release started: it stays on v1, and renews no more.
+    heartbeats = [
+        _start(cluster, node, "release", "heartbeat", "--release", "v2", "--every", "0.2")
+        for node in ("node1", "node2")
+    ]
     marker = tmp_path / "ran"
-    step = _run(
-        cluster, "node1", "exec", "--if-primary", "--after-release", "v2", "--gone-after", "3", *_step(marker, "n1")
-    )
+    try:
+        wait_until(
+            lambda: _status(cluster, "node1") == {"node1": "v2", "node2": "v2", "node3": "v1"},
+            timeout=60,
+            what="node1 and node2 to run v2",
+        )
+        step = _run(
+            cluster, "node1", "exec", "--if-primary", "--after-release", "v2", "--gone-after", "3", *_step(marker, "n1")
+        )
+    finally:
+        for heartbeat in heartbeats:
+            heartbeat.terminate()
+            heartbeat.communicate(timeout=30)
     assert step.returncode == EXIT_OK, step.stderr
     assert time.monotonic() - node3_last_seen_after >= 3  # it waited for node3 until node3 counted as gone
     assert "node3 (v1)" in step.stderr
@@ -248,7 +273,8 @@ def test_the_worked_deploy_in_the_docs(litefs_real_cluster: LiteFSClusterFactory
         assert _ran(marker) == []
         stop("node3")
         boot("node3", "v2")
-        wait_until(marker.exists, timeout=30, what="the after-release step")
+        # Done as the registry records it: after the step's process exited, so its one line is all written.
+        wait_until(lambda: _step_done(cluster, "v2"), timeout=30, what="the after-release step")
         assert all(machine.poll() is None for machine in machines.values())  # every app is up
     finally:
         for node in list(machines):
