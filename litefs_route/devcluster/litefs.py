@@ -58,7 +58,17 @@ from types import TracebackType
 from typing import Any, Literal
 
 from ..mount import parse_position
-from .cluster import AppRunner, Instance, Interface, free_port, log_tail, pump_output, stop_process_group, wait_for
+from .cluster import (
+    AppRunner,
+    Instance,
+    Interface,
+    free_port,
+    log_tail,
+    pump_output,
+    release_port,
+    stop_process_group,
+    wait_for,
+)
 from .consul import ConsulStandIn
 from .proxy import FrontProxy
 from .reaper import FolderReaper, is_mounted, mounts_under, unmount
@@ -373,6 +383,10 @@ class LiteFSCluster:
         # it has mounted) costs one stop_timeout in all, not one per node.
         with ThreadPoolExecutor(max(1, len(self.nodes))) as pool:
             list(pool.map(self._stop_litefs, self.nodes.values()))
+        for port in [i.port for i in self.instances.values()] + [
+            p for n in self.nodes.values() for p in (n.http_port, n.proxy_port) if p is not None
+        ]:
+            release_port(port)
         if self.consul is not None:
             self.consul.close()
             self.consul = None
