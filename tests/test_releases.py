@@ -132,7 +132,7 @@ def test_an_instance_that_is_gone_no_longer_holds_the_step_back(
     _register(cluster, "node3", "v1")
     # node3 died before its new release started: it stays on v1, and renews no more.
     heartbeats = [
-        _start(cluster, node, "release", "heartbeat", "--release", "v2", "--every", "0.2")
+        _start(cluster, node, "release", "heartbeat", "--release", "v2", "--every", "0.5")
         for node in ("node1", "node2")
     ]
     marker = tmp_path / "ran"
