@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from litefs_route.consistency import PositionWatcher  # noqa: E402
+from litefs_route.devcluster import free_port  # noqa: E402  (reserved: the server binds it later)
 from litefs_route.devcluster.files import write_lag, write_position, write_primary  # noqa: E402
 
 DB = "app.db"
@@ -85,13 +85,6 @@ async def hello(request):
 
 app = PrimaryRoutingMiddleware(Starlette(routes=[Route("/", hello)]), consistency_wait=60)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def requests_per_second(url: str, seconds: float = 3.0, concurrency: int = 8) -> float:

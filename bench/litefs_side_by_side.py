@@ -75,7 +75,6 @@ from bench.run import (  # noqa: E402
     WrkConfig,
     WrkResult,
     ensure_tool,
-    free_port,
     http_request,
     log,
     log_cell,
@@ -87,6 +86,7 @@ from bench.run import (  # noqa: E402
     warm_up,
     wrk_columns,
 )
+from litefs_route.devcluster import free_port  # noqa: E402
 from litefs_route.devcluster.litefs import LITEFS_VERSION, find_litefs, litefs_unavailable  # noqa: E402
 from litefs_route.mount import parse_position  # noqa: E402
 

@@ -29,7 +29,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
 from bench.mount import PRIMARY_ID, SELF_ID, make_mounts  # noqa: E402
+from litefs_route.devcluster import free_port  # noqa: E402  (reserved: the server binds it later)
 
 POST_LUA = BENCH / "wrk" / "post.lua"
 CACHE_TTL = 1.0  # litefs-route's default, which the servers use
@@ -141,13 +141,6 @@ def wrk(url: str, *, method: str, connections: int, seconds: float, cpu: int) ->
 
 
 # -- servers ----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def http_request(port: int, method: str, path: str = "/") -> tuple[int, dict[str, str], bytes]:

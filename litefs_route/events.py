@@ -26,8 +26,20 @@ thread); it ends the stream, as an error, at the first unusable line.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+
+# getaddrinfo() and http.client encode a str host name with the "idna" codec,
+# which Python imports on first use. Imported in the event stream's thread,
+# that import could be cut in half by a fork (gunicorn --preload forks while
+# the master's thread runs): the child would find a half-initialised
+# encodings.idna, and the codec registry caches that failure for good
+# ("LookupError: unknown encoding: idna" on every reconnection). Looked up
+# here, while the module is imported, the codec is in the registry's cache
+# before any thread of ours runs.
+import encodings.idna  # noqa: F401
 import http.client
+import ipaddress
 import json
 import re
 import socket
@@ -37,6 +49,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from .mount import NodeState, Role, is_valid_instance_id
+
+codecs.lookup("idna")
 
 __all__ = [
     "EventStreamClosed",
@@ -347,7 +361,7 @@ def _connect(host: str, port: int, timeout: float | None) -> socket.socket:
     the reader then reconnects and re-reads the state, as it must.
     """
     error: OSError | None = None
-    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+    for family, kind, proto, address in _addresses(host, port):
         sock = socket.socket(family, kind, proto)
         try:
             # Before connect(): the window advertised in the handshake depends on it.
@@ -360,6 +374,26 @@ def _connect(host: str, port: int, timeout: float | None) -> socket.socket:
             continue
         return sock
     raise error if error is not None else OSError(f"cannot resolve {host}")
+
+
+def _addresses(host: str, port: int) -> list[tuple[int, int, int, tuple[str, int] | tuple[str, int, int, int]]]:
+    """Where *host*:*port* is: an IP address as it is (no resolver, no codec), a name through getaddrinfo()."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        if ip.version == 4:
+            return [(socket.AF_INET, socket.SOCK_STREAM, 0, (host, port))]
+        return [(socket.AF_INET6, socket.SOCK_STREAM, 0, (host, port, 0, 0))]
+    try:
+        name: str | bytes = host.encode("ascii")  # bytes: getaddrinfo() needs no codec for them
+    except UnicodeEncodeError:
+        name = host  # an internationalised name: the idna codec, looked up at import
+    return [
+        (family, kind, proto, address)  # type: ignore[misc]
+        for family, kind, proto, _, address in socket.getaddrinfo(name, port, type=socket.SOCK_STREAM)
+    ]
 
 
 def read_info(api_url: str, *, timeout: float = 2.0) -> Init | None:

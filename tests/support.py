@@ -78,6 +78,23 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10.0, what: str =
         time.sleep(0.002)
 
 
+def logged(path: str | os.PathLike[str], text: str, timeout: float = 30.0) -> str:
+    """The log at *path* once it holds *text*.
+
+    A dev-cluster process's output reaches its log file through a thread of
+    this process, after the process acted on it: a response can arrive
+    before the line it logged first is in the file.
+    """
+    found: list[str] = []
+
+    def holds() -> bool:
+        found[:] = [Path(path).read_text(errors="replace")]
+        return text in found[0]
+
+    wait_until(holds, timeout=timeout, what=f"{text!r} in {path}")
+    return found[0]
+
+
 def _free_socket() -> socket.socket:
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

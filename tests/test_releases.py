@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from litefs_route.cli import EXIT_OK, EXIT_TIMEOUT
+from litefs_route.releases import instances, step_record
 from tests.support import wait_until
 
 if TYPE_CHECKING:
@@ -63,6 +64,14 @@ def _register(cluster: LiteFSCluster, node: str, release: str, *extra: str) -> N
     assert result.returncode == EXIT_OK, result.stderr
 
 
+def _register_all(cluster: LiteFSCluster, release: str) -> None:
+    """node1 (the primary) creates the registry; the replicas register once it reached them (for their HALT lock)."""
+    _register(cluster, "node1", release)
+    cluster.wait_replicated()
+    for node in ("node2", "node3"):
+        _register(cluster, node, release)
+
+
 def _step(marker: Path, label: str) -> list[str]:
     """A step that appends *label* to *marker*: how many times it ran, and where."""
     code = f"open({str(marker)!r}, 'a').write({label!r} + chr(10))"
@@ -71,6 +80,11 @@ def _step(marker: Path, label: str) -> list[str]:
 
 def _ran(marker: Path) -> list[str]:
     return marker.read_text().split() if marker.exists() else []
+
+
+def _step_done(cluster: LiteFSCluster, release: str) -> bool:
+    record = step_record(cluster.db_path("node1"), release, "after-release")
+    return record is not None and record.done_at is not None
 
 
 def _status(cluster: LiteFSCluster, node: str) -> dict[str, str]:
@@ -83,8 +97,7 @@ def test_a_rolling_deploy_runs_the_after_release_step_once_after_the_last_instan
     litefs_real_cluster: LiteFSClusterFactory, tmp_path: Path
 ) -> None:
     cluster = litefs_real_cluster(instances=3, lease="consul")
-    for node in ("node1", "node2", "node3"):  # the primary first: it creates the registry
-        _register(cluster, node, "v1")
+    _register_all(cluster, "v1")
     cluster.wait_replicated()
     assert _status(cluster, "node3") == {"node1": "v1", "node2": "v1", "node3": "v1"}
 
@@ -112,21 +125,43 @@ def test_a_rolling_deploy_runs_the_after_release_step_once_after_the_last_instan
 def test_an_instance_that_is_gone_no_longer_holds_the_step_back(
     litefs_real_cluster: LiteFSClusterFactory, tmp_path: Path
 ) -> None:
-    """An instance killed mid-deploy stops renewing: after --gone-after it is not waited for."""
+    """An instance killed mid-deploy stops renewing: after --gone-after it is not waited for.
+
+    Every instance renews (start.sh's heartbeat) until node3 is killed, once
+    the step waits for it: how long anything took never decides who is live.
+    """
     cluster = litefs_real_cluster(instances=3, lease="consul")
-    for node in ("node1", "node2"):
-        _register(cluster, node, "v1")
-    node3_last_seen_after = time.monotonic()  # its record's seen_at is later than this
-    _register(cluster, "node3", "v1")
-    _register(cluster, "node1", "v2")
-    _register(cluster, "node2", "v2")  # node3 died before its new release started: it stays on v1
+    _register_all(cluster, "v1")
+    beats = {
+        node: _start(cluster, node, "release", "heartbeat", "--release", release, "--every", "0.5")
+        for node, release in (("node1", "v2"), ("node2", "v2"), ("node3", "v1"))
+    }
     marker = tmp_path / "ran"
-    step = _run(
-        cluster, "node1", "exec", "--if-primary", "--after-release", "v2", "--gone-after", "3", *_step(marker, "n1")
-    )
-    assert step.returncode == EXIT_OK, step.stderr
-    assert time.monotonic() - node3_last_seen_after >= 3  # it waited for node3 until node3 counted as gone
-    assert "node3 (v1)" in step.stderr
+    try:
+        wait_until(
+            lambda: _status(cluster, "node1") == {"node1": "v2", "node2": "v2", "node3": "v1"},
+            timeout=60,
+            what="node1 and node2 to run v2, node3 v1",
+        )
+        with _start(
+            cluster, "node1", "exec", "--if-primary", "--after-release", "v2", "--gone-after", "3", *_step(marker, "n1")
+        ) as step:
+            assert step.stderr is not None
+            waiting = next((line for line in step.stderr if "not yet" in line), "")
+            assert "not yet: node3 (v1)" in waiting  # it waits for node3
+            beats["node3"].kill()  # node3's Machine dies mid-deploy: it renews no more
+            beats["node3"].wait(30)
+            stderr = step.stderr.read()
+            step.wait(60)
+    finally:
+        for beat in beats.values():
+            beat.terminate()
+            beat.communicate(timeout=30)
+    assert step.returncode == EXIT_OK, stderr
+    record = step_record(cluster.db_path("node1"), "v2", "after-release")
+    [node3] = [r for r in instances(cluster.db_path("node1"), gone_after=None) if r.instance == "node3"]
+    assert record is not None
+    assert record.started_at - node3.seen_at >= 3  # it ran once node3 counted as gone, not before
     assert _ran(marker) == ["n1"]
     assert _run(cluster, "node1", "release", "wait", "--all-on", "v3", "--timeout", "0.5").returncode == EXIT_TIMEOUT
 
@@ -158,8 +193,7 @@ def test_promote_moves_the_lease_and_the_step_runs_there(
     litefs_real_cluster: LiteFSClusterFactory, tmp_path: Path
 ) -> None:
     cluster = litefs_real_cluster(instances=3, lease="consul")
-    for node in ("node1", "node2", "node3"):
-        _register(cluster, node, "v1")
+    _register_all(cluster, "v1")
     promoted = _run(cluster, "node2", "promote", "--timeout", "30")
     assert promoted.returncode == EXIT_OK, promoted.stderr
     assert cluster.read("node2", ".primary") is None  # node2 holds the lease
@@ -176,8 +210,7 @@ def test_promote_moves_the_lease_and_the_step_runs_there(
 def test_two_runs_racing_for_one_step_run_it_once(litefs_real_cluster: LiteFSClusterFactory, tmp_path: Path) -> None:
     """Every candidate's exec entry at once (and the primary's twice): the step runs once, the rest skip."""
     cluster = litefs_real_cluster(instances=3, lease="consul")
-    for node in ("node1", "node2", "node3"):
-        _register(cluster, node, "v1")
+    _register_all(cluster, "v1")
     marker = tmp_path / "ran"
     slow = ["--", sys.executable, "-c", f"import time; time.sleep(1); open({str(marker)!r}, 'a').write('x' + chr(10))"]
     racing = [
@@ -238,8 +271,7 @@ def test_the_worked_deploy_in_the_docs(litefs_real_cluster: LiteFSClusterFactory
         os.killpg(machines[node].pid, signal.SIGKILL)  # the Machine, its app and its background jobs
         machines[node].wait(10)
 
-    for node in ("node1", "node2", "node3"):  # the previous release runs everywhere, registered
-        _register(cluster, node, "v1")
+    _register_all(cluster, "v1")  # the previous release runs everywhere, registered
     try:
         boot("node1", "v2")  # the primary first: its after-release step waits for the others
         boot("node2", "v2")
@@ -248,7 +280,8 @@ def test_the_worked_deploy_in_the_docs(litefs_real_cluster: LiteFSClusterFactory
         assert _ran(marker) == []
         stop("node3")
         boot("node3", "v2")
-        wait_until(marker.exists, timeout=30, what="the after-release step")
+        # Done as the registry records it: after the step's process exited, so its one line is all written.
+        wait_until(lambda: _step_done(cluster, "v2"), timeout=30, what="the after-release step")
         assert all(machine.poll() is None for machine in machines.values())  # every app is up
     finally:
         for node in list(machines):

@@ -26,7 +26,7 @@ from litefs_route.mount import NodeState, Role, read_position
 from litefs_route.state_cache import StateCache
 from litefs_route.subscriber import DEFAULT_API_URL, EventSubscriber, resolve_api_url
 from tests.apps import flask_app, starlette_app
-from tests.support import ROOT, serve_under, serve_wsgi, wait_until
+from tests.support import ROOT, logged, serve_under, serve_wsgi, wait_until
 
 if TYPE_CHECKING:
     from litefs_route.devcluster.litefs import LiteFSCluster
@@ -225,19 +225,14 @@ def test_an_unreachable_api_leaves_routing_on_the_mount(mount: Any, caplog: pyte
     assert caplog.text.count("is not reachable") == 1
 
 
-class _SlowWatcher(PositionWatcher):
-    """A watcher that holds up the subscriber's thread on its database's first tx event, as a busy process would."""
-
-    def __init__(self, litefs_dir: str, database: str) -> None:
-        super().__init__(litefs_dir, database)
-        self.held = threading.Event()
-        self.release = threading.Event()
-
-    def advance(self, txid: int) -> None:
-        if self.pushed and not self.release.is_set():
-            self.held.set()
-            self.release.wait(300)
-        super().advance(txid)
+def _send_queue(port: int) -> int:
+    """Bytes queued in the sockets of the server on 127.0.0.1:*port* that their peers have not taken (Linux)."""
+    queued = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()  # sl local_address rem_address st tx_queue:rx_queue ...
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "01":  # ESTABLISHED
+            queued += int(fields[4].split(":")[0], 16)
+    return queued
 
 
 @pytest.mark.litefs
@@ -245,46 +240,65 @@ def test_litefs_closing_a_slow_subscriber(
     litefs_real_cluster: LiteFSClusterFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     """LiteFS drops a subscriber 1,024 events behind (once the sockets' buffers are full): it reconnects, re-reads."""
+    from litefs_route.devcluster.litefs import TcpRelay
+
     caplog.set_level(logging.INFO, logger="litefs_route")
     cluster = litefs_real_cluster(instances=1, lease="static")
     node = cluster.nodes["node1"]
     databases = ["a.db", "b.db", "c.db", "d.db"]
     for database in databases:
         _commit(cluster, "node1", database)
-    slow = _SlowWatcher(node.mount_dir, "a.db")
-    subscriber = EventSubscriber(node.api_url, node.mount_dir)
+    # A path to LiteFS that stops taking bytes: its send queue to us fills, then its 1,024-event channel.
+    # Narrow, so that the queue holds a few hundred events, not the megabytes loopback's segments allow.
+    relay = TcpRelay(("127.0.0.1", node.http_port), narrow=True)
+    watcher = PositionWatcher(node.mount_dir, "a.db")
+    subscriber = EventSubscriber(relay.url, node.mount_dir, quiet_after=NEVER)  # no /info while it stalls
     middleware = _middleware_on(cluster, "node1", cache_ttl=NEVER, litefs_api_url="off")
-    subscriber.attach(middleware.router.cache, [slow])
+    subscriber.attach(middleware.router.cache, [watcher])
     middleware.router.cache.get()
-    wait_until(lambda: subscriber.up, what="the event stream to come up")
+    done = [0] * len(databases)
+    enough = threading.Event()
 
-    # LiteFS drops a subscriber when its 1,024-event channel is full, which
-    # happens only once the sockets' buffers are: the sender's may grow to
-    # tcp_wmem's maximum (the reader's is bounded at 64 KiB). Events are
-    # ~180 bytes; commit enough to overflow all of it, with a margin.
-    send_buffer = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
-    per_database = (send_buffer // 150 + 2 * 1024) // len(databases) + 1
-
-    def commit(database: str) -> int:
+    def commit(index: int, database: str) -> int:
         with sqlite3.connect(cluster.db_path("node1", database), isolation_level=None) as db:
             db.execute("PRAGMA journal_mode=wal")
-            for _ in range(per_database):
+            while not enough.is_set():
                 db.execute("INSERT INTO t VALUES ('x')")
+                done[index] += 1
         db.close()
-        return per_database
+        return done[index]
 
-    with ThreadPoolExecutor(len(databases)) as pool:
-        committed = [pool.submit(commit, database) for database in databases]
-        wait_until(lambda: slow.held.is_set(), what="the subscriber to be held up")
-        total = sum(f.result(timeout=240) for f in committed)
-    assert subscriber.connections == 1
-    slow.release.set()
-    wait_until(lambda: subscriber.connections == 2 and subscriber.up, timeout=60, what="the reconnection")
-    assert "event stream buffer exceeded" in Path(node.log_path).read_text()  # LiteFS's own word for it
-    print(f"LiteFS dropped the slow subscriber; {total} commits")
+    # Until the send queue stopped growing 1,024 events ago (one event per commit), and a margin: from
+    # then on every event waited in the channel, and the one after the 1,024th overflowed it.
+    queued, grew_at = -1, 0
+
+    def channel_overflowed() -> bool:
+        nonlocal queued, grew_at
+        now, commits = _send_queue(node.http_port), sum(done)
+        if now != queued:
+            queued, grew_at = now, commits
+        return commits >= grew_at + 1024 + 256
+
+    try:
+        wait_until(lambda: subscriber.up, what="the event stream to come up")
+        relay.pause()
+        with ThreadPoolExecutor(len(databases)) as pool:
+            committed = [pool.submit(commit, i, database) for i, database in enumerate(databases)]
+            try:
+                wait_until(channel_overflowed, timeout=100, what="LiteFS's queue and channel for us to fill")
+            finally:
+                enough.set()
+            total = sum(f.result() for f in committed)
+        assert subscriber.connections == 1
+        relay.resume()
+        wait_until(lambda: subscriber.connections == 2 and subscriber.up, timeout=60, what="the reconnection")
+    finally:
+        relay.close()
+    logged(node.log_path, "event stream buffer exceeded")  # LiteFS's own word for it
+    print(f"LiteFS dropped the slow subscriber after {total} commits ({queued} bytes queued in its socket)")
     position = read_position(node.mount_dir, "a.db")
     assert position is not None
-    wait_until(lambda: slow.last_known == position.txid, what="a.db's TXID re-read")
+    wait_until(lambda: watcher.last_known == position.txid, what="a.db's TXID re-read")
     assert "dropped" in caplog.text
     assert "is back up" in caplog.text
 
@@ -467,6 +481,25 @@ def test_each_gunicorn_worker_follows_its_own_stream_after_a_preload_fork(
     finally:
         server.terminate()
         server.wait(30)
+
+
+@pytest.mark.litefs
+def test_the_background_threads_import_nothing(litefs_real_cluster: LiteFSClusterFactory) -> None:
+    """A thread that imports can be forked mid-import (gunicorn --preload): the worker keeps a half-made module.
+
+    Seen as ``LookupError: unknown encoding: idna`` on every reconnection of
+    a worker's stream: getaddrinfo() imported the codec in the master's thread.
+    """
+    cluster = litefs_real_cluster(instances=2, lease="static")
+    node1, node2 = cluster.nodes["node1"], cluster.nodes["node2"]
+    _commit(cluster, "node1")  # the database exists everywhere
+    cluster.wait_replicated()
+    script = [sys.executable, "-m", "tests.background_threads", node2.mount_dir, node2.api_url]
+    result = subprocess.run(
+        [*script, cluster.db_path("node1"), node1.api_url], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [], result.stderr
 
 
 class _FailingOnceCache(StateCache):

@@ -42,7 +42,7 @@ Werkzeug / wsgiref (WSGI) in subprocesses.
 
 from __future__ import annotations
 
-from .cluster import DEFAULT_APP, Cluster, Instance, free_port, port_open, wait_for
+from .cluster import DEFAULT_APP, Cluster, Instance, free_port, port_open, release_port, wait_for
 from .proxy import MAX_REPLAYS, REPLAY_BODY_LIMIT, FrontProxy, ReplayEvent, parse_fly_replay
 from .replication import Replicator
 
@@ -58,5 +58,6 @@ __all__ = [
     "free_port",
     "parse_fly_replay",
     "port_open",
+    "release_port",
     "wait_for",
 ]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import IO, Literal
 
+from .ports import release_port, reserve_port
 from .proxy import FrontProxy
 from .reaper import FolderReaper
 from .replication import Replicator, resolve_ids
@@ -30,6 +31,7 @@ __all__ = [
     "free_port",
     "log_tail",
     "pump_output",
+    "release_port",
     "stop_process_group",
     "wait_for",
 ]
@@ -46,10 +48,11 @@ WSGIServer = Literal["auto", "gunicorn"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port for a server to bind later, reserved for this process until :func:`release_port` or its exit.
+
+    Not one that was merely free a moment ago: see :mod:`litefs_route.devcluster.ports`.
+    """
+    return reserve_port(host)
 
 
 def port_free(host: str, port: int) -> bool:
@@ -234,6 +237,7 @@ class Cluster:
             self._front.close()
         for instance in self.instances.values():
             self._terminate(instance)
+            release_port(instance.port)
         if self._replicator is not None:
             self._replicator.close()
             self._replicator = None
@@ -339,8 +343,9 @@ class Cluster:
             try:
                 self._wait_ready(instance)
             except RuntimeError:
-                # Most likely the old port was taken meanwhile: try a fresh one, once.
+                # A process that does not reserve its ports may have taken it meanwhile: a fresh one, once.
                 self._terminate(instance)
+                release_port(instance.port)
                 instance.port = free_port(self.host)
                 self._spawn(instance)
                 self._wait_ready(instance)

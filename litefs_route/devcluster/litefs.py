@@ -66,6 +66,7 @@ from .cluster import (
     free_port,
     log_tail,
     pump_output,
+    release_port,
     stop_process_group,
     wait_for,
 )
@@ -130,10 +131,19 @@ class TcpRelay:
     Paused, it stops moving bytes in both directions (connections stay open,
     so the peers see a stalled network, not a closed one); resumed, it moves
     what was waiting. New connections are accepted while paused and wait too.
+
+    *narrow*: the relay's connections to *target* take as few bytes as TCP
+    allows before a pause stalls the sender (the smallest receive buffer and
+    segments). The sender's kernel sizes its send buffer by the segment
+    size: on loopback (64 KiB segments) it grows to megabytes, which a
+    test would have to fill before the sender notices the stall.
     """
 
-    def __init__(self, target: tuple[str, int], host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, target: tuple[str, int], host: str = "127.0.0.1", port: int = 0, *, narrow: bool = False
+    ) -> None:
         self.target = target
+        self.narrow = narrow
         self._listener = socket.create_server((host, port))
         self._running = threading.Event()
         self._running.set()
@@ -183,9 +193,15 @@ class TcpRelay:
                 client, _ = self._listener.accept()
             except OSError:
                 return
+            upstream = socket.socket(socket.AF_INET6 if ":" in self.target[0] else socket.AF_INET, socket.SOCK_STREAM)
             try:
-                upstream = socket.create_connection(self.target, timeout=5)
+                if self.narrow:  # before connect(): the window and segment size are announced in the handshake
+                    upstream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1)
+                    upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 88)
+                upstream.settimeout(5)
+                upstream.connect(self.target)
             except OSError:
+                upstream.close()
                 client.close()
                 continue
             upstream.settimeout(None)
@@ -387,6 +403,10 @@ class LiteFSCluster:
         # it has mounted) costs one stop_timeout in all, not one per node.
         with ThreadPoolExecutor(max(1, len(self.nodes))) as pool:
             list(pool.map(self._stop_litefs, self.nodes.values()))
+        for port in [i.port for i in self.instances.values()] + [
+            p for n in self.nodes.values() for p in (n.http_port, n.proxy_port) if p is not None
+        ]:
+            release_port(port)
         if self.consul is not None:
             self.consul.close()
             self.consul = None

@@ -12,8 +12,11 @@ import contextlib
 import logging
 import socket
 import threading
+import weakref
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from .ports import release_port, reserve_port
 
 __all__ = ["ServerThread", "TrackingHTTPServer"]
 
@@ -74,6 +77,11 @@ class ServerThread:
         self.name = name
         self.server: TrackingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        if not port:
+            # Not port 0 at the first start: the port is bound again after a close() (an outage), and
+            # a port the kernel handed out is anyone's meanwhile. Reserved until this object is gone.
+            self.port = reserve_port(host)
+            weakref.finalize(self, release_port, self.port)
 
     def start(self, poll_interval: float = 0.05) -> None:
         """Listen and serve in a daemon thread (a no-op if already serving)."""
