@@ -118,7 +118,12 @@ class RequestContext:
         """The plan that decides the ending (drive it, then :meth:`settle`); None if the ending is known."""
         if self.ending is not None:
             return None
-        return self.router.settlement(self.request, failure=None if self.failure is None else self.failure.kind)
+        # self.state is still the reading the request was routed on (settle() replaces it).
+        return self.router.settlement(
+            self.request,
+            failure=None if self.failure is None else self.failure.kind,
+            routed_as_primary=self.state.is_primary,
+        )
 
     def settle(self, outcome: Outcome) -> Reply:
         """Record the ending a settlement plan decided; returns its reply."""

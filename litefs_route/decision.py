@@ -41,9 +41,10 @@ The rules, in order:
 8. A request whose app ran here but that must end on the primary
    (``ensure_primary()`` with no primary known, or SQLite failing its write
    because of LiteFS) is *settled* on a fresh reading of the mount. A write
-   that may have run (an I/O error, unless this node's LiteFS is still
-   running and is not the primary; see :mod:`litefs_route.sqlite_errors`)
-   ends in 502 with its outcome unknown, never replayed. Any other waits for a primary as rule 4 and is replayed,
+   that may have run (an I/O error, unless this node was routed as a replica
+   and its LiteFS is still running and not the primary; see
+   :mod:`litefs_route.sqlite_errors`) ends in 502 with its outcome unknown,
+   never replayed. Any other waits for a primary as rule 4 and is replayed,
    or refused with 503; it is never run again here.
 9. ``ensure_instance(id)``: the request runs on that instance and is
    replayed to it from any other, within ``max_replays`` (past it: 503, the
@@ -766,15 +767,22 @@ def plan_request(request: RequestInfo, rules: Rules, *, known_txids: tuple[int |
                 assert_never(step)
 
 
-def plan_settlement(request: RequestInfo, rules: Rules, *, failure: WriteFailureKind | None = None) -> Plan:
+def plan_settlement(
+    request: RequestInfo,
+    rules: Rules,
+    *,
+    failure: WriteFailureKind | None = None,
+    routed_as_primary: bool = False,
+) -> Plan:
     """Rule 8: the answer for a request that ran here but must end on the primary.
 
     *failure*: how SQLite failed the request's write (None: ``ensure_primary()``
-    ended it). Never RUN (the app already ran); the outcome's state is the
-    fresh reading it was decided on (for the reply's tags).
+    ended it). *routed_as_primary*: the reading the request was routed on
+    said this node is the primary. Never RUN (the app already ran); the
+    outcome's state is the fresh reading it was decided on (for the reply's tags).
     """
     state = _expect_state((yield ReadMount()))
-    if failure is WriteFailureKind.IO_ERROR and not _refused_by_litefs(state):
+    if failure is WriteFailureKind.IO_ERROR and not _refused_by_litefs(state, routed_as_primary):
         reason = _MAY_HAVE_RUN_REASON.format(state.instance_id)
         return Outcome(Decision(Kind.OUTCOME_UNKNOWN, True, reason=reason), state)
     state = yield from _wait_for_primary(state, rules, from_mount=True)
@@ -794,18 +802,20 @@ def plan_settlement(request: RequestInfo, rules: Rules, *, failure: WriteFailure
             assert_never(step)
 
 
-def _refused_by_litefs(state: NodeState) -> bool:
-    """True if an I/O error proves the write did not run: LiteFS, still running, refused it.
+def _refused_by_litefs(state: NodeState, routed_as_primary: bool) -> bool:
+    """True if an I/O error proves the write did not run: LiteFS refused it on a replica.
 
     LiteFS checks that this node may write before it applies anything
     (``db.Writeable()`` in ``WriteJournalAt``, ``WriteDatabaseAt``,
     ``CommitJournal``, ``WriteWALAt``) and answers EACCES, which SQLite
-    reports as ``SQLITE_IOERR_*``, on a replica (WAL mode) and on a primary
-    demoted mid-transaction (a handoff). A LiteFS that was killed or stopped
-    leaves a dead or empty mount instead: the same error may then follow a
-    commit it applied. *state* is the mount read right after the failure.
+    reports as ``SQLITE_IOERR_*``: a WAL-mode replica's refusal. A node
+    routed as a replica cannot have committed; *state*, the mount read right
+    after the failure, shows it still cannot (LiteFS running, not the
+    primary). On a node routed as the primary the same error may follow a
+    commit: a LiteFS being stopped fails calls after it (its mount answers
+    a moment longer), and a killed one leaves a dead mount.
     """
-    return not state.is_primary and state.mount_error is None and state.litefs_seen
+    return not routed_as_primary and not state.is_primary and state.mount_error is None and state.litefs_seen
 
 
 def assert_never(value: NoReturn) -> NoReturn:

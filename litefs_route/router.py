@@ -102,9 +102,11 @@ class Router:
         """The plan that routes *request* (drive it with :mod:`litefs_route.drivers`)."""
         return plan_request(request, self.rules, known_txids=self.known_txids(request))
 
-    def settlement(self, request: RequestInfo, *, failure: WriteFailureKind | None = None) -> Plan:
+    def settlement(
+        self, request: RequestInfo, *, failure: WriteFailureKind | None = None, routed_as_primary: bool = False
+    ) -> Plan:
         """The plan that ends a request that ran here but must end on the primary (see :func:`plan_settlement`)."""
-        return plan_settlement(request, self.rules, failure=failure)
+        return plan_settlement(request, self.rules, failure=failure, routed_as_primary=routed_as_primary)
 
     def outcome_without_io(self, request: RequestInfo) -> Outcome | None:
         """The plan's outcome if it needs no I/O at all (the cached reading is fresh), else None."""

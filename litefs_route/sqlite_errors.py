@@ -25,16 +25,18 @@ SQLite's answer                where it was seen                           class
                                its LiteFS was stopped or killed waits out
                                its busy timeout for a lock it never gets
 ``SQLITE_IOERR_LOCK``          SIGTERM or kill -9 of LiteFS under an open   refused
-(``_RDLOCK``,                  connection, and at COMMIT in rollback mode
-``_CHECKRESERVEDLOCK``)        after a kill mid-transaction: a lock not
+(``_CHECKRESERVEDLOCK``)       connection, and at COMMIT in rollback mode
+                               after a kill mid-transaction: a lock not
                                taken, always before LiteFS's commit point
 ``SQLITE_IOERR_WRITE``         first write on a replica in WAL mode; and    i/o error
                                kill -9 of LiteFS mid-transaction (WAL)
 ``SQLITE_IOERR_*``             kill -9 of LiteFS during a transaction or    i/o error
                                its COMMIT (``_WRITE``, ``_DELETE``,
-                               ``_FSTAT``, ``_FSYNC``, ``_UNLOCK``...).
-                               LiteFS may already have applied and
-                               shipped the commit (seen with ``_UNLOCK``)
+                               ``_FSTAT``, ``_FSYNC``, ``_RDLOCK``,
+                               ``_UNLOCK``...). LiteFS may already have
+                               applied and shipped the commit (seen with
+                               ``_UNLOCK``, and ``_RDLOCK``: both come
+                               from the lock's downgrade after a COMMIT)
 ``SQLITE_PROTOCOL``            kill -9 of LiteFS as a COMMIT starts, in WAL  i/o error
                                mode (the WAL index went away under it)
 =============================  ==========================================  ================
@@ -47,12 +49,13 @@ write; it was seen on LiteFS elsewhere but not reproduced here.
 opens the journal, checks the file was not moved, and takes its locks before
 its first write): nothing of that transaction reached LiteFS. **I/O errors**
 can come at COMMIT, after LiteFS committed the transaction. What the request
-then ends in depends on what the mount says right after the failure
-(:func:`litefs_route.decision.plan_settlement`): an I/O error proves nothing
-ran only where LiteFS is still running and this node is not the primary
-(LiteFS checks that it may write before it applies anything, and answers
-EACCES: a replica in WAL mode, a primary demoted mid-transaction by a
-handoff); on a dead or unmounted mount it may have run.
+then ends in depends on this node (:func:`litefs_route.decision.plan_settlement`):
+an I/O error proves nothing ran only on a node that was routed as a replica
+(it cannot have committed) and whose LiteFS, read right after the failure,
+is still running and not the primary (LiteFS checks that it may write before
+it applies anything, and answers EACCES: a replica in WAL mode). On a node
+routed as the primary it may have run, even where LiteFS is still running:
+a graceful stop fails calls after a commit while its mount still answers.
 
 "Nothing ran" is judged on the transaction that failed: a handler that
 committed another transaction earlier in the same request has side effects
@@ -80,10 +83,11 @@ _READONLY = 8
 _IOERR = 10
 _CANTOPEN = 14
 _PROTOCOL = 15
-# SQLITE_IOERR_RDLOCK, _CHECKRESERVEDLOCK, _LOCK: a lock SQLite failed to take. It takes each
-# before the step that needs it, and every one before LiteFS's commit point (the journal's
-# deletion, or the WAL's commit frame); only _UNLOCK comes after it.
-_LOCK_NOT_TAKEN = frozenset({_IOERR | 9 << 8, _IOERR | 14 << 8, _IOERR | 15 << 8})
+# SQLITE_IOERR_LOCK, _CHECKRESERVEDLOCK: a lock SQLite failed to take or to test (os_unix.c's
+# unixLock, unixCheckReservedLock). It takes each before the step that needs it, every one
+# before LiteFS's commit point (the journal's deletion, or the WAL's commit frame). Not
+# _RDLOCK and _UNLOCK: they come from posixUnlock, which also runs after a COMMIT.
+_LOCK_NOT_TAKEN = frozenset({_IOERR | 14 << 8, _IOERR | 15 << 8})
 
 # On Python 3.10 sqlite3's exceptions carry no code: SQLite's message for each primary code.
 _MESSAGES = {
