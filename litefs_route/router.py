@@ -132,15 +132,14 @@ class Router:
             self._last_tags = (state, tags)
         return tags
 
-    def reply(self, decision: Decision, *, final: bool = True) -> Reply:
-        """The response for a decision that does not run the app (counted when *final*)."""
-        if final:
-            name = counter_name(decision)
-            self.counters.add(name)
-            if name == "unavailable_replay_failed":  # the primary is out of Fly's reach: worth a look
-                self._warn(name, f"answered 503: {decision.reason}")
-            elif name == "forbidden_forwards":  # a forgery, or instances that do not share one forward_secret
-                self._warn(name, "answered 403 to a request that claims to be forwarded without this instance's secret")
+    def reply(self, decision: Decision) -> Reply:
+        """The response for a decision that does not run the app (counted)."""
+        name = counter_name(decision)
+        self.counters.add(name)
+        if name == "unavailable_replay_failed":  # the primary is out of Fly's reach: worth a look
+            self._warn(name, f"answered 503: {decision.reason}")
+        elif name == "forbidden_forwards":  # a forgery, or instances that do not share one forward_secret
+            self._warn(name, "answered 403 to a request that claims to be forwarded without this instance's secret")
         # Built once per distinct decision: a replica answers a flood of
         # writes with the same few bytes. (Bounded: targets are validated host
         # names, hops <= 9, reasons a handful of strings.)
