@@ -18,7 +18,7 @@ import sys
 import tempfile
 from typing import Any
 
-FRAMEWORKS = ("flask", "werkzeug", "starlette", "uvicorn", "anyio", "django")
+FRAMEWORKS = ("flask", "werkzeug", "starlette", "uvicorn", "anyio", "django", "prometheus_client", "sentry_sdk")
 # This venv's own command, not whatever `litefs-route` comes first on PATH.
 COMMAND = os.path.join(os.path.dirname(sys.executable), "litefs-route")
 

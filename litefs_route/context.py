@@ -122,7 +122,9 @@ class RequestContext:
     def settle(self, outcome: Outcome) -> Reply:
         """Record the ending a settlement plan decided; returns its reply."""
         self.state = outcome.state
-        self.ending = self.router.reply(outcome.decision)
+        # Settled here: SQLite refused a write (the safety net), or ensure_primary() found no primary.
+        cause = "safety_net" if self.failure is not None else "ensure_primary"
+        self.ending = self.router.reply(outcome.decision, cause=cause)
         if self.failure is not None:
             self._log_failure(outcome)
         return self.ending
@@ -231,7 +233,7 @@ def ensure_primary() -> None:
             ctx.note_write()
             return
         case Decision():  # the replay, or a refusal (413, 503 after too many replays)
-            ctx.must_end_elsewhere, ctx.ending = True, ctx.router.reply(step)
+            ctx.must_end_elsewhere, ctx.ending = True, ctx.router.reply(step, cause="ensure_primary")
             raise ctx.primary_required_error(ctx.ending)
         case Pending.WAIT_FOR_PRIMARY:  # settled by the middleware once the handler is done
             ctx.must_end_elsewhere = True
@@ -263,7 +265,7 @@ def ensure_instance(instance_id: str) -> None:
     step = decide_instance(ctx.request, ctx.state, ctx.router.rules, instance_id)
     if step is None:  # this is the instance
         return
-    ctx.must_end_elsewhere, ctx.ending = True, ctx.router.reply(step)
+    ctx.must_end_elsewhere, ctx.ending = True, ctx.router.reply(step, cause="ensure_instance")
     raise ctx.primary_required_error(ctx.ending)
 
 

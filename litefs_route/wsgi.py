@@ -96,6 +96,8 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
             result = self.app(environ, response.start_response)
         except Exception as exc:
             if not ctx.ends_on_exception(exc):
+                if not ctx.response_started:  # it ran, and failed: the server answers 500
+                    router.counters.observe("ran")
                 raise
             return response.send_ending()
         finally:
@@ -162,6 +164,8 @@ class _Response:
             status, headers = reply.status_line, list(reply.headers)
         elif router.rules.read_your_writes:  # a cookie may be due
             headers = headers + ctx.cookie_headers(self._read_txids())
+        if not ctx.must_end_elsewhere and not ctx.response_started:  # its answer stands: it ran
+            router.counters.observe("ran")
         ctx.response_started = True
         write = self.start(status, with_tags(headers, router.tags(ctx.state), OUR_TAG_NAMES), exc_info)
         return _discarding_write if self.replaced_by is not None else write
