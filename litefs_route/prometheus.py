@@ -48,30 +48,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .counters import add_count_listener, remove_count_listener
-from .mount import Role, parse_lag
-from .router import every_router
+from .observed import ROLES, count_meaning, node_gauges
 
 __all__ = ["PrometheusMetrics", "StateCollector", "exposition", "register"]
-
-# Each count (litefs_route.counters) as the requests it ended: outcome.
-_OUTCOMES = {
-    "ran": "ran",
-    "replays": "replayed",
-    "read_replays": "replayed",
-    "forwards": "forwarded",
-    "unavailable_no_primary": "unavailable",
-    "unavailable_too_many_replays": "unavailable",
-    "unavailable_ran_here": "unavailable",
-    "unavailable_replay_failed": "unavailable",
-    "outcome_unknown": "outcome_unknown",
-    "too_large": "too_large",
-    "body_timeouts": "timed_out",
-    "bad_requests": "bad_request",
-    "forbidden_forwards": "forbidden",
-    "health_checks_passed": "health_check",
-    "health_checks_failed": "health_check",
-}
-_UNAVAILABLE = "unavailable_"
 
 
 @dataclass(eq=False)
@@ -87,16 +66,14 @@ class PrometheusMetrics:
 
     def count(self, name: str, amount: float, cause: str | None) -> None:
         """One count of a router (a :mod:`litefs_route.counters` listener)."""
-        outcome = _OUTCOMES.get(name)
-        if outcome is None:  # a wait, or a detail of a request counted by its ending
+        meaning = count_meaning(name, cause)
+        if meaning is None:  # a wait, or a detail of a request counted by its ending
             return
-        self.requests.labels(outcome).inc(amount)
-        if name == "replays":
-            self.replays.labels(cause or "write").inc(amount)
-        elif name == "read_replays":
-            self.replays.labels("read_your_writes").inc(amount)
-        elif name.startswith(_UNAVAILABLE):
-            self.unavailable.labels(name[len(_UNAVAILABLE) :]).inc(amount)
+        self.requests.labels(meaning.outcome).inc(amount)
+        if meaning.replay_reason is not None:
+            self.replays.labels(meaning.replay_reason).inc(amount)
+        if meaning.unavailable_reason is not None:
+            self.unavailable.labels(meaning.unavailable_reason).inc(amount)
 
     def unregister(self) -> None:
         """Stop counting and take the instruments out of the registry."""
@@ -125,19 +102,14 @@ class StateCollector(Collector):
         stream = GaugeMetricFamily(
             "litefs_route_event_stream_up", "1 while LiteFS's event stream is followed, 0 while the mount is polled."
         )
-        routers = every_router()
-        if routers:
-            router = routers[-1]  # the newest middleware's: an app has one (or several on one mount)
-            litefs_dir = router.cache.litefs_dir
-            state = router.cache.fresh(float("inf"))  # the reading it routes on, without I/O
-            if state is not None:
-                for each in Role:
-                    role.add_metric([each.value], 1.0 if each is state.role else 0.0)
-            lag_ms = _read_lag(litefs_dir)
-            if lag_ms is not None:
-                lag.add_metric([], lag_ms / 1000)
-            subscriber = router.subscriber
-            stream.add_metric([], 1.0 if subscriber is not None and subscriber.up else 0.0)
+        gauges = node_gauges()
+        if gauges is not None:
+            if gauges.role is not None:
+                for each in ROLES:
+                    role.add_metric([each], 1.0 if each == gauges.role else 0.0)
+            if gauges.lag_seconds is not None:
+                lag.add_metric([], gauges.lag_seconds)
+            stream.add_metric([], 1.0 if gauges.event_stream_up else 0.0)
         yield role
         yield lag
         yield stream
@@ -191,16 +163,6 @@ def exposition() -> tuple[bytes, str]:
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         registry.register(StateCollector())
     return generate_latest(registry), CONTENT_TYPE_LATEST
-
-
-def _read_lag(litefs_dir: str | None) -> int | None:
-    if not litefs_dir:
-        return None
-    try:
-        with open(os.path.join(litefs_dir, ".lag"), "rb") as f:
-            return parse_lag(f.read(64))
-    except OSError:
-        return None
 
 
 _lock = threading.Lock()

@@ -158,7 +158,8 @@ def test_metrics_move_in_django(tmp_path: Path, mount: Mount, server: str) -> No
 def test_importing_litefs_route_imports_no_metrics_library() -> None:
     code = (
         "import sys, litefs_route, litefs_route.wsgi, litefs_route.asgi\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('prometheus_client', 'sentry_sdk')))"
+        "libraries = ('prometheus_client', 'sentry_sdk', 'opentelemetry')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in libraries))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "[]"
