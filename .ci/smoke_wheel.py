@@ -18,7 +18,11 @@ import sys
 import tempfile
 from typing import Any
 
-FRAMEWORKS = ("flask", "werkzeug", "starlette", "uvicorn", "anyio", "django")
+FRAMEWORKS = (
+    *("flask", "werkzeug", "starlette", "uvicorn", "anyio", "django"),
+    # What the observability extras and the tests bring: never imported by the core either.
+    *("prometheus_client", "sentry_sdk", "opentelemetry"),
+)
 # This venv's own command, not whatever `litefs-route` comes first on PATH.
 COMMAND = os.path.join(os.path.dirname(sys.executable), "litefs-route")
 

@@ -106,6 +106,8 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             await self.app(scope, receive, response.send)
         except Exception as exc:
             if not ctx.ends_on_exception(exc):
+                if not ctx.response_started:  # it ran, and failed: the server answers 500
+                    router.counters.observe("ran")
                 raise
             await response.send_ending()
             return
@@ -216,6 +218,8 @@ class _Response:
             return
         if message["type"] == "http.response.start":
             ctx = self.ctx
+            if not ctx.must_end_elsewhere:  # its answer stands (unless replaced below): it ran
+                ctx.router.counters.observe("ran")
             ctx.response_started = True
             headers: Iterable[tuple[bytes, bytes]] = message.get("headers", ())
             if ctx.must_end_elsewhere:

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import AnyStr
 
 from .decision import (
-    NO_PRIMARY,
     Decision,
     Kind,
     Outcome,
@@ -36,7 +35,7 @@ from .decision import (
 from .events import read_candidate
 from .exceptions import PrimaryRequired
 from .mount import NodeState, Role, default_instance_id, is_valid_instance_id, read_node_state
-from .replies import Reply, has_replay_header
+from .replies import STAND_IN, Reply, has_replay_header
 from .router import Router
 from .sqlite_errors import WriteFailure, classify_write_failure
 from .subscriber import resolve_api_url
@@ -128,7 +127,9 @@ class RequestContext:
     def settle(self, outcome: Outcome) -> Reply:
         """Record the ending a settlement plan decided; returns its reply."""
         self.state = outcome.state
-        self.ending = self.router.reply(outcome.decision)
+        # Settled here: SQLite refused a write (the safety net), or ensure_primary() found no primary.
+        cause = "safety_net" if self.failure is not None else "ensure_primary"
+        self.ending = self.router.reply(outcome.decision, cause=cause)
         if self.failure is not None:
             self._log_failure(outcome)
         return self.ending
@@ -222,8 +223,10 @@ def ensure_primary() -> None:
     ends in the same 409 + ``fly-replay`` response the middleware gives a
     write, so Fly's proxy runs it again on the primary. When no primary is
     known it ends in 503 + ``Retry-After`` after waiting ``primary_wait`` for
-    one (or the replay, if one appears). Catching the exception does not
-    cancel that: the middleware replaces whatever the app answers instead.
+    one (or the replay, if one appears); the exception then carries a 409
+    stand-in the middleware replaces (never a 5xx, which error trackers
+    report). Catching the exception does not cancel that: the middleware
+    replaces whatever the app answers instead.
 
     Raises RuntimeError outside a request handled by the middleware.
     """
@@ -235,12 +238,12 @@ def ensure_primary() -> None:
             ctx.note_write()
             return
         case Decision():  # the replay, or a refusal (413, 503 after too many replays)
-            ctx.must_end_elsewhere, ctx.ending = True, ctx.router.reply(step)
+            ctx.must_end_elsewhere, ctx.ending = True, ctx.router.reply(step, cause="ensure_primary")
             raise ctx.primary_required_error(ctx.ending)
         case Pending.WAIT_FOR_PRIMARY:  # settled by the middleware once the handler is done
             ctx.must_end_elsewhere = True
-            # Not counted: the middleware settles it once the handler is done.
-            raise ctx.primary_required_error(ctx.router.reply(NO_PRIMARY, final=False))
+            # A stand-in, not the 503 it may end in: a 5xx HTTP exception is an error to Sentry.
+            raise ctx.primary_required_error(STAND_IN)
         case Pending.MEASURE_BODY | Pending.WAIT_FOR_TXID | Pending.CHECK_TXID | Pending.CHECK_HEALTH:
             raise AssertionError(f"a forced decision cannot be {step}")
         case _:
@@ -267,7 +270,7 @@ def ensure_instance(instance_id: str) -> None:
     step = decide_instance(ctx.request, ctx.state, ctx.router.rules, instance_id)
     if step is None:  # this is the instance
         return
-    ctx.must_end_elsewhere, ctx.ending = True, ctx.router.reply(step)
+    ctx.must_end_elsewhere, ctx.ending = True, ctx.router.reply(step, cause="ensure_instance")
     raise ctx.primary_required_error(ctx.ending)
 
 

@@ -61,8 +61,12 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from collections.abc import Callable
 
-__all__ = ["Counters", "routing_counters"]
+__all__ = ["CountListener", "Counters", "add_count_listener", "remove_count_listener", "routing_counters"]
+
+#: ``listener(name, amount, cause)``: see :func:`add_count_listener`.
+CountListener = Callable[[str, float, "str | None"], None]
 
 
 logger = logging.getLogger("litefs_route")
@@ -76,12 +80,19 @@ class Counters:
         self._counts: dict[str, float] = {}
         _EVERY.add(self)
 
-    def add(self, name: str, amount: float = 1) -> None:
-        """Count *amount* more of *name*."""
+    def add(self, name: str, amount: float = 1, *, cause: str | None = None) -> None:
+        """Count *amount* more of *name* (*cause*: what asked for a replay, for the listeners)."""
         with self._lock:
             self._counts[name] = self._counts.get(name, 0) + amount
+        for listener in _listeners:
+            listener(name, amount, cause)
         if logger.isEnabledFor(logging.DEBUG):  # cached by logging: no record built when off
             logger.debug("counted %s (+%g)", name, amount)
+
+    def observe(self, name: str) -> None:
+        """Tell the listeners (metrics) of one *name*, without counting it here (``ran``: every request would)."""
+        for listener in _listeners:
+            listener(name, 1, None)
 
     def snapshot(self) -> dict[str, float]:
         """The counts so far (a copy)."""
@@ -94,6 +105,32 @@ class Counters:
 
 # Every router's counters in this process, for routing_counters(); gone with their router.
 _EVERY: weakref.WeakSet[Counters] = weakref.WeakSet()
+# Replaced, never changed in place: counting threads iterate it without a lock. Empty: metrics off.
+_listeners: tuple[CountListener, ...] = ()
+_listeners_lock = threading.Lock()
+
+
+def add_count_listener(listener: CountListener) -> None:
+    """Call ``listener(name, amount, cause)`` on each count of every router of this process.
+
+    For metrics exporters (:mod:`litefs_route.prometheus`). *name* is a
+    counter's (the module's documentation), or ``ran``: a request whose app
+    ran and whose answer stood (told only to listeners). *cause*, on
+    ``replays``: ``write``, ``ensure_primary``, ``ensure_instance`` or
+    ``safety_net``; else None. Called in the request's thread or task, after
+    the count: it must be quick, must not block and must not raise.
+    """
+    global _listeners
+    with _listeners_lock:
+        if listener not in _listeners:
+            _listeners = (*_listeners, listener)
+
+
+def remove_count_listener(listener: CountListener) -> None:
+    """Stop calling *listener* (added by :func:`add_count_listener`)."""
+    global _listeners
+    with _listeners_lock:
+        _listeners = tuple(each for each in _listeners if each != listener)
 
 
 def routing_counters() -> dict[str, float]:

@@ -12,7 +12,9 @@ class PrimaryRequired(Exception):
 
     (And by :func:`~litefs_route.ensure_instance` on any other instance than
     the one named.) Carries the response that ends the request (409 +
-    ``fly-replay``, or 503 when no primary is known). Inside Flask/Werkzeug or Starlette/FastAPI the
+    ``fly-replay``, or a refusal); when no primary is known yet, a 409
+    stand-in (``replies.STAND_IN``) the middleware replaces with the replay
+    or the 503 once it has waited for one. Inside Flask/Werkzeug or Starlette/FastAPI the
     exception raised is a subclass that is also the framework's own HTTP
     exception (:mod:`litefs_route.frameworks`), so the framework answers with
     that response by itself; the middleware makes sure of it even if a

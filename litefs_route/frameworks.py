@@ -9,9 +9,12 @@ frameworks themselves; the middleware's rewrite covers handlers that eat
 them. The WSGI middleware raises the Werkzeug flavour, the ASGI middleware
 the Starlette one; without the framework installed, the plain exception.
 
-And Flask's ``got_request_exception`` signal: production Flask turns an
-exception into a 500 before the middleware sees it, so the safety net
-listens to the signal of the Flask app it wraps.
+And the Flask app the WSGI middleware wraps: production Flask turns an
+exception into a 500 before the middleware sees it, and on its way logs it
+at ERROR and sends ``got_request_exception`` (which Sentry reports). So the
+safety net answers in the app's own exception handling, before any of that
+(``handle_user_exception``, where Flask looks for error handlers), and
+listens to the signal for what fails outside it (``after_request``).
 """
 
 from __future__ import annotations
@@ -19,11 +22,12 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from .exceptions import PrimaryRequired
-from .replies import Reply
+from .replies import STAND_IN, Reply
 
-__all__ = ["connect_flask_exception_signal", "starlette_primary_required", "werkzeug_primary_required"]
+__all__ = ["connect_flask_safety_net", "starlette_primary_required", "werkzeug_primary_required"]
 
 _BODYLESS = {"content-type", "content-length"}
 
@@ -90,13 +94,22 @@ def _named(cls: type[PrimaryRequired]) -> type[PrimaryRequired]:
     return cls
 
 
-def connect_flask_exception_signal(wsgi_app: object, report: Callable[[BaseException], object]) -> int:
-    """Send the unhandled exceptions of the Flask apps *wsgi_app* wraps to *report*; how many it found.
+def connect_flask_safety_net(wsgi_app: object, report: Callable[[BaseException], bool]) -> int:
+    """Hand the exceptions of the Flask apps *wsgi_app* wraps to *report*; how many apps it found.
+
+    An exception *report* claims (True: the middleware ends the request) is
+    answered with a stand-in the middleware replaces, in the app's
+    ``handle_user_exception``, before Flask's error handlers: so Flask
+    neither logs it at ERROR nor sends ``got_request_exception`` (Sentry,
+    error mails), and no ``@errorhandler(Exception)`` turns it into a 500.
+    Other exceptions go on to Flask's own handling unchanged. What fails
+    outside it (``after_request``, teardown) still reaches *report* through
+    the app's ``got_request_exception`` signal.
 
     Found through what WSGI wrappers keep (``app.wsgi_app``'s bound Flask app,
     ``.app`` of Werkzeug's ``ProxyFix`` and most middleware, ``__wrapped__``,
-    the mounts of ``DispatcherMiddleware``), a few levels deep. Connected for
-    those apps only (the signal's sender), never process-wide. Flask is never
+    the mounts of ``DispatcherMiddleware``), a few levels deep. Set on those
+    apps only (the signal's sender), never process-wide. Flask is never
     imported here: an app object can only exist if Flask already is.
     """
     flask = sys.modules.get("flask")
@@ -108,8 +121,21 @@ def connect_flask_exception_signal(wsgi_app: object, report: Callable[[BaseExcep
 
     apps = _find(wsgi_app, flask.Flask)
     for app in apps:
+        _answer_first(app, report)
         flask.got_request_exception.connect(on_exception, sender=app, weak=False)
     return len(apps)
+
+
+def _answer_first(app: Any, report: Callable[[BaseException], bool]) -> None:
+    """Make *app* (a Flask app) hand each exception of a request to *report* before its own handling."""
+    handle = app.handle_user_exception  # Flask's, or an outer middleware's (each gets its turn)
+
+    def handle_user_exception(exc: Exception) -> Any:
+        if report(exc):
+            return app.response_class(STAND_IN.body, STAND_IN.status, list(STAND_IN.headers))
+        return handle(exc)
+
+    app.handle_user_exception = handle_user_exception
 
 
 def _find(root: object, cls: type, depth: int = 4) -> list[object]:

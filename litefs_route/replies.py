@@ -21,6 +21,7 @@ __all__ = [
     "OUTCOME_HEADER",
     "PRIMARY_HEADER",
     "REPLAY_HEADER",
+    "STAND_IN",
     "Headers",
     "Reply",
     "build_reply",
@@ -181,3 +182,9 @@ def has_replay_header(headers: Iterable[tuple[AnyStr, AnyStr]]) -> bool:
 
 #: The answer to a chunked write this WSGI server cannot forward (it does not mark the body's end).
 LENGTH_REQUIRED = _length_required()
+
+#: The app's answer while the middleware has still to settle how the request
+#: ends (no primary known yet, or SQLite refused its write): the middleware
+#: replaces it. No fly-replay, so never taken for the replay; not a 5xx, so
+#: error trackers (Sentry reports 5xx HTTP exceptions) see no error in it.
+STAND_IN = _text_reply(409, "This request ends in the routing middleware's own answer.\n", [])

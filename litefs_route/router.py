@@ -9,8 +9,11 @@ the mount, the :class:`~litefs_route.consistency.Positions` of the databases' TX
 
 from __future__ import annotations
 
+import itertools
 import logging
+import threading
 import time
+import weakref
 from collections.abc import Iterable
 
 from .consistency import Positions, TxidCookies
@@ -42,7 +45,7 @@ from .sqlite_errors import WriteFailureKind
 from .state_cache import StateCache
 from .subscriber import EventSubscriber
 
-__all__ = ["Router"]
+__all__ = ["Router", "every_router"]
 
 logger = logging.getLogger("litefs_route")
 
@@ -95,6 +98,8 @@ class Router:
         self._last_tags: tuple[NodeState | None, Headers] = (None, ())
         self._replies: dict[Decision, Reply] = {}
         self._warned_at: dict[str, float] = {}
+        with _EVERY_LOCK:
+            _EVERY[next(_CREATED)] = self
 
     # -- deciding -----------------------------------------------------------
 
@@ -134,15 +139,14 @@ class Router:
             self._last_tags = (state, tags)
         return tags
 
-    def reply(self, decision: Decision, *, final: bool = True) -> Reply:
-        """The response for a decision that does not run the app (counted when *final*)."""
-        if final:
-            name = counter_name(decision)
-            self.counters.add(name)
-            if name == "unavailable_replay_failed":  # the primary is out of Fly's reach: worth a look
-                self._warn(name, f"answered 503: {decision.reason}")
-            elif name == "forbidden_forwards":  # a forgery, or instances that do not share one forward_secret
-                self._warn(name, "answered 403 to a request that claims to be forwarded without this instance's secret")
+    def reply(self, decision: Decision, *, cause: str = "write") -> Reply:
+        """The response for a decision that does not run the app (counted; *cause*: what asked for a replay)."""
+        name = counter_name(decision)
+        self.counters.add(name, cause=cause)
+        if name == "unavailable_replay_failed":  # the primary is out of Fly's reach: worth a look
+            self._warn(name, f"answered 503: {decision.reason}")
+        elif name == "forbidden_forwards":  # a forgery, or instances that do not share one forward_secret
+            self._warn(name, "answered 403 to a request that claims to be forwarded without this instance's secret")
         # Built once per distinct decision: a replica answers a flood of
         # writes with the same few bytes. (Bounded: targets are validated host
         # names, hops <= 9, reasons a handful of strings.)
@@ -203,3 +207,15 @@ class Router:
 
     def __repr__(self) -> str:
         return f"Router(instance_id={self.instance_id!r}, litefs_dir={self.cache.litefs_dir!r})"
+
+
+# Every router of this process by creation, for metrics read when scraped; gone with their middleware.
+_EVERY: weakref.WeakValueDictionary[int, Router] = weakref.WeakValueDictionary()
+_EVERY_LOCK = threading.Lock()  # a scrape may list them while a first request builds one
+_CREATED = itertools.count()
+
+
+def every_router() -> list[Router]:
+    """The routers of this process, oldest first (the metrics read their state when scraped)."""
+    with _EVERY_LOCK:
+        return [router for _, router in sorted(_EVERY.items())]

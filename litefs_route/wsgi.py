@@ -17,9 +17,10 @@ once per ``cache_ttl`` per process (a replayed request reads it fresh). The app'
 response iterable is returned unchanged (``close()`` and
 ``wsgi.file_wrapper`` keep working), so nothing is buffered. The request's
 :class:`~litefs_route.context.RequestContext` is also in
-``environ["litefs_route.context"]``. A Flask app's ``got_request_exception``
-signal is connected to the safety net when the middleware wraps that app
-(``app.wsgi_app = PrimaryRoutingMiddleware(app.wsgi_app)``).
+``environ["litefs_route.context"]``. The safety net reaches into the Flask
+app the middleware wraps (``app.wsgi_app = PrimaryRoutingMiddleware(app.wsgi_app)``):
+SQLite's refusal is answered before Flask's error path logs it or sends
+``got_request_exception`` (:func:`~litefs_route.frameworks.connect_flask_safety_net`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from .forwarding import (
     drop_forward_claim,
     forward_blocking,
 )
-from .frameworks import connect_flask_exception_signal, werkzeug_primary_required
+from .frameworks import connect_flask_safety_net, werkzeug_primary_required
 from .middleware import RoutingMiddleware, middleware_doc
 from .replies import LENGTH_REQUIRED, OUR_TAG_NAMES, Headers, Reply, with_tags
 from .router import Router
@@ -62,9 +63,9 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
     primary_required_error = staticmethod(werkzeug_primary_required)
 
     def _setup(self) -> None:
-        # Production Flask turns an exception into a 500 before it reaches us;
-        # its got_request_exception signal still lets the safety net see it.
-        connect_flask_exception_signal(self.app, report_exception)
+        # Production Flask turns an exception into a 500 (and an error report) before it
+        # reaches us: the safety net answers inside the Flask app, before its error path.
+        connect_flask_safety_net(self.app, report_exception)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         router = self.router
@@ -95,6 +96,8 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
             result = self.app(environ, response.start_response)
         except Exception as exc:
             if not ctx.ends_on_exception(exc):
+                if not ctx.response_started:  # it ran, and failed: the server answers 500
+                    router.counters.observe("ran")
                 raise
             return response.send_ending()
         finally:
@@ -161,6 +164,8 @@ class _Response:
             status, headers = reply.status_line, list(reply.headers)
         elif router.rules.read_your_writes:  # a cookie may be due
             headers = headers + ctx.cookie_headers(self._read_txids())
+        if not ctx.must_end_elsewhere and not ctx.response_started:  # its answer stands: it ran
+            router.counters.observe("ran")
         ctx.response_started = True
         write = self.start(status, with_tags(headers, router.tags(ctx.state), OUR_TAG_NAMES), exc_info)
         return _discarding_write if self.replaced_by is not None else write

@@ -119,6 +119,8 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
             if settlement is not None:
                 ctx.settle(drive(settlement, _DjangoIO(router, request)))
             return self._ending(ctx)
+        if not ctx.must_end_elsewhere:  # the view's answer stands: it ran
+            router.counters.observe("ran")
         positions = router.positions
         txids = positions.read() if positions is not None and ctx.txid_cookie_due() else None
         return self._tagged(response, ctx, txids)
@@ -153,6 +155,8 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
             if settlement is not None:
                 ctx.settle(await drive_async(settlement, _AsyncDjangoIO(router, request)))
             return self._ending(ctx)
+        if not ctx.must_end_elsewhere:  # the view's answer stands: it ran
+            router.counters.observe("ran")
         positions = router.positions
         txids = await run_in_thread(positions.read) if positions is not None and ctx.txid_cookie_due() else None
         return self._tagged(response, ctx, txids)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -18,3 +19,7 @@ class WitnessConfig(AppConfig):
 
     def ready(self) -> None:
         got_request_exception.connect(witness)
+        if os.environ.get("LITEFS_ROUTE_PROMETHEUS"):
+            import litefs_route.prometheus
+
+            litefs_route.prometheus.register()

@@ -53,3 +53,14 @@ LOGGING = {
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["stderr"], "level": "INFO"},
 }
+
+# Sentry, when a test asks for it: every event it would send goes to $SENTRY_EVENTS_FILE.
+if os.environ.get("SENTRY_EVENTS_FILE"):
+    import sentry_sdk
+    from sentry_sdk.integrations.django import DjangoIntegration
+
+    from tests.sentry_witness import DSN, FileTransport
+
+    sentry_sdk.init(
+        dsn=DSN, transport=FileTransport, integrations=[DjangoIntegration()], auto_enabling_integrations=False
+    )

@@ -18,4 +18,5 @@ urlpatterns = [
     path("unguarded-write", views.unguarded_write),
     path("counters", views.counters),
     path("upload", views.upload),
+    path("metrics", views.metrics),
 ]

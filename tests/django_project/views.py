@@ -111,3 +111,11 @@ def upload(request: HttpRequest) -> JsonResponse:
         size += len(chunk)
         digest.update(chunk)
     return JsonResponse({"instance": get_instance_info().current_instance, "size": size, "sha256": digest.hexdigest()})
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    """litefs-route's Prometheus metrics (registered in apps.py when LITEFS_ROUTE_PROMETHEUS is set)."""
+    import litefs_route.prometheus
+
+    body, content_type = litefs_route.prometheus.exposition()
+    return HttpResponse(body, content_type=content_type)

@@ -1,0 +1,168 @@
+"""Prometheus metrics for litefs-route (the ``prometheus`` extra: ``pip install litefs-route[prometheus]``).
+
+::
+
+    import litefs_route.prometheus
+    litefs_route.prometheus.register()          # into prometheus_client's default registry
+
+Then expose the registry as your app does (``prometheus_client.make_wsgi_app()``,
+``make_asgi_app()``, ``generate_latest()``); ``docs/observability.md`` shows it
+for Flask, FastAPI and Django, under gunicorn's several workers
+(prometheus_client's multiprocess mode) and uvicorn, and Fly's ``[metrics]``.
+
+Counted as the middlewares of this process count (:mod:`litefs_route.counters`):
+
+``litefs_route_requests_total{outcome}``
+    Requests the middleware routed, by how they ended: ``ran`` (the app ran
+    and its answer stood), ``replayed``, ``forwarded``, ``unavailable``
+    (503), ``outcome_unknown`` (502), ``too_large`` (413), ``timed_out``
+    (408), ``bad_request`` (400), ``forbidden`` (403), ``health_check``.
+``litefs_route_replays_total{reason}``
+    Replays, by what asked for them: ``write`` (a write on a replica),
+    ``ensure_primary``, ``ensure_instance``, ``safety_net`` (SQLite refused
+    a write), ``read_your_writes`` (a read whose TXID did not arrive).
+``litefs_route_unavailable_total{reason}``
+    503 answers: ``no_primary``, ``too_many_replays``, ``ran_here``, ``replay_failed``.
+
+Read when scraped from this process's middleware (:class:`StateCollector`;
+with several, the newest one's):
+
+``litefs_route_role{role}``
+    1 for the role the middleware routes on (``primary``, ``replica``,
+    ``no-primary``, ``standalone``), 0 for the others.
+``litefs_route_lag_seconds``
+    LiteFS's replication lag (``.lag``, read from the mount at each scrape).
+``litefs_route_event_stream_up``
+    1 while LiteFS's event stream is followed, 0 while the mount is polled.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .counters import add_count_listener, remove_count_listener
+from .observed import ROLES, count_meaning, node_gauges
+
+__all__ = ["PrometheusMetrics", "StateCollector", "exposition", "register"]
+
+
+@dataclass(eq=False)
+class PrometheusMetrics:
+    """The instruments :func:`register` made, and the registry they are in."""
+
+    registry: CollectorRegistry
+    requests: Counter
+    replays: Counter
+    unavailable: Counter
+    state: StateCollector
+    _registered: bool = field(default=True, repr=False)
+
+    def count(self, name: str, amount: float, cause: str | None) -> None:
+        """One count of a router (a :mod:`litefs_route.counters` listener)."""
+        meaning = count_meaning(name, cause)
+        if meaning is None:  # a wait, or a detail of a request counted by its ending
+            return
+        self.requests.labels(meaning.outcome).inc(amount)
+        if meaning.replay_reason is not None:
+            self.replays.labels(meaning.replay_reason).inc(amount)
+        if meaning.unavailable_reason is not None:
+            self.unavailable.labels(meaning.unavailable_reason).inc(amount)
+
+    def unregister(self) -> None:
+        """Stop counting and take the instruments out of the registry."""
+        with _lock:
+            if not self._registered:
+                return
+            self._registered = False
+            remove_count_listener(self.count)
+            for collector in (self.requests, self.replays, self.unavailable, self.state):
+                self.registry.unregister(collector)
+
+
+class StateCollector(Collector):
+    """The node's role, lag and event stream, as this process's newest middleware sees them when scraped.
+
+    Registered by :func:`register`; in prometheus_client's multiprocess mode,
+    register one in the registry you build for each scrape (the answering
+    worker reads the same mount as every other).
+    """
+
+    def collect(self) -> Iterator[Metric]:
+        role = GaugeMetricFamily(
+            "litefs_route_role", "The role the middleware routes on (1: this one).", labels=["role"]
+        )
+        lag = GaugeMetricFamily("litefs_route_lag_seconds", "LiteFS's replication lag (.lag), in seconds.")
+        stream = GaugeMetricFamily(
+            "litefs_route_event_stream_up", "1 while LiteFS's event stream is followed, 0 while the mount is polled."
+        )
+        gauges = node_gauges()
+        if gauges is not None:
+            if gauges.role is not None:
+                for each in ROLES:
+                    role.add_metric([each], 1.0 if each == gauges.role else 0.0)
+            if gauges.lag_seconds is not None:
+                lag.add_metric([], gauges.lag_seconds)
+            stream.add_metric([], 1.0 if gauges.event_stream_up else 0.0)
+        yield role
+        yield lag
+        yield stream
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # collected only when scraped (never at registration: no mount read then)
+
+
+def register(registry: CollectorRegistry | None = None) -> PrometheusMetrics:
+    """Count this process's routing in *registry* (default: prometheus_client's ``REGISTRY``).
+
+    Every middleware of the process, those made before as after. Under
+    gunicorn with several workers, set ``PROMETHEUS_MULTIPROC_DIR`` before
+    prometheus_client is imported and call this in each worker; the counts
+    are then summed by ``multiprocess.MultiProcessCollector``.
+    """
+    registry = REGISTRY if registry is None else registry
+    with _lock:
+        requests = Counter(
+            "litefs_route_requests",
+            "Requests routed by litefs-route, by how they ended.",
+            ["outcome"],
+            registry=registry,
+        )
+        replays = Counter(
+            "litefs_route_replays", "Requests answered with fly-replay, by cause.", ["reason"], registry=registry
+        )
+        unavailable = Counter(
+            "litefs_route_unavailable",
+            "Requests answered 503 by litefs-route, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        state = StateCollector()
+        registry.register(state)
+        metrics = PrometheusMetrics(registry, requests, replays, unavailable, state)
+        add_count_listener(metrics.count)
+    return metrics
+
+
+def exposition() -> tuple[bytes, str]:
+    """What ``/metrics`` answers: the body and its ``Content-Type``, for any framework's view.
+
+    prometheus_client's default registry; under ``PROMETHEUS_MULTIPROC_DIR``
+    (several workers), every worker's counts summed, and the node's state as
+    this worker sees it.
+    """
+    registry = REGISTRY
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(StateCollector())
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+_lock = threading.Lock()
