@@ -27,7 +27,14 @@ def test_no_write_is_doubled_refused_after_running_lost_unexplained_or_a_500_whi
     require_litefs()
     settings = Settings(writes=240, changes=2, app_kills=1, base_dir=str(tmp_path), max_seconds=100)
     report = run_soak([Config("asgi", stream=True), Config("wsgi", stream=False)], settings)
-    figures = summary(report)
+    # The figures, and each broken invariant's writes (their replays, the faults near them, the app's log).
+    evidence = {
+        r.config: {
+            k: v for k, v in r.evidence.items() if k in ("doubled", "500", "lost (unexplained)", "refused but ran")
+        }
+        for r in report.results
+    }
+    figures = f"{summary(report)}\nevidence: {evidence}"
     print(figures)  # shown with -s, and on failure
 
     assert [r.incomplete for r in report.results] == [None, None], figures
