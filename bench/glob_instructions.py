@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +23,8 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-ROOT = Path(__file__).resolve().parent.parent
-_COLLECTED = re.compile(r"Collected : ([0-9]+)")
+from bench.inproc_instructions import instructions_per_call
+
 # (patterns, path): typical configurations, on a path that does not match (the common GET) and one that does.
 CASES: list[tuple[list[str], str]] = [
     (["/auth/callback/*"], "/users/42/profile"),
@@ -60,24 +58,7 @@ def run_cell(implementation: str, patterns: list[str], path: str, n: int) -> Non
 
 
 def measure(implementation: str, patterns: list[str], path: str, n: int) -> int:
-    totals = []
-    for count in (0, n):
-        command = [
-            "valgrind",
-            "--tool=callgrind",
-            "--callgrind-out-file=/dev/null",
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--cell",
-            json.dumps([implementation, patterns, path, count]),
-        ]
-        env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(ROOT)}
-        out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=True)
-        found = _COLLECTED.search(out.stderr)
-        if found is None:
-            raise RuntimeError(f"no callgrind total:\n{out.stderr[-2000:]}")
-        totals.append(int(found[1]))
-    return (totals[1] - totals[0]) // n
+    return instructions_per_call(Path(__file__), [implementation, patterns, path], n)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -129,6 +129,15 @@ def run_cell(stack: str, inner: str, variant: str, case: str, n: int) -> None:
 
 
 def measure(stack: str, inner: str, variant: str, case: str, n: int) -> Cell:
+    instructions = instructions_per_call(Path(__file__), [stack, inner, variant, case], n)
+    return Cell(stack, inner, variant, case, instructions)
+
+
+def instructions_per_call(script: Path, cell: list[Any], n: int) -> int:
+    """Instructions one call costs: *script* ``--cell`` run under callgrind with 0 and *n* calls, the difference / *n*.
+
+    The cell's arguments are *cell* then the call count, as JSON; start-up and imports cancel out.
+    """
     totals = []
     for count in (0, n):
         command = [
@@ -136,17 +145,17 @@ def measure(stack: str, inner: str, variant: str, case: str, n: int) -> Cell:
             "--tool=callgrind",
             "--callgrind-out-file=/dev/null",
             sys.executable,
-            str(Path(__file__).resolve()),
+            str(script.resolve()),
             "--cell",
-            json.dumps([stack, inner, variant, case, count]),
+            json.dumps([*cell, count]),
         ]
         env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(ROOT)}
         out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=True)
         match = _COLLECTED.search(out.stderr)
         if match is None:
-            raise RuntimeError(f"no callgrind total for {stack} {inner} {variant}:\n{out.stderr[-2000:]}")
+            raise RuntimeError(f"no callgrind total for {cell}:\n{out.stderr[-2000:]}")
         totals.append(int(match[1]))
-    return Cell(stack, inner, variant, case, (totals[1] - totals[0]) // n)
+    return (totals[1] - totals[0]) // n
 
 
 def markdown(cells: list[Cell]) -> str:

@@ -135,8 +135,9 @@ class RequestContext:
         return self.ending
 
     def _log_failure(self, outcome: Outcome) -> None:
-        failure, request, decision = self.failure, self.request, outcome.decision
+        failure, request, decision, ending = self.failure, self.request, outcome.decision, self.ending
         assert failure is not None
+        assert ending is not None
         if decision.kind is Kind.OUTCOME_UNKNOWN:
             logger.warning(
                 "%s %s may have run: %s (%s); answered %d with its outcome unknown, never replayed",
@@ -144,7 +145,7 @@ class RequestContext:
                 request.path[:200],
                 decision.reason,
                 failure.detail,
-                502,
+                ending.status,
             )
             return
         # Routed to a replica by a stale reading, or LiteFS stopped being primary before the write.
@@ -153,7 +154,7 @@ class RequestContext:
             request.method,
             request.path[:200],
             failure.detail,
-            f"with the replay to {decision.target}" if decision.kind is Kind.REPLAY else f"{decision.kind.value}",
+            f"with the replay to {decision.target}" if decision.kind is Kind.REPLAY else decision.kind.value,
         )
 
     def note_write(self) -> None:

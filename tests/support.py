@@ -127,16 +127,41 @@ def serve_wsgi(app: WSGIApplication | Any) -> Iterator[str]:
     """Serve a WSGI app with Werkzeug's threaded server; yields the base URL."""
     from werkzeug.serving import make_server
 
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+    with serve_in_thread(make_server("127.0.0.1", 0, app, threaded=True)) as url:
+        yield url
+
+
+class _SocketServer(Protocol):
+    server_port: int
+
+    def serve_forever(self, poll_interval: float = ...) -> None: ...
+    def shutdown(self) -> None: ...
+    def server_close(self) -> None: ...
+
+
+@contextmanager
+def serve_in_thread(server: _SocketServer) -> Iterator[str]:
+    """Run a ``socketserver``-style *server* (bound to 127.0.0.1) in a thread; yields its base URL."""
     # A short poll interval: shutdown takes 20 ms instead of 500.
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.port}"
+        yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
         thread.join(10)
         server.server_close()
+
+
+def dechunk(data: bytes) -> bytes:
+    """The payload of a body sent with ``Transfer-Encoding: chunked`` (well-formed, as tests read it)."""
+    out = b""
+    while True:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return out
+        out, data = out + data[:size], data[size + 2 :]
 
 
 # -- the same app under both adapters ----------------------------------------

@@ -22,7 +22,7 @@ import pytest
 
 from litefs_route.router import Router
 from tests.apps import BodyReadRecorder, flask_app, starlette_app
-from tests.support import Mount, serve_under, wait_until
+from tests.support import Mount, dechunk, serve_under, wait_until
 
 ME = "e784079b449483"
 PRIMARY = "3d8d9e5b711e68"
@@ -123,18 +123,8 @@ def raw_request(
         parsed.append((name.strip(), value.strip()))
     response = RawResponse(int(status_line.split(b" ")[1]), parsed, rest)
     if (response.header("transfer-encoding") or "").lower() == "chunked":
-        response.body = _dechunk(rest)
+        response.body = dechunk(rest)
     return response
-
-
-def _dechunk(data: bytes) -> bytes:
-    out = b""
-    while True:
-        size_line, _, data = data.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            return out
-        out, data = out + data[:size], data[size + 2 :]
 
 
 def assert_clean(headers: list[tuple[bytes, bytes]], body: bytes, *markers: str) -> None:

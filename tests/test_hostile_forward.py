@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import io
 import socket
-import threading
 import wsgiref.simple_server
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,7 +26,16 @@ from litefs_route import asgi, wsgi
 from litefs_route.decision import Decision, Kind, RequestInfo, decide
 from litefs_route.devcluster import free_port
 from litefs_route.forwarding import Forward
-from tests.support import Mount, StandInPrimary, serve_asgi, serve_wsgi, server_process, stand_in_primary
+from tests.support import (
+    Mount,
+    StandInPrimary,
+    dechunk,
+    serve_asgi,
+    serve_in_thread,
+    serve_wsgi,
+    server_process,
+    stand_in_primary,
+)
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -66,18 +74,8 @@ def send_raw(url: str, data: bytes) -> RawResponse:
     headers = [(n.strip(), v.strip()) for n, _, v in (line.partition(b":") for line in lines)]
     response = RawResponse(int(status_line.split(b" ")[1]), headers, body)
     if [v.lower() for v in response.header("transfer-encoding")] == [b"chunked"]:
-        response.body = _dechunk(body)
+        response.body = dechunk(body)
     return response
-
-
-def _dechunk(data: bytes) -> bytes:
-    out = b""
-    while True:
-        size_line, _, data = data.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            return out
-        out, data = out + data[:size], data[size + 2 :]
 
 
 # -- the replica, in forward mode, on each server ---------------------------------------------
@@ -142,14 +140,8 @@ def _serve_wsgiref(app: Any) -> Iterator[str]:
         pass
 
     server = wsgiref.simple_server.make_server("127.0.0.1", 0, app, server_class=Server, handler_class=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
+    with serve_in_thread(server) as url:
+        yield url
 
 
 @contextmanager

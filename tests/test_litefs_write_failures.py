@@ -206,6 +206,24 @@ class _HeldWrite:
         return self.response.result(timeout=90)
 
 
+def _held_as_the_primary_dies(
+    factory: LiteFSClusterFactory,
+    app: str,
+    pool: ThreadPoolExecutor,
+    holds: Path,
+    write_id: str,
+    hold: str,
+    **env: str,
+) -> tuple[LiteFSCluster, _HeldWrite]:
+    """Three nodes running *app* (with *env*); a write held on node1, the primary, where *hold* says; then
+    node1's LiteFS killed (-9) under it. Release it with :meth:`_HeldWrite.release`."""
+    cluster = factory(app, instances=3, lease="consul", env={"DEVCLUSTER_HOLD_DIR": str(holds), **env})
+    cluster.wait_replicated()
+    held = _HeldWrite(pool, cluster, holds, write_id, hold=hold, node="node1")
+    cluster.kill_node("node1")
+    return cluster, held
+
+
 @pytest.fixture
 def pool() -> Iterator[ThreadPoolExecutor]:
     with ThreadPoolExecutor(max_workers=2) as executor:
@@ -217,11 +235,9 @@ def test_a_write_whose_commit_fails_as_litefs_dies_is_answered_unknown_not_repla
     litefs_real_cluster: LiteFSClusterFactory, app: str, hold_dir: Path, pool: ThreadPoolExecutor
 ) -> None:
     """Defect 1: the I/O error at a WAL COMMIT may follow LiteFS applying it, so it is never replayed."""
-    env = {"DEVCLUSTER_HOLD_DIR": str(hold_dir), "DEVCLUSTER_JOURNAL_MODE": "wal"}
-    cluster = litefs_real_cluster(app, instances=3, lease="consul", env=env)
-    cluster.wait_replicated()
-    held = _HeldWrite(pool, cluster, hold_dir, "w1", hold="commit", node="node1")
-    cluster.kill_node("node1")
+    cluster, held = _held_as_the_primary_dies(
+        litefs_real_cluster, app, pool, hold_dir, "w1", "commit", DEVCLUSTER_JOURNAL_MODE="wal"
+    )
     response = held.release()
     assert response.status_code == 502, response.text
     assert response.headers[OUTCOME_HEADER] == "unknown"
@@ -237,11 +253,9 @@ def test_a_write_that_cannot_open_the_database_waits_for_the_new_primary(
     litefs_real_cluster: LiteFSClusterFactory, app: str, hold_dir: Path, pool: ThreadPoolExecutor
 ) -> None:
     """Defect 2: CANTOPEN proves nothing ran: the write waits for a primary and is replayed there, never a 500."""
-    env = {"DEVCLUSTER_HOLD_DIR": str(hold_dir), "DEVCLUSTER_PRIMARY_WAIT": "60"}
-    cluster = litefs_real_cluster(app, instances=3, lease="consul", env=env)
-    cluster.wait_replicated()
-    held = _HeldWrite(pool, cluster, hold_dir, "w2", hold="open", node="node1")
-    cluster.kill_node("node1")
+    cluster, held = _held_as_the_primary_dies(
+        litefs_real_cluster, app, pool, hold_dir, "w2", "open", DEVCLUSTER_PRIMARY_WAIT="60"
+    )
     release = pool.submit(held.release)
     # The dead mount names nobody: the write waits until its node's LiteFS is back and names the new primary.
     primary = _new_primary(cluster, "node1")
@@ -264,11 +278,9 @@ def test_a_dead_mount_that_stays_dead_ends_in_503_not_500(
 
     No primary becomes known through this node's dead mount within primary_wait: 503.
     """
-    env = {"DEVCLUSTER_HOLD_DIR": str(hold_dir), "DEVCLUSTER_PRIMARY_WAIT": "1"}
-    cluster = litefs_real_cluster(app, instances=3, lease="consul", env=env)
-    cluster.wait_replicated()
-    held = _HeldWrite(pool, cluster, hold_dir, "w3", hold=hold, node="node1")
-    cluster.kill_node("node1")
+    cluster, held = _held_as_the_primary_dies(
+        litefs_real_cluster, app, pool, hold_dir, "w3", hold, DEVCLUSTER_PRIMARY_WAIT="1"
+    )
     response = held.release()
     assert response.status_code == 503, response.text
     assert response.headers["retry-after"]
