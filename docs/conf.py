@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE.parent))  # the package itself, also when it is not 
 
 project = "litefs-route"
 author = "litefs-route contributors"
-copyright = "litefs-route contributors"  # noqa: A001
+copyright = "litefs-route contributors"
 
 extensions = ["myst_parser", "litefs_options"]
 source_suffix = {".md": "markdown"}

@@ -1,17 +1,31 @@
-"""The options are defined once (the middleware's signature); the README's table must follow it."""
+"""The options are defined once (the middleware's signature); the docs' reference must follow it."""
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import re
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from litefs_route import asgi, wsgi
 from litefs_route._middleware import RoutingMiddleware
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+DOCS_EXT = Path(__file__).resolve().parent.parent / "docs" / "_ext" / "litefs_options.py"
+
+
+def _docs_extension() -> Any:
+    """The docs' options directive (docs/_ext/litefs_options.py), loaded without Sphinx."""
+    spec = importlib.util.spec_from_file_location("litefs_options", DOCS_EXT)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks itself up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def _signature_options() -> dict[str, object]:
@@ -19,17 +33,18 @@ def _signature_options() -> dict[str, object]:
     return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
-def test_readme_table_lists_exactly_the_options_with_their_defaults() -> None:
-    text = README.read_text()
-    table = text[text.index("## Options") : text.index("## What happens to a request")]
-    rows = dict(re.findall(r"^\| `(\w+)` \| ([^|]*) \|", table, re.MULTILINE))
-    options = _signature_options()
-    assert set(rows) == set(options)
-    for name, default in options.items():
-        if isinstance(default, int | float) and not isinstance(default, bool):
-            assert rows[name].strip("` ") == repr(default), name
-        elif default is False:
-            assert rows[name].strip("` ") == "False", name
+def test_docs_reference_lists_exactly_the_options_with_their_defaults() -> None:
+    """docs/options.md is generated from the docstring, with each default from the signature."""
+    options, closing = _docs_extension().options()
+    signature = _signature_options()
+    assert [option.name for option in options] == list(signature)
+    for option in options:
+        assert option.default == repr(signature[option.name]), option.name
+        assert option.description, option.name
+    assert "Globs follow LiteFS" in closing
+    rendered = _docs_extension().options_rst()
+    for name, default in signature.items():
+        assert re.search(rf"^``{name}: .* = {re.escape(repr(default))}``$", rendered, re.MULTILINE), name
 
 
 def test_every_option_is_documented_on_the_classes_users_build() -> None:

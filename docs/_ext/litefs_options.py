@@ -74,7 +74,8 @@ def options() -> tuple[list[Option], str]:
         missing = sorted(set(signature) - set(described))
         extra = sorted(set(described) - set(signature))
         raise ValueError(
-            f"RoutingMiddleware's docstring and signature disagree: undocumented {missing}, not in the signature {extra}"
+            f"RoutingMiddleware's docstring and signature disagree: "
+            f"undocumented {missing}, not in the signature {extra}"
             if missing or extra
             else "RoutingMiddleware's docstring lists the options in another order than the signature"
         )
