@@ -1,1 +1,1 @@
-"""Benchmarks of litefs-route against a bare app and a naive middleware (see README.md)."""
+"""Benchmarks of litefs-route against a bare app and a naive middleware (see docs/benchmarks.md)."""

@@ -1,4 +1,4 @@
-"""The behaviour table of the README, row by row, in both adapters, on real servers.
+"""The behaviour table of docs/routing.md ("What happens to a request"), row by row, in both adapters, on real servers.
 
 WSGI: Flask under Werkzeug's threaded server. ASGI: Starlette under uvicorn.
 The mount is a real directory in LiteFS's formats.
