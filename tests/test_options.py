@@ -42,9 +42,10 @@ def test_docs_reference_lists_exactly_the_options_with_their_defaults() -> None:
         assert option.default == repr(signature[option.name]), option.name
         assert option.description, option.name
     assert "Globs follow LiteFS" in closing
-    rendered = _docs_extension().options_rst()
+    rendered = _docs_extension().options_markdown()
     for name, default in signature.items():
-        assert re.search(rf"^``{name}: .* = {re.escape(repr(default))}``$", rendered, re.MULTILINE), name
+        assert f"## `{name}`\n" in rendered
+        assert re.search(rf"^`{name}: .* = {re.escape(repr(default))}`$", rendered, re.MULTILINE), name
 
 
 def test_every_option_is_documented_on_the_classes_users_build() -> None:

@@ -1,17 +1,13 @@
-"""The ``litefs-options`` directive: the middleware's options, read at build time.
+"""The options reference of docs/options.md, read from the middleware at build time.
 
 The options are defined once, as the keyword parameters of
 ``litefs_route._middleware.RoutingMiddleware``, and documented once, in its
-docstring (which ``help(PrimaryRoutingMiddleware)`` shows too). This directive
-renders that docstring's option list with each option's type and default from
-the signature, so the reference cannot drift from the code. An option the
-docstring documents but the signature lacks, or the other way round, fails the
-build.
-
-In a MyST page::
-
-    ```{litefs-options}
-    ```
+docstring (which ``help(PrimaryRoutingMiddleware)`` shows too). This extension
+replaces the marker ``<!-- litefs-options -->`` in a page, as the page is
+read, with that docstring's option list, each option a heading (so pages link
+to ``options.md#forward``) with its type and default from the signature: the
+reference cannot drift from the code. An option the docstring documents but
+the signature lacks, or the other way round, fails the build.
 """
 
 from __future__ import annotations
@@ -86,32 +82,31 @@ def options() -> tuple[list[Option], str]:
     return rendered, closing
 
 
-def options_rst() -> str:
-    """The reference as reStructuredText: one definition per option, then the closing notes."""
+def options_markdown() -> str:
+    """The reference as Markdown: a heading per option (``options.md#forward``), then the closing notes.
+
+    The docstring's markup is reStructuredText's ````literal```` only, which
+    Markdown reads as the same code span.
+    """
     found, closing = options()
-    parts = []
-    for option in found:
-        body = "\n".join("   " + line if line else "" for line in option.description.splitlines())
-        parts.append(f"``{option.name}: {option.annotation} = {option.default}``\n{body}\n")
-    return "\n".join(parts) + "\n" + closing + "\n"
+    parts = [f"## `{o.name}`\n\n`{o.name}: {o.annotation} = {o.default}`\n\n{o.description}\n" for o in found]
+    return "\n".join(parts) + "\n## Globs, and invalid options\n\n" + closing + "\n"
+
+
+#: Where in docs/options.md the reference goes.
+MARKER = "<!-- litefs-options -->"
 
 
 def setup(app: Any) -> dict[str, Any]:
-    from docutils import nodes
-    from docutils.statemachine import StringList
-    from sphinx.util.docutils import SphinxDirective
+    def insert_options(app: Any, docname: str, source: list[str]) -> None:
+        if MARKER not in source[0]:
+            return
+        import litefs_route._middleware
 
-    class LitefsOptions(SphinxDirective):
-        """Renders :func:`options_rst` in place."""
+        # Re-read the page when the docstring (or this file) changes, not only the page.
+        app.env.note_dependency(litefs_route._middleware.__file__)
+        app.env.note_dependency(__file__)
+        source[0] = source[0].replace(MARKER, options_markdown())
 
-        has_content = False
-
-        def run(self) -> list[nodes.Node]:
-            container = nodes.container(classes=["litefs-options"])
-            source = self.get_source_info()[0] or "litefs-options"
-            self.state.nested_parse(StringList(options_rst().splitlines(), source=source), 0, container)
-            return [container]
-
-    app.add_directive("litefs-options", LitefsOptions)
-    # Rebuild the page whenever the package changes (the directive reads it).
+    app.connect("source-read", insert_options)
     return {"parallel_read_safe": True, "parallel_write_safe": True, "version": "1"}
