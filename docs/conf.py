@@ -8,7 +8,8 @@ Why Sphinx with Furo (and MyST for Markdown) rather than MkDocs with Material:
 - The pages stay Markdown (MyST), so they read the same on GitHub as on the site.
 - ``-W`` (warnings as errors) with MyST catches what matters here: a link to a
   page or a heading anchor that does not exist, a page left out of the
-  navigation, a reference to a module that was renamed.
+  navigation; and the local extension adds a file or a private module a page
+  names that was renamed or removed (``stale_references``).
 - The options reference is generated at build time from the middleware's
   docstring by a small local directive (``_ext/litefs_options.py``), with the
   defaults taken from the signature: no copy to keep in step, and no plugin.
