@@ -24,6 +24,7 @@ thread, through anyio when it is installed (Starlette, FastAPI) and
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
@@ -37,7 +38,6 @@ from ._middleware import RoutingMiddleware, middleware_doc
 from ._mount import NodeState
 from ._replies import OUR_TAG_NAMES_BYTES, Headers, Reply, with_tags
 from ._request import HOP_HEADER, SECRET_HEADER, RequestInfo, from_asgi_headers
-from ._router import Router
 from ._verdicts import Kind, Outcome
 
 __all__ = ["SOCKET_REFUSED_CLOSE_CODE", "PrimaryRoutingMiddleware"]
@@ -85,7 +85,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         if isinstance(routed, Outcome):
             outcome = routed
         else:
-            io = _AsyncIO(router, receive)
+            io = AsyncMountIO(router, functools.partial(_measure_body, receive))
             outcome = await drive_async(routed, io)
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
@@ -119,7 +119,11 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         method, path = "GET", scope["path"]  # a websocket scope has no method: its handshake is a GET
         parsed = from_asgi_headers(method, path, scope.get("headers", ()), None, websocket=True)
         request, routed = router.route(method, path, parsed)
-        outcome = routed if isinstance(routed, Outcome) else await drive_async(routed, _AsyncIO(router, receive))
+        outcome = (
+            routed
+            if isinstance(routed, Outcome)
+            else await drive_async(routed, AsyncMountIO(router, functools.partial(_measure_body, receive)))
+        )
         if outcome.decision.kind is Kind.RUN:
             if request.forward_claim is not None:  # a genuine forwarded handshake: not the app's business
                 scope = _without_forward_claim(scope)
@@ -240,7 +244,9 @@ class _ASGIRequest(RequestContext):
             assert self.ending is not None
             reply = self.ending
         else:
-            reply = self.settle(await drive_async(settlement, _AsyncIO(self.router, self.receive)))
+            reply = self.settle(
+                await drive_async(settlement, AsyncMountIO(self.router, functools.partial(_measure_body, self.receive)))
+            )
         await self.middleware.send_reply(self.send_downstream, reply, self.state)
 
     async def _read_txids(self) -> tuple[int | None, ...] | None:
@@ -251,19 +257,6 @@ class _ASGIRequest(RequestContext):
         run_in_thread, _ = async_backend()
         txids: tuple[int | None, ...] = await run_in_thread(positions.read)
         return txids
-
-
-class _AsyncIO(AsyncMountIO):
-    """The I/O of a plan, off the event loop: mount reads in a worker thread."""
-
-    __slots__ = ("receive",)
-
-    def __init__(self, router: Router, receive: Receive) -> None:
-        super().__init__(router)
-        self.receive = receive
-
-    async def measure_body(self, limit: int, timeout: float) -> int | None:
-        return await _measure_body(self.receive, limit, timeout, self.keeper())
 
 
 def _without_forward_claim(scope: Scope) -> Scope:

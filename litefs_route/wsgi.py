@@ -26,6 +26,7 @@ SQLite's refusal is answered before Flask's error path logs it or sends
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,6 @@ from ._frameworks import connect_flask_safety_net, werkzeug_primary_required
 from ._middleware import RoutingMiddleware, middleware_doc
 from ._replies import LENGTH_REQUIRED, OUR_TAG_NAMES, Headers, Reply, with_tags
 from ._request import RequestInfo, from_environ
-from ._router import Router
 from ._verdicts import Kind, Outcome
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
         if isinstance(routed, Outcome):
             outcome = routed
         else:
-            io = _BlockingIO(router, environ)
+            io = MountIO(router, functools.partial(_measure_body, environ))
             outcome = drive(routed, io)
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
@@ -181,25 +181,12 @@ class _WSGIRequest(RequestContext):
         if settlement is None:
             assert self.ending is not None
             return self.ending
-        return self.settle(drive(settlement, _BlockingIO(self.router, self.environ)))
+        return self.settle(drive(settlement, MountIO(self.router, functools.partial(_measure_body, self.environ))))
 
     def _read_txids(self) -> tuple[int | None, ...] | None:
         # Read after the handler ran: the TXIDs must include its writes.
         positions = self.router.positions
         return positions.read() if positions is not None and self.txid_cookie_due() else None
-
-
-class _BlockingIO(MountIO):
-    """The I/O of a plan, inline in the request's thread (a WSGI server gives each request one)."""
-
-    __slots__ = ("environ",)
-
-    def __init__(self, router: Router, environ: WSGIEnvironment) -> None:
-        super().__init__(router)
-        self.environ = environ
-
-    def measure_body(self, limit: int, timeout: float) -> int | None:
-        return _measure_body(self.environ, limit, timeout, self.keeper())
 
 
 def _decoded_path(path: str) -> str:
