@@ -308,3 +308,33 @@ def _write_mount(mount: Mount, state: NodeState) -> None:
         assert state.primary_id is not None
         assert state.lag_ms is not None
         mount.make_replica(state.primary_id, lag_ms=state.lag_ms)
+
+
+def test_a_flickering_primary_is_logged_once_per_change(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    """Pushed readings as LiteFS sends them after the primary died: one line per change routing takes, by two caches."""
+    now = [100.0]
+    caches = [StateCache(str(tmp_path), ME, ttl=1.0, clock=lambda: now[0]) for _ in range(2)]
+    caplog.set_level(logging.INFO, logger="litefs_route")
+    replica = NodeState(Role.REPLICA, ME, OTHER, detail="primaryChange: primary known")
+    gone = NodeState(Role.NO_PRIMARY, ME, None, detail="primaryChange: no primary")
+    for cache in caches:
+        cache.push(replica)
+    for _ in range(20):  # the dead primary named again for a moment on each reconnect attempt
+        now[0] += 0.2
+        for cache in caches:
+            cache.push(replica)
+        now[0] += 0.001
+        for cache in caches:
+            cache.push(gone)
+            assert cache.get().role is Role.NO_PRIMARY
+    elected = NodeState(Role.REPLICA, ME, "node-y", detail="primaryChange: primary known")
+    for cache in caches:
+        cache.push(elected)
+    now[0] += ESTABLISHED_AFTER + 0.01
+    assert [cache.get().primary_id for cache in caches] == ["node-y", "node-y"]
+    lines = [(r.levelname, r.getMessage().split(" (")[0]) for r in caplog.records]
+    assert lines == [
+        ("INFO", "LiteFS role unknown -> replica"),
+        ("WARNING", "LiteFS role replica -> no-primary"),
+        ("INFO", "LiteFS role no-primary -> replica"),
+    ]
