@@ -25,6 +25,8 @@ The rules, in order:
 3. A write runs locally on the primary (and standalone).
 4. On a node that knows no primary, a write waits up to ``primary_wait``
    for one, reading the mount afresh, and is decided again; still none: 503.
+   If the configured mount directory does not exist, it is a
+   misconfiguration, not an election: 503 at once, saying so.
 5. On a replica, a write is replayed to the primary, unless the request has
    already been replayed ``max_replays`` times by litefs-route (503: the
    nodes disagree about who is primary), or its body is larger than Fly's
@@ -123,6 +125,8 @@ _REPLAY_SRC_LIMIT = 1024
 _PRIMARY_POLL = 0.05
 
 NO_PRIMARY_REASON = "no primary is known right now (a LiteFS election or failover)"
+# After the mount's own words ("the LiteFS directory /x does not exist"): no wait, no election to end.
+_MISCONFIGURED_REASON = ": litefs-route is misconfigured"
 _DISAGREE_REASON = "replayed {} times without reaching the primary (the instances disagree on the primary)"
 _RAN_HERE_REASON = "this instance was not the primary when the request ran"
 # SQLite refused the write on a node that is the primary after all (SQLITE_BUSY: lock contention, or LiteFS restarting).
@@ -534,6 +538,8 @@ def decide(
         if forced and rules.passthrough.match(request.path):
             return _RUN_PASSTHROUGH_WRITE
         return _RUN_WRITE
+    if state.mount_missing:
+        return Decision(Kind.UNAVAILABLE, True, reason=state.detail + _MISCONFIGURED_REASON)
     if state.role is Role.NO_PRIMARY or state.primary_id is None:
         return Pending.WAIT_FOR_PRIMARY
     hops = replay_hops(request.replay_src)
@@ -568,6 +574,8 @@ def _decide_forwarded(request: RequestInfo, state: NodeState, rules: Rules) -> D
         return _FORBIDDEN
     if state.is_primary:
         return _RUN_WRITE
+    if state.mount_missing:
+        return Decision(Kind.UNAVAILABLE, True, reason=state.detail + _MISCONFIGURED_REASON)
     if state.role is Role.NO_PRIMARY or state.primary_id is None:
         return Pending.WAIT_FOR_PRIMARY
     hops = request.forward_hops
@@ -606,6 +614,8 @@ def health(state: NodeState, rules: Rules) -> Decision:
     """Rule 10: the health check's answer on a node in *state* (read from the mount)."""
     if state.is_primary:
         return _HEALTHY
+    if state.mount_missing:
+        return Decision(Kind.UNHEALTHY, False, reason=state.detail + _MISCONFIGURED_REASON)
     lag_ms = state.lag_ms
     if lag_ms is None or lag_ms < 0:
         return Decision(Kind.UNHEALTHY, False, reason=f"replication lag unknown ({state.detail})")
@@ -622,6 +632,8 @@ def counter_name(decision: Decision) -> str:
         case Kind.UNAVAILABLE:
             if decision.reason == NO_PRIMARY_REASON:
                 return "unavailable_no_primary"
+            if decision.reason.endswith(_MISCONFIGURED_REASON):
+                return "unavailable_misconfigured"
             if decision.target is not None:  # only a refused replay names its target
                 return "unavailable_replay_failed"
             if decision.reason in (_RAN_HERE_REASON, _REFUSED_HERE_REASON):
@@ -827,10 +839,10 @@ def _wait_for_primary(
     state: NodeState, rules: Rules, *, from_mount: bool = False
 ) -> Generator[Need, Answer, NodeState]:
     """Rule 4: re-read the state (*from_mount*: the mount) until a primary is known or ``primary_wait`` has passed."""
-    if state.role is not Role.NO_PRIMARY:
+    if state.role is not Role.NO_PRIMARY or state.mount_missing:  # a missing mount is no election to wait out
         return state
     deadline = _expect_float((yield ReadClock())) + rules.primary_wait
-    while state.role is Role.NO_PRIMARY and _expect_float((yield ReadClock())) < deadline:
+    while state.role is Role.NO_PRIMARY and not state.mount_missing and _expect_float((yield ReadClock())) < deadline:
         state = _expect_state((yield AwaitChange(state, _PRIMARY_POLL, from_mount)))
     return state
 

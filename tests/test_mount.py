@@ -114,6 +114,19 @@ def test_states(mount: Mount, tmp_path: Path) -> None:
     assert "evil" not in state.detail
 
 
+def test_only_a_directory_that_does_not_exist_is_a_missing_mount(tmp_path: Path) -> None:
+    """A typo in LITEFS_DIR is told from a mount point LiteFS has not filled yet (it may be starting)."""
+    missing = read_node_state(str(tmp_path / "a" / "b"), ME)
+    assert (missing.role, missing.mount_missing, missing.mount_error) == (Role.NO_PRIMARY, True, "ENOENT")
+    assert missing.detail == f"the LiteFS directory {tmp_path / 'a' / 'b'} does not exist"
+    (tmp_path / "empty").mkdir()  # a mount point before LiteFS mounts it, or after it stopped
+    (tmp_path / "file").write_bytes(b"")
+    Mount(tmp_path / "starting").set_lag(1500)  # LiteFS up, no .primary yet
+    for name in ("empty", "file", "starting"):
+        state = read_node_state(str(tmp_path / name), ME)
+        assert (state.role, state.mount_missing) == (Role.NO_PRIMARY, False), name
+
+
 def test_unreadable_primary_means_unknown(mount: Mount) -> None:
     # A directory where the file should be: read() fails with EISDIR, a real
     # I/O error from the mount (as EIO or ENOTCONN from a dead FUSE mount).
