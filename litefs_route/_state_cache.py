@@ -345,8 +345,10 @@ class StateCache:
 
     def forked(self) -> None:
         """In a forked child (see :meth:`EventSubscriber.forked`): fresh locks, and the reading expires."""
+        global _logged_lock
         self._changes.forked()
         self._lock, self._claim, self._claimed_at = threading.Lock(), threading.Lock(), None
+        _logged_lock = threading.Lock()  # a thread of the parent may have held it at the fork
         self._began_at = self._read_at = -math.inf
 
     @staticmethod
