@@ -321,18 +321,21 @@ def test_dev_command_demo_does_what_its_banner_says() -> None:
 # -- what the app logs while the primary moves -------------------------------------------
 
 
+@pytest.mark.parametrize("follow", ["event-stream", "polling"])
 def test_a_killed_primary_is_logged_once_per_change_by_each_replica(
-    litefs_real_cluster: LiteFSClusterFactory,
+    litefs_real_cluster: LiteFSClusterFactory, follow: str
 ) -> None:
     """A survivor's app logs each change of the state it routes on once, not each flicker of the mount.
 
     While the dead primary's lease runs out, a replica's LiteFS names it again
     on each reconnect attempt (docs/exactly-once.md): the readings alternate
-    replica/no-primary, and the event stream pushes each of them.
+    replica/no-primary, and the event stream pushes each of them (polling,
+    every 50 ms, the mount catches some).
     """
     import httpx
 
-    cluster = litefs_real_cluster("tests.devcluster_apps.asgi_app:app", instances=3, lease="consul")
+    env = {"LITEFS_API_URL": "off"} if follow == "polling" else {}
+    cluster = litefs_real_cluster("tests.devcluster_apps.asgi_app:app", instances=3, lease="consul", env=env)
     cluster.wait_replicated()
     survivors = ["node2", "node3"]
     with httpx.Client(base_url=cluster.front_url, timeout=30) as client:
@@ -341,6 +344,13 @@ def test_a_killed_primary_is_logged_once_per_change_by_each_replica(
             assert (done.status_code, done.json()["instance"]) == (200, "node1"), done.text
 
         cluster.kill_node("node1")
+
+        def elected() -> bool:
+            for node in survivors:  # reads: each survivor's app sees the election (polling: reads the mount)
+                assert client.get("/whoami", headers={FORCE: node}).status_code == 200
+            return cluster.primary in survivors
+
+        wait_until(elected, timeout=30, what="a survivor to take the lease")
         new_primary = cluster.wait_primary()
         [replica] = [n for n in survivors if n != new_primary]
         # The replica's app routes on the new primary: a write there lands on it.
