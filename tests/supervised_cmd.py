@@ -48,7 +48,8 @@ def main() -> int:
     note("start")
     done.wait(args.exit_after)
     note("exit")
-    return args.exit_code
+    code: int = args.exit_code
+    return code
 
 
 if __name__ == "__main__":
