@@ -10,6 +10,8 @@ figures in docs/background-work.md.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 import signal
 import subprocess
@@ -97,7 +99,7 @@ class Background:
 
 def assert_never_two(copies: list[Copy]) -> None:
     """Each copy exited before the next one started (the record is wall-clock time on one host)."""
-    for before, after in zip(copies, copies[1:], strict=False):
+    for before, after in itertools.pairwise(copies):
         assert before.exit is not None, f"{before} still ran when {after} started"
         assert before.exit < after.start, f"{before} overlapped {after}"
 
@@ -125,12 +127,13 @@ def test_graceful_handoffs_never_overlap(background: Background) -> None:
     wait_until(lambda: background.running_on("node1"), timeout=SETTLE, what="node1's copy started")
     for target in ("node2", "node3", "node1"):
         cluster.promote(target, timeout=SETTLE)
-        wait_until(lambda t=target: background.running_on(t), timeout=SETTLE, what=f"{target}'s copy started")
+        wait_until(functools.partial(background.running_on, target), timeout=SETTLE, what=f"{target} started it")
     copies = background.copies()
     assert [c.node for c in copies] == ["node1", "node2", "node3", "node1"]
     assert_never_two(copies)
-    for before, after in zip(copies, copies[1:], strict=False):
-        assert before.term is not None and before.exit is not None
+    for before, after in itertools.pairwise(copies):
+        assert before.term is not None
+        assert before.exit is not None
         print(  # the figures in docs/background-work.md
             f"handoff {before.node}->{after.node}: old copy told to stop, new copy started "
             f"{after.start - before.term:.3f} s later; gap after the old copy's exit {after.start - before.exit:.3f} s"
@@ -149,7 +152,8 @@ def test_kill_9_of_the_primarys_litefs_stops_its_copy_before_another_starts(back
     copies = background.copies()
     assert [c.node for c in copies] == ["node1", new]
     old = copies[0]
-    assert old.term is not None and old.exit is not None  # the dead mount stopped it
+    assert old.term is not None
+    assert old.exit is not None
     assert_never_two(copies)
     print(
         f"kill -9 of node1's LiteFS: its copy told to stop; {new}'s copy started "
