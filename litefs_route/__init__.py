@@ -10,10 +10,27 @@ Standard library only; importing this package imports no web framework.
 - :func:`instance_url`, :func:`list_instances`: Fly's private network.
 - :func:`get_instance_info`: this instance, the primary, and whether they are the same.
 - :func:`routing_counters`: what this process's requests ended in and waited for.
+- Background work (docs/background-work.md): :func:`is_primary`, :func:`primary_only`,
+  :func:`on_become_primary`, :func:`on_stop_primary`; :func:`primary_task` and
+  :func:`call_on_primary` (served by :func:`serve_tasks_wsgi` / :func:`serve_tasks_asgi`).
 """
 
 from __future__ import annotations
 
+from ._hooks import is_primary, on_become_primary, on_stop_primary, primary_only, primary_only_skips
+from ._tasks import (
+    TaskClient,
+    TaskError,
+    TaskFailed,
+    TaskMayHaveRun,
+    TaskNotReplicated,
+    TaskNotRun,
+    TaskRefused,
+    call_on_primary,
+    primary_task,
+    serve_tasks_asgi,
+    serve_tasks_wsgi,
+)
 from .context import InstanceInfo, ensure_instance, ensure_primary, get_instance_info, report_exception
 from .counters import routing_counters
 from .exceptions import PrimaryRequired
@@ -36,16 +53,32 @@ __all__ = [
     "NotOnFly",
     "PrimaryRequired",
     "Role",
+    "TaskClient",
+    "TaskError",
+    "TaskFailed",
+    "TaskMayHaveRun",
+    "TaskNotReplicated",
+    "TaskNotRun",
+    "TaskRefused",
     "WaitTimeout",
+    "call_on_primary",
     "ensure_instance",
     "ensure_primary",
     "get_instance_info",
     "halt_lock",
     "halt_lock_async",
     "instance_url",
+    "is_primary",
     "list_instances",
+    "on_become_primary",
+    "on_stop_primary",
+    "primary_only",
+    "primary_only_skips",
+    "primary_task",
     "report_exception",
     "routing_counters",
+    "serve_tasks_asgi",
+    "serve_tasks_wsgi",
     "wait_for_primary",
     "wait_for_sync",
     "wait_for_txid",
