@@ -16,7 +16,7 @@ import inspect
 import logging
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from .mount import NodeState, default_instance_id
@@ -41,7 +41,7 @@ R = TypeVar("R")
 # Seconds a reading of the mount is reused while the event stream is down (the middleware's default).
 _DEFAULT_TTL = 1.0
 
-_own_cache: StateCache | None = None
+_own_caches: dict[tuple[str | None, str], StateCache] = {}
 _own_cache_lock = threading.Lock()
 
 
@@ -55,15 +55,16 @@ def build_cache(litefs_dir: str | None, instance_id: str, ttl: float, api_url: s
 
 
 def node_cache() -> StateCache:
-    """The reading the process routes on: the oldest middleware's, else one built from the environment."""
-    routers = every_router()
-    if routers:
-        return routers[0].cache
-    global _own_cache
+    """The reading of ``$LITEFS_DIR`` the process routes on: a middleware's on that mount, else one of our own."""
+    mount, instance_id = os.environ.get("LITEFS_DIR") or None, default_instance_id()
+    for router in every_router():  # oldest first
+        if router.cache.litefs_dir == mount and router.instance_id == instance_id:
+            return router.cache
     with _own_cache_lock:
-        if _own_cache is None:
-            _own_cache = build_cache(os.environ.get("LITEFS_DIR") or None, default_instance_id(), _DEFAULT_TTL, None)
-        return _own_cache
+        cache = _own_caches.get((mount, instance_id))
+        if cache is None:
+            cache = _own_caches[(mount, instance_id)] = build_cache(mount, instance_id, _DEFAULT_TTL, None)
+        return cache
 
 
 def is_primary() -> bool:
@@ -97,7 +98,7 @@ skipped_calls = _SkipCounter()
 
 
 @overload
-def primary_only(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R | None]]: ...
+def primary_only(func: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R | None]]: ...
 @overload
 def primary_only(func: Callable[P, R]) -> Callable[P, R | None]: ...
 def primary_only(func: Callable[P, Any]) -> Callable[P, Any]:
