@@ -46,9 +46,12 @@ CALLER = "node2"
 
 def _via_halt(db_path: str) -> Callable[[], None]:
     def write() -> None:
-        with halt_lock(db_path, instance_id=CALLER), contextlib.closing(sqlite3.connect(db_path, timeout=30)) as db:
-            with db:
-                db.execute("INSERT INTO runs (label, node) VALUES (?, ?)", (uuid.uuid4().hex, CALLER))
+        with (
+            halt_lock(db_path, instance_id=CALLER),
+            contextlib.closing(sqlite3.connect(db_path, timeout=30)) as db,
+            db,
+        ):
+            db.execute("INSERT INTO runs (label, node) VALUES (?, ?)", (uuid.uuid4().hex, CALLER))
 
     return write
 
