@@ -51,6 +51,8 @@ class Background:
     record: Path
     logs: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    #: More options for the supervisor (bench/background_handoff.py sets --start-delay).
+    options: tuple[str, ...] = ()
 
     def start(self, node: str) -> None:
         argv = [
@@ -67,6 +69,7 @@ class Background:
             self.cluster.nodes[node].api_url,
             "--grace",
             str(GRACE),
+            *self.options,
             "--",
             sys.executable,
             "-m",
