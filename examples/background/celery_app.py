@@ -11,6 +11,10 @@ A promotion elsewhere stops both here (SIGTERM: Celery's warm shutdown,
 them there. Tasks queued meanwhile wait in Redis. A task interrupted by
 SIGKILL may have written: make tasks idempotent, or run their writes
 through ``call_on_primary`` (exactly once).
+
+On worker Machines that are never primary (fly.toml's ``worker`` group),
+run the worker without the supervisor; its tasks write through
+``call_on_primary`` (``tick_on_primary``, served by ``web_tasks.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 from celery import Celery
 
 from examples.background import jobs
+from litefs_route import call_on_primary
 
 app = Celery("background", broker=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
 app.conf.broker_connection_retry_on_startup = True
@@ -31,3 +36,9 @@ app.conf.beat_schedule = {
 @app.task
 def tick() -> int:
     return jobs.record("celery")
+
+
+@app.task
+def tick_on_primary() -> int:
+    """For a worker Machine that is never primary: the write runs on the primary, exactly once."""
+    return int(call_on_primary("tick")["id"])

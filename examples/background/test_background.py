@@ -116,12 +116,11 @@ def node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
         each.stop()
 
 
-def wait_ticks(node: Node, source: str, count: int, log: str) -> None:
-    wait_for(
-        lambda: node.ticks(source) >= count,
-        timeout=60,
-        message=f"fewer than {count} {source} ticks; log:\n{node.log(log)[-3000:]}",
-    )
+def wait_ticks(node: Node, source: str, count: int, log: str, log_node: Node | None = None) -> None:
+    try:
+        wait_for(lambda: node.ticks(source) >= count, timeout=60, message=f"fewer than {count} {source} ticks")
+    except Exception as exc:
+        raise AssertionError(f"{exc}; log:\n{(log_node or node).log(log)[-3000:]}") from None
 
 
 def _stopped(node: Node, name: str) -> bool:
@@ -140,6 +139,27 @@ def test_celery_worker_and_beat_run_under_the_supervisor(node: Callable[..., Nod
         wait_for(functools.partial(_stopped, primary, name), timeout=60, message=f"{name} not stopped")
     assert worker.poll() is None
     assert beat.poll() is None
+
+
+def test_a_worker_that_is_never_primary_writes_through_call_on_primary(
+    node: Callable[..., Node], redis_url: str
+) -> None:
+    port = free_port()
+    secret = {"LITEFS_ROUTE_FORWARD_SECRET": "example-forward-secret-0123456789"}
+    primary = node("primary", **secret)
+    primary.start(
+        "web", [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "examples.background.web_tasks:app"]
+    )
+    wait_for(lambda: port_open("127.0.0.1", port), timeout=30, message="the web app did not listen")
+    worker = node("replica", REDIS_URL=redis_url, LITEFS_ROUTE_FORWARD_URL=f"http://127.0.0.1:{port}", **secret)
+    worker.start("worker", [str(BIN / "celery"), "-A", "examples.background.celery_app", "worker", "--pool=solo"])
+    from examples.background.celery_app import app, tick_on_primary
+
+    app.conf.broker_url = redis_url
+    result = tick_on_primary.delay()
+    wait_ticks(primary, "call_on_primary", 1, "worker", worker)
+    assert worker.ticks("call_on_primary") == 0  # the replica's own database was never written
+    assert result.id
 
 
 def test_an_rq_worker_runs_under_the_supervisor(node: Callable[..., Node], redis_url: str) -> None:
