@@ -1,7 +1,8 @@
 """Smoke-test an installed litefs-route wheel, away from the repository (run by .ci/run).
 
-    python .ci/smoke_wheel.py core      # in a venv with only the wheel installed
-    python .ci/smoke_wheel.py cluster   # after `pip install 'litefs-route[cluster]'` too
+    python .ci/smoke_wheel.py contents CORE.whl DEVCLUSTER.whl   # what each wheel holds
+    python .ci/smoke_wheel.py core      # in a venv with only the litefs-route wheel installed
+    python .ci/smoke_wheel.py cluster   # after the litefs-route-devcluster wheel too
 
 Standard library only; run it from a directory outside the clone so that the
 installed package, not the source tree, is what gets imported.
@@ -16,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import zipfile
 from typing import Any
 
 FRAMEWORKS = (
@@ -39,7 +41,7 @@ def core() -> None:
 
     check(os.path.dirname(litefs_route.__file__).find("site-packages") >= 0, "the installed package is imported")
     check(not [m for m in FRAMEWORKS if m in sys.modules], "importing litefs_route imports no framework")
-    check("litefs_route.devcluster" not in sys.modules, "the core does not import the dev cluster")
+    check("litefs_route_devcluster" not in sys.modules, "the core does not import the dev cluster")
 
     def tiny_wsgi(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain")])
@@ -86,28 +88,47 @@ def core() -> None:
     done = subprocess.run([COMMAND, "status", "--json"], capture_output=True, text=True, env=env, timeout=60)
     check(done.returncode == 0 and json.loads(done.stdout)["role"] == "standalone", "litefs-route status")
 
-    dev("the bundled demo", [])
-
-    with tempfile.TemporaryDirectory() as folder:
-        done = subprocess.run(
-            [COMMAND, "dev", write_asgi_app(folder), "--port", "0", "-q"],
-            input="",
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=folder,
-        )
-    last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+    done = subprocess.run([COMMAND, "dev"], capture_output=True, text=True, env=env, timeout=60)
     check(
-        done.returncode == 1 and "pip install 'litefs-route[cluster]'" in last and "Traceback" not in done.stderr,
-        "without the cluster extra, an ASGI app gets one line saying what to install",
+        done.returncode == 2
+        and "pip install litefs-route-devcluster" in done.stderr
+        and "Traceback" not in done.stderr,
+        "without the dev cluster, `litefs-route dev` says in one line what to install",
     )
 
 
 def cluster() -> None:
+    dev("the bundled demo", [])
     with tempfile.TemporaryDirectory() as folder:
         # As a user would: their app in the current directory.
-        dev("an ASGI app under uvicorn (the cluster extra)", [write_asgi_app(folder)], cwd=folder)
+        dev("an ASGI app under uvicorn", [write_asgi_app(folder)], cwd=folder)
+
+
+def contents(core_wheel: str, devcluster_wheel: str) -> None:
+    def packages(wheel: str) -> set[str]:
+        with zipfile.ZipFile(wheel) as z:
+            return {name.split("/")[0] for name in z.namelist() if not name.split("/")[0].endswith(".dist-info")}
+
+    def modules(wheel: str) -> set[str]:
+        with zipfile.ZipFile(wheel) as z:
+            return {name for name in z.namelist() if name.endswith(".py")}
+
+    check(packages(core_wheel) == {"litefs_route"}, "the litefs-route wheel holds litefs_route only")
+    # The cluster's parts: the process killer, the Consul stand-in, the Fly-like front, the pytest plugin.
+    cluster_parts = ("reaper", "consul", "proxy", "pytest_plugin", "devcluster")
+    check(
+        not [m for m in modules(core_wheel) if any(part in m for part in cluster_parts)],
+        "the litefs-route wheel has no process killer, Consul stand-in, proxy or pytest plugin",
+    )
+    check(
+        packages(devcluster_wheel) == {"litefs_route_devcluster"}, "the devcluster wheel holds litefs_route_devcluster"
+    )
+    with zipfile.ZipFile(devcluster_wheel) as z:
+        entry_points = next(z.read(n).decode() for n in z.namelist() if n.endswith("entry_points.txt"))
+    check(
+        "[litefs_route.commands]" in entry_points and "[pytest11]" in entry_points,
+        "the devcluster wheel adds `litefs-route dev` and the pytest fixtures",
+    )
 
 
 def write_asgi_app(folder: str) -> str:
@@ -140,4 +161,7 @@ def dev(what: str, args: list[str], cwd: str | None = None) -> None:
 
 
 if __name__ == "__main__":
-    {"core": core, "cluster": cluster}[sys.argv[1]]()
+    if sys.argv[1] == "contents":
+        contents(*sys.argv[2:4])
+    else:
+        {"core": core, "cluster": cluster}[sys.argv[1]]()

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from litefs_route import TaskClient, halt_lock  # noqa: E402
-from litefs_route.devcluster.litefs import LiteFSCluster  # noqa: E402
+from litefs_route_devcluster.litefs import LiteFSCluster  # noqa: E402
 
 SECRET = "bench-secret-shared-by-every-instance"
 CALLER = "node2"

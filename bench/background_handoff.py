@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from litefs_route.devcluster.litefs import LiteFSCluster  # noqa: E402
+from litefs_route_devcluster.litefs import LiteFSCluster  # noqa: E402
 from tests.support import wait_until  # noqa: E402
 from tests.test_litefs_background import Background, Copy  # noqa: E402
 

@@ -25,9 +25,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from litefs_route.consistency import PositionWatcher  # noqa: E402
-from litefs_route.devcluster import free_port  # noqa: E402  (reserved: the server binds it later)
-from litefs_route.devcluster.files import write_lag, write_position, write_primary  # noqa: E402
+from litefs_route._consistency import PositionWatcher  # noqa: E402
+from litefs_route_devcluster import free_port  # noqa: E402  (reserved: the server binds it later)
+from litefs_route_devcluster.files import write_lag, write_position, write_primary  # noqa: E402
 
 DB = "app.db"
 

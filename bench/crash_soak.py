@@ -76,9 +76,9 @@ from typing import Any, Literal
 import httpx
 
 from bench.apps.soak import SCHEMA, TABLE
-from litefs_route.devcluster.litefs import LITEFS_VERSION, LiteFSCluster, litefs_unavailable
-from litefs_route.devcluster.proxy import ReplayEvent
-from litefs_route.mount import parse_position
+from litefs_route._mount import parse_position
+from litefs_route_devcluster.litefs import LITEFS_VERSION, LiteFSCluster, litefs_unavailable
+from litefs_route_devcluster.proxy import ReplayEvent
 
 ROOT = Path(__file__).resolve().parent.parent
 DATABASE = "app.db"

@@ -38,9 +38,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from litefs_route.devcluster.litefs import LiteFSCluster  # noqa: E402
-from litefs_route.events import PrimaryChange, read_events  # noqa: E402
-from litefs_route.state_cache import ESTABLISHED_AFTER  # noqa: E402
+from litefs_route._events import PrimaryChange, read_events  # noqa: E402
+from litefs_route._state_cache import ESTABLISHED_AFTER  # noqa: E402
+from litefs_route_devcluster.litefs import LiteFSCluster  # noqa: E402
 
 APP = "tests.devcluster_apps.asgi_app:app"
 NODES = ("node1", "node2", "node3")

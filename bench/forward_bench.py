@@ -34,9 +34,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from litefs_route.devcluster import free_port, port_open, wait_for  # noqa: E402
-from litefs_route.devcluster.cluster import stop_process_group  # noqa: E402
-from litefs_route.devcluster.files import write_lag, write_primary  # noqa: E402
+from litefs_route_devcluster import free_port, port_open, wait_for  # noqa: E402
+from litefs_route_devcluster.cluster import stop_process_group  # noqa: E402
+from litefs_route_devcluster.files import write_lag, write_primary  # noqa: E402
 
 PRIMARY, REPLICA = "e784079b449483", "3d8d9e5b711e68"
 SECRET = "bench-secret-shared-by-every-instance"

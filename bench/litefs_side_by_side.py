@@ -86,9 +86,9 @@ from bench.run import (  # noqa: E402
     warm_up,
     wrk_columns,
 )
-from litefs_route.devcluster import free_port  # noqa: E402
-from litefs_route.devcluster.litefs import LITEFS_VERSION, find_litefs, litefs_unavailable  # noqa: E402
-from litefs_route.mount import parse_position  # noqa: E402
+from litefs_route._mount import parse_position  # noqa: E402
+from litefs_route_devcluster import free_port  # noqa: E402
+from litefs_route_devcluster.litefs import LITEFS_VERSION, find_litefs, litefs_unavailable  # noqa: E402
 
 DATABASE = "app.db"
 VARIANTS = ("bare", "naive", "route", "litefs-proxy")

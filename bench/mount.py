@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from litefs_route.devcluster.files import write_lag, write_position, write_primary
+from litefs_route_devcluster.files import write_lag, write_position, write_primary
 
 PRIMARY_ID = "3d8d9e5b711e68"  # the shape of a Fly Machine ID
 SELF_ID = "e784079b449483"

@@ -45,7 +45,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
 from bench.mount import PRIMARY_ID, SELF_ID, make_mounts  # noqa: E402
-from litefs_route.devcluster import free_port  # noqa: E402  (reserved: the server binds it later)
+from litefs_route_devcluster import free_port  # noqa: E402  (reserved: the server binds it later)
 
 POST_LUA = BENCH / "wrk" / "post.lua"
 CACHE_TTL = 1.0  # litefs-route's default, which the servers use

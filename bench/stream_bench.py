@@ -89,9 +89,9 @@ from bench.run import (  # noqa: E402
     versions,
     warm_up,
 )
-from litefs_route.consistency import PositionWatcher  # noqa: E402
-from litefs_route.devcluster.litefs import LITEFS_VERSION, LiteFSCluster, LiteFSNode, litefs_unavailable  # noqa: E402
+from litefs_route._consistency import PositionWatcher  # noqa: E402
 from litefs_route.wsgi import PrimaryRoutingMiddleware  # noqa: E402
+from litefs_route_devcluster.litefs import LITEFS_VERSION, LiteFSCluster, LiteFSNode, litefs_unavailable  # noqa: E402
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from examples.local_mount import make_mount
-from litefs_route.devcluster import free_port, port_open, wait_for
-from litefs_route.devcluster.cluster import stop_process_group
+from litefs_route_devcluster import free_port, port_open, wait_for
+from litefs_route_devcluster.cluster import stop_process_group
 
 PRIMARY_ID = "e784079b449483"
 REPLICA_ID = "3d8d9e5b711e68"

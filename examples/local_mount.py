@@ -12,7 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
-from litefs_route.devcluster.files import write_lag, write_primary
+from litefs_route_devcluster.files import write_lag, write_primary
 
 #: What a replica's ``.lag`` reads here: a few ms, as a healthy replica shows.
 REPLICA_LAG_MS = 15

@@ -3,21 +3,44 @@
 Standard library only; importing this package imports no web framework.
 
 - :mod:`litefs_route.wsgi` / :mod:`litefs_route.asgi` / :mod:`litefs_route.django`: ``PrimaryRoutingMiddleware``.
-- :mod:`litefs_route.releases`: which release each instance runs; after-release steps, the schema gate.
+- :func:`run_after_release`, :func:`wait_for_schema`, :class:`Heartbeat`, :func:`promote`:
+  release-aware migrations and the lease call (``docs/migrations.md``).
 - :func:`ensure_primary`: in a handler, end the request in a replay to the
   primary unless this instance is the primary.
 - :func:`ensure_instance`: the same, to one named instance.
 - :func:`instance_url`, :func:`list_instances`: Fly's private network.
 - :func:`get_instance_info`: this instance, the primary, and whether they are the same.
 - :func:`routing_counters`: what this process's requests ended in and waited for.
+- :func:`read_position`, :func:`is_readonly_error`: what the mount and SQLite say.
 - Background work (docs/background-work.md): :func:`is_primary`, :func:`primary_only`,
   :func:`on_become_primary`, :func:`on_stop_primary`; :func:`primary_task` and
   :func:`call_on_primary` (served by :func:`serve_tasks_wsgi` / :func:`serve_tasks_asgi`).
+
+This module's ``__all__``, the adapter modules (``asgi``, ``wsgi``,
+``django``), the integrations (``prometheus``, ``otel``) and the
+``litefs-route`` command are the public API (``docs/api.md``); every module
+whose name starts with an underscore is private and may change in any release.
 """
 
 from __future__ import annotations
 
+from ._context import InstanceInfo, ensure_instance, ensure_primary, get_instance_info, report_exception
+from ._counters import routing_counters
+from ._exceptions import PrimaryRequired
+from ._fly import NotOnFly, instance_url, list_instances
 from ._hooks import is_primary, on_become_primary, on_stop_primary, primary_only, primary_only_skips
+from ._mount import NodeState, Position, Role, read_position
+from ._ops import (
+    HaltLockError,
+    WaitTimeout,
+    halt_lock,
+    halt_lock_async,
+    wait_for_primary,
+    wait_for_sync,
+    wait_for_txid,
+)
+from ._releases import Heartbeat, StepClaimed, promote, run_after_release, wait_for_schema
+from ._sqlite_errors import is_readonly_error
 from ._tasks import (
     TaskClient,
     TaskError,
@@ -31,28 +54,17 @@ from ._tasks import (
     serve_tasks_asgi,
     serve_tasks_wsgi,
 )
-from .context import InstanceInfo, ensure_instance, ensure_primary, get_instance_info, report_exception
-from .counters import routing_counters
-from .exceptions import PrimaryRequired
-from .fly import NotOnFly, instance_url, list_instances
-from .mount import NodeState, Role
-from .ops import (
-    HaltLockError,
-    WaitTimeout,
-    halt_lock,
-    halt_lock_async,
-    wait_for_primary,
-    wait_for_sync,
-    wait_for_txid,
-)
 
 __all__ = [
     "HaltLockError",
+    "Heartbeat",
     "InstanceInfo",
     "NodeState",
     "NotOnFly",
+    "Position",
     "PrimaryRequired",
     "Role",
+    "StepClaimed",
     "TaskClient",
     "TaskError",
     "TaskFailed",
@@ -69,17 +81,22 @@ __all__ = [
     "halt_lock_async",
     "instance_url",
     "is_primary",
+    "is_readonly_error",
     "list_instances",
     "on_become_primary",
     "on_stop_primary",
     "primary_only",
     "primary_only_skips",
     "primary_task",
+    "promote",
+    "read_position",
     "report_exception",
     "routing_counters",
+    "run_after_release",
     "serve_tasks_asgi",
     "serve_tasks_wsgi",
     "wait_for_primary",
+    "wait_for_schema",
     "wait_for_sync",
     "wait_for_txid",
 ]

@@ -1,8 +1,8 @@
 """In-process hooks for background work: is this node the primary, and tell me when that changes.
 
-Everything here reads the same :class:`~litefs_route.state_cache.StateCache`
+Everything here reads the same :class:`~litefs_route._state_cache.StateCache`
 the middleware routes on, fed by the same event subscriber
-(:mod:`litefs_route.subscriber`): a push from LiteFS's event stream where it
+(:mod:`litefs_route._subscriber`): a push from LiteFS's event stream where it
 is up, the mount every ``cache_ttl`` where it is not. A process that serves
 requests uses its middleware's cache; a process without one (a worker, a
 scheduler) gets its own, built from ``$LITEFS_DIR`` the way the middleware
@@ -19,10 +19,10 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
-from .mount import NodeState, default_instance_id
-from .router import every_router
-from .state_cache import StateCache
-from .subscriber import resolve_api_url, subscriber_for
+from ._mount import NodeState, default_instance_id
+from ._router import every_router
+from ._state_cache import StateCache
+from ._subscriber import resolve_api_url, subscriber_for
 
 __all__ = [
     "RoleWatcher",

@@ -9,8 +9,8 @@ being primary, has ended (SIGTERM, *grace* seconds, SIGKILL: its default is
 primary, and started again on a later promotion.
 
 The role comes from the middleware's rules and machinery: a
-:class:`~litefs_route.state_cache.StateCache` fed by LiteFS's event stream
-(:mod:`litefs_route.subscriber`), the mount every *interval* where the stream
+:class:`~litefs_route._state_cache.StateCache` fed by LiteFS's event stream
+(:mod:`litefs_route._subscriber`), the mount every *interval* where the stream
 is down. Signals the supervisor gets are passed on to CMD; SIGTERM and
 SIGINT also end the supervisor once CMD has ended. CMD ending by itself
 ends the supervisor with its status, or (*restart*) starts it again while
@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from ._hooks import RoleWatcher, build_cache
-from .mount import NodeState
+from ._mount import NodeState
 
 __all__ = ["EXIT_CANNOT_RUN", "Options", "Supervisor", "main"]
 

@@ -41,20 +41,20 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._context import current_request
+from ._forwarding import DEFAULT_FORWARD_URL, HOP_HEADER, SECRET_ENV, SECRET_HEADER, ForwardURL, resolve_forward_url
 from ._hooks import build_cache, node_cache
-from .context import current_request
-from .forwarding import DEFAULT_FORWARD_URL, HOP_HEADER, SECRET_ENV, SECRET_HEADER, ForwardURL, resolve_forward_url
-from .mount import Role, default_instance_id, read_position
-from .ops import WaitTimeout, wait_for_txid
-from .replies import OUTCOME_HEADER
-from .secret import Secret
-from .subscriber import resolve_api_url
+from ._mount import Role, default_instance_id, read_position
+from ._ops import WaitTimeout, wait_for_txid
+from ._replies import OUTCOME_HEADER
+from ._secret import Secret
+from ._subscriber import resolve_api_url
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
+    from ._state_cache import StateCache
     from .asgi import ASGIApp
-    from .state_cache import StateCache
 
 __all__ = [
     "DEFAULT_TASK_PATH",

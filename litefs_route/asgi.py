@@ -15,11 +15,11 @@ through. Response headers are added by wrapping ``send``; body messages are
 forwarded one by one, never buffered.
 
 The event loop never waits on the mount: the node's state is pushed by
-LiteFS's event stream where it is up (:mod:`litefs_route.subscriber`), and a
+LiteFS's event stream where it is up (:mod:`litefs_route._subscriber`), and a
 refresh from the mount (at most once per ``cache_ttl``, or for a replayed
 request, while the stream is not followed) runs in a worker
 thread, through anyio when it is installed (Starlette, FastAPI) and
-``asyncio.to_thread`` otherwise. Options: see :class:`~litefs_route.middleware.RoutingMiddleware`.
+``asyncio.to_thread`` otherwise. Options: see :class:`~litefs_route._middleware.RoutingMiddleware`.
 """
 
 from __future__ import annotations
@@ -29,16 +29,16 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import quote
 
-from .consistency import TxidCookies
-from .context import RequestContext, current_request
-from .decision import Kind, Outcome, RequestInfo
-from .drivers import AsyncMountIO, KeptBody, async_backend, drive_async
-from .forwarding import HOP_HEADER, SECRET_HEADER, forward_async
-from .frameworks import starlette_primary_required
-from .middleware import RoutingMiddleware, middleware_doc
-from .mount import NodeState
-from .replies import OUR_TAG_NAMES_BYTES, Headers, Reply, with_tags
-from .router import Router
+from ._consistency import TxidCookies
+from ._context import RequestContext, current_request
+from ._decision import Kind, Outcome, RequestInfo
+from ._drivers import AsyncMountIO, KeptBody, async_backend, drive_async
+from ._forwarding import HOP_HEADER, SECRET_HEADER, forward_async
+from ._frameworks import starlette_primary_required
+from ._middleware import RoutingMiddleware, middleware_doc
+from ._mount import NodeState
+from ._replies import OUR_TAG_NAMES_BYTES, Headers, Reply, with_tags
+from ._router import Router
 
 __all__ = ["SOCKET_REFUSED_CLOSE_CODE", "PrimaryRoutingMiddleware"]
 

@@ -27,8 +27,8 @@ from collections.abc import Iterable
 from opentelemetry import metrics, trace
 
 from . import __version__
-from .counters import add_count_listener, remove_count_listener
-from .observed import ROLES, count_meaning, node_gauges
+from ._counters import add_count_listener, remove_count_listener
+from ._observed import ROLES, count_meaning, node_gauges
 
 __all__ = ["OtelMetrics", "instrument"]
 
@@ -58,7 +58,7 @@ class OtelMetrics:
         )
 
     def count(self, name: str, amount: float, cause: str | None) -> None:
-        """One count of a router (a :mod:`litefs_route.counters` listener)."""
+        """One count of a router (a :mod:`litefs_route._counters` listener)."""
         meaning = count_meaning(name, cause)
         if meaning is None:
             return

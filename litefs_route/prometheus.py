@@ -10,7 +10,7 @@ Then expose the registry as your app does (``prometheus_client.make_wsgi_app()``
 for Flask, FastAPI and Django, under gunicorn's several workers
 (prometheus_client's multiprocess mode) and uvicorn, and Fly's ``[metrics]``.
 
-Counted as the middlewares of this process count (:mod:`litefs_route.counters`):
+Counted as the middlewares of this process count (:mod:`litefs_route._counters`):
 
 ``litefs_route_requests_total{outcome}``
     Requests the middleware routed, by how they ended: ``ran`` (the app ran
@@ -47,8 +47,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .counters import add_count_listener, remove_count_listener
-from .observed import ROLES, count_meaning, node_gauges
+from ._counters import add_count_listener, remove_count_listener
+from ._observed import ROLES, count_meaning, node_gauges
 
 __all__ = ["PrometheusMetrics", "StateCollector", "exposition", "register"]
 
@@ -65,7 +65,7 @@ class PrometheusMetrics:
     _registered: bool = field(default=True, repr=False)
 
     def count(self, name: str, amount: float, cause: str | None) -> None:
-        """One count of a router (a :mod:`litefs_route.counters` listener)."""
+        """One count of a router (a :mod:`litefs_route._counters` listener)."""
         meaning = count_meaning(name, cause)
         if meaning is None:  # a wait, or a detail of a request counted by its ending
             return

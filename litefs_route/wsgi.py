@@ -9,18 +9,18 @@ On a replica, writes are answered with ``409`` + ``fly-replay:
 instance=<primary>`` without calling the app or reading the body, and Fly's
 proxy replays them on the primary. Every response is tagged with
 ``Fly-Primary-Instance`` and ``Fly-Instance``. The options, the same for both
-adapters, are :class:`~litefs_route.middleware.RoutingMiddleware`'s.
+adapters, are :class:`~litefs_route._middleware.RoutingMiddleware`'s.
 
 The node's state is pushed by LiteFS's event stream where it is up
-(:mod:`litefs_route.subscriber`), else read from the mount inline, at most
+(:mod:`litefs_route._subscriber`), else read from the mount inline, at most
 once per ``cache_ttl`` per process (a replayed request reads it fresh). The app's
 response iterable is returned unchanged (``close()`` and
 ``wsgi.file_wrapper`` keep working), so nothing is buffered. The request's
-:class:`~litefs_route.context.RequestContext` is also in
-``environ["litefs_route.context"]``. The safety net reaches into the Flask
+:class:`~litefs_route._context.RequestContext` is also in
+``environ["litefs_route._context"]``. The safety net reaches into the Flask
 app the middleware wraps (``app.wsgi_app = PrimaryRoutingMiddleware(app.wsgi_app)``):
 SQLite's refusal is answered before Flask's error path logs it or sends
-``got_request_exception`` (:func:`~litefs_route.frameworks.connect_flask_safety_net`).
+``got_request_exception`` (:func:`~litefs_route._frameworks.connect_flask_safety_net`).
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ import contextlib
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .consistency import TxidCookies
-from .context import RequestContext, current_request, report_exception
-from .decision import Kind, Outcome, RequestInfo
-from .drivers import KeptBody, MountIO, drive, measure_stream
-from .forwarding import (
+from ._consistency import TxidCookies
+from ._context import RequestContext, current_request, report_exception
+from ._decision import Kind, Outcome, RequestInfo
+from ._drivers import KeptBody, MountIO, drive, measure_stream
+from ._forwarding import (
     HOP_CGI_KEY,
     SECRET_CGI_KEY,
     ClientBodyError,
@@ -43,10 +43,10 @@ from .forwarding import (
     drop_forward_claim,
     forward_blocking,
 )
-from .frameworks import connect_flask_safety_net, werkzeug_primary_required
-from .middleware import RoutingMiddleware, middleware_doc
-from .replies import LENGTH_REQUIRED, OUR_TAG_NAMES, Headers, Reply, with_tags
-from .router import Router
+from ._frameworks import connect_flask_safety_net, werkzeug_primary_required
+from ._middleware import RoutingMiddleware, middleware_doc
+from ._replies import LENGTH_REQUIRED, OUR_TAG_NAMES, Headers, Reply, with_tags
+from ._router import Router
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo
@@ -89,7 +89,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
         )
         if outcome.decision.write:  # before the app: its cookies name the databases it changes
             ctx.note_write()
-        environ["litefs_route.context"] = ctx
+        environ["litefs_route._context"] = ctx
         response = _Response(ctx, environ, start_response)
         token = current_request.set(ctx)
         try:

@@ -39,11 +39,11 @@ class _Spy(importlib.abc.MetaPathFinder):
 
 sys.meta_path.insert(0, _Spy())
 
-from litefs_route.consistency import PositionWatcher  # noqa: E402
-from litefs_route.mount import NodeState, read_position  # noqa: E402
-from litefs_route.releases import Heartbeat, instances  # noqa: E402
-from litefs_route.state_cache import StateCache  # noqa: E402
-from litefs_route.subscriber import EventSubscriber  # noqa: E402
+from litefs_route._consistency import PositionWatcher  # noqa: E402
+from litefs_route._mount import NodeState, read_position  # noqa: E402
+from litefs_route._releases import Heartbeat, instances  # noqa: E402
+from litefs_route._state_cache import StateCache  # noqa: E402
+from litefs_route._subscriber import EventSubscriber  # noqa: E402
 
 
 def _until(condition: Callable[[], bool], what: str) -> None:

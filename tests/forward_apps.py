@@ -19,8 +19,8 @@ from collections.abc import MutableMapping
 from typing import Any
 
 from litefs_route import asgi, wsgi
-from litefs_route.devcluster.files import write_position
-from litefs_route.mount import read_position
+from litefs_route._mount import read_position
+from litefs_route_devcluster.files import write_position
 
 INSTANCE = os.environ.get("FLY_MACHINE_ID", "standalone")
 OPTIONS: dict[str, Any] = {

@@ -6,10 +6,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from litefs_route.decision import Outcome, RequestInfo, Rules, plan_request
-from litefs_route.drivers import drive
-from litefs_route.mount import NodeState
-from litefs_route.router import Router
+from litefs_route._decision import Outcome, RequestInfo, Rules, plan_request
+from litefs_route._drivers import drive
+from litefs_route._mount import NodeState
+from litefs_route._router import Router
 from litefs_route.wsgi import PrimaryRoutingMiddleware
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ def _no_app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[
 
 @dataclass
 class FixedIO:
-    """:class:`~litefs_route.drivers.BlockingIO` for a node whose state never changes.
+    """:class:`~litefs_route._drivers.BlockingIO` for a node whose state never changes.
 
     Time passes only when the plan sleeps, so a wait for a primary ends after
     exactly ``primary_wait`` of (simulated) polling.

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from litefs_route import asgi, wsgi
-from litefs_route.devcluster.files import NO_PRIMARY_LAG, write_atomic, write_lag, write_position, write_primary
-from litefs_route.router import Router
+from litefs_route._router import Router
+from litefs_route_devcluster.files import NO_PRIMARY_LAG, write_atomic, write_lag, write_position, write_primary
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIApplication
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 class Mount:
     """A directory holding what a LiteFS FUSE mount shows, byte for byte.
 
-    Written only through :mod:`litefs_route.devcluster.files`, the one writer
+    Written only through :mod:`litefs_route_devcluster.files`, the one writer
     of LiteFS's file formats (checked against real LiteFS in test_litefs_facts).
     """
 
@@ -247,8 +247,8 @@ class ServerProcess:
 @contextmanager
 def server_process(argv: list[str], port: int, env: dict[str, str], log: Path) -> Iterator[ServerProcess]:
     """Run a server command (its output to *log*) until it listens on *port*; stop its whole group after."""
-    from litefs_route.devcluster import port_open, wait_for
-    from litefs_route.devcluster.cluster import stop_process_group
+    from litefs_route_devcluster import port_open, wait_for
+    from litefs_route_devcluster.cluster import stop_process_group
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **env}
     with open(log, "wb") as out:

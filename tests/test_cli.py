@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from litefs_route.cli import main
-from litefs_route.devcluster.files import NO_PRIMARY_LAG
-from litefs_route.mount import Position
-from litefs_route.ops import WaitTimeout, wait_for_primary, wait_for_sync, wait_for_txid
+from litefs_route._cli import main
+from litefs_route._mount import Position
+from litefs_route._ops import WaitTimeout, wait_for_primary, wait_for_sync, wait_for_txid
+from litefs_route_devcluster.files import NO_PRIMARY_LAG
 from tests.support import Mount
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,9 +16,9 @@ import httpx
 import pytest
 
 from litefs_route import asgi
-from litefs_route.consistency import TxidCookies
-from litefs_route.decision import Kind, RequestInfo
-from litefs_route.router import Router
+from litefs_route._consistency import TxidCookies
+from litefs_route._decision import Kind, RequestInfo
+from litefs_route._router import Router
 from tests.plans import router_for
 from tests.support import ADAPTERS, Mount, serve_asgi, serve_under, wait_until
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from bench.crash_soak import Config, Settings, run_soak, summary
-from litefs_route.devcluster.pytest_plugin import require_litefs
+from litefs_route_devcluster.pytest_plugin import require_litefs
 
 pytestmark = pytest.mark.litefs
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from litefs_route.decision import (
+from litefs_route._decision import (
     Decision,
     Kind,
     PathGlobs,
@@ -15,8 +15,8 @@ from litefs_route.decision import (
     plan_settlement,
     replay_hops,
 )
-from litefs_route.drivers import drive
-from litefs_route.mount import NodeState, Role
+from litefs_route._drivers import drive
+from litefs_route._mount import NodeState, Role
 from tests.plans import FixedIO, router_for, rules
 
 ME, P = "me0000000000aa", "pp0000000000bb"

@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from litefs_route.devcluster import free_port
+from litefs_route_devcluster import free_port
 from tests.support import Mount, logged, server_process
 
 if TYPE_CHECKING:
-    from litefs_route.devcluster.pytest_plugin import LiteFSClusterFactory
+    from litefs_route_devcluster.pytest_plugin import LiteFSClusterFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 PRIMARY = "e784079b449483"

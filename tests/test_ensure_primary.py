@@ -18,8 +18,8 @@ import pytest
 from flask import Flask
 
 from litefs_route import PrimaryRequired, asgi, ensure_instance, ensure_primary, get_instance_info, wsgi
-from litefs_route.frameworks import starlette_primary_required, werkzeug_primary_required
-from litefs_route.replies import Reply
+from litefs_route._frameworks import starlette_primary_required, werkzeug_primary_required
+from litefs_route._replies import Reply
 from tests.plans import router_for
 from tests.support import Mount, Served, serve_asgi, serve_under, serve_wsgi
 
@@ -376,8 +376,8 @@ def test_ensure_instance_refuses_a_name_that_is_not_one() -> None:
 
 
 def test_ensure_instance_with_a_body_fly_cannot_replay_is_413() -> None:
-    from litefs_route.decision import Kind, RequestInfo, decide_instance
-    from litefs_route.mount import NodeState, Role
+    from litefs_route._decision import Kind, RequestInfo, decide_instance
+    from litefs_route._mount import NodeState, Role
     from tests.plans import rules
 
     state = NodeState(Role.REPLICA, ME, PRIMARY)
@@ -396,6 +396,6 @@ def test_the_framework_flavours_are_named_as_what_they_are(flavour: Callable[[Re
     exc = flavour(Reply(409, (), b"replay"))
     assert isinstance(exc, PrimaryRequired)
     name = type(exc).__qualname__
-    assert (type(exc).__module__, name) == ("litefs_route.frameworks", name)
+    assert (type(exc).__module__, name) == ("litefs_route._frameworks", name)
     assert "<locals>" not in name
     assert str(exc) == "this request must run on another instance (HTTP 409)"

@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from litefs_route.devcluster import free_port
-from litefs_route.events import (
+from litefs_route._events import (
     EventStreamClosed,
     Init,
     LiteFSEvent,
@@ -23,11 +22,12 @@ from litefs_route.events import (
     parse_event,
     read_events,
 )
-from litefs_route.mount import Role, read_position
+from litefs_route._mount import Role, read_position
+from litefs_route_devcluster import free_port
 from tests.support import wait_until
 
 if TYPE_CHECKING:
-    from litefs_route.devcluster.pytest_plugin import LiteFSClusterFactory
+    from litefs_route_devcluster.pytest_plugin import LiteFSClusterFactory
 
 TX = b'{"type":"tx","db":"app.db","data":{"txID":"0000000000000027","postApplyChecksum":"83b05248774ce767",'
 TX_TAIL = b'"pageSize":4096,"commit":2,"timestamp":"2026-12-02T00:00:00Z"}}\n'
@@ -183,7 +183,7 @@ def test_waits_follow_the_stream_and_fall_back_to_polling(
     import logging
     from concurrent.futures import ThreadPoolExecutor
 
-    from litefs_route.ops import wait_for_primary, wait_for_txid
+    from litefs_route._ops import wait_for_primary, wait_for_txid
 
     cluster = litefs_real_cluster(instances=2, lease="consul")
     node2 = cluster.nodes["node2"]
@@ -275,7 +275,7 @@ def test_events_sent_with_the_last_chunk_are_not_lost() -> None:
     ids=["replica", "primary-names-itself", "no-primary", "litefs-0.5.6", "hostile-hostname", "not-json"],
 )
 def test_read_info(body: bytes, expected: Init | None) -> None:
-    from litefs_route.events import read_info
+    from litefs_route._events import read_info
 
     head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
     assert read_info(_serve_once(head + body)) == expected
@@ -284,7 +284,7 @@ def test_read_info(body: bytes, expected: Init | None) -> None:
 @pytest.mark.litefs
 def test_litefs_metrics_name_each_databases_txid(litefs_real_cluster: LiteFSClusterFactory) -> None:
     """``litefs_db_txid`` in /metrics is what -pos shows (the stream's quiet check compares them)."""
-    from litefs_route.events import read_txids
+    from litefs_route._events import read_txids
 
     cluster = litefs_real_cluster(instances=2, lease="static")
     for database in ("app.db", "cache.db"):

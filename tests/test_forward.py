@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import httpx
 import pytest
 
-from litefs_route.devcluster import free_port
+from litefs_route_devcluster import free_port
 from tests.support import Mount, ServerProcess, server_process, wait_until
 
 PRIMARY = "e784079b449483"
@@ -242,7 +242,7 @@ def test_the_primary_dying_mid_upload_is_a_502_that_says_it_may_have_run(serve: 
     ],
 )
 def test_forwarded_headers(given: list[tuple[str, str]], client: str | None, expected: list[tuple[str, str]]) -> None:
-    from litefs_route.forwarding import forwarded_headers
+    from litefs_route._forwarding import forwarded_headers
 
     headers = forwarded_headers(given, client=client, scheme="https", hop=2, content_length=5)
     assert headers == [

@@ -25,10 +25,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from litefs_route import asgi, wsgi
-from litefs_route.consistency import TxidCookies
-from litefs_route.decision import Decision, Kind, PathGlobs, Pending, RequestInfo, decide, replay_failure, replay_hops
-from litefs_route.forwarding import cgi_target, forwarded_headers, relayed_headers, request_target
-from litefs_route.mount import NodeState, Role
+from litefs_route._consistency import TxidCookies
+from litefs_route._decision import Decision, Kind, PathGlobs, Pending, RequestInfo, decide, replay_failure, replay_hops
+from litefs_route._forwarding import cgi_target, forwarded_headers, relayed_headers, request_target
+from litefs_route._mount import NodeState, Role
 from tests.plans import router_for
 from tests.support import Mount, StandInPrimary, serve_asgi, serve_wsgi
 from tests.test_globs import CountingPath

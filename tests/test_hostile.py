@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from litefs_route.router import Router
+from litefs_route._router import Router
 from tests.apps import BodyReadRecorder, flask_app, starlette_app
 from tests.support import Mount, dechunk, serve_under, wait_until
 

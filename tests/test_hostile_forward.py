@@ -23,9 +23,9 @@ from urllib.parse import urlsplit
 import pytest
 
 from litefs_route import asgi, wsgi
-from litefs_route.decision import Decision, Kind, RequestInfo, decide
-from litefs_route.devcluster import free_port
-from litefs_route.forwarding import Forward
+from litefs_route._decision import Decision, Kind, RequestInfo, decide
+from litefs_route._forwarding import Forward
+from litefs_route_devcluster import free_port
 from tests.support import (
     Mount,
     StandInPrimary,
@@ -287,7 +287,7 @@ def test_content_length_with_transfer_encoding_is_refused_before_anything_runs(
 
 def test_content_length_with_transfer_encoding_is_a_decision() -> None:
     """The rule lives in the decision module: rule 0, before any other."""
-    from litefs_route.mount import NodeState, Role
+    from litefs_route._mount import NodeState, Role
     from tests.plans import rules
 
     request = RequestInfo.from_headers(
@@ -394,7 +394,7 @@ def test_the_forward_secret_is_in_no_repr_and_not_in_the_environ(tmp_path: Path)
 
     def app(environ: WSGIEnvironment, start_response: StartResponse) -> list[bytes]:
         seen["repr"], seen["str"] = repr(environ), str(environ)
-        seen["context"] = repr(environ["litefs_route.context"])
+        seen["context"] = repr(environ["litefs_route._context"])
         start_response("200 OK", [])
         return [b"ran"]
 

@@ -26,8 +26,8 @@ import pytest
 from tests.support import wait_until
 
 if TYPE_CHECKING:
-    from litefs_route.devcluster.litefs import LiteFSCluster
-    from litefs_route.devcluster.pytest_plugin import LiteFSClusterFactory
+    from litefs_route_devcluster.litefs import LiteFSCluster
+    from litefs_route_devcluster.pytest_plugin import LiteFSClusterFactory
 
 pytestmark = pytest.mark.litefs
 

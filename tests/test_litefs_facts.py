@@ -2,7 +2,7 @@
 
 Each test observes, on real LiteFS nodes mounted through FUSE, a fact the
 library relies on, then the behaviour built on it. LiteFS version: see
-``litefs_route.devcluster.litefs.LITEFS_VERSION``.
+``litefs_route_devcluster.litefs.LITEFS_VERSION``.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from litefs_route.devcluster.files import NO_PRIMARY_LAG, format_lag
-from litefs_route.mount import Role, read_node_state, read_position
-from litefs_route.ops import HaltLockError, halt_lock
-from litefs_route.sqlite_errors import is_readonly_error
+from litefs_route._mount import Role, read_node_state, read_position
+from litefs_route._ops import HaltLockError, halt_lock
+from litefs_route._sqlite_errors import is_readonly_error
+from litefs_route_devcluster.files import NO_PRIMARY_LAG, format_lag
 
 if TYPE_CHECKING:
-    from litefs_route.devcluster.litefs import LiteFSCluster
-    from litefs_route.devcluster.pytest_plugin import LiteFSClusterFactory
+    from litefs_route_devcluster.litefs import LiteFSCluster
+    from litefs_route_devcluster.pytest_plugin import LiteFSClusterFactory
 
 pytestmark = pytest.mark.litefs
 
@@ -214,7 +214,7 @@ def test_the_relay_pauses_without_blocking_the_caller() -> None:
     # The relay is test infrastructure: a paused relay holds bytes, a resumed one delivers them.
     import socket
 
-    from litefs_route.devcluster.litefs import TcpRelay
+    from litefs_route_devcluster.litefs import TcpRelay
 
     with socket.create_server(("127.0.0.1", 0)) as server:
         relay = TcpRelay(server.getsockname()[:2])

@@ -1,6 +1,6 @@
 """The primary moving on real LiteFS (Consul lease), and the CLI on real mounts (marker ``litefs``).
 
-The Consul lease is served by :class:`~litefs_route.devcluster.consul.ConsulStandIn`
+The Consul lease is served by :class:`~litefs_route_devcluster.consul.ConsulStandIn`
 with a 3 s TTL, so a killed primary's lease expires within seconds.
 """
 
@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from litefs_route.cli import EXIT_NO_PRIMARY, EXIT_OK, EXIT_TIMEOUT
-from litefs_route.devcluster.reaper import is_mounted
-from litefs_route.mount import Role, parse_lag, read_node_state
+from litefs_route._cli import EXIT_NO_PRIMARY, EXIT_OK, EXIT_TIMEOUT
+from litefs_route._mount import Role, parse_lag, read_node_state
+from litefs_route_devcluster.reaper import is_mounted
 from tests.support import start_dev, wait_until
 
 if TYPE_CHECKING:
-    from litefs_route.devcluster.litefs import LiteFSCluster
-    from litefs_route.devcluster.pytest_plugin import LiteFSClusterFactory
+    from litefs_route_devcluster.litefs import LiteFSCluster
+    from litefs_route_devcluster.pytest_plugin import LiteFSClusterFactory
 
 pytestmark = pytest.mark.litefs
 
@@ -229,7 +229,7 @@ DEV_APP = "tests.devcluster_apps.asgi_app:app"
 
 def _start_dev(*args: str, stdin: int) -> tuple[subprocess.Popen[str], list[str]]:
     """``litefs-route dev ARGS`` on real LiteFS, and its output up to the "ready" line."""
-    from litefs_route.devcluster.pytest_plugin import require_litefs
+    from litefs_route_devcluster.pytest_plugin import require_litefs
 
     require_litefs()
     return start_dev(*args, stdin=stdin)
@@ -261,8 +261,8 @@ def test_dev_command_runs_real_litefs() -> None:
 
 
 def test_dev_command_killed_hard_leaves_no_mount_process_or_folder() -> None:
-    from litefs_route.devcluster import wait_for
-    from litefs_route.devcluster.reaper import mounts_under
+    from litefs_route_devcluster import wait_for
+    from litefs_route_devcluster.reaper import mounts_under
 
     process, lines = _start_dev(DEV_APP, "--litefs", "--instances", "2", stdin=subprocess.DEVNULL)
     with process:

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from litefs_route.devcluster import free_port, wait_for
-from litefs_route.mount import parse_position
+from litefs_route._mount import parse_position
+from litefs_route_devcluster import free_port, wait_for
 from tests.support import logged, wait_until
 
 if TYPE_CHECKING:
-    from litefs_route.devcluster.litefs import LiteFSCluster
-    from litefs_route.devcluster.pytest_plugin import LiteFSClusterFactory
+    from litefs_route_devcluster.litefs import LiteFSCluster
+    from litefs_route_devcluster.pytest_plugin import LiteFSClusterFactory
 
 pytestmark = pytest.mark.litefs
 

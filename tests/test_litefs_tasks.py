@@ -21,12 +21,12 @@ import httpx
 import pytest
 
 from litefs_route import TaskClient, TaskFailed, TaskMayHaveRun, TaskRefused
-from litefs_route.devcluster.cluster import free_port
+from litefs_route_devcluster.cluster import free_port
 from tests.support import wait_until
 
 if TYPE_CHECKING:
-    from litefs_route.devcluster.litefs import LiteFSCluster
-    from litefs_route.devcluster.pytest_plugin import LiteFSClusterFactory
+    from litefs_route_devcluster.litefs import LiteFSCluster
+    from litefs_route_devcluster.pytest_plugin import LiteFSClusterFactory
 
 pytestmark = pytest.mark.litefs
 

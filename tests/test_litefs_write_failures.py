@@ -3,7 +3,7 @@
 Two halves, both on real LiteFS v0.5.14 with a Consul lease:
 
 - **observations**: SQLite used directly on a node's mount, one test per
-  answer in :mod:`litefs_route.sqlite_errors`' table, each asserting the
+  answer in :mod:`litefs_route._sqlite_errors`' table, each asserting the
   code SQLite gave and the class :func:`classify_write_failure` puts it in;
 - **the middleware**: a write held where LiteFS dies under it, through the
   Fly-like front and both adapters: an I/O error at COMMIT is answered 502
@@ -26,15 +26,15 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from litefs_route.devcluster import wait_for
-from litefs_route.events import PrimaryChange, read_events
-from litefs_route.replies import OUTCOME_HEADER
-from litefs_route.sqlite_errors import WriteFailureKind, classify_write_failure
+from litefs_route._events import PrimaryChange, read_events
+from litefs_route._replies import OUTCOME_HEADER
+from litefs_route._sqlite_errors import WriteFailureKind, classify_write_failure
+from litefs_route_devcluster import wait_for
 from tests.support import logged
 
 if TYPE_CHECKING:
-    from litefs_route.devcluster.litefs import LiteFSCluster
-    from litefs_route.devcluster.pytest_plugin import LiteFSClusterFactory
+    from litefs_route_devcluster.litefs import LiteFSCluster
+    from litefs_route_devcluster.pytest_plugin import LiteFSClusterFactory
 
 pytestmark = pytest.mark.litefs
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from litefs_route.mount import NodeState, Position, Role, parse_lag, parse_position, parse_primary, read_node_state
-from litefs_route.state_cache import ESTABLISHED_AFTER, StateCache
+from litefs_route._mount import NodeState, Position, Role, parse_lag, parse_position, parse_primary, read_node_state
+from litefs_route._state_cache import ESTABLISHED_AFTER, StateCache
 from tests.support import Mount
 
 ME = "e784079b449483"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from litefs_route import asgi, wsgi
-from litefs_route.middleware import RoutingMiddleware
+from litefs_route._middleware import RoutingMiddleware
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import litefs_route.prometheus
 from litefs_route import ensure_primary
 from litefs_route.asgi import PrimaryRoutingMiddleware
-from litefs_route.devcluster import free_port
+from litefs_route_devcluster import free_port
 from tests.support import Mount, serve_asgi, server_process
 from tests.test_django import django_server
 

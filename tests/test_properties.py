@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from litefs_route.decision import Decision, Kind, Pending, RequestInfo, decide, replay_hops
-from litefs_route.drivers import drive
-from litefs_route.mount import NodeState, Role, parse_lag, parse_position, parse_primary, read_node_state
-from litefs_route.router import Router
-from litefs_route.state_cache import StateCache
+from litefs_route._decision import Decision, Kind, Pending, RequestInfo, decide, replay_hops
+from litefs_route._drivers import drive
+from litefs_route._mount import NodeState, Role, parse_lag, parse_position, parse_primary, read_node_state
+from litefs_route._router import Router
+from litefs_route._state_cache import StateCache
 from tests.plans import FixedIO, router_for, rules
 
 ME = "e784079b449483"

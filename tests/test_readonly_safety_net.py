@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from litefs_route import asgi, wsgi
-from litefs_route.sqlite_errors import is_readonly_error
+from litefs_route._sqlite_errors import is_readonly_error
 from tests.support import Mount, serve_asgi, serve_wsgi
 
 ME = "e784079b449483"
@@ -192,7 +192,7 @@ def test_flask_safety_net_is_connected_for_the_wrapped_app_only(tmp_path: Path) 
 
 def test_slipped_write_reads_the_mount_even_while_states_are_pushed(mount: Mount, tmp_path: Path) -> None:
     """A pushed state that is wrong (the stream lags or stalled): SQLite's refusal sends the write by the mount."""
-    from litefs_route.mount import NodeState, Role
+    from litefs_route._mount import NodeState, Role
 
     db = readonly_database(tmp_path / "app.db")
     app = _flask(db, {})
@@ -218,7 +218,7 @@ def test_slipped_write_reads_the_mount_even_while_states_are_pushed(mount: Mount
 
 def test_a_settlement_trusts_the_mount_over_a_stale_push(mount: Mount, tmp_path: Path) -> None:
     """The mount says no primary, a lagging push still names one: the write waits for a primary, then 503."""
-    from litefs_route.mount import NodeState, Role
+    from litefs_route._mount import NodeState, Role
 
     db = readonly_database(tmp_path / "app.db")
     app = _flask(db, {})

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from litefs_route.cli import EXIT_OK, EXIT_TIMEOUT
-from litefs_route.releases import instances, step_record
+from litefs_route._cli import EXIT_OK, EXIT_TIMEOUT
+from litefs_route._releases import instances, step_record
 from tests.support import wait_until
 
 if TYPE_CHECKING:
-    from litefs_route.devcluster.litefs import LiteFSCluster
-    from litefs_route.devcluster.pytest_plugin import LiteFSClusterFactory
+    from litefs_route_devcluster.litefs import LiteFSCluster
+    from litefs_route_devcluster.pytest_plugin import LiteFSClusterFactory
 
 pytestmark = pytest.mark.litefs
 

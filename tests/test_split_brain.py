@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from litefs_route.devcluster import FrontProxy
+from litefs_route_devcluster import FrontProxy
 from tests.apps import flask_app, starlette_app
 from tests.support import Mount, serve_under
 

@@ -20,17 +20,17 @@ import httpx
 import pytest
 
 from litefs_route import InstanceInfo, get_instance_info, wsgi
-from litefs_route.consistency import Positions, PositionWatcher
-from litefs_route.devcluster import free_port
-from litefs_route.mount import NodeState, Role, read_position
-from litefs_route.state_cache import StateCache
-from litefs_route.subscriber import DEFAULT_API_URL, EventSubscriber, resolve_api_url
+from litefs_route._consistency import Positions, PositionWatcher
+from litefs_route._mount import NodeState, Role, read_position
+from litefs_route._state_cache import StateCache
+from litefs_route._subscriber import DEFAULT_API_URL, EventSubscriber, resolve_api_url
+from litefs_route_devcluster import free_port
 from tests.apps import flask_app, starlette_app
 from tests.support import ROOT, logged, serve_under, serve_wsgi, wait_until
 
 if TYPE_CHECKING:
-    from litefs_route.devcluster.litefs import LiteFSCluster
-    from litefs_route.devcluster.pytest_plugin import LiteFSClusterFactory
+    from litefs_route_devcluster.litefs import LiteFSCluster
+    from litefs_route_devcluster.pytest_plugin import LiteFSClusterFactory
 
 # A TTL no test outlives: a decision that follows a change was pushed, not re-read.
 NEVER = 3600.0
@@ -245,7 +245,7 @@ def test_litefs_closing_a_slow_subscriber(
     litefs_real_cluster: LiteFSClusterFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     """LiteFS drops a subscriber 1,024 events behind (once the sockets' buffers are full): it reconnects, re-reads."""
-    from litefs_route.devcluster.litefs import TcpRelay
+    from litefs_route_devcluster.litefs import TcpRelay
 
     caplog.set_level(logging.INFO, logger="litefs_route")
     cluster = litefs_real_cluster(instances=1, lease="static")
@@ -595,7 +595,7 @@ def test_a_middleware_built_while_the_stream_is_up_is_fed_at_once(litefs_real_cl
 @pytest.mark.litefs
 def test_a_stream_that_stalls_is_dropped(litefs_real_cluster: LiteFSClusterFactory) -> None:
     """LiteFS's API behind a path that stops moving bytes: /info is asked when the stream is quiet, then dropped."""
-    from litefs_route.devcluster.litefs import TcpRelay
+    from litefs_route_devcluster.litefs import TcpRelay
 
     cluster = litefs_real_cluster(instances=3, lease="consul")
     node2 = cluster.nodes["node2"]
@@ -777,7 +777,7 @@ def test_a_subscriber_whose_middlewares_are_gone_ends_even_while_quiet(
 ) -> None:
     import gc
 
-    from litefs_route.subscriber import subscriber_for
+    from litefs_route._subscriber import subscriber_for
 
     cluster = litefs_real_cluster(instances=1, lease="static")
     node = cluster.nodes["node1"]

@@ -25,8 +25,8 @@ from rq import Queue
 
 from examples.conftest import PRIMARY_ID, REPLICA_ID, ROOT
 from examples.local_mount import make_mount
-from litefs_route.devcluster import free_port, port_open, wait_for
-from litefs_route.devcluster.cluster import stop_process_group
+from litefs_route_devcluster import free_port, port_open, wait_for
+from litefs_route_devcluster.cluster import stop_process_group
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent

@@ -12,7 +12,7 @@
     LITEFS_ROUTE = {"write_on_read": ["/accounts/session/refresh"], "passthrough": ["/static/*"]}
 
 ``LITEFS_ROUTE`` holds the options of
-:class:`~litefs_route.middleware.RoutingMiddleware`, by the same names and
+:class:`~litefs_route._middleware.RoutingMiddleware`, by the same names and
 with the same defaults (``litefs_dir`` from ``$LITEFS_DIR``, ``database``
 from ``$DATABASE_FILENAME``, ...); a name that is not an option, or a value
 it refuses, is ``ImproperlyConfigured`` when Django loads its middleware.
@@ -45,11 +45,11 @@ What it adds to the WSGI and ASGI middlewares, for Django:
   iterator under ASGI).
 
 With ``"litefs_route.django"`` in ``INSTALLED_APPS``, ``manage.py check``
-reports what would silently break routing (:mod:`litefs_route.django.checks`).
+reports what would silently break routing (:mod:`litefs_route.django._checks`).
 """
 
 from __future__ import annotations
 
-from .middleware import PrimaryRoutingMiddleware
+from ._middleware import PrimaryRoutingMiddleware
 
 __all__ = ["PrimaryRoutingMiddleware"]

@@ -1,4 +1,4 @@
-"""The ``litefs_route.django`` Django app: its system checks (:mod:`litefs_route.django.checks`)."""
+"""The ``litefs_route.django`` Django app: its system checks (:mod:`litefs_route.django._checks`)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,6 @@ class LiteFSRouteConfig(AppConfig):
     verbose_name = "litefs-route"
 
     def ready(self) -> None:
-        from .checks import check_litefs_route
+        from ._checks import check_litefs_route
 
         checks.register(check_litefs_route, "litefs_route")

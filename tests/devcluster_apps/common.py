@@ -13,7 +13,7 @@ import sqlite3
 import time
 from typing import Any
 
-from litefs_route.sqlite_errors import is_readonly_error
+from litefs_route._sqlite_errors import is_readonly_error
 
 INSTANCE = os.environ.get("FLY_MACHINE_ID", "standalone")
 CACHE_TTL = float(os.environ.get("DEVCLUSTER_CACHE_TTL", "0.05"))
@@ -29,9 +29,9 @@ def forward_url(instance: str) -> str:
 
 
 if "DEVCLUSTER_ESTABLISHED_AFTER" in os.environ:  # bench/established_bench.py compares the hold with none
-    import litefs_route.state_cache
+    import litefs_route._state_cache
 
-    litefs_route.state_cache.ESTABLISHED_AFTER = float(os.environ["DEVCLUSTER_ESTABLISHED_AFTER"])
+    litefs_route._state_cache.ESTABLISHED_AFTER = float(os.environ["DEVCLUSTER_ESTABLISHED_AFTER"])
 
 #: The middleware's options, the same for the ASGI and the WSGI app.
 MIDDLEWARE_OPTIONS: dict[str, Any] = {

@@ -1,0 +1,278 @@
+"""``litefs-route dev`` / ``python -m litefs_route_devcluster``: a local cluster from the terminal.
+
+::
+
+    python -m litefs_route_devcluster [APP] [--instances N] [--port PORT] [--litefs | --imitation] [--lag SECONDS]
+
+Starts the cluster, prints what to open and what to try, then reads simple
+commands from stdin (``promote node2``, ``lag 2``, ``stop node1``,
+``start node1``, ``status``, ``help``, ``quit``). When stdin is not a
+terminal or is closed, it keeps running until SIGINT or SIGTERM.
+
+It runs real LiteFS nodes (FUSE mounts, a Consul lease served by the
+stand-in: :class:`~litefs_route_devcluster.litefs.LiteFSCluster`) where
+LiteFS can run, else the imitation (:class:`Cluster`), and says which.
+``--litefs`` insists on real LiteFS; ``--imitation`` (or ``--lag``, which
+only the imitation has) asks for the imitation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+from typing import Any, TextIO
+
+from .cluster import DEFAULT_APP, Cluster, port_free
+from .litefs import LITEFS_VERSION, LiteFSCluster, litefs_unavailable
+
+__all__ = ["build_parser", "main", "run_command"]
+
+logger = logging.getLogger("litefs_route_devcluster")
+
+_HELP = """commands:
+  status                 who is primary, each instance's TXID
+  promote ID [SECONDS]   fail over to ID (optionally with a longer no-primary period)
+  crash ID               fail over to ID, losing writes not yet replicated
+  lag SECONDS            change the replication lag
+  stop ID / start ID     stop or restart an instance
+  quit                   stop everything"""
+
+_LITEFS_HELP = """commands (real LiteFS):
+  status                 who is primary, each node's TXID
+  promote ID             hand the lease to ID (LiteFS's own handoff)
+  kill ID                SIGKILL ID's LiteFS: its lease expires, another node takes over
+  stop ID / start ID     stop ID's LiteFS gracefully (it releases its lease) / start it again
+  quit                   stop everything"""
+
+AnyCluster = Cluster | LiteFSCluster
+
+
+class _Stop(Exception):
+    pass
+
+
+def build_parser(prog: str = "litefs-route dev") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Run a local LiteFS + Fly cluster (a development tool, not LiteFS): "
+        "N instances of APP, replication with lag, and a front proxy that honours fly-replay.",
+    )
+    parser.add_argument(
+        "app", nargs="?", default=DEFAULT_APP, help=f"module:attr of a WSGI or ASGI app ({DEFAULT_APP})"
+    )
+    parser.add_argument("--instances", "-n", type=int, default=3, help="how many instances (3)")
+    parser.add_argument("--lag", type=float, default=None, help="replication lag in seconds (the imitation only)")
+    parser.add_argument("--port", type=int, default=8080, help="the front proxy's port (8080; 0 picks a free one)")
+    parser.add_argument("--database", default="app.db", help="the database file name (app.db)")
+    parser.add_argument("--region", default="local", help="FLY_REGION of every instance (local)")
+    parser.add_argument("--interface", choices=["auto", "asgi", "wsgi"], default="auto", help="app interface (auto)")
+    parser.add_argument("--base-dir", help="where the instance folders go (a temporary directory)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="do not echo the instances' output")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument(
+        "--litefs",
+        action="store_true",
+        help=f"real LiteFS {LITEFS_VERSION} nodes, or fail (default: real LiteFS where it can run)",
+    )
+    which.add_argument("--imitation", action="store_true", help="the imitation (plain folders), even where LiteFS runs")
+    return parser
+
+
+def _banner(cluster: AnyCluster) -> str:
+    primary = cluster.primary or "?"
+    replica = next((i for i in cluster.ids if i != primary), primary)
+    front = cluster.front_url
+    if isinstance(cluster, LiteFSCluster):
+        what = f"real LiteFS {LITEFS_VERSION}, Consul lease (stand-in)"
+        lag = "replication is LiteFS's own"
+        failover = f"type 'promote {replica}' (a handoff) or 'kill {primary}' (a crash) while traffic flows"
+        help_text = _LITEFS_HELP
+    else:
+        what = "an imitation of LiteFS: a development tool"
+        # The imitation writes <db>-pos on a poll, so a cookie minted right after
+        # a commit can name the TXID before it: say so rather than promise.
+        lag = f"lag {cluster.lag:g} s, try 'lag 2'; the imitation's check is approximate, real LiteFS's exact"
+        failover = f"type 'promote {replica}' while traffic flows"
+        help_text = _HELP
+    return f"""
+litefs-route dev cluster ({what})
+{cluster.status()}
+
+Open {front}/ (requests are load-balanced round-robin, like Fly's proxy).
+Things to try:
+  * post a form on a replica and watch it land on the primary ({primary}):
+      curl -i -H 'fly-force-instance-id: {replica}' -d 'text=hello' {front}/entries
+    the replica answers 409 + fly-replay, the front replays the request on {primary}
+    (/entries is the demo's form, and the example apps'; with your own app, post to one of its paths).
+  * read your writes: post, then read from every instance ({lag}).
+  * fail the primary over: {failover}.
+Logs: {cluster.base_dir}/logs
+{help_text}
+"""
+
+
+def run_command(cluster: AnyCluster, line: str, out: TextIO) -> bool:
+    """Run one interactive command; False when it was ``quit``."""
+    words = line.split()
+    if not words:
+        return True
+    command, args = words[0].lower(), words[1:]
+    try:
+        if command in ("quit", "exit", "q"):
+            return False
+        if command == "status":
+            print(cluster.status(), file=out)
+        elif command in ("help", "?"):
+            print(_LITEFS_HELP if isinstance(cluster, LiteFSCluster) else _HELP, file=out)
+        elif isinstance(cluster, LiteFSCluster):
+            _run_litefs_command(cluster, command, args, out)
+        elif command in ("promote", "crash") and args:
+            handover = _seconds(args[1], command) if len(args) > 1 else None
+            cluster.promote(args[0], handover=handover, graceful=command == "promote")
+            print(f"primary is now {cluster.primary}", file=out)
+        elif command == "lag" and len(args) == 1:
+            cluster.set_lag(_seconds(args[0], "lag"))
+            print(f"lag is now {cluster.lag:g} s", file=out)
+        elif command == "stop" and len(args) == 1:
+            cluster.stop_instance(args[0])
+            print(f"stopped {args[0]}", file=out)
+        elif command == "start" and len(args) == 1:
+            cluster.start_instance(args[0])
+            print(f"started {args[0]} on {cluster.url(args[0])}", file=out)
+        else:
+            print(f"unknown command: {line.strip()!r}\n{_HELP}", file=out)
+    except _CommandError as exc:
+        print(f"error: {exc}", file=out)
+    except KeyError as exc:  # str(KeyError) quotes its message: show the message
+        print(f"error: {exc.args[0] if exc.args else exc}", file=out)
+    except (RuntimeError, OSError, TimeoutError) as exc:
+        print(f"error: {exc}", file=out)
+    out.flush()
+    return True
+
+
+class _CommandError(Exception):
+    """A command typed wrong: the message says how to type it."""
+
+
+def _seconds(text: str, command: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise _CommandError(f"{command} takes a number of seconds, not {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise _CommandError(f"{command} takes a number of seconds >= 0, not {text!r}")
+    return value
+
+
+def _run_litefs_command(cluster: LiteFSCluster, command: str, args: list[str], out: TextIO) -> None:
+    if len(args) != 1 or command not in ("promote", "kill", "stop", "start"):
+        print(f"unknown command: {' '.join([command, *args])!r}\n{_LITEFS_HELP}", file=out)
+        return
+    node = args[0]
+    if node not in cluster.nodes:
+        raise KeyError(f"no node {node!r}; nodes: {cluster.ids}")
+    if command == "promote":
+        cluster.promote(node)
+    elif command == "kill":
+        cluster.kill_node(node)
+        print(f"killed {node}'s LiteFS; waiting for its lease to expire ({cluster.consul_ttl:g} s)", file=out)
+        out.flush()
+        cluster.wait_primary()
+    elif command == "stop":
+        cluster.stop_node(node)
+    else:
+        cluster.start_node(node)
+    print(f"{command} {node}: primary is now {cluster.primary or '(none)'}", file=out)
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "litefs-route dev") -> int:
+    """The ``dev`` command. *argv* excludes the program (and sub-command) name."""
+    args = build_parser(prog).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    if args.litefs and args.lag is not None:
+        print("litefs-route dev: --lag is the imitation's; real LiteFS replicates at its own pace", file=sys.stderr)
+        return 2
+    reason = litefs_unavailable()
+    if args.litefs and reason is not None:
+        print(f"litefs-route dev --litefs: {reason}; without --litefs the imitation runs anywhere", file=sys.stderr)
+        return 2
+    real = reason is None and not args.imitation and args.lag is None
+    if not real and not args.imitation and args.lag is None:
+        print(f"litefs-route dev: running the imitation ({reason})", file=sys.stderr)
+    if args.port and not port_free("127.0.0.1", args.port):
+        print(
+            f"litefs-route dev: port {args.port} is in use (another dev cluster?); "
+            "pick another with --port N, or --port 0 for any free port",
+            file=sys.stderr,
+        )
+        return 2
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        stop.set()
+        raise _Stop
+
+    # SIGHUP: the terminal was closed. Each ends in the same clean-up.
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, on_signal) for sig in handled}
+    echo = None if args.quiet else lambda instance, line: print(f"[{instance}] {line}", file=sys.stderr)
+    shared: dict[str, Any] = {
+        "instances": args.instances,
+        "port": args.port,
+        "database": args.database,
+        "region": args.region,
+        "interface": args.interface,
+        "base_dir": args.base_dir,
+        "echo": echo,
+    }
+    cluster: AnyCluster
+    if real:
+        cluster = LiteFSCluster(args.app, lease="consul", **shared)
+    else:
+        cluster = Cluster(args.app, lag=args.lag or 0.0, **shared)
+    try:
+        try:
+            cluster.start()
+        except RuntimeError as exc:
+            # An instance that would not start: its log's last line says why.
+            reason = str(exc).strip().splitlines()[-1]
+            print(f"litefs-route dev: {reason}", file=sys.stderr)
+            return 1
+        print(_banner(cluster), flush=True)
+        print(f"ready: front {cluster.front_url}", flush=True)
+        for line in sys.stdin:
+            if not run_command(cluster, line, sys.stdout):
+                break
+        else:
+            # stdin closed (or never was a terminal): run until a signal.
+            print("stdin closed; running until SIGINT or SIGTERM", flush=True)
+            # A short timeout: a signal that lands just before a long blocking
+            # wait would only be handled when the wait ends.
+            while not stop.wait(0.2):
+                pass
+    except (_Stop, KeyboardInterrupt):
+        if not received:  # a KeyboardInterrupt raised before our handler was in place
+            received.append(signal.SIGINT)
+    finally:
+        # A second signal (`timeout`, a supervisor, a second ^C) must not cut
+        # the clean-up short and orphan the instances: ignore it until done.
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        try:
+            cluster.close()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        print("stopped", flush=True)
+    # Ctrl-C and a closed terminal exit as the shell expects (128 + signal);
+    # SIGTERM, end of input and `quit` are the normal ways to stop: 0.
+    first = received[0] if received else None
+    return 128 + first if first in (signal.SIGINT, signal.SIGHUP) else 0

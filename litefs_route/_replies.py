@@ -1,0 +1,190 @@
+"""What the middleware writes itself: its replies and the tag headers.
+
+Pure and framework-free; both adapters render through these functions and
+the :class:`~litefs_route._router.Router` memoises their results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import AnyStr
+
+from ._decision import Decision, Kind, replay_state
+from ._mount import NodeState
+
+__all__ = [
+    "INSTANCE_HEADER",
+    "LENGTH_REQUIRED",
+    "OUR_TAG_NAMES",
+    "OUR_TAG_NAMES_BYTES",
+    "OUTCOME_HEADER",
+    "PRIMARY_HEADER",
+    "REPLAY_HEADER",
+    "STAND_IN",
+    "Headers",
+    "Reply",
+    "build_reply",
+    "build_tags",
+    "fly_duration",
+    "forward_failure_reply",
+    "has_replay_header",
+    "with_tags",
+]
+
+# Our own headers: tagged on every response, and dropped from the app's
+# response first so that a stale copy set by the app cannot survive.
+PRIMARY_HEADER = "Fly-Primary-Instance"
+INSTANCE_HEADER = "Fly-Instance"
+REPLAY_HEADER = "fly-replay"
+#: On a 502: the write may have run; the client must check before sending it again.
+OUTCOME_HEADER = "Litefs-Route-Outcome"
+_OUTCOME_UNKNOWN = (OUTCOME_HEADER, "unknown")
+#: Their lower-case names, as WSGI (str) and ASGI (bytes) headers spell them.
+OUR_TAG_NAMES = frozenset({PRIMARY_HEADER.lower(), INSTANCE_HEADER.lower()})
+OUR_TAG_NAMES_BYTES = frozenset(name.encode() for name in OUR_TAG_NAMES)
+_REPLAY_NAMES: frozenset[str | bytes] = frozenset({REPLAY_HEADER, REPLAY_HEADER.encode()})
+
+Headers = tuple[tuple[str, str], ...]
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    408: "Request Timeout",
+    409: "Conflict",
+    411: "Length Required",
+    413: "Content Too Large",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A response the middleware makes itself (replay, 503, 413, 408)."""
+
+    status: int
+    headers: Headers
+    body: bytes
+
+    @property
+    def status_line(self) -> str:
+        return f"{self.status} {_REASONS[self.status]}"
+
+
+def build_tags(state: NodeState) -> Headers:
+    """The headers every response carries: who is primary, who answered."""
+    tags = ((PRIMARY_HEADER, state.primary_id),) if state.primary_id is not None else ()
+    return (*tags, (INSTANCE_HEADER, state.instance_id))
+
+
+def with_tags(
+    headers: Iterable[tuple[AnyStr, AnyStr]], tags: Iterable[tuple[AnyStr, AnyStr]], ours: frozenset[AnyStr]
+) -> list[tuple[AnyStr, AnyStr]]:
+    """*headers* without any copy of our tags (names in *ours*, lower case), then *tags*."""
+    tagged = list(headers)  # ASGI allows a one-shot iterable
+    for name, _ in tagged:
+        if name.lower() in ours:  # rare: rebuild without the app's copies
+            tagged = [h for h in tagged if h[0].lower() not in ours]
+            break
+    tagged += tags
+    return tagged
+
+
+def build_reply(decision: Decision, retry_after: int, replay_timeout: float | None = None) -> Reply:
+    """The response for a decision that does not run the app.
+
+    *replay_timeout*: seconds Fly's proxy tries to reach a replay's target
+    before it sends the request back here with ``fly-replay-failed``
+    (``fallback=force_self``); None: Fly's own default, and no fallback.
+    """
+    if decision.kind in (Kind.REPLAY, Kind.TOO_LARGE) and decision.target is None:
+        raise ValueError(f"a {decision.kind.value} decision needs a target")
+    if decision.kind is Kind.REPLAY:
+        body = (
+            f"This request must run on instance {decision.target}.\n"
+            "Fly's proxy replays it there when it sees the fly-replay header; if you are\n"
+            "reading this, nothing did (local development or private-network traffic).\n"
+        )
+        fields = f"instance={decision.target};state={replay_state(decision.hops)}"
+        if replay_timeout is not None:
+            fields += f";timeout={fly_duration(replay_timeout)};fallback=force_self"
+        return _text_reply(409, body, [(REPLAY_HEADER, fields)])
+    if decision.kind is Kind.TOO_LARGE:
+        body = (
+            f"This request must run on instance {decision.target}, but {decision.reason}\n"
+            "and Fly's proxy cannot replay it there. Send it to that instance directly\n"
+            f"(header fly-force-instance-id: {decision.target}) or make it smaller.\n"
+        )
+        return _text_reply(413, body, [])
+    if decision.kind is Kind.TIMEOUT:
+        body = f"This write must run on the primary, but {decision.reason}. Send it again.\n"
+        return _text_reply(408, body, [])
+    if decision.kind is Kind.HEALTHY:
+        return _text_reply(200, "OK\n", [("Cache-Control", "no-store")])
+    if decision.kind is Kind.UNHEALTHY:
+        return _text_reply(503, f"Replication lag exceeded: {decision.reason}\n", [("Cache-Control", "no-store")])
+    if decision.kind is Kind.BAD_REQUEST:
+        return _text_reply(400, f"This request was refused: {decision.reason}.\n", [])
+    if decision.kind is Kind.FORBIDDEN:
+        return _text_reply(403, f"This request was refused: {decision.reason}.\n", [])
+    if decision.kind is Kind.UNAVAILABLE:
+        body = f"This request cannot run now: {decision.reason}. Retry shortly.\n"
+        return _text_reply(503, body, [("Retry-After", str(retry_after))])
+    if decision.kind is Kind.OUTCOME_UNKNOWN:
+        body = (
+            f"The outcome of this write is unknown: {decision.reason}.\nCheck whether it ran before sending it again.\n"
+        )
+        return _text_reply(502, body, [_OUTCOME_UNKNOWN])
+    raise ValueError(f"no reply for {decision.kind}: the app runs, or the adapter forwards the request")
+
+
+def _length_required() -> Reply:
+    body = (
+        "This write has a body of unknown length (chunked), and this server does not mark where it ends,\n"
+        "so it cannot be forwarded to the primary. Send it with a Content-Length.\n"
+    )
+    return _text_reply(411, body, [])
+
+
+def forward_failure_reply(target: str, sent: bool, detail: str, retry_after: int) -> Reply:
+    """The answer when forwarding a write to *target* failed: whether it may have run, in words and status."""
+    if not sent:  # nothing left this instance: safe to send again
+        body = f"This write was not sent to the primary ({target}: {detail}); it did not run. Retry shortly.\n"
+        return _text_reply(503, body, [("Retry-After", str(retry_after))])
+    body = (
+        f"The connection to the primary ({target}) failed after this write was sent ({detail}):\n"
+        "it may have run. Check before sending it again.\n"
+    )
+    return _text_reply(502, body, [_OUTCOME_UNKNOWN])
+
+
+def fly_duration(seconds: float) -> str:
+    """*seconds* as Fly's duration strings spell it: ``5s``, ``800ms``."""
+    ms = round(seconds * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
+def _text_reply(status: int, body: str, extra: list[tuple[str, str]]) -> Reply:
+    # No Cache-Control: 409, 413 and 503 are not cacheable without explicit
+    # freshness (RFC 9111 4.2.2), and every header costs the server real work
+    # (h11 validates each one: ~16k instructions, measured in bench/).
+    data = body.encode()
+    headers = [*extra, ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))]
+    return Reply(status, tuple(headers), data)
+
+
+def has_replay_header(headers: Iterable[tuple[AnyStr, AnyStr]]) -> bool:
+    """True if *headers* include ``fly-replay`` (the app's own replay counts)."""
+    return any(name.lower() in _REPLAY_NAMES for name, _ in headers)
+
+
+#: The answer to a chunked write this WSGI server cannot forward (it does not mark the body's end).
+LENGTH_REQUIRED = _length_required()
+
+#: The app's answer while the middleware has still to settle how the request
+#: ends (no primary known yet, or SQLite refused its write): the middleware
+#: replaces it. No fly-replay, so never taken for the replay; not a 5xx, so
+#: error trackers (Sentry reports 5xx HTTP exceptions) see no error in it.
+STAND_IN = _text_reply(409, "This request ends in the routing middleware's own answer.\n", [])

@@ -1,0 +1,221 @@
+"""The router: one middleware's rules, node state and memoised replies.
+
+A :class:`Router` is what the WSGI and ASGI middlewares share, built from
+their options once (see :class:`~litefs_route._middleware.RoutingMiddleware`).
+It does no I/O itself: it hands out the plans of :mod:`litefs_route._decision`
+and the objects the drivers' I/O goes through (the :class:`StateCache` of
+the mount, the :class:`~litefs_route._consistency.Positions` of the databases' TXIDs).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Iterable
+
+from ._consistency import Positions, TxidCookies
+from ._counters import Counters
+from ._decision import (
+    Decision,
+    Outcome,
+    Pending,
+    Plan,
+    RequestInfo,
+    Rules,
+    counter_name,
+    decide,
+    decide_without_io,
+    plan_request,
+    plan_settlement,
+)
+from ._forwarding import (
+    DEFAULT_FORWARD_URL,
+    Forward,
+    ForwardURL,
+    client_address,
+    forwarded_headers,
+    resolve_forward_url,
+)
+from ._mount import NodeState
+from ._replies import Headers, Reply, build_reply, build_tags, forward_failure_reply
+from ._sqlite_errors import WriteFailureKind
+from ._state_cache import StateCache
+from ._subscriber import EventSubscriber
+
+__all__ = ["Router", "every_router"]
+
+logger = logging.getLogger("litefs_route")
+
+# Seconds between two warnings of one kind (the rest at DEBUG).
+_WARN_EVERY = 60.0
+# Distinct replies remembered by Router.reply().
+_REPLY_MEMO_SIZE = 64
+
+
+class Router:
+    """The rules, the node state and the replies of one or more middlewares.
+
+    Share one between middlewares of one process (``router=mw.router``) to
+    share its reading of the mount.
+    """
+
+    def __init__(
+        self,
+        *,
+        instance_id: str,
+        rules: Rules,
+        cache: StateCache,
+        positions: Positions | None,
+        txid_cookies: TxidCookies | None,
+        retry_after: int,
+        replay_timeout: float | None = None,
+        forward_url: ForwardURL = DEFAULT_FORWARD_URL,
+        forward_timeout: float = 30.0,
+        subscriber: EventSubscriber | None = None,
+    ) -> None:
+        self.instance_id = instance_id
+        self.rules = rules
+        #: The reading of the mount, shared by every request.
+        self.cache = cache
+        #: The read-your-writes watchers, one per database; None when read-your-writes is off.
+        self.positions = positions
+        #: The read-your-writes cookies, one per database; None when read-your-writes is off.
+        self.txid_cookies = txid_cookies
+        #: What pushes LiteFS's events into the cache and the watcher; None when off.
+        self.subscriber = subscriber
+        self.retry_after = retry_after
+        #: fly-replay's ``timeout`` (with ``fallback=force_self``), None: not sent.
+        self.replay_timeout = replay_timeout
+        #: Forward mode: where the primary answers (a template or a callable), and how long it may take.
+        self.forward_url = forward_url
+        self.forward_timeout = forward_timeout
+        #: What its requests ended in, and how long they waited (:mod:`litefs_route._counters`).
+        self.counters = Counters()
+        # (reading, its tags): tags are built once per reading of the mount.
+        self._last_tags: tuple[NodeState | None, Headers] = (None, ())
+        self._replies: dict[Decision, Reply] = {}
+        self._warned_at: dict[str, float] = {}
+        with _EVERY_LOCK:
+            _EVERY[next(_CREATED)] = self
+
+    # -- deciding -----------------------------------------------------------
+
+    def plan(self, request: RequestInfo) -> Plan:
+        """The plan that routes *request* (drive it with :mod:`litefs_route._drivers`)."""
+        return plan_request(request, self.rules, known_txids=self.known_txids(request))
+
+    def settlement(
+        self, request: RequestInfo, *, failure: WriteFailureKind | None = None, routed_as_primary: bool = False
+    ) -> Plan:
+        """The plan that ends a request that ran here but must end on the primary (see :func:`plan_settlement`)."""
+        return plan_settlement(request, self.rules, failure=failure, routed_as_primary=routed_as_primary)
+
+    def outcome_without_io(self, request: RequestInfo) -> Outcome | None:
+        """The plan's outcome if it needs no I/O at all (the cached reading is fresh), else None."""
+        known_txids = None if request.txids is None else self.known_txids(request)
+        return decide_without_io(request, self.cache.fresh(), self.rules, known_txids=known_txids)
+
+    def decide_forced(self, request: RequestInfo, state: NodeState) -> Decision | Pending:
+        """The answer for a handler that called ``ensure_primary()``."""
+        return decide(request, state, self.rules, forced=True)
+
+    def known_txids(self, request: RequestInfo | None = None) -> tuple[int | None, ...] | None:
+        """Each database's TXID as last seen (no I/O); None when off, or when *request* carries no TXID cookie."""
+        positions = self.positions
+        if positions is None or (request is not None and request.txids is None):
+            return None
+        return positions.known()
+
+    # -- responses ----------------------------------------------------------
+
+    def tags(self, state: NodeState) -> Headers:
+        """The headers every response carries (built once per reading of the mount)."""
+        last_state, tags = self._last_tags
+        if state is not last_state:
+            tags = build_tags(state)
+            self._last_tags = (state, tags)
+        return tags
+
+    def reply(self, decision: Decision, *, cause: str = "write") -> Reply:
+        """The response for a decision that does not run the app (counted; *cause*: what asked for a replay)."""
+        name = counter_name(decision)
+        self.counters.add(name, cause=cause)
+        if name == "unavailable_replay_failed":  # the primary is out of Fly's reach: worth a look
+            self._warn(name, f"answered 503: {decision.reason}")
+        elif name == "forbidden_forwards":  # a forgery, or instances that do not share one forward_secret
+            self._warn(name, "answered 403 to a request that claims to be forwarded without this instance's secret")
+        # Built once per distinct decision: a replica answers a flood of
+        # writes with the same few bytes. (Bounded: targets are validated host
+        # names, hops <= 9, reasons a handful of strings.)
+        reply = self._replies.get(decision)
+        if reply is None:
+            if len(self._replies) >= _REPLY_MEMO_SIZE:
+                self._replies.clear()
+            reply = self._replies[decision] = build_reply(decision, self.retry_after, self.replay_timeout)
+        return reply
+
+    def forward(
+        self,
+        request: RequestInfo,
+        decision: Decision,
+        headers: Iterable[tuple[str, str]],
+        *,
+        client: str | None,
+        scheme: str,
+        chunked: bool,
+        server: str | None = None,
+    ) -> Forward | Reply:
+        """How to forward *request* on a FORWARD *decision* (counted); or the reply if ``forward_url`` fails.
+
+        *chunked*: the body's length is unknown (the adapter knows what its
+        server's framing means), so it is sent chunked; else it is the
+        request's ``Content-Length`` (none: no body). *server*: the
+        ``host[:port]`` the request reached, the ``Host`` of one sent without
+        (HTTP/1.0); None: the primary's address.
+        """
+        assert decision.target is not None  # FORWARD names the primary
+        assert self.rules.forward_secret is not None  # forward mode refuses to start without one
+        self.counters.add("forwards")
+        length = None if chunked else (request.content_length or 0)
+        try:
+            target = resolve_forward_url(self.forward_url, decision.target)
+        except ValueError as exc:  # a forward_url callable that gave no http URL
+            self.counters.add("forward_failures")
+            return forward_failure_reply(decision.target, False, str(exc), self.retry_after)
+        forwarded = forwarded_headers(
+            headers,
+            client=client_address(client),
+            scheme=scheme,
+            hop=decision.hops,
+            content_length=length,
+            default_host=server or f"{target.host}:{target.port}",
+        )
+        secret = self.rules.forward_secret
+        return Forward(target, forwarded, secret, chunked, length, self.forward_timeout, self.retry_after)
+
+    def _warn(self, kind: str, message: str) -> None:
+        """Log *message* as a warning at most once a minute per *kind* (a client can send these at will)."""
+        now = time.monotonic()
+        if now - self._warned_at.get(kind, -_WARN_EVERY) >= _WARN_EVERY:
+            self._warned_at[kind] = now
+            logger.warning("%s (logged at most once a minute; router.counters counts each)", message)
+        else:
+            logger.debug("%s", message)
+
+    def __repr__(self) -> str:
+        return f"Router(instance_id={self.instance_id!r}, litefs_dir={self.cache.litefs_dir!r})"
+
+
+# Every router of this process by creation, for metrics read when scraped; gone with their middleware.
+_EVERY: weakref.WeakValueDictionary[int, Router] = weakref.WeakValueDictionary()
+_EVERY_LOCK = threading.Lock()  # a scrape may list them while a first request builds one
+_CREATED = itertools.count()
+
+
+def every_router() -> list[Router]:
+    """The routers of this process, oldest first (the metrics read their state when scraped)."""
+    with _EVERY_LOCK:
+        return [router for _, router in sorted(_EVERY.items())]
