@@ -222,7 +222,11 @@ def _txids() -> dict[str, int]:
         names = [n.strip() for n in os.environ.get("DATABASE_FILENAME", "").split(",") if n.strip()]
     found: dict[str, int] = {}
     for name in names:
-        position = read_position(litefs_dir, name)
+        try:
+            position = read_position(litefs_dir, name)
+        except OSError as exc:  # the mount died after the task ran: its answer still counts, without this TXID
+            logger.warning("reading %s-pos after a task failed (%s): the caller will not wait for it", name, exc)
+            continue
         if position is not None:
             found[name] = position.txid
     return found
