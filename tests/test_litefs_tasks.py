@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from litefs_route import TaskClient, TaskFailed, TaskMayHaveRun, TaskRefused
+from litefs_route._forwarding import ForwardURL
 from litefs_route_devcluster.cluster import free_port
 from tests.support import wait_until
 
@@ -41,9 +42,9 @@ def cluster(litefs_real_cluster: LiteFSClusterFactory, request: pytest.FixtureRe
     )
 
 
-def client(cluster: LiteFSCluster, forward_url: object = None, secret: str = SECRET) -> TaskClient:
+def client(cluster: LiteFSCluster, forward_url: ForwardURL | None = None, secret: str = SECRET) -> TaskClient:
     return TaskClient(
-        forward_url=forward_url or cluster.url,  # type: ignore[arg-type]
+        forward_url=forward_url or cluster.url,
         forward_secret=secret,
         litefs_dir=cluster.mount_dir(CALLER),
         instance_id=CALLER,
