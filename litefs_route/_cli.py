@@ -304,6 +304,7 @@ def _parser() -> argparse.ArgumentParser:
         "--start-delay", type=_seconds, default=None, metavar="SECONDS", help="primary this long first (grace + 1)"
     )
     supervise.add_argument("--restart", action="store_true", help="start CMD again when it ends by itself")
+    supervise.add_argument("--lock", default=None, metavar="PATH", help="the lock a running copy holds (per command)")
     supervise.add_argument("--interval", type=_seconds, default=0.5, metavar="SECONDS", help="mount polling (0.5)")
     supervise.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...", help="the command and its arguments")
     return parser
@@ -438,6 +439,7 @@ def _run(args: argparse.Namespace, instance_id: str) -> int:
         start_delay=args.start_delay,
         restart=args.restart,
         interval=args.interval,
+        lock=args.lock,
     )
 
 

@@ -1,7 +1,10 @@
 """``litefs-route run --while-primary -- CMD``: run a command only while this node is the primary.
 
 One copy of CMD at most on a node: a new one starts only once the previous
-one (and its process group) is gone. CMD starts when the node becomes the
+one (and its process group) is gone, and only with a lock file that the
+running copy holds (inherited: held while any of its processes lives, so a
+second supervisor of the same command, or a new one after this one was
+killed, cannot start a second copy). CMD starts when the node becomes the
 primary (at start, or on a promotion) and *start_delay* seconds later, so
 that the previous primary's copy, told to stop the moment that node stopped
 being primary, has ended (SIGTERM, *grace* seconds, SIGKILL: its default is
@@ -23,12 +26,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import hashlib
+import json
 import logging
 import os
 import select
 import shlex
 import signal
 import subprocess
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -66,11 +73,20 @@ class Options:
     restart: bool = False
     #: Seconds between readings of the mount while LiteFS's event stream is down.
     interval: float = 0.5
+    #: The lock file a running copy holds (None: one per command line, in the temporary directory).
+    lock: str | None = None
     env: dict[str, str] | None = field(default=None, repr=False)
 
     @property
     def delay(self) -> float:
         return self.grace + 1.0 if self.start_delay is None else self.start_delay
+
+    @property
+    def lock_path(self) -> str:
+        if self.lock is not None:
+            return self.lock
+        digest = hashlib.sha256(json.dumps(self.cmd).encode()).hexdigest()[:16]
+        return os.path.join(tempfile.gettempdir(), f"litefs-route-run-{digest}.lock")
 
 
 def _status(returncode: int) -> int:
@@ -91,6 +107,7 @@ class Supervisor:
         self._primary_since: float | None = None
         self._stop_deadline: float | None = None  # SIGKILL at, while stopping
         self._killed = False
+        self._lock_busy_logged = False
         self._restart_at = 0.0
         self._ending: int | None = None  # the signal that ends the supervisor
         self._wake_r, self._wake_w = os.pipe()
@@ -237,14 +254,40 @@ class Supervisor:
         if start_at is not None and now >= start_at and now >= self._restart_at:
             self._start(state, now - self._primary_since)
 
+    def _take_lock(self) -> int | None:
+        """The lock that says a copy of CMD runs on this node (an fd), or None while another copy holds it."""
+        fd = os.open(self.options.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if not self._lock_busy_logged:
+                self._lock_busy_logged = True
+                logger.warning(
+                    "not starting %s: another copy holds %s (another supervisor of it, or a copy left running "
+                    "when its supervisor died); starting once it is released",
+                    self.shown,
+                    self.options.lock_path,
+                )
+            self._restart_at = time.monotonic() + self.options.interval  # try again then
+            return None
+        self._lock_busy_logged = False
+        return fd
+
     def _start(self, state: NodeState, primary_for: float) -> None:
+        lock = self._take_lock()
+        if lock is None:
+            return
         try:
             # Its own process group: stopping CMD stops what it started, and terminal signals reach it through us.
-            child = subprocess.Popen(self.options.cmd, start_new_session=True, env=self.options.env)
+            # It inherits the lock: held while any process of this copy lives, even if this supervisor dies.
+            child = subprocess.Popen(self.options.cmd, start_new_session=True, env=self.options.env, pass_fds=(lock,))
         except OSError as exc:
             code = EXIT_NOT_FOUND if exc.errno == errno.ENOENT else EXIT_CANNOT_RUN
             logger.error("cannot run %s: %s", self.shown, exc.strerror)
             raise SystemExit(code) from None
+        finally:
+            os.close(lock)  # the copy's fd holds it now
         self._child = child
         logger.info(
             "started %s (pid %d): this node is the primary (%s; primary for %.3f s)",
@@ -280,6 +323,7 @@ def main(
     start_delay: float | None,
     restart: bool,
     interval: float,
+    lock: str | None = None,
 ) -> int:
     """The ``run --while-primary`` command: supervise *cmd*; returns the exit status."""
     if logger.getEffectiveLevel() > logging.INFO:
@@ -293,6 +337,7 @@ def main(
         start_delay=start_delay,
         restart=restart,
         interval=interval,
+        lock=lock,
     )
     logger.info("supervising %s: it runs only while this node (%s) is the primary", shlex.join(cmd), instance_id)
     try:

@@ -7,6 +7,7 @@ The real-LiteFS handoff and kill -9 are in ``test_litefs_background.py``.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -62,7 +63,7 @@ def supervise(tmp_path: Path, mount: Mount) -> Iterator[Start]:
     started: list[subprocess.Popen[str]] = []
 
     def start(*cmd_args: str, options: tuple[str, ...] = ()) -> Supervised:
-        record, log = tmp_path / "record", tmp_path / "supervisor.log"
+        record, log = tmp_path / "record", tmp_path / f"supervisor-{len(started)}.log"
         argv = [
             sys.executable,
             "-m",
@@ -169,3 +170,27 @@ def test_restart_starts_it_again_while_primary(supervise: Start, mount: Mount) -
     wait_until(lambda: run.has("start", 2), timeout=20, what="CMD restarted")
     assert run.proc.poll() is None
     assert _running_copies(run.events()) == 1
+
+
+def test_a_second_supervisor_of_the_same_command_never_starts_a_second_copy(
+    supervise: Start, mount: Mount, tmp_path: Path
+) -> None:
+    lock = tmp_path / "cmd.lock"
+    first = supervise(options=("--start-delay", "0", "--lock", str(lock)))
+    wait_until(lambda: first.has("start"), what="the first copy")
+    second = supervise(options=("--start-delay", "0", "--lock", str(lock)))
+    wait_until(lambda: "another copy holds" in second.output(), what="the second supervisor found the lock")
+    # Its supervisor dies: the copy runs on, orphaned, and still holds the lock (it inherited it).
+    first.proc.kill()
+    first.proc.wait()
+    orphan = int(first.events("start")[0][2])
+    assert os.path.exists(f"/proc/{orphan}")
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+    os.kill(orphan, signal.SIGTERM)
+    wait_until(lambda: second.has("start", 2), what="the second supervisor's copy, once the orphan is gone")
+    assert _running_copies(second.events()) == 1
