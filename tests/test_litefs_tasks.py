@@ -129,6 +129,9 @@ def test_a_replica_runs_a_task_once_on_the_primary_and_reads_its_write_at_once(c
     assert result["node"] == "node1"
     # Returned only once the caller's node replicated it: read here, at once, no wait.
     assert runs(cluster, CALLER, label) == [(result["id"], "node1")]
+    label = uuid.uuid4().hex
+    result = client(cluster).call("add_row_async", label=label)
+    assert runs(cluster, CALLER, label) == [(result["id"], "node1")]
 
 
 def test_a_connection_that_failed_before_sending_is_retried_and_the_task_runs_once(cluster: LiteFSCluster) -> None:

@@ -1,6 +1,6 @@
 """A test app whose primary serves ``call_on_primary`` (``wsgi_app``: bare WSGI; ``asgi_app``: Starlette).
 
-Task ``add_row(label)``: inserts a row into ``runs`` and returns its id and
+Task ``add_row(label)`` (and ``add_row_async``, a coroutine function): inserts a row into ``runs`` and returns its id and
 the instance that ran it; the table is the count of runs, so a test can tell
 a task that ran twice from one that ran once. ``GET /whoami`` answers the
 instance id (the dev cluster waits for it).
@@ -8,6 +8,7 @@ instance id (the dev cluster waits for it).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 from collections.abc import Iterable
@@ -34,6 +35,11 @@ def add_row(label: str) -> dict[str, Any]:
         row = db.execute("INSERT INTO runs (label, node) VALUES (?, ?)", (label, INSTANCE)).lastrowid
     db.close()
     return {"id": row, "node": INSTANCE}
+
+
+@primary_task("add_row_async")
+async def add_row_async(label: str) -> dict[str, Any]:
+    return await asyncio.to_thread(add_row, label)  # an async task: awaited (ASGI) or run to completion (WSGI)
 
 
 @primary_task("boom")
