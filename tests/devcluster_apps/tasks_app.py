@@ -1,9 +1,9 @@
 """A test app whose primary serves ``call_on_primary`` (``wsgi_app``: bare WSGI; ``asgi_app``: Starlette).
 
-Task ``add_row(label)`` (and ``add_row_async``, a coroutine function): inserts a row into ``runs`` and returns its id and
-the instance that ran it; the table is the count of runs, so a test can tell
-a task that ran twice from one that ran once. ``GET /whoami`` answers the
-instance id (the dev cluster waits for it).
+Task ``add_row(label)`` (and ``add_row_async``, a coroutine function):
+inserts a row into ``runs`` and returns its id and the instance that ran
+it; the table is the count of runs, so a test can tell a task that ran
+twice from one that ran once. ``GET /whoami`` answers the instance id.
 """
 
 from __future__ import annotations
