@@ -16,17 +16,22 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import pytest
 
+from litefs_route import Role
+from litefs_route._mount import read_node_state
+from litefs_route_devcluster.litefs import LiteFSCluster, LiteFSNode, TcpRelay
+from litefs_route_devcluster.pytest_plugin import require_litefs
 from tests.support import wait_until
 
 if TYPE_CHECKING:
-    from litefs_route_devcluster.litefs import LiteFSCluster
     from litefs_route_devcluster.pytest_plugin import LiteFSClusterFactory
 
 pytestmark = pytest.mark.litefs
@@ -168,3 +173,91 @@ def test_kill_9_of_the_primarys_litefs_stops_its_copy_before_another_starts(back
     assert not background.running_on("node1")
     assert len([c for c in background.copies() if c.exit is None]) == 1
     assert os.path.exists(background.record)
+
+
+class PartitionableCluster(LiteFSCluster):
+    """node1 reaches Consul, and the other nodes reach node1, through relays the test can break.
+
+    :meth:`partition`: node1's Consul traffic stalls (packets dropped: its
+    lease renewal hangs, as LiteFS's Consul client has no timeout) and the
+    other nodes' connections to it are closed (they see it gone). :meth:`heal`
+    lets its Consul traffic through again.
+    """
+
+    lease_relay: TcpRelay | None = None
+    peer_relay: TcpRelay | None = None
+
+    def _config(self, node: LiteFSNode) -> dict[str, Any]:
+        config = super()._config(node)
+        if node.id == "node1":
+            assert self.consul is not None
+            if self.lease_relay is None:
+                parts = urlsplit(self.consul.url)
+                self.lease_relay = TcpRelay((parts.hostname or "127.0.0.1", parts.port or 80))
+                self.peer_relay = TcpRelay(("127.0.0.1", node.http_port))
+            config["lease"]["consul"]["url"] = self.lease_relay.url
+            assert self.peer_relay is not None
+            config["lease"]["advertise-url"] = self.peer_relay.url
+        return config
+
+    def partition(self) -> None:
+        assert self.lease_relay is not None
+        assert self.peer_relay is not None
+        self.lease_relay.pause()
+        self.peer_relay.close()
+
+    def heal(self) -> None:
+        assert self.lease_relay is not None
+        self.lease_relay.resume()
+
+    def close(self) -> None:
+        if self.lease_relay is not None:
+            self.lease_relay.resume()
+        super().close()
+        for relay in (self.lease_relay, self.peer_relay):
+            if relay is not None:
+                relay.close()
+
+
+def test_a_partitioned_primary_keeps_its_copy_while_another_node_takes_the_lease(tmp_path: Path) -> None:
+    """The documented limit: LiteFS's lease renewal has no timeout, so a partitioned primary stays primary.
+
+    node1 (the primary) is cut off: its lease renewal hangs, its LiteFS
+    still says primary and its copy runs on; the others lose it, see its
+    Consul session expire and elect a new primary, whose copy starts. Two
+    copies run until the partition heals; then node1 steps down and its copy stops.
+    """
+    require_litefs()
+    cluster = PartitionableCluster(instances=3, lease="consul", base_dir=tmp_path / "cluster")
+    run = Background(cluster, tmp_path / "record", tmp_path)
+    try:
+        cluster.start()
+        for node in cluster.ids:
+            run.start(node)
+        wait_until(lambda: run.running_on("node1"), timeout=SETTLE, what="node1's copy started")
+        cluster.partition()
+        cut = time.time()
+
+        def elsewhere() -> bool:
+            return any(c.node != "node1" for c in run.copies())
+
+        wait_until(elsewhere, timeout=SETTLE, what="a copy on the new primary")
+        assert run.running_on("node1")  # two copies at once
+        assert read_node_state(cluster.mount_dir("node1"), "node1").role is Role.PRIMARY  # LiteFS still says so
+        cluster.heal()
+        healed = time.time()
+        wait_until(lambda: not run.running_on("node1"), timeout=SETTLE, what="node1's copy stopped after the heal")
+        old = run.copies()[0]
+        new = next(c for c in run.copies() if c.node != "node1")
+        assert old.exit is not None
+        assert old.exit > healed  # it ran through the whole partition
+        print(
+            f"partition of node1: {new.node}'s copy started {new.start - cut:.3f} s after the cut, next to node1's; "
+            f"node1's copy stopped {old.exit - healed:.3f} s after the heal"
+        )
+    finally:
+        for proc in run.procs.values():
+            proc.terminate()
+        for proc in run.procs.values():
+            proc.wait(timeout=GRACE + 10)
+        cluster.close()
