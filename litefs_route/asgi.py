@@ -32,20 +32,18 @@ from urllib.parse import quote
 from ._consistency import TxidCookies
 from ._context import RequestContext, current_request
 from ._drivers import AsyncMountIO, KeptBody, async_backend, drive_async
-from ._forwarding import HOP_HEADER, SECRET_HEADER, forward_async
+from ._forwarding import forward_async
 from ._frameworks import starlette_primary_required
 from ._middleware import RoutingMiddleware, middleware_doc
 from ._mount import NodeState
 from ._replies import OUR_TAG_NAMES_BYTES, Headers, Reply, with_tags
-from ._request import RequestInfo
+from ._request import HOP_HEADER, SECRET_HEADER, RequestInfo, from_asgi_headers
 from ._router import Router
 from ._verdicts import Kind, Outcome
 
 __all__ = ["SOCKET_REFUSED_CLOSE_CODE", "PrimaryRoutingMiddleware"]
 
-_SECRET_HEADER_BYTES = SECRET_HEADER.encode()
-_HOP_HEADER_BYTES = HOP_HEADER.encode()
-_FORWARD_HEADERS = frozenset({_SECRET_HEADER_BYTES, _HOP_HEADER_BYTES})
+_FORWARD_HEADERS = frozenset({SECRET_HEADER.encode(), HOP_HEADER.encode()})
 
 #: The close code of a write-socket refused on a replica by a server without
 #: ``websocket.http.response`` (1013, "try again later"; sent before the
@@ -81,12 +79,13 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
                 await self.app(scope, receive, send)
             return
         router = self.router
-        request = _request_info(scope, router.txid_cookies)
-        outcome = router.outcome_without_io(request)
+        request, routed = router.route(*_request_info(scope, router.txid_cookies))
         io = None
-        if outcome is None:
+        if isinstance(routed, Outcome):
+            outcome = routed
+        else:
             io = _AsyncIO(router, receive)
-            outcome = await drive_async(router.plan(request), io)
+            outcome = await drive_async(routed, io)
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
                 await self.forward(scope, receive, send, request, outcome, io.kept if io is not None else KeptBody())
@@ -96,11 +95,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         if request.forward_claim is not None:  # a genuine forwarded request: the secret is not the app's business
             scope = _without_forward_claim(scope)
 
-        ctx = RequestContext(
-            router, request, outcome.state, outcome.decision, self.primary_required_error, outcome.clear_txids
-        )
-        if outcome.decision.write:  # before the app: its cookies name the databases it changes
-            ctx.note_write()
+        ctx = RequestContext(router, request, outcome, self.primary_required_error)
         response = _Response(self, ctx, receive, send)
         token = current_request.set(ctx)
         try:
@@ -120,10 +115,8 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
     async def route_socket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket handshake: on a ``write_sockets`` path, held by the primary or answered with the replay."""
         router = self.router
-        request = _request_info(scope, None, websocket=True)
-        outcome = router.outcome_without_io(request)
-        if outcome is None:
-            outcome = await drive_async(router.plan(request), _AsyncIO(router, receive))
+        request, routed = router.route(*_request_info(scope, None, websocket=True))
+        outcome = routed if isinstance(routed, Outcome) else await drive_async(routed, _AsyncIO(router, receive))
         if outcome.decision.kind is Kind.RUN:
             if request.forward_claim is not None:  # a genuine forwarded handshake: not the app's business
                 scope = _without_forward_claim(scope)
@@ -219,8 +212,8 @@ class _Response:
             return
         if message["type"] == "http.response.start":
             ctx = self.ctx
-            if not ctx.must_end_elsewhere:  # its answer stands (unless replaced below): it ran
-                ctx.router.counters.observe("ran")
+            if ctx.router.counters.listened and not ctx.must_end_elsewhere:
+                ctx.router.counters.observe("ran")  # its answer stands (unless replaced below): it ran
             ctx.response_started = True
             headers: Iterable[tuple[bytes, bytes]] = message.get("headers", ())
             if ctx.must_end_elsewhere:
@@ -275,37 +268,12 @@ def _without_forward_claim(scope: Scope) -> Scope:
     return {**scope, "headers": [h for h in scope.get("headers", ()) if h[0] not in _FORWARD_HEADERS]}
 
 
-def _request_info(scope: Scope, txid_cookies: TxidCookies | None, *, websocket: bool = False) -> RequestInfo:
-    replay_src = content_length = transfer_encoding = replay_failed = forward_claim = forward_hop = None
-    cookies: list[str] = []
-    for name, value in scope.get("headers", ()):
-        if name == b"cookie":
-            cookies.append(value.decode("latin-1"))
-        elif name == b"fly-replay-src":
-            replay_src = value.decode("latin-1")
-        elif name == b"fly-replay-failed":
-            replay_failed = value.decode("latin-1")
-        elif name == _SECRET_HEADER_BYTES:
-            forward_claim = value.decode("latin-1")
-        elif name == _HOP_HEADER_BYTES:
-            forward_hop = value.decode("latin-1")
-        elif name == b"content-length":
-            content_length = value.decode("latin-1")
-        elif name == b"transfer-encoding":
-            transfer_encoding = value.decode("latin-1")
-    return RequestInfo.from_headers(
-        scope.get("method", "GET"),  # a websocket scope has none: its handshake is a GET
-        scope["path"],
-        replay_src=replay_src,
-        content_length=content_length,
-        transfer_encoding=transfer_encoding,
-        cookie="; ".join(cookies) or None,  # HTTP/2 may split the header
-        txid_cookies=txid_cookies,
-        replay_failed=replay_failed,
-        websocket=websocket,
-        forward_claim=forward_claim,
-        forward_hop=forward_hop,
-    )
+def _request_info(
+    scope: Scope, txid_cookies: TxidCookies | None, *, websocket: bool = False
+) -> tuple[str, str, RequestInfo | None]:
+    """What :meth:`Router.route` takes: the method, the path, and the parsed request (None: nothing to parse)."""
+    method, path = scope.get("method", "GET"), scope["path"]  # a websocket scope has no method: its handshake is a GET
+    return method, path, from_asgi_headers(method, path, scope.get("headers", ()), txid_cookies, websocket=websocket)
 
 
 def _encode(headers: Iterable[tuple[str, str]]) -> RawHeaders:

@@ -29,12 +29,9 @@ import contextlib
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ._consistency import TxidCookies
 from ._context import RequestContext, current_request, report_exception
 from ._drivers import KeptBody, MountIO, drive, measure_stream
 from ._forwarding import (
-    HOP_CGI_KEY,
-    SECRET_CGI_KEY,
     ClientBodyError,
     cgi_headers,
     cgi_server,
@@ -45,7 +42,7 @@ from ._forwarding import (
 from ._frameworks import connect_flask_safety_net, werkzeug_primary_required
 from ._middleware import RoutingMiddleware, middleware_doc
 from ._replies import LENGTH_REQUIRED, OUR_TAG_NAMES, Headers, Reply, with_tags
-from ._request import RequestInfo
+from ._request import RequestInfo, from_environ
 from ._router import Router
 from ._verdicts import Kind, Outcome
 
@@ -70,12 +67,17 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         router = self.router
-        request = _request_info(environ, router.txid_cookies)
-        outcome = router.outcome_without_io(request)
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        if not path.isascii():
+            path = _decoded_path(path)
+        request, routed = router.route(method, path, from_environ(environ, method, path, router.txid_cookies))
         io = None
-        if outcome is None:
+        if isinstance(routed, Outcome):
+            outcome = routed
+        else:
             io = _BlockingIO(router, environ)
-            outcome = drive(router.plan(request), io)
+            outcome = drive(routed, io)
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
                 return self.forward(
@@ -85,11 +87,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
         if request.forward_claim is not None:  # a genuine forwarded request: the secret is not the app's business
             drop_forward_claim(environ)
 
-        ctx = RequestContext(
-            router, request, outcome.state, outcome.decision, self.primary_required_error, outcome.clear_txids
-        )
-        if outcome.decision.write:  # before the app: its cookies name the databases it changes
-            ctx.note_write()
+        ctx = RequestContext(router, request, outcome, self.primary_required_error)
         environ["litefs_route._context"] = ctx
         response = _Response(ctx, environ, start_response)
         token = current_request.set(ctx)
@@ -165,8 +163,8 @@ class _Response:
             status, headers = reply.status_line, list(reply.headers)
         elif router.rules.read_your_writes:  # a cookie may be due
             headers = headers + ctx.cookie_headers(self._read_txids())
-        if not ctx.must_end_elsewhere and not ctx.response_started:  # its answer stands: it ran
-            router.counters.observe("ran")
+        if router.counters.listened and not ctx.must_end_elsewhere and not ctx.response_started:
+            router.counters.observe("ran")  # its answer stands: it ran
         ctx.response_started = True
         write = self.start(status, with_tags(headers, router.tags(ctx.state), OUR_TAG_NAMES), exc_info)
         return _discarding_write if self.replaced_by is not None else write
@@ -202,25 +200,15 @@ class _BlockingIO(MountIO):
         return _measure_body(self.environ, limit, timeout, self.keeper())
 
 
-def _request_info(environ: WSGIEnvironment, txid_cookies: TxidCookies | None) -> RequestInfo:
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    if not path.isascii():
-        # PEP 3333 hands the path over as a latin-1 "native string" of the
-        # raw bytes; the app (and LiteFS's globs) see it decoded as UTF-8.
-        with contextlib.suppress(UnicodeError):
-            path = path.encode("latin-1").decode("utf-8", "surrogateescape")
-    return RequestInfo.from_headers(
-        environ.get("REQUEST_METHOD", "GET"),
-        path,
-        replay_src=environ.get("HTTP_FLY_REPLAY_SRC"),
-        replay_failed=environ.get("HTTP_FLY_REPLAY_FAILED"),
-        forward_claim=environ.get(SECRET_CGI_KEY),
-        forward_hop=environ.get(HOP_CGI_KEY),
-        content_length=environ.get("CONTENT_LENGTH"),
-        transfer_encoding=environ.get("HTTP_TRANSFER_ENCODING"),
-        cookie=environ.get("HTTP_COOKIE"),
-        txid_cookies=txid_cookies,
-    )
+def _decoded_path(path: str) -> str:
+    """The path the app routes on, from the one PEP 3333 hands over.
+
+    That is a latin-1 "native string" of the raw bytes; the app (and
+    LiteFS's globs) see it decoded as UTF-8.
+    """
+    with contextlib.suppress(UnicodeError):
+        return path.encode("latin-1").decode("utf-8", "surrogateescape")
+    return path
 
 
 def _send_reply(start_response: StartResponse, reply: Reply, tags: Headers) -> list[bytes]:
