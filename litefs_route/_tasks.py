@@ -439,7 +439,7 @@ class TaskClient:
         self, name: str, key: str, body: bytes, deadline: float
     ) -> tuple[int, http.client.HTTPMessage, bytes, str]:
         """(status, headers, body, primary) of the first attempt that reached a primary; retries only unsent ones."""
-        last = "no primary known"
+        last, retries = "no primary known", 0  # the first retry is logged at INFO, the rest at DEBUG
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -458,7 +458,8 @@ class TaskClient:
                     conn.connect()
                 except OSError as exc:  # nothing was sent: safe to try again
                     last = f"{primary} ({target.host}:{target.port}) could not be reached ({exc})"
-                    logger.info("task %s: %s; trying again", name, last)
+                    logger.log(logging.DEBUG if retries else logging.INFO, "task %s: %s; trying again", name, last)
+                    retries += 1
                     time.sleep(min(max(0.0, deadline - time.monotonic()), _RETRY_EVERY))
                     continue
                 try:
@@ -485,7 +486,8 @@ class TaskClient:
             if response.status == 503 and response.getheader(OUTCOME_HEADER) is None:
                 # The middleware's: no primary there, or it was not the primary. Nothing ran.
                 last = f"{primary} answered 503 ({payload[:200].decode(errors='replace').strip()})"
-                logger.info("task %s: %s; trying again", name, last)
+                logger.log(logging.DEBUG if retries else logging.INFO, "task %s: %s; trying again", name, last)
+                retries += 1
                 time.sleep(min(max(0.0, deadline - time.monotonic()), _RETRY_EVERY))
                 continue
             return response.status, response.headers, payload, primary
