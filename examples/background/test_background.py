@@ -204,6 +204,22 @@ def test_a_django_management_command_runs_under_the_supervisor(node: Callable[..
     assert replica.ticks("django") == 0
 
 
+def test_the_app_groups_start_script_runs_the_web_server_and_the_supervised_beat(
+    node: Callable[..., Node], redis_url: str
+) -> None:
+    port = free_port()
+    primary = node("primary", REDIS_URL=redis_url, BIND=f"127.0.0.1:{port}")
+    primary.env["BEAT_SCHEDULE"] = str(primary.logs / "beat-schedule")
+    script = primary.start("app", ["sh", str(HERE / "app-start.sh")])
+    wait_for(lambda: port_open("127.0.0.1", port), timeout=60, message="the web server did not listen")
+    wait_for(lambda: "started celery" in primary.log("app"), timeout=60, message="beat not started")
+    with Redis.from_url(redis_url) as redis:  # beat enqueues the tick on its schedule
+        wait_for(lambda: redis.llen("celery") >= 1, timeout=60, message="beat queued nothing")
+    script.send_signal(signal.SIGTERM)
+    assert script.wait(timeout=60) == 0
+    assert "passing SIGTERM on to celery" in primary.log("app")  # the supervisor stopped beat before exiting
+
+
 def test_fly_toml_and_litefs_yml_agree_on_the_process_groups() -> None:
     fly = (HERE / "fly.toml").read_text()
     assert '  app = "litefs mount"' in fly
