@@ -194,3 +194,10 @@ def test_a_second_supervisor_of_the_same_command_never_starts_a_second_copy(
     os.kill(orphan, signal.SIGTERM)
     wait_until(lambda: second.has("start", 2), what="the second supervisor's copy, once the orphan is gone")
     assert _running_copies(second.events()) == 1
+
+
+def test_no_command_is_a_usage_error(mount: Mount) -> None:
+    argv = [sys.executable, "-m", "litefs_route", "run", "--while-primary", "--dir", str(mount.path), "--"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "run: no command given" in done.stderr
