@@ -5,6 +5,7 @@ Documented in :mod:`litefs_route.django`.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from http.cookies import Morsel
@@ -36,7 +37,6 @@ from .._middleware import RoutingMiddleware, middleware_doc, option_defaults
 from .._mount import NodeState
 from .._replies import LENGTH_REQUIRED, PRIMARY_HEADER, Reply
 from .._request import RequestInfo, from_environ
-from .._router import Router
 from .._verdicts import Kind, Outcome
 
 __all__ = ["SETTING", "PrimaryRoutingMiddleware", "options_from_settings"]
@@ -99,7 +99,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
         if isinstance(routed, Outcome):
             outcome = routed
         else:
-            io = _DjangoIO(router, request)
+            io = MountIO(router, functools.partial(_measure_body, request))
             outcome = drive(routed, io)
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
@@ -117,7 +117,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
             _discard(response)
             settlement = ctx.settlement()
             if settlement is not None:
-                ctx.settle(drive(settlement, _DjangoIO(router, request)))
+                ctx.settle(drive(settlement, MountIO(router, functools.partial(_measure_body, request))))
             return self._ending(ctx)
         if router.counters.listened and not ctx.must_end_elsewhere:
             router.counters.observe("ran")  # the view's answer stands: it ran
@@ -132,7 +132,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
         if isinstance(routed, Outcome):
             outcome = routed
         else:
-            aio = _AsyncDjangoIO(router, request)
+            aio = AsyncMountIO(router, functools.partial(_measure_body_async, request))
             outcome = await drive_async(routed, aio)
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
@@ -154,7 +154,9 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
             await run_in_thread(lambda: _discard(response))  # may close files: not on the loop
             settlement = ctx.settlement()
             if settlement is not None:
-                ctx.settle(await drive_async(settlement, _AsyncDjangoIO(router, request)))
+                ctx.settle(
+                    await drive_async(settlement, AsyncMountIO(router, functools.partial(_measure_body_async, request)))
+                )
             return self._ending(ctx)
         if router.counters.listened and not ctx.must_end_elsewhere:
             router.counters.observe("ran")  # the view's answer stands: it ran
@@ -237,33 +239,11 @@ def _mark_logged(response: HttpResponse) -> HttpResponse:
     return response
 
 
-class _DjangoIO(MountIO):
-    """The I/O of a plan in the request's thread (sync mode)."""
-
-    __slots__ = ("request",)
-
-    def __init__(self, router: Router, request: HttpRequest) -> None:
-        super().__init__(router)
-        self.request = request
-
-    def measure_body(self, limit: int, timeout: float) -> int | None:
-        return _measure_body(self.request, limit, timeout, self.keeper())
-
-
-class _AsyncDjangoIO(AsyncMountIO):
-    """The I/O of a plan off the event loop (async mode)."""
-
-    __slots__ = ("request",)
-
-    def __init__(self, router: Router, request: HttpRequest) -> None:
-        super().__init__(router)
-        self.request = request
-
-    async def measure_body(self, limit: int, timeout: float) -> int | None:
-        keep = self.keeper()
-        run_in_thread, _ = async_backend()
-        size: int | None = await run_in_thread(lambda: _measure_body(self.request, limit, timeout, keep))
-        return size
+async def _measure_body_async(request: HttpRequest, limit: int, timeout: float, keep: KeptBody | None) -> int | None:
+    """:func:`_measure_body` off the event loop (async mode)."""
+    run_in_thread, _ = async_backend()
+    size: int | None = await run_in_thread(lambda: _measure_body(request, limit, timeout, keep))
+    return size
 
 
 def _request_info(request: HttpRequest, txid_cookies: TxidCookies | None) -> tuple[str, str, RequestInfo | None]:
