@@ -33,7 +33,7 @@ from ._decision import (
     WaitForTxids,
     assert_never,
 )
-from ._mount import NodeState
+from ._mount import NodeState, Role
 from ._router import Router
 
 __all__ = [
@@ -84,6 +84,7 @@ def drive(plan: Plan, io: BlockingIO) -> Outcome:
             need = plan.send(answer)
         except StopIteration as end:  # the plan's own end only, never an I/O method's
             outcome: Outcome = end.value
+            _time_primary_wait(io, outcome)
             return outcome
         match need:
             case ReadState(max_age):
@@ -112,6 +113,7 @@ async def drive_async(plan: Plan, io: AsyncIO) -> Outcome:
             need = plan.send(answer)
         except StopIteration as end:
             outcome: Outcome = end.value
+            _time_primary_wait(io, outcome)
             return outcome
         match need:
             case ReadState(max_age):
@@ -143,11 +145,12 @@ class _PlanIO:
     and keeps what measuring a body read when forward mode will send it on.
     """
 
-    __slots__ = ("kept", "router", "waited_for_primary")
+    __slots__ = ("kept", "primary_waited", "router")
 
     def __init__(self, router: Router) -> None:
         self.router = router
-        self.waited_for_primary = False
+        #: Seconds this plan waited for a primary, in all; None: it did not wait.
+        self.primary_waited: float | None = None
         #: What measuring the body read (forward mode): sent first if the request is forwarded.
         self.kept = KeptBody()
 
@@ -180,8 +183,11 @@ class MountIO(_PlanIO):
     def wait_for_txids(self, txids: tuple[int, ...], timeout: float) -> bool:
         positions = self.router.positions
         assert positions is not None  # the plan waits only when read-your-writes is on
-        self.router.counters.add("consistency_waits")
-        return positions.wait(txids, timeout)
+        counters, began = self.router.counters, time.monotonic()
+        counters.add("consistency_waits")
+        arrived = positions.wait(txids, timeout)
+        counters.time("txid_wait", time.monotonic() - began, "arrived" if arrived else "timed_out")
+        return arrived
 
     def read_positions(self) -> tuple[int | None, ...]:
         positions = self.router.positions
@@ -222,8 +228,11 @@ class AsyncMountIO(_PlanIO):
     async def wait_for_txids(self, txids: tuple[int, ...], timeout: float) -> bool:
         positions = self.router.positions
         assert positions is not None  # the plan waits only when read-your-writes is on
-        self.router.counters.add("consistency_waits")
-        return await positions.wait_async(txids, timeout)
+        counters, began = self.router.counters, time.monotonic()
+        counters.add("consistency_waits")
+        arrived = await positions.wait_async(txids, timeout)
+        counters.time("txid_wait", time.monotonic() - began, "arrived" if arrived else "timed_out")
+        return arrived
 
     async def read_positions(self) -> tuple[int | None, ...]:
         positions = self.router.positions
@@ -235,11 +244,19 @@ class AsyncMountIO(_PlanIO):
 
 def _count_primary_wait(io: _PlanIO, began: float) -> None:
     """One slice of a wait for a primary is over: a plan's first counts the wait, each its seconds."""
-    counters = io.router.counters
-    if not io.waited_for_primary:
-        io.waited_for_primary = True
+    counters, seconds = io.router.counters, time.monotonic() - began
+    if io.primary_waited is None:
+        io.primary_waited = 0.0
         counters.add("primary_waits")
-    counters.add("primary_wait_seconds", time.monotonic() - began)
+    io.primary_waited += seconds
+    counters.add("primary_wait_seconds", seconds)
+
+
+def _time_primary_wait(io: BlockingIO | AsyncIO, outcome: Outcome) -> None:
+    """A plan that waited for a primary is over: its whole wait, for the histograms (a test's I/O has none)."""
+    if isinstance(io, _PlanIO) and io.primary_waited is not None:
+        found = outcome.state.role is not Role.NO_PRIMARY
+        io.router.counters.time("primary_wait", io.primary_waited, "found" if found else "timed_out")
 
 
 @dataclass(slots=True)

@@ -17,9 +17,10 @@ import weakref
 from collections.abc import Iterable
 
 from ._consistency import Positions, TxidCookies
-from ._counters import Counters
+from ._counters import Counters, listening
 from ._decision import (
     Decision,
+    Kind,
     Outcome,
     Pending,
     Plan,
@@ -40,6 +41,7 @@ from ._forwarding import (
     resolve_forward_url,
 )
 from ._mount import NodeState
+from ._replay_latency import replay_latency
 from ._replies import Headers, Reply, build_reply, build_tags, forward_failure_reply
 from ._sqlite_errors import WriteFailureKind
 from ._state_cache import StateCache
@@ -105,6 +107,10 @@ class Router:
 
     def plan(self, request: RequestInfo) -> Plan:
         """The plan that routes *request* (drive it with :mod:`litefs_route._drivers`)."""
+        if request.replay_src is not None and listening():  # a replayed request (never decided without I/O)
+            latency = replay_latency(request.replay_src, time.time())
+            if latency is not None:
+                self.counters.time("replay_latency", latency)
         return plan_request(request, self.rules, known_txids=self.known_txids(request))
 
     def settlement(
@@ -143,6 +149,8 @@ class Router:
         """The response for a decision that does not run the app (counted; *cause*: what asked for a replay)."""
         name = counter_name(decision)
         self.counters.add(name, cause=cause)
+        if decision.kind is Kind.REPLAY:
+            self.counters.observe("replay_target", decision.target)
         if name == "unavailable_replay_failed":  # the primary is out of Fly's reach: worth a look
             self._warn(name, f"answered 503: {decision.reason}")
         elif name == "forbidden_forwards":  # a forgery, or instances that do not share one forward_secret
