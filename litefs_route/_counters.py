@@ -63,6 +63,8 @@ import threading
 import weakref
 from collections.abc import Callable
 
+from ._log_fields import log_fields
+
 __all__ = [
     "TIMINGS",
     "CountListener",
@@ -95,7 +97,12 @@ class Counters:
         for listener in _listeners:
             listener(name, amount, cause)
         if logger.isEnabledFor(logging.DEBUG):  # cached by logging: no record built when off
-            logger.debug("counted %s (+%g)", name, amount)
+            logger.debug(
+                "counted %s (+%g)",
+                name,
+                amount,
+                extra=log_fields(event="counted", counter=name, amount=amount, cause=cause),
+            )
 
     def observe(self, name: str, detail: str | None = None) -> None:
         """Tell the listeners (metrics) of one *name*, without counting it here (``ran``: every request would)."""

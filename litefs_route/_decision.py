@@ -288,6 +288,8 @@ class RequestInfo:
     forward_hops: int = 0
     #: Both ``Content-Length`` and ``Transfer-Encoding``: where its body ends is ambiguous (refused, 400).
     ambiguous_length: bool = False
+    #: ``Fly-Request-Id`` (else ``X-Request-Id``) as sent, for log records only (set by the adapter; unchecked).
+    request_id: str | None = None
 
     @classmethod
     def from_headers(

@@ -41,6 +41,7 @@ from ._forwarding import (
     resolve_forward_url,
 )
 from ._mount import NodeState
+from ._log_fields import log_fields, request_fields
 from ._replay_latency import replay_latency
 from ._replies import Headers, Reply, build_reply, build_tags, forward_failure_reply
 from ._sqlite_errors import WriteFailureKind
@@ -145,16 +146,20 @@ class Router:
             self._last_tags = (state, tags)
         return tags
 
-    def reply(self, decision: Decision, *, cause: str = "write") -> Reply:
-        """The response for a decision that does not run the app (counted; *cause*: what asked for a replay)."""
+    def reply(self, decision: Decision, *, cause: str = "write", request: RequestInfo | None = None) -> Reply:
+        """The response for a decision that does not run the app (counted; *cause*: what asked for a replay).
+
+        *request*: the request it answers, for the log record of an answer worth a warning.
+        """
         name = counter_name(decision)
         self.counters.add(name, cause=cause)
         if decision.kind is Kind.REPLAY:
             self.counters.observe("replay_target", decision.target)
         if name == "unavailable_replay_failed":  # the primary is out of Fly's reach: worth a look
-            self._warn(name, f"answered 503: {decision.reason}")
+            self._warn(name, f"answered 503: {decision.reason}", 503, decision, request)
         elif name == "forbidden_forwards":  # a forgery, or instances that do not share one forward_secret
-            self._warn(name, "answered 403 to a request that claims to be forwarded without this instance's secret")
+            message = "answered 403 to a request that claims to be forwarded without this instance's secret"
+            self._warn(name, message, 403, decision, request)
         # Built once per distinct decision: a replica answers a flood of
         # writes with the same few bytes. (Bounded: targets are validated host
         # names, hops <= 9, reasons a handful of strings.)
@@ -204,14 +209,21 @@ class Router:
         secret = self.rules.forward_secret
         return Forward(target, forwarded, secret, chunked, length, self.forward_timeout, self.retry_after)
 
-    def _warn(self, kind: str, message: str) -> None:
+    def _warn(self, kind: str, message: str, status: int, decision: Decision, request: RequestInfo | None) -> None:
         """Log *message* as a warning at most once a minute per *kind* (a client can send these at will)."""
+        facts = log_fields(
+            event=kind,
+            reason=decision.reason,
+            target=decision.target,
+            status=status,
+            **(request_fields(request) if request is not None else {}),
+        )
         now = time.monotonic()
         if now - self._warned_at.get(kind, -_WARN_EVERY) >= _WARN_EVERY:
             self._warned_at[kind] = now
-            logger.warning("%s (logged at most once a minute; router.counters counts each)", message)
+            logger.warning("%s (logged at most once a minute; router.counters counts each)", message, extra=facts)
         else:
-            logger.debug("%s", message)
+            logger.debug("%s", message, extra=facts)
 
     def __repr__(self) -> str:
         return f"Router(instance_id={self.instance_id!r}, litefs_dir={self.cache.litefs_dir!r})"

@@ -44,6 +44,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from ._log_fields import log_fields
 from ._mount import NodeState, Role, read_node_state
 from ._wakeups import Wakeups
 
@@ -196,6 +197,9 @@ class StateCache:
                 state.primary_id or "unknown",
                 previous.role,
                 previous.primary_id or "unknown",
+                extra=log_fields(
+                    event="mount_disagrees", role=state.role.value, primary=state.primary_id, reason=state.detail
+                ),
             )
         return self._vetted(state)
 
@@ -328,4 +332,11 @@ class StateCache:
             state.role.value,
             state.primary_id or "unknown",
             state.detail,
+            extra=log_fields(
+                event="role_changed",
+                role=state.role.value,
+                previous_role=None if previous is None else previous.role.value,
+                primary=state.primary_id,
+                reason=state.detail,
+            ),
         )

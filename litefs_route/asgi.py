@@ -35,6 +35,7 @@ from ._decision import Kind, Outcome, RequestInfo
 from ._drivers import AsyncMountIO, KeptBody, async_backend, drive_async
 from ._forwarding import HOP_HEADER, SECRET_HEADER, forward_async
 from ._frameworks import starlette_primary_required
+from ._log_fields import log_fields, request_fields
 from ._middleware import RoutingMiddleware, middleware_doc
 from ._mount import NodeState
 from ._replies import OUR_TAG_NAMES_BYTES, Headers, Reply, with_tags
@@ -90,7 +91,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             if outcome.decision.kind is Kind.FORWARD:
                 await self.forward(scope, receive, send, request, outcome, io.kept if io is not None else KeptBody())
             else:
-                await self.send_reply(send, router.reply(outcome.decision), outcome.state)
+                await self.send_reply(send, router.reply(outcome.decision, request=request), outcome.state)
             return
         if request.forward_claim is not None:  # a genuine forwarded request: the secret is not the app's business
             scope = _without_forward_claim(scope)
@@ -128,7 +129,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
                 scope = _without_forward_claim(scope)
             await self.app(scope, receive, send)
             return
-        reply = router.reply(outcome.decision)
+        reply = router.reply(outcome.decision, request=request)
         if (await receive())["type"] != "websocket.connect":
             return  # the client is gone
         if "websocket.http.response" in (scope.get("extensions") or {}):
@@ -142,6 +143,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             "server cannot answer a handshake with the replay (no websocket.http.response extension)",
             request.path,
             SOCKET_REFUSED_CLOSE_CODE,
+            extra=log_fields(event="socket_refused", target=outcome.decision.target, **request_fields(request)),
         )
         await send({"type": "websocket.close", "code": SOCKET_REFUSED_CLOSE_CODE})
 
@@ -276,6 +278,7 @@ def _without_forward_claim(scope: Scope) -> Scope:
 
 def _request_info(scope: Scope, txid_cookies: TxidCookies | None, *, websocket: bool = False) -> RequestInfo:
     replay_src = content_length = transfer_encoding = replay_failed = forward_claim = forward_hop = None
+    fly_request_id = x_request_id = None  # for log records
     cookies: list[str] = []
     for name, value in scope.get("headers", ()):
         if name == b"cookie":
@@ -292,7 +295,11 @@ def _request_info(scope: Scope, txid_cookies: TxidCookies | None, *, websocket: 
             content_length = value.decode("latin-1")
         elif name == b"transfer-encoding":
             transfer_encoding = value.decode("latin-1")
-    return RequestInfo.from_headers(
+        elif name == b"fly-request-id":
+            fly_request_id = value
+        elif name == b"x-request-id":
+            x_request_id = value
+    info = RequestInfo.from_headers(
         scope.get("method", "GET"),  # a websocket scope has none: its handshake is a GET
         scope["path"],
         replay_src=replay_src,
@@ -305,6 +312,10 @@ def _request_info(scope: Scope, txid_cookies: TxidCookies | None, *, websocket: 
         forward_claim=forward_claim,
         forward_hop=forward_hop,
     )
+    request_id = fly_request_id or x_request_id
+    if request_id is not None:
+        info.request_id = request_id.decode("latin-1")
+    return info
 
 
 def _encode(headers: Iterable[tuple[str, str]]) -> RawHeaders:

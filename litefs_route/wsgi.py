@@ -80,7 +80,9 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
                 return self.forward(
                     environ, start_response, request, outcome, io.kept if io is not None else KeptBody()
                 )
-            return _send_reply(start_response, router.reply(outcome.decision), router.tags(outcome.state))
+            return _send_reply(
+                start_response, router.reply(outcome.decision, request=request), router.tags(outcome.state)
+            )
         if request.forward_claim is not None:  # a genuine forwarded request: the secret is not the app's business
             drop_forward_claim(environ)
 
@@ -208,7 +210,7 @@ def _request_info(environ: WSGIEnvironment, txid_cookies: TxidCookies | None) ->
         # raw bytes; the app (and LiteFS's globs) see it decoded as UTF-8.
         with contextlib.suppress(UnicodeError):
             path = path.encode("latin-1").decode("utf-8", "surrogateescape")
-    return RequestInfo.from_headers(
+    info = RequestInfo.from_headers(
         environ.get("REQUEST_METHOD", "GET"),
         path,
         replay_src=environ.get("HTTP_FLY_REPLAY_SRC"),
@@ -220,6 +222,8 @@ def _request_info(environ: WSGIEnvironment, txid_cookies: TxidCookies | None) ->
         cookie=environ.get("HTTP_COOKIE"),
         txid_cookies=txid_cookies,
     )
+    info.request_id = environ.get("HTTP_FLY_REQUEST_ID") or environ.get("HTTP_X_REQUEST_ID")  # for log records
+    return info
 
 
 def _send_reply(start_response: StartResponse, reply: Reply, tags: Headers) -> list[bytes]:

@@ -23,6 +23,7 @@ from django.utils.encoding import escape_uri_path
 from .._consistency import TxidCookies
 from .._context import RequestContext, current_request, report_exception
 from .._decision import Kind, Outcome, RequestInfo
+from .._log_fields import log_fields
 from .._drivers import AsyncMountIO, KeptBody, MountIO, async_backend, drive, drive_async, measure_stream
 from .._forwarding import (
     HOP_CGI_KEY,
@@ -89,7 +90,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
             from ._checks import check_litefs_route
 
             for message in check_litefs_route():
-                logger.warning("%s", message)
+                logger.warning("%s", message, extra=log_fields(event="django_check", reason=message.msg))
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
         if self.async_mode:
@@ -104,7 +105,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
                 return self._forward(request, info, outcome, io.kept if io is not None else KeptBody())
-            return self._reply(router.reply(outcome.decision), outcome.state)
+            return self._reply(router.reply(outcome.decision, request=info), outcome.state)
         _strip_forward_secret(request, info)
         ctx = self._context(info, outcome)
         token = current_request.set(ctx)
@@ -139,7 +140,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
                 run_in_thread, _ = async_backend()  # forwarded from a worker thread, relayed chunk by chunk
                 response: HttpResponseBase = await run_in_thread(lambda: self._forward(request, info, outcome, kept))
                 return response
-            return self._reply(router.reply(outcome.decision), outcome.state)
+            return self._reply(router.reply(outcome.decision, request=info), outcome.state)
         _strip_forward_secret(request, info)
         ctx = self._context(info, outcome)
         token = current_request.set(ctx)
@@ -275,7 +276,7 @@ class _AsyncDjangoIO(AsyncMountIO):
 
 def _request_info(request: HttpRequest, txid_cookies: TxidCookies | None) -> RequestInfo:
     meta = request.META  # WSGI's environ, or what Django's ASGI handler builds in its image
-    return RequestInfo.from_headers(
+    info = RequestInfo.from_headers(
         request.method or "GET",
         request.path,  # decoded, with SCRIPT_NAME: what Django's URL patterns see
         replay_src=meta.get("HTTP_FLY_REPLAY_SRC"),
@@ -287,6 +288,8 @@ def _request_info(request: HttpRequest, txid_cookies: TxidCookies | None) -> Req
         cookie=meta.get("HTTP_COOKIE"),
         txid_cookies=txid_cookies,
     )
+    info.request_id = meta.get("HTTP_FLY_REQUEST_ID") or meta.get("HTTP_X_REQUEST_ID")  # for log records
+    return info
 
 
 def _request_target(request: HttpRequest, under_asgi: bool) -> str:
