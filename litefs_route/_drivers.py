@@ -15,11 +15,13 @@ adds only ``measure_body``, which depends on how its server hands over a body.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ._counters import Counters
 from ._decision import (
     Answer,
     AwaitChange,
@@ -33,6 +35,7 @@ from ._decision import (
     WaitForTxids,
     assert_never,
 )
+from ._log_fields import log_fields
 from ._mount import NodeState, Role
 from ._router import Router
 
@@ -47,6 +50,8 @@ __all__ = [
     "drive_async",
     "measure_stream",
 ]
+
+logger = logging.getLogger("litefs_route")
 
 # Bytes read at a time when measuring a body.
 _CHUNK = 65536
@@ -186,7 +191,7 @@ class MountIO(_PlanIO):
         counters, began = self.router.counters, time.monotonic()
         counters.add("consistency_waits")
         arrived = positions.wait(txids, timeout)
-        counters.time("txid_wait", time.monotonic() - began, "arrived" if arrived else "timed_out")
+        _timed(counters, "txid_wait", time.monotonic() - began, "arrived" if arrived else "timed_out")
         return arrived
 
     def read_positions(self) -> tuple[int | None, ...]:
@@ -231,7 +236,7 @@ class AsyncMountIO(_PlanIO):
         counters, began = self.router.counters, time.monotonic()
         counters.add("consistency_waits")
         arrived = await positions.wait_async(txids, timeout)
-        counters.time("txid_wait", time.monotonic() - began, "arrived" if arrived else "timed_out")
+        _timed(counters, "txid_wait", time.monotonic() - began, "arrived" if arrived else "timed_out")
         return arrived
 
     async def read_positions(self) -> tuple[int | None, ...]:
@@ -256,7 +261,20 @@ def _time_primary_wait(io: BlockingIO | AsyncIO, outcome: Outcome) -> None:
     """A plan that waited for a primary is over: its whole wait, for the histograms (a test's I/O has none)."""
     if isinstance(io, _PlanIO) and io.primary_waited is not None:
         found = outcome.state.role is not Role.NO_PRIMARY
-        io.router.counters.time("primary_wait", io.primary_waited, "found" if found else "timed_out")
+        _timed(io.router.counters, "primary_wait", io.primary_waited, "found" if found else "timed_out")
+
+
+def _timed(counters: Counters, name: str, seconds: float, outcome: str) -> None:
+    """A wait is over: tell the metrics, and say it at DEBUG (a wait is routine, even one that timed out)."""
+    counters.time(name, seconds, outcome)
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(
+            "%s of %.3f s: %s",
+            name,
+            seconds,
+            outcome,
+            extra=log_fields(event=name, waited_seconds=seconds, outcome=outcome),
+        )
 
 
 @dataclass(slots=True)

@@ -6,15 +6,17 @@ Every record carries its facts as attributes named ``litefs_route_<fact>``
 structlog's stdlib bridge) writes them as keys, a plain formatter ignores
 them. The names, one list (``docs/observability.md`` shows each):
 
-``event``       what happened, a stable name (``role_changed``, ``safety_net``, ...)
-``reason``      why, in words (a 503's reason, an exception's text)
-``method``, ``path``, ``request_id``   the request's (``request_id``: ``Fly-Request-Id``,
-                else ``X-Request-Id``, when printable and at most 128 characters)
-``status``      the status it was answered with
-``target``      the instance it was replayed or forwarded to
-``primary``     the primary the node knows (``role``, ``previous_role``: the role change's)
-``waited_seconds``  how long it waited
-``database``, ``api_url``, ``counter``, ``amount``   the HALT lock's database, LiteFS's API, a count
+``event``            what happened, a stable name (``role_changed``, ``safety_net``, ``forward_failed``, ...)
+``reason``           why, in words (a 503's reason, SQLite's error, an exception's text)
+``method``, ``path``, ``request_id``   the request's: the path without its query, at most 200
+                     characters; ``Fly-Request-Id``, else ``X-Request-Id``, if printable and
+                     at most 128 characters
+``status``           the status the request was answered with
+``target``           the instance it was replayed or forwarded to
+``primary``, ``role``, ``previous_role``   the node's primary and role (a role change's)
+``waited_seconds``, ``outcome``   a wait for a primary or a TXID: how long, how it ended
+``database``, ``api_url``   the HALT lock's or position's database; LiteFS's API
+``counter``, ``amount``, ``cause``   a count (at DEBUG)
 
 Nothing secret is a fact: the forward secret and request bodies never are.
 """

@@ -40,8 +40,8 @@ from ._forwarding import (
     forwarded_headers,
     resolve_forward_url,
 )
-from ._mount import NodeState
 from ._log_fields import log_fields, request_fields
+from ._mount import NodeState
 from ._replay_latency import replay_latency
 from ._replies import Headers, Reply, build_reply, build_tags, forward_failure_reply
 from ._sqlite_errors import WriteFailureKind

@@ -23,7 +23,6 @@ from django.utils.encoding import escape_uri_path
 from .._consistency import TxidCookies
 from .._context import RequestContext, current_request, report_exception
 from .._decision import Kind, Outcome, RequestInfo
-from .._log_fields import log_fields
 from .._drivers import AsyncMountIO, KeptBody, MountIO, async_backend, drive, drive_async, measure_stream
 from .._forwarding import (
     HOP_CGI_KEY,
@@ -36,6 +35,7 @@ from .._forwarding import (
     drop_forward_claim,
     forward_blocking,
 )
+from .._log_fields import log_fields
 from .._middleware import RoutingMiddleware, middleware_doc, option_defaults
 from .._mount import NodeState
 from .._replies import LENGTH_REQUIRED, PRIMARY_HEADER, Reply
