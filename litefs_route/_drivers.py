@@ -150,12 +150,12 @@ class _PlanIO:
     and keeps what measuring a body read when forward mode will send it on.
     """
 
-    __slots__ = ("kept", "primary_waited", "router")
+    __slots__ = ("kept", "primary_wait", "router")
 
     def __init__(self, router: Router) -> None:
         self.router = router
-        #: Seconds this plan waited for a primary, in all; None: it did not wait.
-        self.primary_waited: float | None = None
+        #: When this plan's wait for a primary began, and when its last reading after a slice came; None: no wait.
+        self.primary_wait: tuple[float, float] | None = None
         #: What measuring the body read (forward mode): sent first if the request is forwarded.
         self.kept = KeptBody()
 
@@ -183,7 +183,9 @@ class MountIO(_PlanIO):
         if not cache.wait_for_change(None if from_mount else seen, timeout):  # not pushed: poll
             time.sleep(timeout)
         _count_primary_wait(self, began)
-        return cache.read_mount() if from_mount else cache.get(timeout)
+        state = cache.read_mount() if from_mount else cache.get(timeout)
+        _waited_until_now(self, began)
+        return state
 
     def wait_for_txids(self, txids: tuple[int, ...], timeout: float) -> bool:
         positions = self.router.positions
@@ -228,7 +230,9 @@ class AsyncMountIO(_PlanIO):
             _, sleep = async_backend()
             await sleep(timeout)
         _count_primary_wait(self, began)
-        return await (self.read_mount() if from_mount else self.read_state(timeout))
+        state = await (self.read_mount() if from_mount else self.read_state(timeout))
+        _waited_until_now(self, began)
+        return state
 
     async def wait_for_txids(self, txids: tuple[int, ...], timeout: float) -> bool:
         positions = self.router.positions
@@ -250,18 +254,22 @@ class AsyncMountIO(_PlanIO):
 def _count_primary_wait(io: _PlanIO, began: float) -> None:
     """One slice of a wait for a primary is over: a plan's first counts the wait, each its seconds."""
     counters, seconds = io.router.counters, time.monotonic() - began
-    if io.primary_waited is None:
-        io.primary_waited = 0.0
+    if io.primary_wait is None:
         counters.add("primary_waits")
-    io.primary_waited += seconds
     counters.add("primary_wait_seconds", seconds)
+
+
+def _waited_until_now(io: _PlanIO, began: float) -> None:
+    """A slice of a wait for a primary, and the reading after it, are over: the whole wait so far, reads included."""
+    io.primary_wait = (began if io.primary_wait is None else io.primary_wait[0], time.monotonic())
 
 
 def _time_primary_wait(io: BlockingIO | AsyncIO, outcome: Outcome) -> None:
     """A plan that waited for a primary is over: its whole wait, for the histograms (a test's I/O has none)."""
-    if isinstance(io, _PlanIO) and io.primary_waited is not None:
+    if isinstance(io, _PlanIO) and io.primary_wait is not None:
+        began, ended = io.primary_wait
         found = outcome.state.role is not Role.NO_PRIMARY
-        _timed(io.router.counters, "primary_wait", io.primary_waited, "found" if found else "timed_out")
+        _timed(io.router.counters, "primary_wait", ended - began, "found" if found else "timed_out")
 
 
 def _timed(counters: Counters, name: str, seconds: float, outcome: str) -> None:

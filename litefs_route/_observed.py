@@ -7,6 +7,7 @@ into the same series, from this one table.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -49,6 +50,7 @@ class CountMeaning:
     unavailable_reason: str | None = None
 
 
+@functools.lru_cache(maxsize=256)  # on every count with metrics on: a few names, a few causes
 def count_meaning(name: str, cause: str | None) -> CountMeaning | None:
     """What the count *name* (with its *cause*) says of a request; None: a wait, or a detail of one counted already."""
     outcome = _OUTCOMES.get(name)

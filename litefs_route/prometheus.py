@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from prometheus_client import (
@@ -88,21 +88,33 @@ class PrometheusMetrics:
     #: By their name in :data:`~litefs_route._counters.TIMINGS`.
     histograms: dict[str, Histogram]
     _registered: bool = field(default=True, repr=False)
+    # What each (name, cause) moves, bound on its first count: labels() costs more than the inc itself.
+    _steps: dict[tuple[str, str | None], tuple[Callable[[float], None], ...]] = field(default_factory=dict, repr=False)
 
     def count(self, name: str, amount: float, cause: str | None) -> None:
         """One count of a router (a :mod:`litefs_route._counters` listener)."""
+        if name == "replay_target":  # a span's detail: no series per instance
+            return
+        steps = self._steps.get((name, cause))
+        if steps is None:  # the first of its kind: bind the labelled children once (a few names, a few causes)
+            steps = self._steps[(name, cause)] = self._bind(name, cause)
+        for step in steps:
+            step(amount)
+
+    def _bind(self, name: str, cause: str | None) -> tuple[Callable[[float], None], ...]:
+        """What a count of *name* with *cause* moves: each labelled child's ``inc``, or a histogram's ``observe``."""
         histogram = self.histograms.get(name)
         if histogram is not None:  # a duration (amount: seconds; cause: its outcome)
-            (histogram if cause is None else histogram.labels(cause)).observe(amount)
-            return
+            return ((histogram if cause is None else histogram.labels(cause)).observe,)
         meaning = count_meaning(name, cause)
-        if meaning is None:  # a wait, or a detail of a request counted by its ending
-            return
-        self.requests.labels(meaning.outcome).inc(amount)
+        if meaning is None:  # a detail of a request counted by its ending
+            return ()
+        steps = [self.requests.labels(meaning.outcome).inc]
         if meaning.replay_reason is not None:
-            self.replays.labels(meaning.replay_reason).inc(amount)
+            steps.append(self.replays.labels(meaning.replay_reason).inc)
         if meaning.unavailable_reason is not None:
-            self.unavailable.labels(meaning.unavailable_reason).inc(amount)
+            steps.append(self.unavailable.labels(meaning.unavailable_reason).inc)
+        return tuple(steps)
 
     def unregister(self) -> None:
         """Stop counting and take the instruments out of the registry."""
