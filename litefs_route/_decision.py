@@ -60,9 +60,9 @@ from __future__ import annotations
 import enum
 import operator
 import re
-from collections.abc import Callable, Generator, Iterable
-from dataclasses import dataclass
-from typing import NamedTuple, NoReturn
+from collections.abc import Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, NoReturn
 
 from ._consistency import TxidCookies
 from ._mount import NodeState, Role
@@ -259,6 +259,10 @@ class Rules:
     forward_secret: Secret | None = None
 
 
+#: Headers as a server hands them over: CGI-style (``HTTP_X_REQUEST_ID``), or ASGI's ``(name, value)`` bytes.
+RawHeaders = Mapping[str, Any] | Iterable[tuple[bytes, bytes]]
+
+
 # Built on every request: a plain slotted class (a frozen dataclass's
 # __init__ costs ~0.5 µs more). Nothing mutates one after it is built.
 @dataclass(slots=True)
@@ -288,8 +292,9 @@ class RequestInfo:
     forward_hops: int = 0
     #: Both ``Content-Length`` and ``Transfer-Encoding``: where its body ends is ambiguous (refused, 400).
     ambiguous_length: bool = False
-    #: ``Fly-Request-Id`` (else ``X-Request-Id``) as sent, for log records only (set by the adapter; unchecked).
-    request_id: str | None = None
+    #: The request's headers as its server gave them (a WSGI environ or Django's ``META``; ASGI's list),
+    #: read only when a log record names the request (its id): kept, not parsed, on every request.
+    raw_headers: RawHeaders | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_headers(

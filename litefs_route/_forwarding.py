@@ -419,10 +419,8 @@ def forward_blocking(forward: Forward, method: str, path_qs: str, body: Iterable
 
 def _forward_fields(event: str, forward: Forward, method: str, path_qs: str, reason: str) -> dict[str, object]:
     """A forwarding record's facts: the path without its query (it may hold tokens), never the secret."""
-    sent = {name.lower(): value for name, value in forward.headers}
-    request = RequestInfo(
-        method, path_qs.partition("?")[0], request_id=sent.get("fly-request-id") or sent.get("x-request-id")
-    )
+    raw = [(name.encode("latin-1", "replace"), value.encode("latin-1", "replace")) for name, value in forward.headers]
+    request = RequestInfo(method, path_qs.partition("?")[0], raw_headers=raw)
     return log_fields(event=event, target=forward.target.instance, reason=reason, **request_fields(request))
 
 

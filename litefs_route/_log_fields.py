@@ -24,14 +24,16 @@ Nothing secret is a fact: the forward secret and request bodies never are.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
-from ._decision import RequestInfo
+from ._decision import RawHeaders, RequestInfo
 
-__all__ = ["PREFIX", "log_fields", "request_fields"]
+__all__ = ["PREFIX", "log_fields", "request_fields", "request_id"]
 
 #: What every field's name starts with.
 PREFIX = "litefs_route_"
 
+_ID_HEADERS = frozenset({b"fly-request-id", b"x-request-id"})
 # Printable ASCII, no space: a request id is client input, and may end up in plain-text logs.
 _REQUEST_ID = re.compile(r"[!-~]{1,128}")
 
@@ -43,9 +45,20 @@ def log_fields(**facts: object) -> dict[str, object]:
 
 def request_fields(request: RequestInfo) -> dict[str, object]:
     """The facts of *request* a record carries (pass into :func:`log_fields` as keywords)."""
-    request_id = request.request_id
+    raw = request.raw_headers
     return {
         "method": request.method,
         "path": request.path[:200],
-        "request_id": request_id if request_id and _REQUEST_ID.fullmatch(request_id) else None,
+        "request_id": None if raw is None else request_id(raw),
     }
+
+
+def request_id(raw: RawHeaders) -> str | None:
+    """``Fly-Request-Id``, else ``X-Request-Id``, in headers as a server gave them; None if neither is one."""
+    if isinstance(raw, Mapping):  # WSGI's environ, Django's META
+        found = raw.get("HTTP_FLY_REQUEST_ID") or raw.get("HTTP_X_REQUEST_ID")
+    else:
+        ids = {name.lower(): value for name, value in raw if name.lower() in _ID_HEADERS}
+        value = ids.get(b"fly-request-id") or ids.get(b"x-request-id")
+        found = None if value is None else value.decode("latin-1")
+    return found if isinstance(found, str) and _REQUEST_ID.fullmatch(found) else None

@@ -278,9 +278,9 @@ def _without_forward_claim(scope: Scope) -> Scope:
 
 def _request_info(scope: Scope, txid_cookies: TxidCookies | None, *, websocket: bool = False) -> RequestInfo:
     replay_src = content_length = transfer_encoding = replay_failed = forward_claim = forward_hop = None
-    fly_request_id = x_request_id = None  # for log records
     cookies: list[str] = []
-    for name, value in scope.get("headers", ()):
+    headers = scope.get("headers", ())
+    for name, value in headers:
         if name == b"cookie":
             cookies.append(value.decode("latin-1"))
         elif name == b"fly-replay-src":
@@ -295,10 +295,6 @@ def _request_info(scope: Scope, txid_cookies: TxidCookies | None, *, websocket: 
             content_length = value.decode("latin-1")
         elif name == b"transfer-encoding":
             transfer_encoding = value.decode("latin-1")
-        elif name == b"fly-request-id":
-            fly_request_id = value
-        elif name == b"x-request-id":
-            x_request_id = value
     info = RequestInfo.from_headers(
         scope.get("method", "GET"),  # a websocket scope has none: its handshake is a GET
         scope["path"],
@@ -312,9 +308,7 @@ def _request_info(scope: Scope, txid_cookies: TxidCookies | None, *, websocket: 
         forward_claim=forward_claim,
         forward_hop=forward_hop,
     )
-    request_id = fly_request_id or x_request_id
-    if request_id is not None:
-        info.request_id = request_id.decode("latin-1")
+    info.raw_headers = headers  # for log records: the request id, read only if one is written
     return info
 
 

@@ -222,7 +222,7 @@ def _request_info(environ: WSGIEnvironment, txid_cookies: TxidCookies | None) ->
         cookie=environ.get("HTTP_COOKIE"),
         txid_cookies=txid_cookies,
     )
-    info.request_id = environ.get("HTTP_FLY_REQUEST_ID") or environ.get("HTTP_X_REQUEST_ID")  # for log records
+    info.raw_headers = environ  # for log records: the request id, read only if one is written
     return info
 
 

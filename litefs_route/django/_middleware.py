@@ -288,7 +288,7 @@ def _request_info(request: HttpRequest, txid_cookies: TxidCookies | None) -> Req
         cookie=meta.get("HTTP_COOKIE"),
         txid_cookies=txid_cookies,
     )
-    info.request_id = meta.get("HTTP_FLY_REQUEST_ID") or meta.get("HTTP_X_REQUEST_ID")  # for log records
+    info.raw_headers = meta  # for log records: the request id, read only if one is written
     return info
 
 
