@@ -21,6 +21,7 @@ from pythonjsonlogger.json import JsonFormatter
 
 from litefs_route import asgi as asgi_adapter
 from litefs_route import wsgi as wsgi_adapter
+from litefs_route_devcluster import free_port
 from tests.support import Mount, serve_asgi, serve_wsgi, wait_until
 from tests.test_django import django_server
 from tests.test_readonly_safety_net import readonly_database, write
@@ -192,3 +193,27 @@ def test_django_records_carry_their_facts(tmp_path: Path, mount: Mount, server: 
     assert sent_back["litefs_route_target"] == PRIMARY
     assert sent_back["litefs_route_status"] == 503
     assert only(lines(), "role_changed")["litefs_route_primary"] == PRIMARY
+
+
+@pytest.mark.parametrize("stack", ["flask-werkzeug", "starlette-uvicorn"])
+def test_a_forward_that_could_not_be_sent_is_logged_with_its_request(
+    stack: str, mount: Mount, json_lines: Lines
+) -> None:
+    """Forward mode, the primary unreachable: a 503, and one warning naming the request, never its query or secret."""
+    mount.make_replica(PRIMARY)
+    options = {"litefs_dir": str(mount.path), "instance_id": ME, "cache_ttl": 3600, "litefs_api_url": "off"}
+    secret = "s3cret-forward-key-0123456789"
+    options |= {"forward": "always", "forward_secret": secret, "forward_url": f"http://127.0.0.1:{free_port()}"}
+    app = flask_app(Path("/nonexistent"), options) if stack.startswith("flask") else starlette_app(Path("/x"), options)
+    server = serve_wsgi(app) if stack.startswith("flask") else serve_asgi(app)
+    with server as url, httpx.Client(base_url=url, timeout=30) as client:
+        response = client.post("/w?token=hunter2", content=b"x", headers={"X-Request-Id": "req-fwd-1"})
+        assert response.status_code == 503
+    line = only(json_lines(), "forward_not_sent")
+    assert line["levelname"] == "WARNING"
+    assert line["litefs_route_target"] == PRIMARY
+    assert line["litefs_route_method"] == "POST"
+    assert line["litefs_route_path"] == "/w"
+    assert line["litefs_route_request_id"] == "req-fwd-1"
+    assert "hunter2" not in json.dumps(json_lines())
+    assert secret not in json.dumps(json_lines())
