@@ -70,7 +70,7 @@ __all__ = [
     "CountListener",
     "Counters",
     "add_count_listener",
-    "listening",
+    "listeners",
     "remove_count_listener",
     "routing_counters",
 ]
@@ -94,7 +94,7 @@ class Counters:
         """Count *amount* more of *name* (*cause*: what asked for a replay, for the listeners)."""
         with self._lock:
             self._counts[name] = self._counts.get(name, 0) + amount
-        for listener in _listeners:
+        for listener in listeners:
             listener(name, amount, cause)
         if logger.isEnabledFor(logging.DEBUG):  # cached by logging: no record built when off
             logger.debug(
@@ -106,12 +106,12 @@ class Counters:
 
     def observe(self, name: str, detail: str | None = None) -> None:
         """Tell the listeners (metrics) of one *name*, without counting it here (``ran``: every request would)."""
-        for listener in _listeners:
+        for listener in listeners:
             listener(name, 1, detail)
 
     def time(self, name: str, seconds: float, outcome: str | None = None) -> None:
         """Tell the listeners how long one *name* took, for their histograms (not counted here; see TIMINGS)."""
-        for listener in _listeners:
+        for listener in listeners:
             listener(name, seconds, outcome)
 
     def snapshot(self) -> dict[str, float]:
@@ -130,15 +130,11 @@ class Counters:
 TIMINGS = ("primary_wait", "txid_wait", "replay_latency")
 
 
-def listening() -> bool:
-    """True if a listener (metrics) is added: measure what only the listeners would use."""
-    return bool(_listeners)
-
-
 # Every router's counters in this process, for routing_counters(); gone with their router.
 _EVERY: weakref.WeakSet[Counters] = weakref.WeakSet()
-# Replaced, never changed in place: counting threads iterate it without a lock. Empty: metrics off.
-_listeners: tuple[CountListener, ...] = ()
+#: The listeners (see :func:`add_count_listener`). Replaced, never changed in place: counting threads
+#: iterate it without a lock. Empty: metrics off (read as ``_counters.listeners``, never imported by name).
+listeners: tuple[CountListener, ...] = ()
 _listeners_lock = threading.Lock()
 
 
@@ -154,17 +150,17 @@ def add_count_listener(listener: CountListener) -> None:
     ``safety_net``; else None. Called in the request's thread or task, after
     the count: it must be quick, must not block and must not raise.
     """
-    global _listeners
+    global listeners
     with _listeners_lock:
-        if listener not in _listeners:
-            _listeners = (*_listeners, listener)
+        if listener not in listeners:
+            listeners = (*listeners, listener)
 
 
 def remove_count_listener(listener: CountListener) -> None:
     """Stop calling *listener* (added by :func:`add_count_listener`)."""
-    global _listeners
+    global listeners
     with _listeners_lock:
-        _listeners = tuple(each for each in _listeners if each != listener)
+        listeners = tuple(each for each in listeners if each != listener)
 
 
 def routing_counters() -> dict[str, float]:

@@ -16,8 +16,9 @@ import time
 import weakref
 from collections.abc import Iterable
 
+from . import _counters
 from ._consistency import Positions, TxidCookies
-from ._counters import Counters, listening
+from ._counters import Counters
 from ._decision import (
     Decision,
     Kind,
@@ -54,6 +55,8 @@ logger = logging.getLogger("litefs_route")
 
 # Seconds between two warnings of one kind (the rest at DEBUG).
 _WARN_EVERY = 60.0
+# An enum member read once: reading Kind.REPLAY costs hundreds of instructions each time on Python 3.11.
+_REPLAY = Kind.REPLAY
 # Distinct replies remembered by Router.reply().
 _REPLY_MEMO_SIZE = 64
 
@@ -108,7 +111,7 @@ class Router:
 
     def plan(self, request: RequestInfo) -> Plan:
         """The plan that routes *request* (drive it with :mod:`litefs_route._drivers`)."""
-        if request.replay_src is not None and listening():  # a replayed request (never decided without I/O)
+        if request.replay_src is not None and _counters.listeners:  # a replayed request (never decided without I/O)
             latency = replay_latency(request.replay_src, time.time())
             if latency is not None:
                 self.counters.time("replay_latency", latency)
@@ -146,14 +149,14 @@ class Router:
             self._last_tags = (state, tags)
         return tags
 
-    def reply(self, decision: Decision, *, cause: str = "write", request: RequestInfo | None = None) -> Reply:
+    def reply(self, decision: Decision, request: RequestInfo | None = None, *, cause: str = "write") -> Reply:
         """The response for a decision that does not run the app (counted; *cause*: what asked for a replay).
 
         *request*: the request it answers, for the log record of an answer worth a warning.
         """
         name = counter_name(decision)
         self.counters.add(name, cause=cause)
-        if decision.kind is Kind.REPLAY:
+        if _counters.listeners and decision.kind is _REPLAY:  # metrics on: where it went (a span's attribute)
             self.counters.observe("replay_target", decision.target)
         if name == "unavailable_replay_failed":  # the primary is out of Fly's reach: worth a look
             self._warn(name, f"answered 503: {decision.reason}", 503, decision, request)

@@ -91,7 +91,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             if outcome.decision.kind is Kind.FORWARD:
                 await self.forward(scope, receive, send, request, outcome, io.kept if io is not None else KeptBody())
             else:
-                await self.send_reply(send, router.reply(outcome.decision, request=request), outcome.state)
+                await self.send_reply(send, router.reply(outcome.decision, request), outcome.state)
             return
         if request.forward_claim is not None:  # a genuine forwarded request: the secret is not the app's business
             scope = _without_forward_claim(scope)
@@ -129,7 +129,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
                 scope = _without_forward_claim(scope)
             await self.app(scope, receive, send)
             return
-        reply = router.reply(outcome.decision, request=request)
+        reply = router.reply(outcome.decision, request)
         if (await receive())["type"] != "websocket.connect":
             return  # the client is gone
         if "websocket.http.response" in (scope.get("extensions") or {}):

@@ -81,7 +81,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
                     environ, start_response, request, outcome, io.kept if io is not None else KeptBody()
                 )
             return _send_reply(
-                start_response, router.reply(outcome.decision, request=request), router.tags(outcome.state)
+                start_response, router.reply(outcome.decision, request), router.tags(outcome.state)
             )
         if request.forward_claim is not None:  # a genuine forwarded request: the secret is not the app's business
             drop_forward_claim(environ)

@@ -105,7 +105,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
                 return self._forward(request, info, outcome, io.kept if io is not None else KeptBody())
-            return self._reply(router.reply(outcome.decision, request=info), outcome.state)
+            return self._reply(router.reply(outcome.decision, info), outcome.state)
         _strip_forward_secret(request, info)
         ctx = self._context(info, outcome)
         token = current_request.set(ctx)
@@ -140,7 +140,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
                 run_in_thread, _ = async_backend()  # forwarded from a worker thread, relayed chunk by chunk
                 response: HttpResponseBase = await run_in_thread(lambda: self._forward(request, info, outcome, kept))
                 return response
-            return self._reply(router.reply(outcome.decision, request=info), outcome.state)
+            return self._reply(router.reply(outcome.decision, info), outcome.state)
         _strip_forward_secret(request, info)
         ctx = self._context(info, outcome)
         token = current_request.set(ctx)
