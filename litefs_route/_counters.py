@@ -65,15 +65,7 @@ from collections.abc import Callable
 
 from ._log_fields import log_fields
 
-__all__ = [
-    "TIMINGS",
-    "CountListener",
-    "Counters",
-    "add_count_listener",
-    "listeners",
-    "remove_count_listener",
-    "routing_counters",
-]
+__all__ = ["TIMINGS", "CountListener", "Counters", "add_count_listener", "remove_count_listener", "routing_counters"]
 
 #: ``listener(name, amount, cause)``: see :func:`add_count_listener`.
 CountListener = Callable[[str, float, "str | None"], None]
@@ -88,13 +80,16 @@ class Counters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, float] = {}
-        _EVERY.add(self)
+        with _listeners_lock:
+            #: True while a listener is added: without one, callers skip :meth:`observe` (it runs on every request).
+            self.listened = bool(_listeners)
+            _EVERY.add(self)
 
     def add(self, name: str, amount: float = 1, *, cause: str | None = None) -> None:
         """Count *amount* more of *name* (*cause*: what asked for a replay, for the listeners)."""
         with self._lock:
             self._counts[name] = self._counts.get(name, 0) + amount
-        for listener in listeners:
+        for listener in _listeners:
             listener(name, amount, cause)
         if logger.isEnabledFor(logging.DEBUG):  # cached by logging: no record built when off
             logger.debug(
@@ -106,12 +101,12 @@ class Counters:
 
     def observe(self, name: str, detail: str | None = None) -> None:
         """Tell the listeners (metrics) of one *name*, without counting it here (``ran``: every request would)."""
-        for listener in listeners:
+        for listener in _listeners:
             listener(name, 1, detail)
 
     def time(self, name: str, seconds: float, outcome: str | None = None) -> None:
         """Tell the listeners how long one *name* took, for their histograms (not counted here; see TIMINGS)."""
-        for listener in listeners:
+        for listener in _listeners:
             listener(name, seconds, outcome)
 
     def snapshot(self) -> dict[str, float]:
@@ -132,9 +127,8 @@ TIMINGS = ("primary_wait", "txid_wait", "replay_latency")
 
 # Every router's counters in this process, for routing_counters(); gone with their router.
 _EVERY: weakref.WeakSet[Counters] = weakref.WeakSet()
-#: The listeners (see :func:`add_count_listener`). Replaced, never changed in place: counting threads
-#: iterate it without a lock. Empty: metrics off (read as ``_counters.listeners``, never imported by name).
-listeners: tuple[CountListener, ...] = ()
+# Replaced, never changed in place: counting threads iterate it without a lock. Empty: metrics off.
+_listeners: tuple[CountListener, ...] = ()
 _listeners_lock = threading.Lock()
 
 
@@ -150,17 +144,24 @@ def add_count_listener(listener: CountListener) -> None:
     ``safety_net``; else None. Called in the request's thread or task, after
     the count: it must be quick, must not block and must not raise.
     """
-    global listeners
+    global _listeners
     with _listeners_lock:
-        if listener not in listeners:
-            listeners = (*listeners, listener)
+        if listener not in _listeners:
+            _listeners = (*_listeners, listener)
+        _set_listened()
 
 
 def remove_count_listener(listener: CountListener) -> None:
     """Stop calling *listener* (added by :func:`add_count_listener`)."""
-    global listeners
+    global _listeners
     with _listeners_lock:
-        listeners = tuple(each for each in listeners if each != listener)
+        _listeners = tuple(each for each in _listeners if each != listener)
+        _set_listened()
+
+
+def _set_listened() -> None:
+    for counters in list(_EVERY):
+        counters.listened = bool(_listeners)
 
 
 def routing_counters() -> dict[str, float]:

@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from ._decision import RequestInfo
 from ._log_fields import log_fields, request_fields
 from ._replies import Reply, forward_failure_reply
+from ._request import HOP_CGI_KEY, HOP_HEADER, SECRET_CGI_KEY, SECRET_HEADER, RequestInfo
 from ._secret import Secret
 
 __all__ = [
@@ -67,12 +67,6 @@ logger = logging.getLogger("litefs_route")
 DEFAULT_FORWARD_URL = "http://{instance}.vm.{app}.internal:8080"
 #: The environment variable ``forward_secret`` defaults to.
 SECRET_ENV = "LITEFS_ROUTE_FORWARD_SECRET"  # noqa: S105 (a variable's name, not a secret)
-#: The headers a forwarded request carries (lower case): the secret, and how many times it was forwarded.
-SECRET_HEADER = "x-litefs-route-forward"  # noqa: S105 (a header's name)
-HOP_HEADER = "x-litefs-route-forward-hop"
-#: The same, as a WSGI environ and Django's ``request.META`` name them.
-SECRET_CGI_KEY = "HTTP_" + SECRET_HEADER.upper().replace("-", "_")
-HOP_CGI_KEY = "HTTP_" + HOP_HEADER.upper().replace("-", "_")
 
 # Hop-by-hop headers (RFC 9110 7.6.1), never forwarded either way; plus our own.
 _HOP_BY_HOP = frozenset(
@@ -420,8 +414,8 @@ def forward_blocking(forward: Forward, method: str, path_qs: str, body: Iterable
 def _forward_fields(event: str, forward: Forward, method: str, path_qs: str, reason: str) -> dict[str, object]:
     """A forwarding record's facts: the path without its query (it may hold tokens), never the secret."""
     raw = [(name.encode("latin-1", "replace"), value.encode("latin-1", "replace")) for name, value in forward.headers]
-    request = RequestInfo(method, path_qs.partition("?")[0], raw_headers=raw)
-    return log_fields(event=event, target=forward.target.instance, reason=reason, **request_fields(request))
+    request = RequestInfo(method, path_qs.partition("?")[0])
+    return log_fields(event=event, target=forward.target.instance, reason=reason, **request_fields(request, raw))
 
 
 def _relay(conn: http.client.HTTPConnection, response: http.client.HTTPResponse, target: ForwardTarget) -> Relay:

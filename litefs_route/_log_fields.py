@@ -24,14 +24,18 @@ Nothing secret is a fact: the forward secret and request bodies never are.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from ._decision import RawHeaders, RequestInfo
+from ._request import RequestInfo
 
-__all__ = ["PREFIX", "log_fields", "request_fields", "request_id"]
+__all__ = ["PREFIX", "RawHeaders", "log_fields", "request_fields", "request_id"]
 
 #: What every field's name starts with.
 PREFIX = "litefs_route_"
+
+#: Headers as a server hands them over: CGI-style (a WSGI environ, Django's ``META``), or ASGI's bytes pairs.
+RawHeaders = Mapping[str, Any] | Iterable[tuple[bytes, bytes]]
 
 _ID_HEADERS = frozenset({b"fly-request-id", b"x-request-id"})
 # Printable ASCII, no space: a request id is client input, and may end up in plain-text logs.
@@ -43,13 +47,15 @@ def log_fields(**facts: object) -> dict[str, object]:
     return {PREFIX + name: value for name, value in facts.items() if value is not None}
 
 
-def request_fields(request: RequestInfo) -> dict[str, object]:
-    """The facts of *request* a record carries (pass into :func:`log_fields` as keywords)."""
-    raw = request.raw_headers
+def request_fields(request: RequestInfo, raw_headers: RawHeaders | None = None) -> dict[str, object]:
+    """The facts of *request* a record carries (pass into :func:`log_fields` as keywords).
+
+    *raw_headers*: its headers as its server gave them, where its request id is read.
+    """
     return {
         "method": request.method,
         "path": request.path[:200],
-        "request_id": None if raw is None else request_id(raw),
+        "request_id": None if raw_headers is None else request_id(raw_headers),
     }
 
 

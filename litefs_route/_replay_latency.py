@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from ._decision import _REPLAY_SRC_LIMIT  # Fly's header is never longer: one limit for both
+from ._request import _REPLAY_SRC_LIMIT  # Fly's header is never longer: one limit for both
 
 __all__ = ["PLAUSIBLE_SECONDS", "replay_latency"]
 

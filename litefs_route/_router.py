@@ -16,23 +16,9 @@ import time
 import weakref
 from collections.abc import Iterable
 
-from . import _counters
 from ._consistency import Positions, TxidCookies
 from ._counters import Counters
-from ._decision import (
-    Decision,
-    Kind,
-    Outcome,
-    Pending,
-    Plan,
-    RequestInfo,
-    Rules,
-    counter_name,
-    decide,
-    decide_without_io,
-    plan_request,
-    plan_settlement,
-)
+from ._decision import decide, decide_without_io
 from ._forwarding import (
     DEFAULT_FORWARD_URL,
     Forward,
@@ -41,13 +27,18 @@ from ._forwarding import (
     forwarded_headers,
     resolve_forward_url,
 )
-from ._log_fields import log_fields, request_fields
+from ._log_fields import RawHeaders, log_fields, request_fields
 from ._mount import NodeState
+from ._needs import Plan
+from ._plans import plan_request, plan_settlement
 from ._replay_latency import replay_latency
 from ._replies import Headers, Reply, build_reply, build_tags, forward_failure_reply
+from ._request import RequestInfo
+from ._rules import Rules
 from ._sqlite_errors import WriteFailureKind
 from ._state_cache import StateCache
 from ._subscriber import EventSubscriber
+from ._verdicts import Decision, Kind, Outcome, Pending, counter_name
 
 __all__ = ["Router", "every_router"]
 
@@ -55,10 +46,12 @@ logger = logging.getLogger("litefs_route")
 
 # Seconds between two warnings of one kind (the rest at DEBUG).
 _WARN_EVERY = 60.0
-# An enum member read once: reading Kind.REPLAY costs hundreds of instructions each time on Python 3.11.
-_REPLAY = Kind.REPLAY
 # Distinct replies remembered by Router.reply().
 _REPLY_MEMO_SIZE = 64
+# An enum member read once: reading Kind.REPLAY costs hundreds of instructions each time on Python 3.11.
+_REPLAY = Kind.REPLAY
+# Distinct (method, path) verdicts remembered by Router.route() for one reading of the mount.
+_VERDICT_MEMO_SIZE = 512
 
 
 class Router:
@@ -103,15 +96,49 @@ class Router:
         # (reading, its tags): tags are built once per reading of the mount.
         self._last_tags: tuple[NodeState | None, Headers] = (None, ())
         self._replies: dict[Decision, Reply] = {}
+        # (method, path) -> the RequestInfo and Outcome of a request with no routing headers, for one reading.
+        self._verdicts: dict[tuple[str, str], tuple[RequestInfo, Outcome]] = {}
+        self._verdicts_for: NodeState | None = None
         self._warned_at: dict[str, float] = {}
         with _EVERY_LOCK:
             _EVERY[next(_CREATED)] = self
 
     # -- deciding -----------------------------------------------------------
 
+    def route(self, method: str, path: str, request: RequestInfo | None) -> tuple[RequestInfo, Outcome | Plan]:
+        """How to route a request: its outcome if it needs no I/O, else the plan to drive; with its RequestInfo.
+
+        *request* None: it carries none of the headers routing reads
+        (:func:`~litefs_route._request.from_environ`). Its verdict then
+        depends on its method and path alone, for a given reading of the
+        mount and these rules: it is worked out once and remembered until
+        the reading changes. Most requests take that path; the rules still
+        decide every verdict (:func:`~litefs_route._decision.decide`).
+        """
+        state = self.cache.fresh()
+        if request is not None:
+            known_txids = None if request.txids is None else self.known_txids(request)
+            outcome = decide_without_io(request, state, self.rules, known_txids=known_txids)
+            return request, self.plan(request) if outcome is None else outcome
+        if state is not None:
+            if state is self._verdicts_for:
+                known = self._verdicts.get((method, path))
+                if known is not None:
+                    return known
+            else:
+                self._verdicts_for, self._verdicts = state, {}
+        request = RequestInfo(method, path)
+        outcome = decide_without_io(request, state, self.rules)
+        if outcome is None:
+            return request, self.plan(request)
+        if len(self._verdicts) >= _VERDICT_MEMO_SIZE:  # paths are client input: bounded
+            self._verdicts.clear()
+        routed = self._verdicts[(method, path)] = (request, outcome)
+        return routed
+
     def plan(self, request: RequestInfo) -> Plan:
         """The plan that routes *request* (drive it with :mod:`litefs_route._drivers`)."""
-        if request.replay_src is not None and _counters.listeners:  # a replayed request (never decided without I/O)
+        if request.replay_src is not None and self.counters.listened:  # a replayed request: never without I/O
             latency = replay_latency(request.replay_src, time.time())
             if latency is not None:
                 self.counters.time("replay_latency", latency)
@@ -149,20 +176,29 @@ class Router:
             self._last_tags = (state, tags)
         return tags
 
-    def reply(self, decision: Decision, request: RequestInfo | None = None, *, cause: str = "write") -> Reply:
+    def reply(
+        self,
+        decision: Decision,
+        request: RequestInfo | None = None,
+        raw_headers: RawHeaders | None = None,
+        *,
+        cause: str = "write",
+    ) -> Reply:
         """The response for a decision that does not run the app (counted; *cause*: what asked for a replay).
 
-        *request*: the request it answers, for the log record of an answer worth a warning.
+        *request*, *raw_headers* (as its server gave them): the request it
+        answers, for the log record of an answer worth a warning.
         """
         name = counter_name(decision)
-        self.counters.add(name, cause=cause)
-        if _counters.listeners and decision.kind is _REPLAY:  # metrics on: where it went (a span's attribute)
-            self.counters.observe("replay_target", decision.target)
+        counters = self.counters
+        counters.add(name, cause=cause)
+        if counters.listened and decision.kind is _REPLAY:  # metrics on: where it went (a span's attribute)
+            counters.observe("replay_target", decision.target)
         if name == "unavailable_replay_failed":  # the primary is out of Fly's reach: worth a look
-            self._warn(name, f"answered 503: {decision.reason}", 503, decision, request)
+            self._warn(name, f"answered 503: {decision.reason}", 503, decision, request, raw_headers)
         elif name == "forbidden_forwards":  # a forgery, or instances that do not share one forward_secret
             message = "answered 403 to a request that claims to be forwarded without this instance's secret"
-            self._warn(name, message, 403, decision, request)
+            self._warn(name, message, 403, decision, request, raw_headers)
         # Built once per distinct decision: a replica answers a flood of
         # writes with the same few bytes. (Bounded: targets are validated host
         # names, hops <= 9, reasons a handful of strings.)
@@ -212,14 +248,22 @@ class Router:
         secret = self.rules.forward_secret
         return Forward(target, forwarded, secret, chunked, length, self.forward_timeout, self.retry_after)
 
-    def _warn(self, kind: str, message: str, status: int, decision: Decision, request: RequestInfo | None) -> None:
+    def _warn(
+        self,
+        kind: str,
+        message: str,
+        status: int,
+        decision: Decision,
+        request: RequestInfo | None,
+        raw_headers: RawHeaders | None,
+    ) -> None:
         """Log *message* as a warning at most once a minute per *kind* (a client can send these at will)."""
         facts = log_fields(
             event=kind,
             reason=decision.reason,
             target=decision.target,
             status=status,
-            **(request_fields(request) if request is not None else {}),
+            **(request_fields(request, raw_headers) if request is not None else {}),
         )
         now = time.monotonic()
         if now - self._warned_at.get(kind, -_WARN_EVERY) >= _WARN_EVERY:
