@@ -96,9 +96,8 @@ class Router:
         # (reading, its tags): tags are built once per reading of the mount.
         self._last_tags: tuple[NodeState | None, Headers] = (None, ())
         self._replies: dict[Decision, Reply] = {}
-        # (method, path) -> the RequestInfo and Outcome of a request with no routing headers, for one reading.
-        self._verdicts: dict[tuple[str, str], tuple[RequestInfo, Outcome]] = {}
-        self._verdicts_for: NodeState | None = None
+        # A reading, and (method, path) -> the RequestInfo and Outcome of a request with no routing headers on it.
+        self._verdicts: tuple[NodeState | None, dict[tuple[str, str], tuple[RequestInfo, Outcome]]] = (None, {})
         self._warned_at: dict[str, float] = {}
         with _EVERY_LOCK:
             _EVERY[next(_CREATED)] = self
@@ -120,20 +119,24 @@ class Router:
             known_txids = None if request.txids is None else self.known_txids(request)
             outcome = decide_without_io(request, state, self.rules, known_txids=known_txids)
             return request, self.plan(request) if outcome is None else outcome
+        verdicts = None
         if state is not None:
-            if state is self._verdicts_for:
-                known = self._verdicts.get((method, path))
-                if known is not None:
-                    return known
-            else:
-                self._verdicts_for, self._verdicts = state, {}
+            # One attribute holds the reading and its verdicts: a thread that swaps
+            # them can never pair another thread's reading with stale verdicts.
+            memo_state, verdicts = self._verdicts
+            if memo_state is not state:
+                verdicts = {}
+                self._verdicts = (state, verdicts)
+            known = verdicts.get((method, path))
+            if known is not None:
+                return known
         request = RequestInfo(method, path)
         outcome = decide_without_io(request, state, self.rules)
-        if outcome is None:
+        if outcome is None or verdicts is None:
             return request, self.plan(request)
-        if len(self._verdicts) >= _VERDICT_MEMO_SIZE:  # paths are client input: bounded
-            self._verdicts.clear()
-        routed = self._verdicts[(method, path)] = (request, outcome)
+        if len(verdicts) >= _VERDICT_MEMO_SIZE:  # paths are client input: bounded
+            verdicts.clear()
+        routed = verdicts[(method, path)] = (request, outcome)
         return routed
 
     def plan(self, request: RequestInfo) -> Plan:
