@@ -211,17 +211,11 @@ class _ASGIRequest(RequestContext):
     """One request the app runs, and its response: tagged, given the TXID cookie, or replaced with the ending.
 
     The request's context and the response's state in one object: one is
-    built on every request. The adapter sets the four fields below right
+    built on every request. The adapter sets the five fields below right
     after building it.
     """
 
     __slots__ = ("headers", "middleware", "receive", "replaced", "send_downstream")
-
-    #: The request's headers as the server gave them (a log record's request id is read from them).
-    headers: Iterable[tuple[bytes, bytes]]
-
-    def raw_headers(self) -> Iterable[tuple[bytes, bytes]]:
-        return self.headers
 
     middleware: PrimaryRoutingMiddleware
     receive: Receive
@@ -229,6 +223,11 @@ class _ASGIRequest(RequestContext):
     send_downstream: Send
     #: The app's response was replaced by the ending: drop the rest of it.
     replaced: bool
+    #: The request's headers as the server gave them (a log record's request id is read from them).
+    headers: Iterable[tuple[bytes, bytes]]
+
+    def raw_headers(self) -> Iterable[tuple[bytes, bytes]]:
+        return self.headers
 
     async def send(self, message: Message) -> None:
         if self.replaced:

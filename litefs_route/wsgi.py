@@ -155,14 +155,13 @@ class _WSGIRequest(RequestContext):
     __slots__ = ("environ", "replaced_by", "start")
 
     environ: WSGIEnvironment
-
-    def raw_headers(self) -> WSGIEnvironment:
-        return self.environ
-
     #: The server's start_response.
     start: StartResponse
     #: The reply that replaced the app's response, if one did.
     replaced_by: Reply | None
+
+    def raw_headers(self) -> WSGIEnvironment:
+        return self.environ
 
     def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None) -> Any:
         router = self.router
