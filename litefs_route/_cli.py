@@ -8,6 +8,7 @@
     litefs-route wait --primary | --synced [--max-lag MS] | --txid N | --schema N  [--timeout S]
     litefs-route release register | heartbeat | status [--json] | wait --all-on R
     litefs-route promote [--timeout S]                # move the lease here
+    litefs-route run --while-primary [--grace S] -- CMD   # CMD only while primary (docs/background-work.md)
 
 Also runnable as ``python -m litefs_route``. Every command reads the mount in
 ``--dir`` (default ``$LITEFS_DIR``). With no directory configured at all the
@@ -182,7 +183,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=formatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{status,exec,wait,release,promote,dev}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{status,exec,wait,release,promote,run,dev}")
 
     status = sub.add_parser(
         "status",
@@ -288,6 +289,24 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=formatter,
     )
     promote.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS", help="default: 30")
+
+    supervise = sub.add_parser(
+        "run",
+        parents=[common],
+        help="run a command only while this node is the primary (workers, schedulers)",
+        description="Start CMD when this node is or becomes the primary, stop it (SIGTERM, --grace, SIGKILL) "
+        "when it stops being primary; see docs/background-work.md.",
+        formatter_class=formatter,
+    )
+    supervise.add_argument("--while-primary", action="store_true", required=True, help="run CMD only while primary")
+    supervise.add_argument("--grace", type=_seconds, default=10.0, metavar="SECONDS", help="SIGTERM to SIGKILL (10)")
+    supervise.add_argument(
+        "--start-delay", type=_seconds, default=None, metavar="SECONDS", help="primary this long first (grace + 1)"
+    )
+    supervise.add_argument("--restart", action="store_true", help="start CMD again when it ends by itself")
+    supervise.add_argument("--lock", default=None, metavar="PATH", help="the lock a running copy holds (per command)")
+    supervise.add_argument("--interval", type=_seconds, default=0.5, metavar="SECONDS", help="mount polling (0.5)")
+    supervise.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD ...", help="the command and its arguments")
     return parser
 
 
@@ -402,6 +421,26 @@ def _exec(args: argparse.Namespace, instance_id: str) -> int:
         raise _Fail(EXIT_NOT_FOUND, f"{cmd[0]}: command not found") from None
     except OSError as exc:
         raise _Fail(EXIT_CANNOT_RUN, f"{cmd[0]}: cannot run ({exc.strerror})") from None
+
+
+def _run(args: argparse.Namespace, instance_id: str) -> int:
+    from ._supervisor import main as supervise
+
+    cmd = list(args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd)
+    if not cmd:
+        raise _Fail(EXIT_USAGE, "run: no command given (usage: litefs-route run --while-primary -- CMD ...)")
+    # A mount not there yet (LiteFS still starting) is "not primary": CMD waits for it.
+    return supervise(
+        cmd,
+        litefs_dir=args.dir or None,
+        instance_id=instance_id,
+        api_url=args.api_url or OFF,
+        grace=args.grace,
+        start_delay=args.start_delay,
+        restart=args.restart,
+        interval=args.interval,
+        lock=args.lock,
+    )
 
 
 def _wait(args: argparse.Namespace, instance_id: str) -> int:
@@ -604,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.WARNING, format="litefs-route: %(levelname)s %(message)s"
     )
     instance_id: str = args.instance_id or default_instance_id()
-    commands = {"status": _status, "exec": _exec, "wait": _wait, "release": _release, "promote": _promote}
+    commands = {"status": _status, "exec": _exec, "wait": _wait, "release": _release, "promote": _promote, "run": _run}
     try:
         return commands[args.command](args, instance_id)
     except _Fail as fail:
