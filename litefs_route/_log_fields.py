@@ -17,6 +17,8 @@ them. The names, one list (``docs/observability.md`` shows each):
 ``waited_seconds``, ``outcome``   a wait for a primary or a TXID: how long, how it ended
 ``database``, ``api_url``   the HALT lock's or position's database; LiteFS's API
 ``counter``, ``amount``, ``cause``   a count (at DEBUG)
+``task``, ``callback``   a task's name; a role-change hook's
+``command``, ``pid``   what ``litefs-route supervise`` runs, and its process
 
 Nothing secret is a fact: the forward secret and request bodies never are.
 """
