@@ -133,11 +133,13 @@ def measure(stack: str, inner: str, variant: str, case: str, n: int) -> Cell:
     return Cell(stack, inner, variant, case, instructions)
 
 
-def instructions_per_call(script: Path, cell: list[Any], n: int) -> int:
+def instructions_per_call(script: Path, cell: list[Any], n: int, *, root: Path | None = None) -> int:
     """Instructions one call costs: *script* ``--cell`` run under callgrind with 0 and *n* calls, the difference / *n*.
 
     The cell's arguments are *cell* then the call count, as JSON; start-up and imports cancel out.
+    *root*: the checkout whose packages the cell imports (default: this one).
     """
+    root = ROOT if root is None else root.resolve()
     totals = []
     for count in (0, n):
         command = [
@@ -149,8 +151,8 @@ def instructions_per_call(script: Path, cell: list[Any], n: int) -> int:
             "--cell",
             json.dumps([*cell, count]),
         ]
-        env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(ROOT)}
-        out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, check=True)
+        env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(root)}
+        out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root, check=True)
         match = _COLLECTED.search(out.stderr)
         if match is None:
             raise RuntimeError(f"no callgrind total for {cell}:\n{out.stderr[-2000:]}")

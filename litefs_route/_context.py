@@ -24,6 +24,7 @@ from typing import AnyStr
 from ._decision import decide_instance, sets_txid_cookie
 from ._events import read_candidate
 from ._exceptions import PrimaryRequired
+from ._log_fields import RawHeaders, log_fields, request_fields
 from ._mount import NodeState, Role, default_instance_id, is_valid_instance_id, read_node_state
 from ._needs import Plan
 from ._replies import STAND_IN, Reply, has_replay_header
@@ -153,7 +154,7 @@ class RequestContext:
         self.state = outcome.state
         # Settled here: SQLite refused a write (the safety net), or ensure_primary() found no primary.
         cause = "safety_net" if self.failure is not None else "ensure_primary"
-        self.ending = self.router.reply(outcome.decision, cause=cause)
+        self.ending = self.router.reply(outcome.decision, cause=cause, request=self.request)
         if self.failure is not None:
             self._log_failure(outcome)
         return self.ending
@@ -162,6 +163,7 @@ class RequestContext:
         failure, request, decision, ending = self.failure, self.request, outcome.decision, self.ending
         assert failure is not None
         assert ending is not None
+        facts = request_fields(request, self.raw_headers())
         if decision.kind is Kind.OUTCOME_UNKNOWN:
             logger.warning(
                 "%s %s may have run: %s (%s); answered %d with its outcome unknown, never replayed",
@@ -170,6 +172,7 @@ class RequestContext:
                 decision.reason,
                 failure.detail,
                 ending.status,
+                extra=log_fields(event="outcome_unknown", reason=failure.detail, status=ending.status, **facts),
             )
             return
         # Routed to a replica by a stale reading, or LiteFS stopped being primary before the write.
@@ -179,7 +182,19 @@ class RequestContext:
             request.path[:200],
             failure.detail,
             f"with the replay to {decision.target}" if decision.kind is Kind.REPLAY else decision.kind.value,
+            extra=log_fields(
+                event="safety_net",
+                reason=failure.detail,
+                status=ending.status,
+                target=decision.target if decision.kind is Kind.REPLAY else None,
+                primary=outcome.state.primary_id,
+                **facts,
+            ),
         )
+
+    def raw_headers(self) -> RawHeaders | None:
+        """The request's headers as its server gave them, for a log record's request id (adapters that keep them)."""
+        return None
 
     def note_write(self) -> None:
         """The request is a write about to run: remember the TXIDs it starts from (no I/O).
@@ -263,7 +278,10 @@ def ensure_primary() -> None:
             ctx.note_write()
             return
         case Decision():  # the replay, or a refusal (413, 503 after too many replays)
-            ctx.must_end_elsewhere, ctx.ending = True, ctx.router.reply(step, cause="ensure_primary")
+            ctx.must_end_elsewhere, ctx.ending = (
+                True,
+                ctx.router.reply(step, cause="ensure_primary", request=ctx.request),
+            )
             raise ctx.primary_required_error(ctx.ending)
         case Pending.WAIT_FOR_PRIMARY:  # settled by the middleware once the handler is done
             ctx.must_end_elsewhere = True
@@ -295,7 +313,7 @@ def ensure_instance(instance_id: str) -> None:
     step = decide_instance(ctx.request, ctx.state, ctx.router.rules, instance_id)
     if step is None:  # this is the instance
         return
-    ctx.must_end_elsewhere, ctx.ending = True, ctx.router.reply(step, cause="ensure_instance")
+    ctx.must_end_elsewhere, ctx.ending = True, ctx.router.reply(step, cause="ensure_instance", request=ctx.request)
     raise ctx.primary_required_error(ctx.ending)
 
 

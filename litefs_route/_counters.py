@@ -66,7 +66,9 @@ import threading
 import weakref
 from collections.abc import Callable
 
-__all__ = ["CountListener", "Counters", "add_count_listener", "remove_count_listener", "routing_counters"]
+from ._log_fields import log_fields
+
+__all__ = ["TIMINGS", "CountListener", "Counters", "add_count_listener", "remove_count_listener", "routing_counters"]
 
 #: ``listener(name, amount, cause)``: see :func:`add_count_listener`.
 CountListener = Callable[[str, float, "str | None"], None]
@@ -93,12 +95,22 @@ class Counters:
         for listener in _listeners:
             listener(name, amount, cause)
         if logger.isEnabledFor(logging.DEBUG):  # cached by logging: no record built when off
-            logger.debug("counted %s (+%g)", name, amount)
+            logger.debug(
+                "counted %s (+%g)",
+                name,
+                amount,
+                extra=log_fields(event="counted", counter=name, amount=amount, cause=cause),
+            )
 
-    def observe(self, name: str) -> None:
+    def observe(self, name: str, detail: str | None = None) -> None:
         """Tell the listeners (metrics) of one *name*, without counting it here (``ran``: every request would)."""
         for listener in _listeners:
-            listener(name, 1, None)
+            listener(name, 1, detail)
+
+    def time(self, name: str, seconds: float, outcome: str | None = None) -> None:
+        """Tell the listeners how long one *name* took, for their histograms (not counted here; see TIMINGS)."""
+        for listener in _listeners:
+            listener(name, seconds, outcome)
 
     def snapshot(self) -> dict[str, float]:
         """The counts so far (a copy)."""
@@ -107,6 +119,13 @@ class Counters:
 
     def __repr__(self) -> str:
         return f"Counters({self.snapshot()!r})"
+
+
+#: The durations :meth:`Counters.time` tells the listeners (seconds, with their outcome):
+#: ``primary_wait`` (``found``, ``timed_out``): one request's whole wait for a primary;
+#: ``txid_wait`` (``arrived``, ``timed_out``): one read's wait for its TXIDs (read-your-writes);
+#: ``replay_latency`` (None): from the replaying instance's answer to the replayed request's arrival here.
+TIMINGS = ("primary_wait", "txid_wait", "replay_latency")
 
 
 # Every router's counters in this process, for routing_counters(); gone with their router.
@@ -121,7 +140,9 @@ def add_count_listener(listener: CountListener) -> None:
 
     For metrics exporters (:mod:`litefs_route.prometheus`). *name* is a
     counter's (the module's documentation), or ``ran``: a request whose app
-    ran and whose answer stood (told only to listeners). *cause*, on
+    ran and whose answer stood (told only to listeners), ``replay_target``
+    (*cause*: the instance a request was replayed to), or one of
+    :data:`TIMINGS` (*amount*: seconds, *cause*: its outcome). *cause*, on
     ``replays``: ``write``, ``ensure_primary``, ``ensure_instance`` or
     ``safety_net``; else None. Called in the request's thread or task, after
     the count: it must be quick, must not block and must not raise.

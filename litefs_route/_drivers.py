@@ -15,12 +15,15 @@ adds only ``measure_body``, which depends on how its server hands over a body.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ._mount import NodeState
+from ._counters import Counters
+from ._log_fields import log_fields
+from ._mount import NodeState, Role
 from ._needs import Answer, AwaitChange, MeasureBody, Plan, ReadClock, ReadMount, ReadPositions, ReadState, WaitForTxids
 from ._router import Router
 from ._verdicts import Outcome, assert_never
@@ -36,6 +39,8 @@ __all__ = [
     "drive_async",
     "measure_stream",
 ]
+
+logger = logging.getLogger("litefs_route")
 
 # Bytes read at a time when measuring a body.
 _CHUNK = 65536
@@ -73,6 +78,7 @@ def drive(plan: Plan, io: BlockingIO) -> Outcome:
             need = plan.send(answer)
         except StopIteration as end:  # the plan's own end only, never an I/O method's
             outcome: Outcome = end.value
+            _time_primary_wait(io, outcome)
             return outcome
         match need:
             case ReadState(max_age):
@@ -101,6 +107,7 @@ async def drive_async(plan: Plan, io: AsyncIO) -> Outcome:
             need = plan.send(answer)
         except StopIteration as end:
             outcome: Outcome = end.value
+            _time_primary_wait(io, outcome)
             return outcome
         match need:
             case ReadState(max_age):
@@ -139,11 +146,12 @@ class _PlanIO:
     and keeps what measuring a body read when forward mode will send it on.
     """
 
-    __slots__ = ("kept", "router", "waited_for_primary")
+    __slots__ = ("kept", "primary_wait", "router")
 
     def __init__(self, router: Router) -> None:
         self.router: Router = router
-        self.waited_for_primary = False
+        #: When this plan's wait for a primary began, and when its last reading after a slice came; None: no wait.
+        self.primary_wait: tuple[float, float] | None = None
         #: What measuring the body read (forward mode): sent first if the request is forwarded.
         self.kept = KeptBody()
 
@@ -178,13 +186,18 @@ class MountIO(_PlanIO):
         if not cache.wait_for_change(None if from_mount else seen, timeout):  # not pushed: poll
             time.sleep(timeout)
         _count_primary_wait(self, began)
-        return cache.read_mount() if from_mount else cache.get(timeout)
+        state = cache.read_mount() if from_mount else cache.get(timeout)
+        _waited_until_now(self, began)
+        return state
 
     def wait_for_txids(self, txids: tuple[int, ...], timeout: float) -> bool:
         positions = self.router.positions
         assert positions is not None  # the plan waits only when read-your-writes is on
-        self.router.counters.add("consistency_waits")
-        return positions.wait(txids, timeout)
+        counters, began = self.router.counters, time.monotonic()
+        counters.add("consistency_waits")
+        arrived = positions.wait(txids, timeout)
+        _timed(counters, "txid_wait", time.monotonic() - began, "arrived" if arrived else "timed_out")
+        return arrived
 
     def read_positions(self) -> tuple[int | None, ...]:
         positions = self.router.positions
@@ -227,13 +240,18 @@ class AsyncMountIO(_PlanIO):
             _, sleep = async_backend()
             await sleep(timeout)
         _count_primary_wait(self, began)
-        return await (self.read_mount() if from_mount else self.read_state(timeout))
+        state = await (self.read_mount() if from_mount else self.read_state(timeout))
+        _waited_until_now(self, began)
+        return state
 
     async def wait_for_txids(self, txids: tuple[int, ...], timeout: float) -> bool:
         positions = self.router.positions
         assert positions is not None  # the plan waits only when read-your-writes is on
-        self.router.counters.add("consistency_waits")
-        return await positions.wait_async(txids, timeout)
+        counters, began = self.router.counters, time.monotonic()
+        counters.add("consistency_waits")
+        arrived = await positions.wait_async(txids, timeout)
+        _timed(counters, "txid_wait", time.monotonic() - began, "arrived" if arrived else "timed_out")
+        return arrived
 
     async def read_positions(self) -> tuple[int | None, ...]:
         positions = self.router.positions
@@ -245,11 +263,36 @@ class AsyncMountIO(_PlanIO):
 
 def _count_primary_wait(io: _PlanIO, began: float) -> None:
     """One slice of a wait for a primary is over: a plan's first counts the wait, each its seconds."""
-    counters = io.router.counters
-    if not io.waited_for_primary:
-        io.waited_for_primary = True
+    counters, seconds = io.router.counters, time.monotonic() - began
+    if io.primary_wait is None:
         counters.add("primary_waits")
-    counters.add("primary_wait_seconds", time.monotonic() - began)
+    counters.add("primary_wait_seconds", seconds)
+
+
+def _waited_until_now(io: _PlanIO, began: float) -> None:
+    """A slice of a wait for a primary, and the reading after it, are over: the whole wait so far, reads included."""
+    io.primary_wait = (began if io.primary_wait is None else io.primary_wait[0], time.monotonic())
+
+
+def _time_primary_wait(io: BlockingIO | AsyncIO, outcome: Outcome) -> None:
+    """A plan that waited for a primary is over: its whole wait, for the histograms (a test's I/O has none)."""
+    if isinstance(io, _PlanIO) and io.primary_wait is not None:
+        began, ended = io.primary_wait
+        found = outcome.state.role is not Role.NO_PRIMARY
+        _timed(io.router.counters, "primary_wait", ended - began, "found" if found else "timed_out")
+
+
+def _timed(counters: Counters, name: str, seconds: float, outcome: str) -> None:
+    """A wait is over: tell the metrics, and say it at DEBUG (a wait is routine, even one that timed out)."""
+    counters.time(name, seconds, outcome)
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(
+            "%s of %.3f s: %s",
+            name,
+            seconds,
+            outcome,
+            extra=log_fields(event=name, waited_seconds=seconds, outcome=outcome),
+        )
 
 
 @dataclass(slots=True)

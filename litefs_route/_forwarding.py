@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from ._log_fields import log_fields, request_fields
 from ._replies import Reply, forward_failure_reply
-from ._request import HOP_CGI_KEY, HOP_HEADER, SECRET_CGI_KEY, SECRET_HEADER
+from ._request import HOP_CGI_KEY, HOP_HEADER, SECRET_CGI_KEY, SECRET_HEADER, RequestInfo
 from ._secret import Secret
 
 __all__ = [
@@ -292,7 +293,11 @@ def _safe_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         if _TOKEN.fullmatch(name) and not _BAD_VALUE.search(value):
             safe.append((name, value))
         else:
-            logger.debug("dropped a header that is not safe to write: %r", name[:64])
+            logger.debug(
+                "dropped a header that is not safe to write: %r",
+                name[:64],
+                extra=log_fields(event="header_dropped", reason="not safe to write"),
+            )
     return safe
 
 
@@ -313,7 +318,12 @@ class _Relayed:
                 data = self.response.read1(_CHUNK)
             except (OSError, http.client.HTTPException) as exc:
                 # The status is sent: all that is left is to cut the response short.
-                logger.warning("the primary (%s) failed while its response was relayed: %r", self.target, exc)
+                logger.warning(
+                    "the primary (%s) failed while its response was relayed: %r",
+                    self.target,
+                    exc,
+                    extra=log_fields(event="relay_failed", target=self.target, reason=repr(exc)),
+                )
                 raise
             if not data:
                 return
@@ -346,7 +356,12 @@ def forward_blocking(forward: Forward, method: str, path_qs: str, body: Iterable
         conn.connect()
     except OSError as exc:
         conn.close()
-        logger.warning("could not forward a write to the primary %s: %r (not sent)", target.instance, exc)
+        logger.warning(
+            "could not forward a write to the primary %s: %r (not sent)",
+            target.instance,
+            exc,
+            extra=_forward_fields("forward_not_sent", forward, method, path_qs, repr(exc)),
+        )
         return forward_failure_reply(target.instance, False, f"cannot connect: {exc}", retry_after)
     try:
         conn.putrequest(method, target.prefix + request_target(path_qs), skip_host=True, skip_accept_encoding=True)
@@ -360,14 +375,24 @@ def forward_blocking(forward: Forward, method: str, path_qs: str, body: Iterable
             conn.send(b"0\r\n\r\n")
     except ClientBodyError as exc:  # the client's side: nothing to wait for from the primary
         conn.close()
-        logger.warning("a write forwarded to the primary %s was cut short by its client: %s", target.instance, exc)
+        logger.warning(
+            "a write forwarded to the primary %s was cut short by its client: %s",
+            target.instance,
+            exc,
+            extra=_forward_fields("forward_cut_short", forward, method, path_qs, str(exc)),
+        )
         return forward_failure_reply(target.instance, True, str(exc), retry_after)
     except OSError as exc:
         # The primary may have answered early (a refusal) and closed: relay that answer if it is there.
         with contextlib.suppress(OSError, http.client.HTTPException):
             return _relay(conn, conn.getresponse(), target)
         conn.close()
-        logger.warning("forwarding a write to the primary %s failed after it was sent: %r", target.instance, exc)
+        logger.warning(
+            "forwarding a write to the primary %s failed after it was sent: %r",
+            target.instance,
+            exc,
+            extra=_forward_fields("forward_failed", forward, method, path_qs, repr(exc)),
+        )
         return forward_failure_reply(target.instance, True, f"{exc}", retry_after)
     except BaseException:
         conn.close()
@@ -376,9 +401,21 @@ def forward_blocking(forward: Forward, method: str, path_qs: str, body: Iterable
         response = conn.getresponse()
     except (OSError, http.client.HTTPException) as exc:
         conn.close()
-        logger.warning("the primary %s did not answer a forwarded write: %r", target.instance, exc)
+        logger.warning(
+            "the primary %s did not answer a forwarded write: %r",
+            target.instance,
+            exc,
+            extra=_forward_fields("forward_unanswered", forward, method, path_qs, repr(exc)),
+        )
         return forward_failure_reply(target.instance, True, f"no answer: {exc!r}", retry_after)
     return _relay(conn, response, target)
+
+
+def _forward_fields(event: str, forward: Forward, method: str, path_qs: str, reason: str) -> dict[str, object]:
+    """A forwarding record's facts: the path without its query (it may hold tokens), never the secret."""
+    raw = [(name.encode("latin-1", "replace"), value.encode("latin-1", "replace")) for name, value in forward.headers]
+    request = RequestInfo(method, path_qs.partition("?")[0])
+    return log_fields(event=event, target=forward.target.instance, reason=reason, **request_fields(request, raw))
 
 
 def _relay(conn: http.client.HTTPConnection, response: http.client.HTTPResponse, target: ForwardTarget) -> Relay:
@@ -426,7 +463,12 @@ async def forward_async(
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(target.host, target.port), timeout)
     except (OSError, asyncio.TimeoutError, RuntimeError) as exc:  # RuntimeError: not an asyncio loop (trio)
-        logger.warning("could not forward a write to the primary %s: %r (not sent)", target.instance, exc)
+        logger.warning(
+            "could not forward a write to the primary %s: %r (not sent)",
+            target.instance,
+            exc,
+            extra=_forward_fields("forward_not_sent", forward, method, path_qs, repr(exc)),
+        )
         await reply(forward_failure_reply(target.instance, False, f"cannot connect: {exc!r}", retry_after))
         return
     try:
@@ -438,7 +480,12 @@ async def forward_async(
         await send({"type": "http.response.start", "status": status, "headers": _encode(response_headers)})
         await _relay_body(reader, send, method, status, response_headers, timeout, target.instance)
     except _Lost as lost:
-        logger.warning("forwarding a write to the primary %s failed after it was sent: %s", target.instance, lost)
+        logger.warning(
+            "forwarding a write to the primary %s failed after it was sent: %s",
+            target.instance,
+            lost,
+            extra=_forward_fields("forward_failed", forward, method, path_qs, str(lost)),
+        )
         await reply(forward_failure_reply(target.instance, lost.sent, str(lost), retry_after))
     finally:
         writer.close()
@@ -547,7 +594,12 @@ async def _relay_body(
             while data := await asyncio.wait_for(reader.read(_CHUNK), timeout):
                 await send({"type": "http.response.body", "body": data, "more_body": True})
     except (OSError, ValueError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as e:
-        logger.warning("the primary (%s) failed while its response was relayed: %r", instance, e)
+        logger.warning(
+            "the primary (%s) failed while its response was relayed: %r",
+            instance,
+            e,
+            extra=log_fields(event="relay_failed", target=instance, reason=repr(e)),
+        )
         raise  # the server cuts the response short: the client must not take it as complete
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar, cast, overload
 
+from ._log_fields import log_fields
 from ._mount import NodeState, default_instance_id
 from ._router import every_router
 from ._state_cache import StateCache
@@ -112,7 +113,11 @@ def primary_only(func: Callable[P, Any]) -> Callable[P, Any]:
 
     def skip() -> None:
         skipped_calls.add(name)
-        logger.debug("%s skipped: this node is not the primary", name)
+        logger.debug(
+            "%s skipped: this node is not the primary",
+            name,
+            extra=log_fields(event="primary_only_skipped", callback=name),
+        )
 
     if inspect.iscoroutinefunction(func):
         async_func = cast("Callable[P, Awaitable[Any]]", func)
@@ -179,7 +184,10 @@ class RoleWatcher:
                 try:
                     self.on_change(previous, state)
                 except Exception:  # a callback's bug must not end the watch
-                    logger.exception("a LiteFS role-change callback failed")
+                    logger.exception(
+                        "a LiteFS role-change callback failed",
+                        extra=log_fields(event="role_callback_failed", role=state.role.value, primary=state.primary_id),
+                    )
             # Pushed: woken by the next push (or after interval, to notice a stream that dropped).
             if not self.cache.wait_for_change(state, self.interval):
                 self._stop.wait(self.interval)
@@ -201,7 +209,10 @@ def _dispatch(previous: NodeState | None, state: NodeState) -> None:
         try:
             callback()
         except Exception:
-            logger.exception("%s failed", getattr(callback, "__qualname__", callback))
+            name = getattr(callback, "__qualname__", repr(callback))
+            logger.exception(
+                "%s failed", name, extra=log_fields(event="role_callback_failed", callback=name, role=state.role.value)
+            )
 
 
 def _ensure_watching() -> None:

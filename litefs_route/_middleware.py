@@ -21,6 +21,7 @@ from ._consistency import Positions, TxidCookies
 from ._exceptions import PrimaryRequired
 from ._forwarding import DEFAULT_FORWARD_URL, SECRET_ENV, ForwardURL, resolve_forward_url
 from ._globs import PathGlobs
+from ._log_fields import log_fields
 from ._mount import default_instance_id, is_valid_instance_id, missing_mount
 from ._replies import Reply
 from ._router import Router
@@ -227,6 +228,7 @@ class RoutingMiddleware(Generic[AppT]):
                 "%s: litefs-route is misconfigured, and refuses every write (503) until it exists "
                 "(litefs_dir, default $LITEFS_DIR, must be the fuse.dir of litefs.yml)",
                 missing,
+                extra=log_fields(event="mount_missing", reason=missing),
             )
         databases = _database_names(database if database is not None else os.environ.get("DATABASE_FILENAME", ""))
         positions = Positions(mount, databases) if mount and databases else None

@@ -7,13 +7,15 @@ into the same series, from this one table.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
+from ._counters import TIMINGS
 from ._mount import Role, parse_lag
 from ._router import every_router
 
-__all__ = ["ROLES", "CountMeaning", "NodeGauges", "count_meaning", "node_gauges"]
+__all__ = ["HISTOGRAMS", "ROLES", "CountMeaning", "Histogram", "NodeGauges", "count_meaning", "node_gauges"]
 
 #: Every role, as the ``role`` label spells it.
 ROLES = tuple(role.value for role in Role)
@@ -49,6 +51,7 @@ class CountMeaning:
     unavailable_reason: str | None = None
 
 
+@functools.lru_cache(maxsize=256)  # on every count with metrics on: a few names, a few causes
 def count_meaning(name: str, cause: str | None) -> CountMeaning | None:
     """What the count *name* (with its *cause*) says of a request; None: a wait, or a detail of one counted already."""
     outcome = _OUTCOMES.get(name)
@@ -61,6 +64,40 @@ def count_meaning(name: str, cause: str | None) -> CountMeaning | None:
     if name.startswith(_UNAVAILABLE):
         return CountMeaning(outcome, unavailable_reason=name[len(_UNAVAILABLE) :])
     return CountMeaning(outcome)
+
+
+@dataclass(frozen=True, slots=True)
+class Histogram:
+    """One duration of :data:`~litefs_route._counters.TIMINGS`, as each exporter names it."""
+
+    prometheus_name: str
+    otel_name: str
+    description: str
+    #: The ``outcome`` label's values; () when it has none.
+    outcomes: tuple[str, ...] = ()
+
+
+#: Each duration the routers time, by its name in :data:`~litefs_route._counters.TIMINGS`.
+HISTOGRAMS = {
+    "primary_wait": Histogram(
+        "litefs_route_primary_wait_seconds",
+        "litefs_route.primary_wait.duration",
+        "Seconds a request waited for a primary to be known (its whole wait), by outcome.",
+        ("found", "timed_out"),
+    ),
+    "txid_wait": Histogram(
+        "litefs_route_txid_wait_seconds",
+        "litefs_route.txid_wait.duration",
+        "Seconds a read waited for its TXID to arrive (read-your-writes), by outcome.",
+        ("arrived", "timed_out"),
+    ),
+    "replay_latency": Histogram(
+        "litefs_route_replay_latency_seconds",
+        "litefs_route.replay.latency",
+        "Seconds from the replaying instance's answer (fly-replay-src t) to the replayed request's arrival here.",
+    ),
+}
+assert set(HISTOGRAMS) == set(TIMINGS)
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,7 @@ from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import TypeVar
 
 from ._events import Init, LiteFSEvent, PrimaryChange, Quiet, Tx, node_state, read_events
+from ._log_fields import log_fields
 from ._mount import NodeState, Position, Role, default_instance_id, read_node_state, read_position
 
 __all__ = [
@@ -178,7 +179,11 @@ def _wait_on_stream(
     try:
         events = read_events(api_url, timeout=max(0.001, deadline - time.monotonic()), deadline=deadline)
         first = next(events)
-        logger.info("waiting on LiteFS's event stream (%s)", api_url)
+        logger.info(
+            "waiting on LiteFS's event stream (%s)",
+            api_url,
+            extra=log_fields(event="waiting_on_stream", api_url=api_url),
+        )
         for value in (found(first), catch_up() if catch_up is not None else None):
             if value is not None:
                 return value
@@ -186,7 +191,12 @@ def _wait_on_stream(
             if (value := found(event)) is not None:
                 return value
     except OSError as exc:  # unreachable, refused, closed, or the deadline
-        logger.info("LiteFS's event stream (%s) is not usable (%r): polling the mount", api_url, exc)
+        logger.info(
+            "LiteFS's event stream (%s) is not usable (%r): polling the mount",
+            api_url,
+            exc,
+            extra=log_fields(event="event_stream_unusable", api_url=api_url, reason=repr(exc)),
+        )
     return None
 
 
@@ -197,7 +207,12 @@ def read_state_from_stream(api_url: str, instance_id: str | None = None, *, time
             if isinstance(event, Init):
                 return node_state(event, instance_id or default_instance_id())
     except OSError as exc:
-        logger.info("LiteFS's event stream (%s) is not usable (%r): reading the mount", api_url, exc)
+        logger.info(
+            "LiteFS's event stream (%s) is not usable (%r): reading the mount",
+            api_url,
+            exc,
+            extra=log_fields(event="event_stream_unusable", api_url=api_url, reason=repr(exc)),
+        )
     return None
 
 
@@ -242,7 +257,12 @@ def _read_position_or_none(litefs_dir: str, database: str) -> Position | None:
     try:
         return read_position(litefs_dir, database)
     except OSError as exc:
-        logger.debug("reading %s-pos failed: %s", database, exc)
+        logger.debug(
+            "reading %s-pos failed: %s",
+            database,
+            exc,
+            extra=log_fields(event="position_unreadable", database=database, reason=str(exc)),
+        )
         return None
 
 
@@ -363,7 +383,10 @@ class _Acquisition:
             abandoned = self._state == "abandoned"
             self._state = "done"
         if abandoned:
-            logger.info("HALT lock request answered after its caller gave up; releasing it")
+            logger.info(
+                "HALT lock request answered after its caller gave up; releasing it",
+                extra=log_fields(event="halt_lock_abandoned"),
+            )
             os.close(self.fd)
             return
         self._done.set()
@@ -405,10 +428,23 @@ def _needs_halt(db_path: str, instance_id: str | None) -> bool:
     state = read_node_state(mount, instance_id or default_instance_id())
     if not state.litefs_seen and state.mount_error in (None, "ENOENT"):
         # A plain folder or none (local development): no LiteFS, nothing to lock.
-        logger.debug("HALT lock for %s not needed: no LiteFS mount (%s)", db_path, state.detail)
+        logger.debug(
+            "HALT lock for %s not needed: no LiteFS mount (%s)",
+            db_path,
+            state.detail,
+            extra=log_fields(event="halt_lock_not_needed", database=db_path, reason=state.detail),
+        )
         return False
     if state.is_primary:
-        logger.debug("HALT lock for %s not needed: %s (%s)", db_path, state.role.value, state.detail)
+        logger.debug(
+            "HALT lock for %s not needed: %s (%s)",
+            db_path,
+            state.role.value,
+            state.detail,
+            extra=log_fields(
+                event="halt_lock_not_needed", database=db_path, role=state.role.value, reason=state.detail
+            ),
+        )
         return False
     if state.role is Role.NO_PRIMARY:
         raise HaltLockError(f"no primary known for {mount} ({state.detail}): nobody can accept the write")
@@ -433,10 +469,15 @@ def _release(fd: int, db_path: str) -> None:
         _set_halt(fd, fcntl.F_UNLCK)
     except OSError as exc:
         # Closing releases it anyway; the unlock only makes it prompt.
-        logger.warning("HALT unlock of %s failed (%s); closing the file releases it", db_path, exc)
+        logger.warning(
+            "HALT unlock of %s failed (%s); closing the file releases it",
+            db_path,
+            exc,
+            extra=log_fields(event="halt_unlock_failed", database=db_path, reason=str(exc)),
+        )
     finally:
         os.close(fd)
-    logger.info("HALT lock on %s released", db_path)
+    logger.info("HALT lock on %s released", db_path, extra=log_fields(event="halt_lock_released", database=db_path))
 
 
 @contextmanager
@@ -470,7 +511,7 @@ def halt_lock(
             _release(acq.fd, path)
         raise
     fd = _acquired_or_raise(acq, path, timeout)
-    logger.info("HALT lock on %s taken", path)
+    logger.info("HALT lock on %s taken", path, extra=log_fields(event="halt_lock_taken", database=path))
     try:
         yield True
     finally:
@@ -516,7 +557,7 @@ async def halt_lock_async(
                 os.close(acq.fd)
         raise
     fd = _acquired_or_raise(acq, path, timeout)
-    logger.info("HALT lock on %s taken", path)
+    logger.info("HALT lock on %s taken", path, extra=log_fields(event="halt_lock_taken", database=path))
     try:
         yield True
     finally:

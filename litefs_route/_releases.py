@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from ._log_fields import log_fields
 from ._mount import default_instance_id, read_node_state
 from ._ops import WaitTimeout, halt_lock, wait_for_primary
 
@@ -604,6 +605,10 @@ class Heartbeat:
                 self.renew()
             except Exception as exc:
                 if on_error is None:
-                    logger.warning("renewing this instance's release record failed", exc_info=True)
+                    logger.warning(
+                        "renewing this instance's release record failed",
+                        exc_info=True,
+                        extra=log_fields(event="release_renewal_failed", reason=repr(exc)),
+                    )
                 else:
                     on_error(exc)

@@ -27,16 +27,18 @@ from ._forwarding import (
     forwarded_headers,
     resolve_forward_url,
 )
+from ._log_fields import RawHeaders, log_fields, request_fields
 from ._mount import NodeState
 from ._needs import Plan
 from ._plans import plan_request, plan_settlement
+from ._replay_latency import replay_latency
 from ._replies import Headers, Reply, build_reply, build_tags, forward_failure_reply
 from ._request import RequestInfo
 from ._rules import Rules
 from ._sqlite_errors import WriteFailureKind
 from ._state_cache import StateCache
 from ._subscriber import EventSubscriber
-from ._verdicts import Decision, Outcome, Pending, counter_name
+from ._verdicts import Decision, Kind, Outcome, Pending, counter_name
 
 __all__ = ["Router", "every_router"]
 
@@ -46,6 +48,8 @@ logger = logging.getLogger("litefs_route")
 _WARN_EVERY = 60.0
 # Distinct replies remembered by Router.reply().
 _REPLY_MEMO_SIZE = 64
+# An enum member read once: reading Kind.REPLAY costs hundreds of instructions each time on Python 3.11.
+_REPLAY = Kind.REPLAY
 # Distinct (method, path) verdicts remembered by Router.route() for one reading of the mount.
 _VERDICT_MEMO_SIZE = 512
 
@@ -137,6 +141,10 @@ class Router:
 
     def plan(self, request: RequestInfo) -> Plan:
         """The plan that routes *request* (drive it with :mod:`litefs_route._drivers`)."""
+        if request.replay_src is not None and self.counters.listened:  # a replayed request: never without I/O
+            latency = replay_latency(request.replay_src, time.time())
+            if latency is not None:
+                self.counters.time("replay_latency", latency)
         return plan_request(request, self.rules, known_txids=self.known_txids(request))
 
     def settlement(
@@ -171,14 +179,29 @@ class Router:
             self._last_tags = (state, tags)
         return tags
 
-    def reply(self, decision: Decision, *, cause: str = "write") -> Reply:
-        """The response for a decision that does not run the app (counted; *cause*: what asked for a replay)."""
+    def reply(
+        self,
+        decision: Decision,
+        request: RequestInfo | None = None,
+        raw_headers: RawHeaders | None = None,
+        *,
+        cause: str = "write",
+    ) -> Reply:
+        """The response for a decision that does not run the app (counted; *cause*: what asked for a replay).
+
+        *request*, *raw_headers* (as its server gave them): the request it
+        answers, for the log record of an answer worth a warning.
+        """
         name = counter_name(decision)
-        self.counters.add(name, cause=cause)
+        counters = self.counters
+        counters.add(name, cause=cause)
+        if counters.listened and decision.kind is _REPLAY:  # metrics on: where it went (a span's attribute)
+            counters.observe("replay_target", decision.target)
         if name == "unavailable_replay_failed":  # the primary is out of Fly's reach: worth a look
-            self._warn(name, f"answered 503: {decision.reason}")
+            self._warn(name, f"answered 503: {decision.reason}", 503, decision, request, raw_headers)
         elif name == "forbidden_forwards":  # a forgery, or instances that do not share one forward_secret
-            self._warn(name, "answered 403 to a request that claims to be forwarded without this instance's secret")
+            message = "answered 403 to a request that claims to be forwarded without this instance's secret"
+            self._warn(name, message, 403, decision, request, raw_headers)
         # Built once per distinct decision: a replica answers a flood of
         # writes with the same few bytes. (Bounded: targets are validated host
         # names, hops <= 9, reasons a handful of strings.)
@@ -228,14 +251,29 @@ class Router:
         secret = self.rules.forward_secret
         return Forward(target, forwarded, secret, chunked, length, self.forward_timeout, self.retry_after)
 
-    def _warn(self, kind: str, message: str) -> None:
+    def _warn(
+        self,
+        kind: str,
+        message: str,
+        status: int,
+        decision: Decision,
+        request: RequestInfo | None,
+        raw_headers: RawHeaders | None,
+    ) -> None:
         """Log *message* as a warning at most once a minute per *kind* (a client can send these at will)."""
+        facts = log_fields(
+            event=kind,
+            reason=decision.reason,
+            target=decision.target,
+            status=status,
+            **(request_fields(request, raw_headers) if request is not None else {}),
+        )
         now = time.monotonic()
         if now - self._warned_at.get(kind, -_WARN_EVERY) >= _WARN_EVERY:
             self._warned_at[kind] = now
-            logger.warning("%s (logged at most once a minute; router.counters counts each)", message)
+            logger.warning("%s (logged at most once a minute; router.counters counts each)", message, extra=facts)
         else:
-            logger.debug("%s", message)
+            logger.debug("%s", message, extra=facts)
 
     def __repr__(self) -> str:
         return f"Router(instance_id={self.instance_id!r}, litefs_dir={self.cache.litefs_dir!r})"

@@ -52,6 +52,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from ._log_fields import log_fields
 from ._mount import NodeState, Role, read_node_state
 from ._wakeups import Wakeups
 
@@ -209,6 +210,9 @@ class StateCache:
                 state.primary_id or "unknown",
                 previous.role,
                 previous.primary_id or "unknown",
+                extra=log_fields(
+                    event="mount_disagrees", role=state.role.value, primary=state.primary_id, reason=state.detail
+                ),
             )
         return self._vetted(state)
 
@@ -341,6 +345,13 @@ class StateCache:
             state.role.value,
             state.primary_id or "unknown",
             state.detail,
+            extra=log_fields(
+                event="role_changed",
+                role=state.role.value,
+                previous_role=None if was is None else was[0].value,
+                primary=state.primary_id,
+                reason=state.detail,
+            ),
         )
 
     def forked(self) -> None:
@@ -356,4 +367,10 @@ class StateCache:
         # Each reading that differs, flickers included: the routed state is logged by _log_routed.
         if previous is not None and (previous.role, previous.primary_id) == (state.role, state.primary_id):
             return
-        logger.debug("LiteFS's files say %s (primary %s; %s)", state.role, state.primary_id or "unknown", state.detail)
+        logger.debug(
+            "LiteFS's files say %s (primary %s; %s)",
+            state.role,
+            state.primary_id or "unknown",
+            state.detail,
+            extra=log_fields(event="mount_read", role=state.role.value, primary=state.primary_id, reason=state.detail),
+        )

@@ -64,6 +64,7 @@ from ._events import (
     read_info,
     read_txids,
 )
+from ._log_fields import log_fields
 from ._mount import read_node_state, read_position
 from ._state_cache import StateCache
 
@@ -213,7 +214,10 @@ class EventSubscriber:
             except (OSError, ValueError) as exc:
                 self._fall_back(exc)
             except Exception as exc:  # a bug must not end the thread with the stream's state trusted
-                logger.exception("the LiteFS event stream's thread failed; reading the mount, retrying")
+                logger.exception(
+                    "the LiteFS event stream's thread failed; reading the mount, retrying",
+                    extra=log_fields(event="event_stream_failed", api_url=self.api_url, reason=repr(exc)),
+                )
                 self._fall_back(exc)
             finally:
                 events.close()  # its socket, now rather than after the backoff
@@ -275,6 +279,7 @@ class EventSubscriber:
             self.api_url,
             "back up" if was_up_before else "up",
             self.litefs_dir,
+            extra=log_fields(event="event_stream_up", api_url=self.api_url),
         )
 
     def _spot_check(self, tx: Tx) -> bool:
@@ -367,19 +372,29 @@ class EventSubscriber:
             return
         if was_up:
             logger.warning(
-                "LiteFS's event stream (%s) dropped (%s): reading the mount until it is back", self.api_url, exc
+                "LiteFS's event stream (%s) dropped (%s): reading the mount until it is back",
+                self.api_url,
+                exc,
+                extra=log_fields(event="event_stream_down", api_url=self.api_url, reason=str(exc)),
             )
         elif isinstance(exc, StreamMismatch):
             # Once: a misconfiguration repeats on every retry (a failover racing the connection does not).
             level = logging.DEBUG if self._reported_mismatch else logging.WARNING
             self._reported_mismatch = True
-            logger.log(level, "not following LiteFS's event stream (%s): %s", self.api_url, exc)
+            logger.log(
+                level,
+                "not following LiteFS's event stream (%s): %s",
+                self.api_url,
+                exc,
+                extra=log_fields(event="event_stream_mismatch", api_url=self.api_url, reason=str(exc)),
+            )
         elif not self._reported_unreachable:
             self._reported_unreachable = True
             logger.info(
                 "LiteFS's event stream (%s) is not reachable (%s): reading the mount; retrying in the background",
                 self.api_url,
                 exc,
+                extra=log_fields(event="event_stream_unreachable", api_url=self.api_url, reason=str(exc)),
             )
 
 

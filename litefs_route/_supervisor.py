@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 
 from ._hooks import RoleWatcher, build_cache
+from ._log_fields import log_fields
 from ._mount import NodeState
 
 __all__ = ["EXIT_CANNOT_RUN", "Options", "Supervisor", "main"]
@@ -175,7 +176,13 @@ class Supervisor:
                 continue
             if self._child is not None and self._child.returncode is None:
                 name = signal.Signals(signum).name
-                logger.info("passing %s on to %s (pid %d)", name, self.shown, self._child.pid)
+                logger.info(
+                    "passing %s on to %s (pid %d)",
+                    name,
+                    self.shown,
+                    self._child.pid,
+                    extra=log_fields(event="signal_passed", reason=name, command=self.shown, pid=self._child.pid),
+                )
                 with contextlib.suppress(ProcessLookupError):
                     self._child.send_signal(signum)
                 if signum in _ENDING and self._stop_deadline is None:
@@ -200,10 +207,22 @@ class Supervisor:
         self._child = None
         stopped, self._stop_deadline, self._killed = self._stop_deadline is not None, None, False
         if self._ending is not None:
-            logger.info("%s (pid %d) ended with status %d; exiting with it", self.shown, child.pid, status)
+            logger.info(
+                "%s (pid %d) ended with status %d; exiting with it",
+                self.shown,
+                child.pid,
+                status,
+                extra=log_fields(event="command_ended", command=self.shown, pid=child.pid, status=status),
+            )
             return status
         if stopped:
-            logger.info("%s (pid %d) stopped (status %d)", self.shown, child.pid, status)
+            logger.info(
+                "%s (pid %d) stopped (status %d)",
+                self.shown,
+                child.pid,
+                status,
+                extra=log_fields(event="command_stopped", command=self.shown, pid=child.pid, status=status),
+            )
             return None
         if self.options.restart:
             self._restart_at = time.monotonic() + _RESTART_BACKOFF
@@ -213,9 +232,16 @@ class Supervisor:
                 child.pid,
                 status,
                 _RESTART_BACKOFF,
+                extra=log_fields(event="command_restarting", command=self.shown, pid=child.pid, status=status),
             )
             return None
-        logger.info("%s (pid %d) ended by itself with status %d; exiting with it", self.shown, child.pid, status)
+        logger.info(
+            "%s (pid %d) ended by itself with status %d; exiting with it",
+            self.shown,
+            child.pid,
+            status,
+            extra=log_fields(event="command_ended", command=self.shown, pid=child.pid, status=status),
+        )
         return status
 
     def _follow_role(self) -> None:
@@ -236,6 +262,14 @@ class Supervisor:
                     state.primary_id or "unknown",
                     state.detail,
                     self.options.grace,
+                    extra=log_fields(
+                        event="command_stopping",
+                        command=self.shown,
+                        pid=child.pid,
+                        role=state.role.value,
+                        primary=state.primary_id,
+                        reason=state.detail,
+                    ),
                 )
                 with contextlib.suppress(ProcessLookupError):
                     child.send_signal(signal.SIGTERM)
@@ -249,6 +283,7 @@ class Supervisor:
                     state.detail,
                     self.shown,
                     self.options.delay,
+                    extra=log_fields(event="command_starting", command=self.shown, reason=state.detail),
                 )
         start_at = self._start_at()
         if start_at is not None and now >= start_at and now >= self._restart_at:
@@ -268,6 +303,7 @@ class Supervisor:
                     "when its supervisor died); starting once it is released",
                     self.shown,
                     self.options.lock_path,
+                    extra=log_fields(event="command_lock_busy", command=self.shown),
                 )
             self._restart_at = time.monotonic() + self.options.interval  # try again then
             return None
@@ -284,7 +320,12 @@ class Supervisor:
             child = subprocess.Popen(self.options.cmd, start_new_session=True, env=self.options.env, pass_fds=(lock,))
         except OSError as exc:
             code = EXIT_NOT_FOUND if exc.errno == errno.ENOENT else EXIT_CANNOT_RUN
-            logger.error("cannot run %s: %s", self.shown, exc.strerror)
+            logger.error(
+                "cannot run %s: %s",
+                self.shown,
+                exc.strerror,
+                extra=log_fields(event="command_failed", command=self.shown, reason=exc.strerror),
+            )
             raise SystemExit(code) from None
         finally:
             os.close(lock)  # the copy's fd holds it now
@@ -295,13 +336,20 @@ class Supervisor:
             child.pid,
             state.detail,
             primary_for,
+            extra=log_fields(event="command_started", command=self.shown, pid=child.pid, reason=state.detail),
         )
 
     def _escalate(self) -> None:
         child, deadline = self._child, self._stop_deadline
         if child is None or deadline is None or self._killed or time.monotonic() < deadline:
             return
-        logger.warning("%s (pid %d) still runs %g s after SIGTERM: SIGKILL", self.shown, child.pid, self.options.grace)
+        logger.warning(
+            "%s (pid %d) still runs %g s after SIGTERM: SIGKILL",
+            self.shown,
+            child.pid,
+            self.options.grace,
+            extra=log_fields(event="command_killed", command=self.shown, pid=child.pid),
+        )
         self._killed = True
         self._kill_group()
 
@@ -339,7 +387,12 @@ def main(
         interval=interval,
         lock=lock,
     )
-    logger.info("supervising %s: it runs only while this node (%s) is the primary", shlex.join(cmd), instance_id)
+    logger.info(
+        "supervising %s: it runs only while this node (%s) is the primary",
+        shlex.join(cmd),
+        instance_id,
+        extra=log_fields(event="supervising", command=shlex.join(cmd)),
+    )
     try:
         return Supervisor(options).run()
     except SystemExit as exc:

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._context import current_request
 from ._forwarding import DEFAULT_FORWARD_URL, HOP_HEADER, SECRET_ENV, SECRET_HEADER, ForwardURL, resolve_forward_url
 from ._hooks import build_cache, node_cache
+from ._log_fields import log_fields
 from ._mount import Role, default_instance_id, read_position
 from ._ops import WaitTimeout, wait_for_txid
 from ._replies import OUTCOME_HEADER
@@ -225,7 +226,12 @@ def _txids() -> dict[str, int]:
         try:
             position = read_position(litefs_dir, name)
         except OSError as exc:  # the mount died after the task ran: its answer still counts, without this TXID
-            logger.warning("reading %s-pos after a task failed (%s): the caller will not wait for it", name, exc)
+            logger.warning(
+                "reading %s-pos after a task failed (%s): the caller will not wait for it",
+                name,
+                exc,
+                extra=log_fields(event="position_unreadable", database=name, reason=str(exc)),
+            )
             continue
         if position is not None:
             found[name] = position.txid
@@ -241,7 +247,13 @@ def _ran(name: str, result: Any) -> _Answer:
 
 
 def _raised(name: str, exc: Exception) -> _Answer:
-    logger.warning("task %s raised %s", name, type(exc).__name__, exc_info=exc)
+    logger.warning(
+        "task %s raised %s",
+        name,
+        type(exc).__name__,
+        exc_info=exc,
+        extra=log_fields(event="task_raised", task=name, reason=type(exc).__name__),
+    )
     return _Answer(500, {"error": f"{type(exc).__name__}: {str(exc)[:500]}", "txids": _txids()})
 
 
@@ -458,7 +470,13 @@ class TaskClient:
                     conn.connect()
                 except OSError as exc:  # nothing was sent: safe to try again
                     last = f"{primary} ({target.host}:{target.port}) could not be reached ({exc})"
-                    logger.log(logging.DEBUG if retries else logging.INFO, "task %s: %s; trying again", name, last)
+                    logger.log(
+                        logging.DEBUG if retries else logging.INFO,
+                        "task %s: %s; trying again",
+                        name,
+                        last,
+                        extra=log_fields(event="task_retried", task=name, target=primary, reason=last),
+                    )
                     retries += 1
                     time.sleep(min(max(0.0, deadline - time.monotonic()), _RETRY_EVERY))
                     continue
@@ -486,7 +504,13 @@ class TaskClient:
             if response.status == 503 and response.getheader(OUTCOME_HEADER) is None:
                 # The middleware's: no primary there, or it was not the primary. Nothing ran.
                 last = f"{primary} answered 503 ({payload[:200].decode(errors='replace').strip()})"
-                logger.log(logging.DEBUG if retries else logging.INFO, "task %s: %s; trying again", name, last)
+                logger.log(
+                    logging.DEBUG if retries else logging.INFO,
+                    "task %s: %s; trying again",
+                    name,
+                    last,
+                    extra=log_fields(event="task_retried", task=name, target=primary, reason=last),
+                )
                 retries += 1
                 time.sleep(min(max(0.0, deadline - time.monotonic()), _RETRY_EVERY))
                 continue

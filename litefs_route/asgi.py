@@ -34,6 +34,7 @@ from ._context import RequestContext, current_request
 from ._drivers import AsyncMountIO, KeptBody, async_backend, drive_async
 from ._forwarding import forward_async
 from ._frameworks import starlette_primary_required
+from ._log_fields import log_fields, request_fields
 from ._middleware import RoutingMiddleware, middleware_doc
 from ._mount import NodeState
 from ._replies import OUR_TAG_NAMES_BYTES, Headers, Reply, with_tags
@@ -79,7 +80,8 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             return
         router = self.router
         method, path = scope["method"], scope["path"]
-        parsed = from_asgi_headers(method, path, scope.get("headers", ()), router.txid_cookies)
+        headers = scope.get("headers", ())
+        parsed = from_asgi_headers(method, path, headers, router.txid_cookies)
         request, routed = router.route(method, path, parsed)
         io = None
         if isinstance(routed, Outcome):
@@ -91,13 +93,14 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             if outcome.decision.kind is Kind.FORWARD:
                 await self.forward(scope, receive, send, request, outcome, io.kept if io is not None else KeptBody())
             else:
-                await self.send_reply(send, router.reply(outcome.decision), outcome.state)
+                await self.send_reply(send, router.reply(outcome.decision, request, headers), outcome.state)
             return
         if request.forward_claim is not None:  # a genuine forwarded request: the secret is not the app's business
             scope = _without_forward_claim(scope)
 
         ctx = _ASGIRequest(router, request, outcome, self.primary_required_error)
         ctx.middleware, ctx.receive, ctx.send_downstream, ctx.replaced = self, receive, send, False
+        ctx.headers = headers
         token = current_request.set(ctx)
         try:
             await self.app(scope, receive, ctx.send)
@@ -117,7 +120,8 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         """A WebSocket handshake: on a ``write_sockets`` path, held by the primary or answered with the replay."""
         router = self.router
         method, path = "GET", scope["path"]  # a websocket scope has no method: its handshake is a GET
-        parsed = from_asgi_headers(method, path, scope.get("headers", ()), None, websocket=True)
+        headers = scope.get("headers", ())
+        parsed = from_asgi_headers(method, path, headers, None, websocket=True)
         request, routed = router.route(method, path, parsed)
         outcome = (
             routed
@@ -129,7 +133,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
                 scope = _without_forward_claim(scope)
             await self.app(scope, receive, send)
             return
-        reply = router.reply(outcome.decision)
+        reply = router.reply(outcome.decision, request, headers)
         if (await receive())["type"] != "websocket.connect":
             return  # the client is gone
         if "websocket.http.response" in (scope.get("extensions") or {}):
@@ -143,6 +147,9 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             "server cannot answer a handshake with the replay (no websocket.http.response extension)",
             request.path,
             SOCKET_REFUSED_CLOSE_CODE,
+            extra=log_fields(
+                event="socket_refused", target=outcome.decision.target, **request_fields(request, headers)
+            ),
         )
         await send({"type": "websocket.close", "code": SOCKET_REFUSED_CLOSE_CODE})
 
@@ -204,11 +211,11 @@ class _ASGIRequest(RequestContext):
     """One request the app runs, and its response: tagged, given the TXID cookie, or replaced with the ending.
 
     The request's context and the response's state in one object: one is
-    built on every request. The adapter sets the four fields below right
+    built on every request. The adapter sets the five fields below right
     after building it.
     """
 
-    __slots__ = ("middleware", "receive", "replaced", "send_downstream")
+    __slots__ = ("headers", "middleware", "receive", "replaced", "send_downstream")
 
     middleware: PrimaryRoutingMiddleware
     receive: Receive
@@ -216,6 +223,11 @@ class _ASGIRequest(RequestContext):
     send_downstream: Send
     #: The app's response was replaced by the ending: drop the rest of it.
     replaced: bool
+    #: The request's headers as the server gave them (a log record's request id is read from them).
+    headers: Iterable[tuple[bytes, bytes]]
+
+    def raw_headers(self) -> Iterable[tuple[bytes, bytes]]:
+        return self.headers
 
     async def send(self, message: Message) -> None:
         if self.replaced:

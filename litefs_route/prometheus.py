@@ -24,6 +24,21 @@ Counted as the middlewares of this process count (:mod:`litefs_route._counters`)
 ``litefs_route_unavailable_total{reason}``
     503 answers: ``no_primary``, ``too_many_replays``, ``ran_here``, ``replay_failed``.
 
+Histograms (prometheus_client's default buckets, 5 ms to 10 s):
+
+``litefs_route_primary_wait_seconds{outcome}``
+    A request's whole wait for a primary to be known (a write during an
+    election, up to ``primary_wait``): ``found``, or ``timed_out`` (503).
+``litefs_route_txid_wait_seconds{outcome}``
+    A replica read's wait for its TXID (read-your-writes, up to
+    ``consistency_wait``): ``arrived``, or ``timed_out`` (then replayed).
+``litefs_route_replay_latency_seconds``
+    On the instance a request was replayed to (the primary): from the
+    replaying instance's answer (``fly-replay-src``'s ``t``) to the
+    request's arrival here. Two Machines' clocks: a little below zero is
+    recorded as 0, beyond a minute either way (a forged or garbled ``t``)
+    dropped.
+
 Read when scraped from this process's middleware (:class:`StateCollector`;
 with several, the newest one's):
 
@@ -40,15 +55,23 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, generate_latest, multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ._counters import add_count_listener, remove_count_listener
-from ._observed import ROLES, count_meaning, node_gauges
+from ._observed import HISTOGRAMS, ROLES, count_meaning, node_gauges
 
 __all__ = ["PrometheusMetrics", "StateCollector", "exposition", "register"]
 
@@ -62,18 +85,36 @@ class PrometheusMetrics:
     replays: Counter
     unavailable: Counter
     state: StateCollector
+    #: By their name in :data:`~litefs_route._counters.TIMINGS`.
+    histograms: dict[str, Histogram]
     _registered: bool = field(default=True, repr=False)
+    # What each (name, cause) moves, bound on its first count: labels() costs more than the inc itself.
+    _steps: dict[tuple[str, str | None], tuple[Callable[[float], None], ...]] = field(default_factory=dict, repr=False)
 
     def count(self, name: str, amount: float, cause: str | None) -> None:
         """One count of a router (a :mod:`litefs_route._counters` listener)."""
-        meaning = count_meaning(name, cause)
-        if meaning is None:  # a wait, or a detail of a request counted by its ending
+        if name == "replay_target":  # a span's detail: no series per instance
             return
-        self.requests.labels(meaning.outcome).inc(amount)
+        steps = self._steps.get((name, cause))
+        if steps is None:  # the first of its kind: bind the labelled children once (a few names, a few causes)
+            steps = self._steps[(name, cause)] = self._bind(name, cause)
+        for step in steps:
+            step(amount)
+
+    def _bind(self, name: str, cause: str | None) -> tuple[Callable[[float], None], ...]:
+        """What a count of *name* with *cause* moves: each labelled child's ``inc``, or a histogram's ``observe``."""
+        histogram = self.histograms.get(name)
+        if histogram is not None:  # a duration (amount: seconds; cause: its outcome)
+            return ((histogram if cause is None else histogram.labels(cause)).observe,)
+        meaning = count_meaning(name, cause)
+        if meaning is None:  # a detail of a request counted by its ending
+            return ()
+        steps = [self.requests.labels(meaning.outcome).inc]
         if meaning.replay_reason is not None:
-            self.replays.labels(meaning.replay_reason).inc(amount)
+            steps.append(self.replays.labels(meaning.replay_reason).inc)
         if meaning.unavailable_reason is not None:
-            self.unavailable.labels(meaning.unavailable_reason).inc(amount)
+            steps.append(self.unavailable.labels(meaning.unavailable_reason).inc)
+        return tuple(steps)
 
     def unregister(self) -> None:
         """Stop counting and take the instruments out of the registry."""
@@ -82,7 +123,7 @@ class PrometheusMetrics:
                 return
             self._registered = False
             remove_count_listener(self.count)
-            for collector in (self.requests, self.replays, self.unavailable, self.state):
+            for collector in (self.requests, self.replays, self.unavailable, self.state, *self.histograms.values()):
                 self.registry.unregister(collector)
 
 
@@ -143,9 +184,19 @@ def register(registry: CollectorRegistry | None = None) -> PrometheusMetrics:
             ["reason"],
             registry=registry,
         )
+        histograms = {
+            name: Histogram(
+                each.prometheus_name.removesuffix("_seconds"),
+                each.description,
+                ["outcome"] if each.outcomes else [],
+                unit="seconds",
+                registry=registry,
+            )
+            for name, each in HISTOGRAMS.items()
+        }
         state = StateCollector()
         registry.register(state)
-        metrics = PrometheusMetrics(registry, requests, replays, unavailable, state)
+        metrics = PrometheusMetrics(registry, requests, replays, unavailable, state, histograms)
         add_count_listener(metrics.count)
     return metrics
 

@@ -83,7 +83,9 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
                 return self.forward(
                     environ, start_response, request, outcome, io.kept if io is not None else KeptBody()
                 )
-            return _send_reply(start_response, router.reply(outcome.decision), router.tags(outcome.state))
+            return _send_reply(
+                start_response, router.reply(outcome.decision, request, environ), router.tags(outcome.state)
+            )
         if request.forward_claim is not None:  # a genuine forwarded request: the secret is not the app's business
             drop_forward_claim(environ)
 
@@ -157,6 +159,9 @@ class _WSGIRequest(RequestContext):
     start: StartResponse
     #: The reply that replaced the app's response, if one did.
     replaced_by: Reply | None
+
+    def raw_headers(self) -> WSGIEnvironment:
+        return self.environ
 
     def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None) -> Any:
         router = self.router

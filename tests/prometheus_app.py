@@ -42,5 +42,5 @@ def metrics() -> Response:
 
 
 app.wsgi_app = PrimaryRoutingMiddleware(  # type: ignore[method-assign]
-    app.wsgi_app, cache_ttl=3600, primary_wait=0.3, litefs_api_url="off"
+    app.wsgi_app, cache_ttl=3600, primary_wait=0.3, litefs_api_url="off", database="app.db", consistency_wait=0.05
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,7 +32,13 @@ from tests.test_django import django_server
 
 ME = "e784079b449483"
 PRIMARY = "3d8d9e5b711e68"
-OPTIONS: dict[str, Any] = {"cache_ttl": 3600, "primary_wait": 0.3, "litefs_api_url": "off"}
+OPTIONS: dict[str, Any] = {
+    "cache_ttl": 3600,
+    "primary_wait": 0.3,
+    "litefs_api_url": "off",
+    "database": "app.db",
+    "consistency_wait": 0.05,
+}
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -52,12 +59,15 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 def check_metrics_move(client: httpx.Client, mount: Mount, write: str = "/w", guarded: str = "/guarded") -> None:
     """On a replica (the mount says so before the server starts; the cache keeps it), then with no primary."""
+    mount.set_pos("app.db", 1)
     before = scrape(client)
     assert client.post(write).status_code == 409
     assert client.post(write).status_code == 409
     assert client.get(guarded).status_code == 409
     assert [client.get("/read").status_code for _ in range(3)] == [200] * 3
-    mount.set_lag(1500)  # read at the scrape; routing keeps its cached reading
+    # Read at the scrape; routing keeps its cached reading. Under 750 ms: a gunicorn worker whose first
+    # reading this is (it served none of the requests above) takes its primary as established at once.
+    mount.set_lag(500)
     after = scrape(client)
 
     def moved(name: str, **labels: str) -> float:
@@ -69,18 +79,40 @@ def check_metrics_move(client: httpx.Client, mount: Mount, write: str = "/w", gu
     assert moved("litefs_route_requests_total", outcome="ran") == 4  # the reads, and the first scrape
     assert value(after, "litefs_route_role", role="replica") == 1
     assert value(after, "litefs_route_role", role="primary") == 0
-    assert value(after, "litefs_route_lag_seconds") == 1.5
+    assert value(after, "litefs_route_lag_seconds") == 0.5
     assert value(after, "litefs_route_event_stream_up") == 0
+
+    # A read whose TXID (2; the replica is at 1) never comes: waits consistency_wait, then replayed.
+    assert client.get("/read", headers={"Cookie": f"__txid={2:016x}"}).status_code == 409
+    # Replayed here by Fly's proxy a millisecond ago (t: µs since the epoch); then t garbled, forged, absent.
+    now_us = int(time.time() * 1_000_000)
+    for t in [f"t={now_us - 1000};", "t=12x;", "t=99999999999999999999;", f"t={now_us + 3_600_000_000};", ""]:
+        src = {"fly-replay-src": f"instance=x;region=ams;{t}state=litefs-route-hop-1"}
+        assert client.post(write, headers=src).status_code == 409  # replayed on: this is a replica too
+    timed = scrape(client)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(timed, name, **labels) - value(after, name, **labels)
+
+    assert grew("litefs_route_txid_wait_seconds_count", outcome="timed_out") == 1
+    assert grew("litefs_route_txid_wait_seconds_sum", outcome="timed_out") >= 0.05
+    assert grew("litefs_route_replays_total", reason="read_your_writes") == 1
+    assert grew("litefs_route_replay_latency_seconds_count") == 1  # the plausible t only
+    assert 0 < grew("litefs_route_replay_latency_seconds_sum") < 60
 
     mount.make_no_primary()
     replayed = {"fly-replay-src": "instance=x;state=litefs-route-hop-1"}  # decided on a fresh reading
     assert client.post(write, headers=replayed).status_code == 503
     last = scrape(client)
-    assert (
-        value(last, "litefs_route_unavailable_total", reason="no_primary")
-        - value(after, "litefs_route_unavailable_total", reason="no_primary")
-        == 1
-    )
+
+    def since(name: str, **labels: str) -> float:
+        return value(last, name, **labels) - value(timed, name, **labels)
+
+    assert since("litefs_route_unavailable_total", reason="no_primary") == 1
+    assert since("litefs_route_primary_wait_seconds_count", outcome="timed_out") == 1
+    # The whole primary_wait, but for the instants before its first poll and after its last (< one poll, 50 ms).
+    assert since("litefs_route_primary_wait_seconds_sum", outcome="timed_out") >= 0.3 - 0.05
+    assert since("litefs_route_primary_wait_seconds_count", outcome="found") == 0
 
 
 def starlette_app(registry: CollectorRegistry, mount: Mount) -> Any:

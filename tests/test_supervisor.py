@@ -7,6 +7,7 @@ The real-LiteFS handoff and kill -9 are in ``test_litefs_background.py``.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -95,8 +96,16 @@ def supervise(tmp_path: Path, mount: Mount) -> Iterator[Start]:
     yield start
     for proc in started:
         if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            proc.terminate()  # the supervisor stops its copy of CMD, then exits
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    # A copy whose supervisor was killed runs on in its own process group: it never outlives the test.
+    for _, _, pid, *_ in Supervised(started[0], tmp_path / "record", tmp_path).events("start") if started else ():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(int(pid), signal.SIGKILL)
 
 
 def test_it_runs_only_while_primary_and_again_after_a_later_promotion(supervise: Start, mount: Mount) -> None:

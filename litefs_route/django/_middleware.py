@@ -33,6 +33,7 @@ from .._forwarding import (
     drop_forward_claim,
     forward_blocking,
 )
+from .._log_fields import log_fields
 from .._middleware import RoutingMiddleware, middleware_doc, option_defaults
 from .._mount import NodeState
 from .._replies import LENGTH_REQUIRED, PRIMARY_HEADER, Reply
@@ -88,7 +89,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
             from ._checks import check_litefs_route
 
             for message in check_litefs_route():
-                logger.warning("%s", message)
+                logger.warning("%s", message, extra=log_fields(event="django_check", reason=message.msg))
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
         if self.async_mode:
@@ -104,9 +105,10 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
                 return self._forward(request, info, outcome, io.kept if io is not None else KeptBody())
-            return self._reply(router.reply(outcome.decision), outcome.state)
+            return self._reply(router.reply(outcome.decision, info, request.META), outcome.state)
         _strip_forward_secret(request, info)
-        ctx = RequestContext(router, info, outcome, self.primary_required_error)
+        ctx = _DjangoRequest(router, info, outcome, self.primary_required_error)
+        ctx.meta = request.META
         token = current_request.set(ctx)
         try:
             response = self.app(request)
@@ -140,9 +142,10 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
                 run_in_thread, _ = async_backend()  # forwarded from a worker thread, relayed chunk by chunk
                 response: HttpResponseBase = await run_in_thread(lambda: self._forward(request, info, outcome, kept))
                 return response
-            return self._reply(router.reply(outcome.decision), outcome.state)
+            return self._reply(router.reply(outcome.decision, info, request.META), outcome.state)
         _strip_forward_secret(request, info)
-        ctx = RequestContext(router, info, outcome, self.primary_required_error)
+        ctx = _DjangoRequest(router, info, outcome, self.primary_required_error)
+        ctx.meta = request.META
         token = current_request.set(ctx)
         try:
             response = await self.app(request)  # async mode: get_response is async
@@ -244,6 +247,17 @@ async def _measure_body_async(request: HttpRequest, limit: int, timeout: float, 
     run_in_thread, _ = async_backend()
     size: int | None = await run_in_thread(lambda: _measure_body(request, limit, timeout, keep))
     return size
+
+
+class _DjangoRequest(RequestContext):
+    """One request the view runs, with its ``META`` (a log record's request id is read from it)."""
+
+    __slots__ = ("meta",)
+
+    meta: Mapping[str, Any]
+
+    def raw_headers(self) -> Mapping[str, Any]:
+        return self.meta
 
 
 def _request_info(request: HttpRequest, txid_cookies: TxidCookies | None) -> tuple[str, str, RequestInfo | None]:

@@ -54,6 +54,19 @@ LOGGING = {
     "root": {"handlers": ["stderr"], "level": "INFO"},
 }
 
+# litefs_route's records as JSON lines in $JSON_LOG_FILE, when a test asks for it (python-json-logger).
+if os.environ.get("JSON_LOG_FILE"):
+    LOGGING["formatters"]["json"] = {  # type: ignore[index]
+        "()": "pythonjsonlogger.json.JsonFormatter",
+        "fmt": "%(levelname)s %(name)s %(message)s",
+    }
+    LOGGING["handlers"]["json"] = {  # type: ignore[index]
+        "class": "logging.FileHandler",
+        "filename": os.environ["JSON_LOG_FILE"],
+        "formatter": "json",
+    }
+    LOGGING["loggers"] = {"litefs_route": {"handlers": ["json"], "level": "INFO"}}
+
 # Sentry, when a test asks for it: every event it would send goes to $SENTRY_EVENTS_FILE.
 if os.environ.get("SENTRY_EVENTS_FILE"):
     import sentry_sdk
