@@ -15,7 +15,7 @@ import pytest
 
 from litefs_route._cli import main
 from litefs_route._mount import Position
-from litefs_route._ops import WaitTimeout, wait_for_primary, wait_for_sync, wait_for_txid
+from litefs_route._ops.waits import WaitTimeout, wait_for_primary, wait_for_sync, wait_for_txid
 from litefs_route_devcluster.files import NO_PRIMARY_LAG
 from tests.support import Mount
 
