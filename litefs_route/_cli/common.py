@@ -28,7 +28,8 @@ EXIT_CODES_HELP = """\
 exit codes:
   0    status: state read (any role); wait: condition holds;
        exec: the command's own code, or 0 when skipped on a replica
-  2    usage error
+  1    stdout was closed before everything was written (`| head`): nothing more, quietly
+  2    usage error (no command at all: this help)
   3    --dir / $LITEFS_DIR is missing or unreadable (not a LiteFS mount)
   4    exec --if-primary: no primary known (after --wait)
   5    wait, release wait, exec --after-release, promote: timed out
