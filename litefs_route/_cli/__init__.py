@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import logging
 import os
 import sqlite3
@@ -107,6 +108,7 @@ PLUGIN_COMMANDS = {"dev": "run a local LiteFS + Fly cluster (pip install litefs-
 EXIT_BROKEN_PIPE = 1
 
 
+@functools.cache
 def _plugin_names() -> list[str]:
     installed = [entry.name for entry in entry_points(group=COMMAND_ENTRY_POINTS)]
     return [*PLUGIN_COMMANDS, *(name for name in installed if name not in PLUGIN_COMMANDS and name not in COMMANDS)]
