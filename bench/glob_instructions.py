@@ -48,7 +48,7 @@ def regex_matcher(patterns: list[str]) -> Callable[[str], object]:
 
 
 def run_cell(implementation: str, patterns: list[str], path: str, n: int) -> None:
-    from litefs_route._decision import PathGlobs
+    from litefs_route._globs import PathGlobs
 
     match = regex_matcher(patterns) if implementation == "regex" else PathGlobs(patterns).match
     for _ in range(50):

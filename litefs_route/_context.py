@@ -21,24 +21,17 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import AnyStr
 
-from ._decision import (
-    Decision,
-    Kind,
-    Outcome,
-    Pending,
-    Plan,
-    RequestInfo,
-    assert_never,
-    decide_instance,
-    sets_txid_cookie,
-)
+from ._decision import decide_instance, sets_txid_cookie
 from ._events import read_candidate
 from ._exceptions import PrimaryRequired
 from ._mount import NodeState, Role, default_instance_id, is_valid_instance_id, read_node_state
+from ._needs import Plan
 from ._replies import STAND_IN, Reply, has_replay_header
+from ._request import RequestInfo
 from ._router import Router
 from ._sqlite_errors import WriteFailure, classify_write_failure
 from ._subscriber import resolve_api_url
+from ._verdicts import Decision, Kind, Outcome, Pending, assert_never
 
 __all__ = [
     "InstanceInfo",

@@ -20,21 +20,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ._decision import (
-    Answer,
-    AwaitChange,
-    MeasureBody,
-    Outcome,
-    Plan,
-    ReadClock,
-    ReadMount,
-    ReadPositions,
-    ReadState,
-    WaitForTxids,
-    assert_never,
-)
 from ._mount import NodeState
+from ._needs import Answer, AwaitChange, MeasureBody, Plan, ReadClock, ReadMount, ReadPositions, ReadState, WaitForTxids
 from ._router import Router
+from ._verdicts import Outcome, assert_never
 
 __all__ = [
     "AsyncIO",

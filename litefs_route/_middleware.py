@@ -17,12 +17,13 @@ from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
 from ._consistency import Positions, TxidCookies
-from ._decision import PathGlobs, Rules
 from ._exceptions import PrimaryRequired
 from ._forwarding import DEFAULT_FORWARD_URL, SECRET_ENV, ForwardURL, resolve_forward_url
+from ._globs import PathGlobs
 from ._mount import default_instance_id, is_valid_instance_id
 from ._replies import Reply
 from ._router import Router
+from ._rules import Rules
 from ._secret import Secret
 from ._state_cache import StateCache
 from ._subscriber import resolve_api_url, subscriber_for

@@ -10,8 +10,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import AnyStr
 
-from ._decision import Decision, Kind, replay_state
 from ._mount import NodeState
+from ._request import replay_state
+from ._verdicts import Decision, Kind
 
 __all__ = [
     "INSTANCE_HEADER",

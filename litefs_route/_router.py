@@ -18,19 +18,7 @@ from collections.abc import Iterable
 
 from ._consistency import Positions, TxidCookies
 from ._counters import Counters
-from ._decision import (
-    Decision,
-    Outcome,
-    Pending,
-    Plan,
-    RequestInfo,
-    Rules,
-    counter_name,
-    decide,
-    decide_without_io,
-    plan_request,
-    plan_settlement,
-)
+from ._decision import decide, decide_without_io
 from ._forwarding import (
     DEFAULT_FORWARD_URL,
     Forward,
@@ -40,10 +28,15 @@ from ._forwarding import (
     resolve_forward_url,
 )
 from ._mount import NodeState
+from ._needs import Plan
+from ._plans import plan_request, plan_settlement
 from ._replies import Headers, Reply, build_reply, build_tags, forward_failure_reply
+from ._request import RequestInfo
+from ._rules import Rules
 from ._sqlite_errors import WriteFailureKind
 from ._state_cache import StateCache
 from ._subscriber import EventSubscriber
+from ._verdicts import Decision, Outcome, Pending, counter_name
 
 __all__ = ["Router", "every_router"]
 

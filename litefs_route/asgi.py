@@ -31,14 +31,15 @@ from urllib.parse import quote
 
 from ._consistency import TxidCookies
 from ._context import RequestContext, current_request
-from ._decision import Kind, Outcome, RequestInfo
 from ._drivers import AsyncMountIO, KeptBody, async_backend, drive_async
 from ._forwarding import HOP_HEADER, SECRET_HEADER, forward_async
 from ._frameworks import starlette_primary_required
 from ._middleware import RoutingMiddleware, middleware_doc
 from ._mount import NodeState
 from ._replies import OUR_TAG_NAMES_BYTES, Headers, Reply, with_tags
+from ._request import RequestInfo
 from ._router import Router
+from ._verdicts import Kind, Outcome
 
 __all__ = ["SOCKET_REFUSED_CLOSE_CODE", "PrimaryRoutingMiddleware"]
 

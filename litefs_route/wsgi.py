@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any
 
 from ._consistency import TxidCookies
 from ._context import RequestContext, current_request, report_exception
-from ._decision import Kind, Outcome, RequestInfo
 from ._drivers import KeptBody, MountIO, drive, measure_stream
 from ._forwarding import (
     HOP_CGI_KEY,
@@ -46,7 +45,9 @@ from ._forwarding import (
 from ._frameworks import connect_flask_safety_net, werkzeug_primary_required
 from ._middleware import RoutingMiddleware, middleware_doc
 from ._replies import LENGTH_REQUIRED, OUR_TAG_NAMES, Headers, Reply, with_tags
+from ._request import RequestInfo
 from ._router import Router
+from ._verdicts import Kind, Outcome
 
 if TYPE_CHECKING:
     from _typeshed import OptExcInfo

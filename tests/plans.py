@@ -6,10 +6,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from litefs_route._decision import Outcome, RequestInfo, Rules, plan_request
 from litefs_route._drivers import drive
 from litefs_route._mount import NodeState
+from litefs_route._plans import plan_request
+from litefs_route._request import RequestInfo
 from litefs_route._router import Router
+from litefs_route._rules import Rules
+from litefs_route._verdicts import Outcome
 from litefs_route.wsgi import PrimaryRoutingMiddleware
 
 if TYPE_CHECKING:

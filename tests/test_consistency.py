@@ -17,8 +17,9 @@ import pytest
 
 from litefs_route import asgi
 from litefs_route._consistency import TxidCookies
-from litefs_route._decision import Kind, RequestInfo
+from litefs_route._request import RequestInfo
 from litefs_route._router import Router
+from litefs_route._verdicts import Kind
 from tests.plans import router_for
 from tests.support import ADAPTERS, Mount, serve_asgi, serve_under, wait_until
 

@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from litefs_route._decision import (
-    Decision,
-    Kind,
-    PathGlobs,
-    Pending,
-    RequestInfo,
-    decide,
-    plan_request,
-    plan_settlement,
-    replay_hops,
-)
+from litefs_route._decision import decide
 from litefs_route._drivers import drive
+from litefs_route._globs import PathGlobs
 from litefs_route._mount import NodeState, Role
+from litefs_route._plans import plan_request, plan_settlement
+from litefs_route._request import RequestInfo, replay_hops
+from litefs_route._verdicts import Decision, Kind, Pending
 from tests.plans import FixedIO, router_for, rules
 
 ME, P = "me0000000000aa", "pp0000000000bb"

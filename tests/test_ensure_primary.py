@@ -376,8 +376,10 @@ def test_ensure_instance_refuses_a_name_that_is_not_one() -> None:
 
 
 def test_ensure_instance_with_a_body_fly_cannot_replay_is_413() -> None:
-    from litefs_route._decision import Kind, RequestInfo, decide_instance
+    from litefs_route._decision import decide_instance
     from litefs_route._mount import NodeState, Role
+    from litefs_route._request import RequestInfo
+    from litefs_route._verdicts import Kind
     from tests.plans import rules
 
     state = NodeState(Role.REPLICA, ME, PRIMARY)

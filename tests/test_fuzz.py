@@ -26,9 +26,12 @@ from hypothesis import strategies as st
 
 from litefs_route import asgi, wsgi
 from litefs_route._consistency import TxidCookies
-from litefs_route._decision import Decision, Kind, PathGlobs, Pending, RequestInfo, decide, replay_failure, replay_hops
+from litefs_route._decision import decide
 from litefs_route._forwarding import cgi_target, forwarded_headers, relayed_headers, request_target
+from litefs_route._globs import PathGlobs
 from litefs_route._mount import NodeState, Role
+from litefs_route._request import RequestInfo, replay_hops
+from litefs_route._verdicts import Decision, Kind, Pending, replay_failure
 from tests.plans import router_for
 from tests.support import Mount, StandInPrimary, serve_asgi, serve_wsgi
 from tests.test_globs import CountingPath

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from litefs_route._decision import PathGlobs
+from litefs_route._globs import PathGlobs
 
 
 def reference(patterns: list[str], path: str) -> bool:

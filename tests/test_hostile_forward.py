@@ -23,8 +23,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from litefs_route import asgi, wsgi
-from litefs_route._decision import Decision, Kind, RequestInfo, decide
+from litefs_route._decision import decide
 from litefs_route._forwarding import Forward
+from litefs_route._request import RequestInfo
+from litefs_route._verdicts import Decision, Kind
 from litefs_route_devcluster import free_port
 from tests.support import (
     Mount,

@@ -17,11 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from litefs_route._decision import Decision, Kind, Pending, RequestInfo, decide, replay_hops
+from litefs_route._decision import decide
 from litefs_route._drivers import drive
 from litefs_route._mount import NodeState, Role, parse_lag, parse_position, parse_primary, read_node_state
+from litefs_route._request import RequestInfo, replay_hops
 from litefs_route._router import Router
 from litefs_route._state_cache import StateCache
+from litefs_route._verdicts import Decision, Kind, Pending
 from tests.plans import FixedIO, router_for, rules
 
 ME = "e784079b449483"

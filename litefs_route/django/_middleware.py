@@ -22,7 +22,6 @@ from django.utils.encoding import escape_uri_path
 
 from .._consistency import TxidCookies
 from .._context import RequestContext, current_request, report_exception
-from .._decision import Kind, Outcome, RequestInfo
 from .._drivers import AsyncMountIO, KeptBody, MountIO, async_backend, drive, drive_async, measure_stream
 from .._forwarding import (
     HOP_CGI_KEY,
@@ -38,7 +37,9 @@ from .._forwarding import (
 from .._middleware import RoutingMiddleware, middleware_doc, option_defaults
 from .._mount import NodeState
 from .._replies import LENGTH_REQUIRED, PRIMARY_HEADER, Reply
+from .._request import RequestInfo
 from .._router import Router
+from .._verdicts import Kind, Outcome
 
 __all__ = ["SETTING", "PrimaryRoutingMiddleware", "options_from_settings"]
 
