@@ -99,6 +99,9 @@ _READ_SIZE = 65536
 _UPSTREAM_TIMEOUT = 300.0
 #: Seconds between two rounds of health checks (Fly's are configured per app; a dev cluster wants them quick).
 DEFAULT_HEALTH_INTERVAL = 1.0
+# Seconds a health check waits for its answer: a dead instance refuses or answers 503 at once, so only a
+# slow one (a busy machine) waits, and that one is not to be taken for dead.
+_HEALTH_TIMEOUT = 2.0
 
 
 def parse_fly_replay(value: str) -> dict[str, str]:
@@ -250,7 +253,7 @@ class FrontProxy:
         warned: set[str] = set()
         while not self._checks_stopped.is_set():
             for instance_id, address in sorted(self.instances.items()):
-                status = _health_status(address, self.health_path, timeout=max(0.5, self.health_interval))
+                status = _health_status(address, self.health_path, timeout=_HEALTH_TIMEOUT)
                 if status == 404 and instance_id not in warned:
                     warned.add(instance_id)
                     logger.warning(
