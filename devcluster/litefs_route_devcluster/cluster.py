@@ -439,6 +439,8 @@ class Cluster:
             )
         replays = self._front.replay_count if self._front is not None else 0
         lines.append(f"  replays so far: {replays}")
+        if self._front is not None and (rotation := self._front.rotation_summary()) is not None:
+            lines.append(f"  {rotation}")
         return "\n".join(lines)
 
     # -- processes -----------------------------------------------------------

@@ -644,6 +644,8 @@ class LiteFSCluster:
                 f"  {node.id:<10} {role:<8} {state:<8} api {node.api_url}{app}  TXID {self.position(node.id) or 0}"
                 f"  {node.mount_dir}"
             )
+        if self._front is not None and (rotation := self._front.rotation_summary()) is not None:
+            lines.append(f"  {rotation}")
         return "\n".join(lines)
 
     # -- nodes ---------------------------------------------------------------

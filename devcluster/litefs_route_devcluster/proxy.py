@@ -234,6 +234,16 @@ class FrontProxy:
         with self._lock:
             return self._rotation()
 
+    def rotation_summary(self) -> str | None:
+        """One line for a status: who is in rotation and who is out; None without health checks."""
+        if self.health_path is None:
+            return None
+        with self._lock:
+            out = sorted(self._failing & set(self._instances))
+            return f"in rotation: {', '.join(self._rotation())}" + (
+                f"; failing {self.health_path}: {', '.join(out)}" if out else ""
+            )
+
     def _rotation(self) -> list[str]:
         ids = sorted(self._instances)
         return [i for i in ids if i not in self._failing] or ids

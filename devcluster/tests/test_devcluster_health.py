@@ -46,6 +46,9 @@ def test_a_killed_node_leaves_the_rotation_and_returns_when_healthy(
         message=f"{killed} stayed in rotation: {front.in_rotation}",
     )
 
+    survivors = [i for i in cluster.ids if i != killed]
+    assert f"in rotation: {', '.join(survivors)}; failing {HEALTH}: {killed}" in cluster.status()
+
     front.reset_stats()
     statuses: list[int] = []
     with httpx.Client(base_url=cluster.front_url, timeout=30) as client:
