@@ -78,7 +78,10 @@ class Counters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, float] = {}
-        _EVERY.add(self)
+        with _listeners_lock:
+            #: True while a listener is added: without one, callers skip :meth:`observe` (it runs on every request).
+            self.listened = bool(_listeners)
+            _EVERY.add(self)
 
     def add(self, name: str, amount: float = 1, *, cause: str | None = None) -> None:
         """Count *amount* more of *name* (*cause*: what asked for a replay, for the listeners)."""
@@ -124,6 +127,7 @@ def add_count_listener(listener: CountListener) -> None:
     with _listeners_lock:
         if listener not in _listeners:
             _listeners = (*_listeners, listener)
+        _set_listened()
 
 
 def remove_count_listener(listener: CountListener) -> None:
@@ -131,6 +135,12 @@ def remove_count_listener(listener: CountListener) -> None:
     global _listeners
     with _listeners_lock:
         _listeners = tuple(each for each in _listeners if each != listener)
+        _set_listened()
+
+
+def _set_listened() -> None:
+    for counters in list(_EVERY):
+        counters.listened = bool(_listeners)
 
 
 def routing_counters() -> dict[str, float]:

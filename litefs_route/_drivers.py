@@ -122,7 +122,14 @@ async def drive_async(plan: Plan, io: AsyncIO) -> Outcome:
 
 
 # -- the I/O every adapter shares: the mount, the clock, the TXIDs ------------------
-# (An adapter adds ``measure_body``, which depends on how its server hands over a body.)
+# An adapter gives only how its server hands over a body: a function that
+# measures it (a :data:`BodyMeter` or an :data:`AsyncBodyMeter`).
+
+#: ``meter(limit, timeout, keep)``: the body's size, reading at most *limit* + 1
+#: bytes within *timeout* seconds (None: it did not arrive in time); what it reads
+#: goes to *keep* when that is not None.
+BodyMeter = Callable[[int, float, "KeptBody | None"], "int | None"]
+AsyncBodyMeter = Callable[[int, float, "KeptBody | None"], Awaitable["int | None"]]
 
 
 class _PlanIO:
@@ -135,7 +142,7 @@ class _PlanIO:
     __slots__ = ("kept", "router", "waited_for_primary")
 
     def __init__(self, router: Router) -> None:
-        self.router = router
+        self.router: Router = router
         self.waited_for_primary = False
         #: What measuring the body read (forward mode): sent first if the request is forwarded.
         self.kept = KeptBody()
@@ -146,9 +153,16 @@ class _PlanIO:
 
 
 class MountIO(_PlanIO):
-    """:class:`BlockingIO` but for ``measure_body``: inline in the request's thread."""
+    """:class:`BlockingIO`, inline in the request's thread (a WSGI server gives each request one)."""
 
-    __slots__ = ()
+    __slots__ = ("_measure",)
+
+    def __init__(self, router: Router, measure: BodyMeter) -> None:
+        super().__init__(router)
+        self._measure = measure
+
+    def measure_body(self, limit: int, timeout: float) -> int | None:
+        return self._measure(limit, timeout, self.keeper())
 
     def read_state(self, max_age: float | None) -> NodeState:
         return self.router.cache.get(max_age)
@@ -179,9 +193,16 @@ class MountIO(_PlanIO):
 
 
 class AsyncMountIO(_PlanIO):
-    """:class:`AsyncIO` but for ``measure_body``: mount reads in a worker thread, never on the loop."""
+    """:class:`AsyncIO`: mount reads in a worker thread, never on the loop."""
 
-    __slots__ = ()
+    __slots__ = ("_measure",)
+
+    def __init__(self, router: Router, measure: AsyncBodyMeter) -> None:
+        super().__init__(router)
+        self._measure = measure
+
+    async def measure_body(self, limit: int, timeout: float) -> int | None:
+        return await self._measure(limit, timeout, self.keeper())
 
     async def read_state(self, max_age: float | None) -> NodeState:
         cache = self.router.cache

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from ._replies import Reply, forward_failure_reply
+from ._request import HOP_CGI_KEY, HOP_HEADER, SECRET_CGI_KEY, SECRET_HEADER
 from ._secret import Secret
 
 __all__ = [
@@ -65,12 +66,6 @@ logger = logging.getLogger("litefs_route")
 DEFAULT_FORWARD_URL = "http://{instance}.vm.{app}.internal:8080"
 #: The environment variable ``forward_secret`` defaults to.
 SECRET_ENV = "LITEFS_ROUTE_FORWARD_SECRET"  # noqa: S105 (a variable's name, not a secret)
-#: The headers a forwarded request carries (lower case): the secret, and how many times it was forwarded.
-SECRET_HEADER = "x-litefs-route-forward"  # noqa: S105 (a header's name)
-HOP_HEADER = "x-litefs-route-forward-hop"
-#: The same, as a WSGI environ and Django's ``request.META`` name them.
-SECRET_CGI_KEY = "HTTP_" + SECRET_HEADER.upper().replace("-", "_")
-HOP_CGI_KEY = "HTTP_" + HOP_HEADER.upper().replace("-", "_")
 
 # Hop-by-hop headers (RFC 9110 7.6.1), never forwarded either way; plus our own.
 _HOP_BY_HOP = frozenset(

@@ -3,12 +3,46 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from ._consistency import TxidCookies
 from ._secret import Secret
 
-__all__ = ["RequestInfo", "replay_hops", "replay_state"]
+__all__ = [
+    "HOP_CGI_KEY",
+    "HOP_HEADER",
+    "SECRET_CGI_KEY",
+    "SECRET_HEADER",
+    "RequestInfo",
+    "from_asgi_headers",
+    "from_environ",
+    "replay_hops",
+    "replay_state",
+]
+
+#: The headers a forwarded request carries (lower case): the secret, and how many times it was forwarded.
+SECRET_HEADER = "x-litefs-route-forward"  # noqa: S105 (a header's name)
+HOP_HEADER = "x-litefs-route-forward-hop"
+#: The same, as a WSGI environ and Django's ``request.META`` name them.
+SECRET_CGI_KEY = "HTTP_" + SECRET_HEADER.upper().replace("-", "_")
+HOP_CGI_KEY = "HTTP_" + HOP_HEADER.upper().replace("-", "_")
+
+# The headers routing reads beyond the method and path. Most requests carry
+# none of them: one test in C (a set's isdisjoint) then spares the parsing.
+# Content-Length is not among them: Werkzeug and others put an empty one in
+# every environ; it is read on its own.
+_CGI_KEYS = frozenset(
+    {"HTTP_FLY_REPLAY_SRC", "HTTP_FLY_REPLAY_FAILED", SECRET_CGI_KEY, HOP_CGI_KEY, "HTTP_TRANSFER_ENCODING"}
+)
+_CGI_KEYS_WITH_COOKIE = _CGI_KEYS | {"HTTP_COOKIE"}
+_ASGI_NAMES = frozenset(
+    {b"fly-replay-src", b"fly-replay-failed", SECRET_HEADER.encode(), HOP_HEADER.encode(), b"transfer-encoding"}
+)
+_ASGI_NAMES_WITH_COOKIE = _ASGI_NAMES | {b"cookie"}
+_SECRET_NAME = SECRET_HEADER.encode()
+_HOP_NAME = HOP_HEADER.encode()
 
 # The replay counter travels in fly-replay's `state` field, which Fly's proxy
 # hands back in the replayed request's fly-replay-src header.
@@ -108,3 +142,83 @@ def replay_hops(replay_src: str | None) -> int:
 def replay_state(hops: int) -> str:
     """The fly-replay `state` value for a replay that is hop number *hops*."""
     return f"{_STATE_PREFIX}{hops}"
+
+
+def from_environ(
+    environ: Mapping[str, Any], method: str, path: str, txid_cookies: TxidCookies | None
+) -> RequestInfo | None:
+    """A request from its CGI variables (a WSGI environ, Django's ``META``); *path* decoded, with SCRIPT_NAME.
+
+    None when it carries none of the headers routing reads (most requests):
+    then its verdict depends on its method and path alone, and the router
+    remembers it (:meth:`~litefs_route._router.Router.route`).
+    *txid_cookies*: the read-your-writes cookies (None: off, no cookie is parsed).
+    """
+    content_length = environ.get("CONTENT_LENGTH")
+    if not content_length and environ.keys().isdisjoint(_CGI_KEYS if txid_cookies is None else _CGI_KEYS_WITH_COOKIE):
+        return None
+    get = environ.get
+    return RequestInfo.from_headers(
+        method,
+        path,
+        replay_src=get("HTTP_FLY_REPLAY_SRC"),
+        replay_failed=get("HTTP_FLY_REPLAY_FAILED"),
+        forward_claim=get(SECRET_CGI_KEY),
+        forward_hop=get(HOP_CGI_KEY),
+        content_length=content_length,
+        transfer_encoding=get("HTTP_TRANSFER_ENCODING"),
+        cookie=get("HTTP_COOKIE"),
+        txid_cookies=txid_cookies,
+    )
+
+
+def from_asgi_headers(
+    method: str,
+    path: str,
+    headers: Iterable[tuple[bytes, bytes]],
+    txid_cookies: TxidCookies | None,
+    *,
+    websocket: bool = False,
+) -> RequestInfo | None:
+    """A request from an ASGI scope's method, path and raw headers (lower-case names, as ASGI requires).
+
+    None when it carries none of the headers routing reads, as :func:`from_environ`.
+    """
+    if not isinstance(headers, list | tuple):  # ASGI allows any iterable: read it once
+        headers = list(headers)
+    if not websocket:
+        names = dict(headers)  # in C: then one test says whether there is anything to parse
+        if b"content-length" not in names and names.keys().isdisjoint(
+            _ASGI_NAMES if txid_cookies is None else _ASGI_NAMES_WITH_COOKIE
+        ):
+            return None
+    replay_src = content_length = transfer_encoding = replay_failed = forward_claim = forward_hop = None
+    cookies: list[str] = []
+    for name, value in headers:
+        if name == b"cookie":
+            cookies.append(value.decode("latin-1"))
+        elif name == b"fly-replay-src":
+            replay_src = value.decode("latin-1")
+        elif name == b"fly-replay-failed":
+            replay_failed = value.decode("latin-1")
+        elif name == _SECRET_NAME:
+            forward_claim = value.decode("latin-1")
+        elif name == _HOP_NAME:
+            forward_hop = value.decode("latin-1")
+        elif name == b"content-length":
+            content_length = value.decode("latin-1")
+        elif name == b"transfer-encoding":
+            transfer_encoding = value.decode("latin-1")
+    return RequestInfo.from_headers(
+        method,
+        path,
+        replay_src=replay_src,
+        content_length=content_length,
+        transfer_encoding=transfer_encoding,
+        cookie="; ".join(cookies) or None,  # HTTP/2 may split the header
+        txid_cookies=txid_cookies,
+        replay_failed=replay_failed,
+        websocket=websocket,
+        forward_claim=forward_claim,
+        forward_hop=forward_hop,
+    )

@@ -46,6 +46,8 @@ logger = logging.getLogger("litefs_route")
 _WARN_EVERY = 60.0
 # Distinct replies remembered by Router.reply().
 _REPLY_MEMO_SIZE = 64
+# Distinct (method, path) verdicts remembered by Router.route() for one reading of the mount.
+_VERDICT_MEMO_SIZE = 512
 
 
 class Router:
@@ -90,11 +92,48 @@ class Router:
         # (reading, its tags): tags are built once per reading of the mount.
         self._last_tags: tuple[NodeState | None, Headers] = (None, ())
         self._replies: dict[Decision, Reply] = {}
+        # A reading, and (method, path) -> the RequestInfo and Outcome of a request with no routing headers on it.
+        self._verdicts: tuple[NodeState | None, dict[tuple[str, str], tuple[RequestInfo, Outcome]]] = (None, {})
         self._warned_at: dict[str, float] = {}
         with _EVERY_LOCK:
             _EVERY[next(_CREATED)] = self
 
     # -- deciding -----------------------------------------------------------
+
+    def route(self, method: str, path: str, request: RequestInfo | None) -> tuple[RequestInfo, Outcome | Plan]:
+        """How to route a request: its outcome if it needs no I/O, else the plan to drive; with its RequestInfo.
+
+        *request* None: it carries none of the headers routing reads
+        (:func:`~litefs_route._request.from_environ`). Its verdict then
+        depends on its method and path alone, for a given reading of the
+        mount and these rules: it is worked out once and remembered until
+        the reading changes. Most requests take that path; the rules still
+        decide every verdict (:func:`~litefs_route._decision.decide`).
+        """
+        state = self.cache.fresh()
+        if request is not None:
+            known_txids = None if request.txids is None else self.known_txids(request)
+            outcome = decide_without_io(request, state, self.rules, known_txids=known_txids)
+            return request, self.plan(request) if outcome is None else outcome
+        verdicts = None
+        if state is not None:
+            # One attribute holds the reading and its verdicts: a thread that swaps
+            # them can never pair another thread's reading with stale verdicts.
+            memo_state, verdicts = self._verdicts
+            if memo_state is not state:
+                verdicts = {}
+                self._verdicts = (state, verdicts)
+            known = verdicts.get((method, path))
+            if known is not None:
+                return known
+        request = RequestInfo(method, path)
+        outcome = decide_without_io(request, state, self.rules)
+        if outcome is None or verdicts is None:
+            return request, self.plan(request)
+        if len(verdicts) >= _VERDICT_MEMO_SIZE:  # paths are client input: bounded
+            verdicts.clear()
+        routed = verdicts[(method, path)] = (request, outcome)
+        return routed
 
     def plan(self, request: RequestInfo) -> Plan:
         """The plan that routes *request* (drive it with :mod:`litefs_route._drivers`)."""

@@ -24,28 +24,25 @@ thread, through anyio when it is installed (Starlette, FastAPI) and
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import quote
 
-from ._consistency import TxidCookies
 from ._context import RequestContext, current_request
 from ._drivers import AsyncMountIO, KeptBody, async_backend, drive_async
-from ._forwarding import HOP_HEADER, SECRET_HEADER, forward_async
+from ._forwarding import forward_async
 from ._frameworks import starlette_primary_required
 from ._middleware import RoutingMiddleware, middleware_doc
 from ._mount import NodeState
 from ._replies import OUR_TAG_NAMES_BYTES, Headers, Reply, with_tags
-from ._request import RequestInfo
-from ._router import Router
+from ._request import HOP_HEADER, SECRET_HEADER, RequestInfo, from_asgi_headers
 from ._verdicts import Kind, Outcome
 
 __all__ = ["SOCKET_REFUSED_CLOSE_CODE", "PrimaryRoutingMiddleware"]
 
-_SECRET_HEADER_BYTES = SECRET_HEADER.encode()
-_HOP_HEADER_BYTES = HOP_HEADER.encode()
-_FORWARD_HEADERS = frozenset({_SECRET_HEADER_BYTES, _HOP_HEADER_BYTES})
+_FORWARD_HEADERS = frozenset({SECRET_HEADER.encode(), HOP_HEADER.encode()})
 
 #: The close code of a write-socket refused on a replica by a server without
 #: ``websocket.http.response`` (1013, "try again later"; sent before the
@@ -69,7 +66,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
 
     def _setup(self) -> None:
         # Encoded once per reading of the mount / per reply, not per request.
-        self._last_tags: tuple[Headers, RawHeaders] = ((), [])
+        self._last_tags: tuple[NodeState | None, RawHeaders] = (None, [])
         self._last_reply: tuple[Reply | None, Headers, RawHeaders] = (None, (), [])
         self._routes_sockets = bool(self.router.rules.write_sockets.patterns)
 
@@ -81,12 +78,15 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
                 await self.app(scope, receive, send)
             return
         router = self.router
-        request = _request_info(scope, router.txid_cookies)
-        outcome = router.outcome_without_io(request)
+        method, path = scope["method"], scope["path"]
+        parsed = from_asgi_headers(method, path, scope.get("headers", ()), router.txid_cookies)
+        request, routed = router.route(method, path, parsed)
         io = None
-        if outcome is None:
-            io = _AsyncIO(router, receive)
-            outcome = await drive_async(router.plan(request), io)
+        if isinstance(routed, Outcome):
+            outcome = routed
+        else:
+            io = AsyncMountIO(router, functools.partial(_measure_body, receive))
+            outcome = await drive_async(routed, io)
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
                 await self.forward(scope, receive, send, request, outcome, io.kept if io is not None else KeptBody())
@@ -96,34 +96,34 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         if request.forward_claim is not None:  # a genuine forwarded request: the secret is not the app's business
             scope = _without_forward_claim(scope)
 
-        ctx = RequestContext(
-            router, request, outcome.state, outcome.decision, self.primary_required_error, outcome.clear_txids
-        )
-        if outcome.decision.write:  # before the app: its cookies name the databases it changes
-            ctx.note_write()
-        response = _Response(self, ctx, receive, send)
+        ctx = _ASGIRequest(router, request, outcome, self.primary_required_error)
+        ctx.middleware, ctx.receive, ctx.send_downstream, ctx.replaced = self, receive, send, False
         token = current_request.set(ctx)
         try:
-            await self.app(scope, receive, response.send)
+            await self.app(scope, receive, ctx.send)
         except Exception as exc:
             if not ctx.ends_on_exception(exc):
                 if not ctx.response_started:  # it ran, and failed: the server answers 500
                     router.counters.observe("ran")
                 raise
-            await response.send_ending()
+            await ctx.send_ending()
             return
         finally:
             current_request.reset(token)
         if ctx.must_end_elsewhere and ctx.ends_without_response():
-            await response.send_ending()
+            await ctx.send_ending()
 
     async def route_socket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket handshake: on a ``write_sockets`` path, held by the primary or answered with the replay."""
         router = self.router
-        request = _request_info(scope, None, websocket=True)
-        outcome = router.outcome_without_io(request)
-        if outcome is None:
-            outcome = await drive_async(router.plan(request), _AsyncIO(router, receive))
+        method, path = "GET", scope["path"]  # a websocket scope has no method: its handshake is a GET
+        parsed = from_asgi_headers(method, path, scope.get("headers", ()), None, websocket=True)
+        request, routed = router.route(method, path, parsed)
+        outcome = (
+            routed
+            if isinstance(routed, Outcome)
+            else await drive_async(routed, AsyncMountIO(router, functools.partial(_measure_body, receive)))
+        )
         if outcome.decision.kind is Kind.RUN:
             if request.forward_claim is not None:  # a genuine forwarded handshake: not the app's business
                 scope = _without_forward_claim(scope)
@@ -183,11 +183,10 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
 
     def raw_tags(self, state: NodeState) -> RawHeaders:
         """The tag headers for *state*, encoded (once per reading of the mount)."""
-        tags = self.router.tags(state)
         last, raw = self._last_tags
-        if tags is not last:
-            raw = _encode(tags)
-            self._last_tags = (tags, raw)
+        if state is not last:
+            raw = _encode(self.router.tags(state))
+            self._last_tags = (state, raw)
         return raw
 
     async def send_reply(self, send: Send, reply: Reply, state: NodeState) -> None:
@@ -201,111 +200,68 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         await send({"type": "http.response.body", "body": reply.body, "more_body": False})
 
 
-class _Response:
-    """One request's response: tags it, adds the TXID cookie, or replaces it with the ending."""
+class _ASGIRequest(RequestContext):
+    """One request the app runs, and its response: tagged, given the TXID cookie, or replaced with the ending.
 
-    __slots__ = ("ctx", "middleware", "receive", "replaced", "send_downstream")
+    The request's context and the response's state in one object: one is
+    built on every request. The adapter sets the four fields below right
+    after building it.
+    """
 
-    def __init__(self, middleware: PrimaryRoutingMiddleware, ctx: RequestContext, receive: Receive, send: Send) -> None:
-        self.middleware = middleware
-        self.ctx = ctx
-        self.receive = receive
-        self.send_downstream = send
-        #: The app's response was replaced by the ending: drop the rest of it.
-        self.replaced = False
+    __slots__ = ("middleware", "receive", "replaced", "send_downstream")
+
+    middleware: PrimaryRoutingMiddleware
+    receive: Receive
+    #: The server's send.
+    send_downstream: Send
+    #: The app's response was replaced by the ending: drop the rest of it.
+    replaced: bool
 
     async def send(self, message: Message) -> None:
         if self.replaced:
             return
         if message["type"] == "http.response.start":
-            ctx = self.ctx
-            if not ctx.must_end_elsewhere:  # its answer stands (unless replaced below): it ran
-                ctx.router.counters.observe("ran")
-            ctx.response_started = True
+            if self.router.counters.listened and not self.must_end_elsewhere:
+                self.router.counters.observe("ran")  # its answer stands (unless replaced below): it ran
+            self.response_started = True
             headers: Iterable[tuple[bytes, bytes]] = message.get("headers", ())
-            if ctx.must_end_elsewhere:
+            if self.must_end_elsewhere:
                 headers = list(headers)  # read twice; ASGI allows a one-shot iterable
-                if ctx.replaces_response(headers):
+                if self.replaces_response(headers):
                     self.replaced = True
                     await self.send_ending()
                     return
-            tagged = with_tags(headers, self.middleware.raw_tags(ctx.state), OUR_TAG_NAMES_BYTES)
-            router = ctx.router
-            if router.rules.read_your_writes:  # a cookie may be due
-                tagged += _encode(ctx.cookie_headers(await self._read_txids()))
+            tagged = with_tags(headers, self.middleware.raw_tags(self.state), OUR_TAG_NAMES_BYTES)
+            if self.router.rules.read_your_writes:  # a cookie may be due
+                tagged += _encode(self.cookie_headers(await self._read_txids()))
             message = {**message, "headers": tagged}
         await self.send_downstream(message)
 
     async def send_ending(self) -> None:
         """Answer with the reply the request must end in (the app's response never started)."""
-        ctx = self.ctx
-        settlement = ctx.settlement()
+        settlement = self.settlement()
         if settlement is None:
-            assert ctx.ending is not None
-            reply = ctx.ending
+            assert self.ending is not None
+            reply = self.ending
         else:
-            reply = ctx.settle(await drive_async(settlement, _AsyncIO(ctx.router, self.receive)))
-        await self.middleware.send_reply(self.send_downstream, reply, ctx.state)
+            reply = self.settle(
+                await drive_async(settlement, AsyncMountIO(self.router, functools.partial(_measure_body, self.receive)))
+            )
+        await self.middleware.send_reply(self.send_downstream, reply, self.state)
 
     async def _read_txids(self) -> tuple[int | None, ...] | None:
         # Read after the handler ran (the TXIDs must include its writes), off the loop.
-        positions = self.ctx.router.positions
-        if positions is None or not self.ctx.txid_cookie_due():
+        positions = self.router.positions
+        if positions is None or not self.txid_cookie_due():
             return None
         run_in_thread, _ = async_backend()
         txids: tuple[int | None, ...] = await run_in_thread(positions.read)
         return txids
 
 
-class _AsyncIO(AsyncMountIO):
-    """The I/O of a plan, off the event loop: mount reads in a worker thread."""
-
-    __slots__ = ("receive",)
-
-    def __init__(self, router: Router, receive: Receive) -> None:
-        super().__init__(router)
-        self.receive = receive
-
-    async def measure_body(self, limit: int, timeout: float) -> int | None:
-        return await _measure_body(self.receive, limit, timeout, self.keeper())
-
-
 def _without_forward_claim(scope: Scope) -> Scope:
     """*scope* without a forwarded request's secret and hop count: they are not the app's business."""
     return {**scope, "headers": [h for h in scope.get("headers", ()) if h[0] not in _FORWARD_HEADERS]}
-
-
-def _request_info(scope: Scope, txid_cookies: TxidCookies | None, *, websocket: bool = False) -> RequestInfo:
-    replay_src = content_length = transfer_encoding = replay_failed = forward_claim = forward_hop = None
-    cookies: list[str] = []
-    for name, value in scope.get("headers", ()):
-        if name == b"cookie":
-            cookies.append(value.decode("latin-1"))
-        elif name == b"fly-replay-src":
-            replay_src = value.decode("latin-1")
-        elif name == b"fly-replay-failed":
-            replay_failed = value.decode("latin-1")
-        elif name == _SECRET_HEADER_BYTES:
-            forward_claim = value.decode("latin-1")
-        elif name == _HOP_HEADER_BYTES:
-            forward_hop = value.decode("latin-1")
-        elif name == b"content-length":
-            content_length = value.decode("latin-1")
-        elif name == b"transfer-encoding":
-            transfer_encoding = value.decode("latin-1")
-    return RequestInfo.from_headers(
-        scope.get("method", "GET"),  # a websocket scope has none: its handshake is a GET
-        scope["path"],
-        replay_src=replay_src,
-        content_length=content_length,
-        transfer_encoding=transfer_encoding,
-        cookie="; ".join(cookies) or None,  # HTTP/2 may split the header
-        txid_cookies=txid_cookies,
-        replay_failed=replay_failed,
-        websocket=websocket,
-        forward_claim=forward_claim,
-        forward_hop=forward_hop,
-    )
 
 
 def _encode(headers: Iterable[tuple[str, str]]) -> RawHeaders:

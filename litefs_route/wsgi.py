@@ -26,15 +26,13 @@ SQLite's refusal is answered before Flask's error path logs it or sends
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ._consistency import TxidCookies
 from ._context import RequestContext, current_request, report_exception
 from ._drivers import KeptBody, MountIO, drive, measure_stream
 from ._forwarding import (
-    HOP_CGI_KEY,
-    SECRET_CGI_KEY,
     ClientBodyError,
     cgi_headers,
     cgi_server,
@@ -45,8 +43,7 @@ from ._forwarding import (
 from ._frameworks import connect_flask_safety_net, werkzeug_primary_required
 from ._middleware import RoutingMiddleware, middleware_doc
 from ._replies import LENGTH_REQUIRED, OUR_TAG_NAMES, Headers, Reply, with_tags
-from ._request import RequestInfo
-from ._router import Router
+from ._request import RequestInfo, from_environ
 from ._verdicts import Kind, Outcome
 
 if TYPE_CHECKING:
@@ -70,12 +67,17 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         router = self.router
-        request = _request_info(environ, router.txid_cookies)
-        outcome = router.outcome_without_io(request)
+        method = environ.get("REQUEST_METHOD", "GET")
+        path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        if not path.isascii():
+            path = _decoded_path(path)
+        request, routed = router.route(method, path, from_environ(environ, method, path, router.txid_cookies))
         io = None
-        if outcome is None:
-            io = _BlockingIO(router, environ)
-            outcome = drive(router.plan(request), io)
+        if isinstance(routed, Outcome):
+            outcome = routed
+        else:
+            io = MountIO(router, functools.partial(_measure_body, environ))
+            outcome = drive(routed, io)
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
                 return self.forward(
@@ -85,31 +87,27 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
         if request.forward_claim is not None:  # a genuine forwarded request: the secret is not the app's business
             drop_forward_claim(environ)
 
-        ctx = RequestContext(
-            router, request, outcome.state, outcome.decision, self.primary_required_error, outcome.clear_txids
-        )
-        if outcome.decision.write:  # before the app: its cookies name the databases it changes
-            ctx.note_write()
+        ctx = _WSGIRequest(router, request, outcome, self.primary_required_error)
+        ctx.environ, ctx.start, ctx.replaced_by = environ, start_response, None
         environ["litefs_route._context"] = ctx
-        response = _Response(ctx, environ, start_response)
         token = current_request.set(ctx)
         try:
-            result = self.app(environ, response.start_response)
+            result = self.app(environ, ctx.start_response)
         except Exception as exc:
             if not ctx.ends_on_exception(exc):
                 if not ctx.response_started:  # it ran, and failed: the server answers 500
                     router.counters.observe("ran")
                 raise
-            return response.send_ending()
+            return ctx.send_ending()
         finally:
             current_request.reset(token)
         if ctx.must_end_elsewhere:  # only then can anything remain to do after the app
-            if response.replaced_by is not None:
+            if ctx.replaced_by is not None:
                 _close(result)
-                return [response.replaced_by.body]
+                return [ctx.replaced_by.body]
             if ctx.ends_without_response():
                 _close(result)
-                return response.send_ending()
+                return ctx.send_ending()
         return result
 
     def forward(
@@ -144,83 +142,62 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
         return relay.body
 
 
-class _Response:
-    """One request's response: tags it, adds the TXID cookie, or replaces it with the ending."""
+class _WSGIRequest(RequestContext):
+    """One request the app runs, and its response: tagged, given the TXID cookie, or replaced with the ending.
 
-    __slots__ = ("ctx", "environ", "replaced_by", "start")
+    The request's context and the response's state in one object: one is
+    built on every request. The adapter sets the three fields below right
+    after building it.
+    """
 
-    def __init__(self, ctx: RequestContext, environ: WSGIEnvironment, start: StartResponse) -> None:
-        self.ctx = ctx
-        self.environ = environ
-        self.start = start
-        #: The reply that replaced the app's response, if one did.
-        self.replaced_by: Reply | None = None
+    __slots__ = ("environ", "replaced_by", "start")
+
+    environ: WSGIEnvironment
+    #: The server's start_response.
+    start: StartResponse
+    #: The reply that replaced the app's response, if one did.
+    replaced_by: Reply | None
 
     def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None) -> Any:
-        ctx = self.ctx
-        router = ctx.router
+        router = self.router
         # The flag first: the rule's own check, without a call on every response.
-        if ctx.must_end_elsewhere and ctx.replaces_response(headers):
+        if self.must_end_elsewhere and self.replaces_response(headers):
             reply = self.replaced_by = self._ending()
             status, headers = reply.status_line, list(reply.headers)
         elif router.rules.read_your_writes:  # a cookie may be due
-            headers = headers + ctx.cookie_headers(self._read_txids())
-        if not ctx.must_end_elsewhere and not ctx.response_started:  # its answer stands: it ran
-            router.counters.observe("ran")
-        ctx.response_started = True
-        write = self.start(status, with_tags(headers, router.tags(ctx.state), OUR_TAG_NAMES), exc_info)
+            headers = headers + self.cookie_headers(self._read_txids())
+        if router.counters.listened and not self.must_end_elsewhere and not self.response_started:
+            router.counters.observe("ran")  # its answer stands: it ran
+        self.response_started = True
+        write = self.start(status, with_tags(headers, router.tags(self.state), OUR_TAG_NAMES), exc_info)
         return _discarding_write if self.replaced_by is not None else write
 
     def send_ending(self) -> list[bytes]:
         """Answer with the reply the request must end in (the app's response never started)."""
-        return _send_reply(self.start, self._ending(), self.ctx.router.tags(self.ctx.state))
+        return _send_reply(self.start, self._ending(), self.router.tags(self.state))
 
     def _ending(self) -> Reply:
-        ctx = self.ctx
-        settlement = ctx.settlement()
+        settlement = self.settlement()
         if settlement is None:
-            assert ctx.ending is not None
-            return ctx.ending
-        return ctx.settle(drive(settlement, _BlockingIO(ctx.router, self.environ)))
+            assert self.ending is not None
+            return self.ending
+        return self.settle(drive(settlement, MountIO(self.router, functools.partial(_measure_body, self.environ))))
 
     def _read_txids(self) -> tuple[int | None, ...] | None:
         # Read after the handler ran: the TXIDs must include its writes.
-        positions = self.ctx.router.positions
-        return positions.read() if positions is not None and self.ctx.txid_cookie_due() else None
+        positions = self.router.positions
+        return positions.read() if positions is not None and self.txid_cookie_due() else None
 
 
-class _BlockingIO(MountIO):
-    """The I/O of a plan, inline in the request's thread (a WSGI server gives each request one)."""
+def _decoded_path(path: str) -> str:
+    """The path the app routes on, from the one PEP 3333 hands over.
 
-    __slots__ = ("environ",)
-
-    def __init__(self, router: Router, environ: WSGIEnvironment) -> None:
-        super().__init__(router)
-        self.environ = environ
-
-    def measure_body(self, limit: int, timeout: float) -> int | None:
-        return _measure_body(self.environ, limit, timeout, self.keeper())
-
-
-def _request_info(environ: WSGIEnvironment, txid_cookies: TxidCookies | None) -> RequestInfo:
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    if not path.isascii():
-        # PEP 3333 hands the path over as a latin-1 "native string" of the
-        # raw bytes; the app (and LiteFS's globs) see it decoded as UTF-8.
-        with contextlib.suppress(UnicodeError):
-            path = path.encode("latin-1").decode("utf-8", "surrogateescape")
-    return RequestInfo.from_headers(
-        environ.get("REQUEST_METHOD", "GET"),
-        path,
-        replay_src=environ.get("HTTP_FLY_REPLAY_SRC"),
-        replay_failed=environ.get("HTTP_FLY_REPLAY_FAILED"),
-        forward_claim=environ.get(SECRET_CGI_KEY),
-        forward_hop=environ.get(HOP_CGI_KEY),
-        content_length=environ.get("CONTENT_LENGTH"),
-        transfer_encoding=environ.get("HTTP_TRANSFER_ENCODING"),
-        cookie=environ.get("HTTP_COOKIE"),
-        txid_cookies=txid_cookies,
-    )
+    That is a latin-1 "native string" of the raw bytes; the app (and
+    LiteFS's globs) see it decoded as UTF-8.
+    """
+    with contextlib.suppress(UnicodeError):
+        return path.encode("latin-1").decode("utf-8", "surrogateescape")
+    return path
 
 
 def _send_reply(start_response: StartResponse, reply: Reply, tags: Headers) -> list[bytes]:

@@ -23,7 +23,7 @@ from litefs_route._mount import NodeState, Role, parse_lag, parse_position, pars
 from litefs_route._request import RequestInfo, replay_hops
 from litefs_route._router import Router
 from litefs_route._state_cache import StateCache
-from litefs_route._verdicts import Decision, Kind, Pending
+from litefs_route._verdicts import Decision, Kind, Outcome, Pending
 from tests.plans import FixedIO, router_for, rules
 
 ME = "e784079b449483"
@@ -326,6 +326,41 @@ def test_the_fast_path_agrees_with_the_plan(
         else:
             assert fast is not None
             assert (fast.decision, fast.state, fast.clear_txids) == (planned, state, ())
+
+
+@FAST
+@given(
+    method=ROUTED_REQUESTS["method"],
+    path=ROUTED_REQUESTS["path"],
+    primary=ROUTED_REQUESTS["primary"],
+    write_on_read=ROUTED_REQUESTS["write_on_read"],
+    passthrough=ROUTED_REQUESTS["passthrough"],
+)
+def test_a_remembered_verdict_is_the_plans_for_the_reading_it_is_used_on(
+    method: str, path: str, primary: str, write_on_read: list[str], passthrough: list[str]
+) -> None:
+    """route() for a request with no routing headers: what it remembers is what the plan decides, reading by reading."""
+    readings = states(primary)
+    mount = [readings[0]]  # what the mount shows now
+    router = Router(
+        instance_id=ME,
+        rules=rules(write_on_read=write_on_read, passthrough=passthrough, primary_wait=0),
+        cache=StateCache(None, ME, 3600, reader=lambda _dir, _id: mount[0]),
+        positions=None,
+        txid_cookies=None,
+        retry_after=2,
+    )
+    for reading in readings:  # each reading in turn, twice each: a first verdict, then the remembered one
+        mount[0] = reading
+        router.cache.refresh()
+        for _ in range(2):
+            seen = router.cache.fresh()  # as the cache hands it out (a first reading may be held back)
+            assert seen is not None
+            request, routed = router.route(method, path, None)
+            assert (request.method, request.path, request.txids, request.replay_src) == (method, path, None, None)
+            expected = drive(router.plan(request), FixedIO(seen, body_size=0))
+            outcome = routed if isinstance(routed, Outcome) else drive(routed, FixedIO(seen, body_size=0))
+            assert (outcome.decision, outcome.state) == (expected.decision, seen)
 
 
 def planned_decision(router: Router, request: RequestInfo, state: NodeState, body_size: int) -> Decision:

@@ -5,6 +5,7 @@ Documented in :mod:`litefs_route.django`.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from http.cookies import Morsel
@@ -24,8 +25,6 @@ from .._consistency import TxidCookies
 from .._context import RequestContext, current_request, report_exception
 from .._drivers import AsyncMountIO, KeptBody, MountIO, async_backend, drive, drive_async, measure_stream
 from .._forwarding import (
-    HOP_CGI_KEY,
-    SECRET_CGI_KEY,
     ClientBodyError,
     Relay,
     cgi_headers,
@@ -37,8 +36,7 @@ from .._forwarding import (
 from .._middleware import RoutingMiddleware, middleware_doc, option_defaults
 from .._mount import NodeState
 from .._replies import LENGTH_REQUIRED, PRIMARY_HEADER, Reply
-from .._request import RequestInfo
-from .._router import Router
+from .._request import RequestInfo, from_environ
 from .._verdicts import Kind, Outcome
 
 __all__ = ["SETTING", "PrimaryRoutingMiddleware", "options_from_settings"]
@@ -96,18 +94,19 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
         if self.async_mode:
             return self._call_async(request)
         router = self.router
-        info = _request_info(request, router.txid_cookies)
-        outcome = router.outcome_without_io(info)
+        info, routed = router.route(*_request_info(request, router.txid_cookies))
         io = None
-        if outcome is None:
-            io = _DjangoIO(router, request)
-            outcome = drive(router.plan(info), io)
+        if isinstance(routed, Outcome):
+            outcome = routed
+        else:
+            io = MountIO(router, functools.partial(_measure_body, request))
+            outcome = drive(routed, io)
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
                 return self._forward(request, info, outcome, io.kept if io is not None else KeptBody())
             return self._reply(router.reply(outcome.decision), outcome.state)
         _strip_forward_secret(request, info)
-        ctx = self._context(info, outcome)
+        ctx = RequestContext(router, info, outcome, self.primary_required_error)
         token = current_request.set(ctx)
         try:
             response = self.app(request)
@@ -118,22 +117,23 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
             _discard(response)
             settlement = ctx.settlement()
             if settlement is not None:
-                ctx.settle(drive(settlement, _DjangoIO(router, request)))
+                ctx.settle(drive(settlement, MountIO(router, functools.partial(_measure_body, request))))
             return self._ending(ctx)
-        if not ctx.must_end_elsewhere:  # the view's answer stands: it ran
-            router.counters.observe("ran")
+        if router.counters.listened and not ctx.must_end_elsewhere:
+            router.counters.observe("ran")  # the view's answer stands: it ran
         positions = router.positions
         txids = positions.read() if positions is not None and ctx.txid_cookie_due() else None
         return self._tagged(response, ctx, txids)
 
     async def _call_async(self, request: HttpRequest) -> HttpResponseBase:
         router = self.router
-        info = _request_info(request, router.txid_cookies)
-        outcome = router.outcome_without_io(info)
+        info, routed = router.route(*_request_info(request, router.txid_cookies))
         aio = None
-        if outcome is None:
-            aio = _AsyncDjangoIO(router, request)
-            outcome = await drive_async(router.plan(info), aio)
+        if isinstance(routed, Outcome):
+            outcome = routed
+        else:
+            aio = AsyncMountIO(router, functools.partial(_measure_body_async, request))
+            outcome = await drive_async(routed, aio)
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
                 kept = aio.kept if aio is not None else KeptBody()
@@ -142,7 +142,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
                 return response
             return self._reply(router.reply(outcome.decision), outcome.state)
         _strip_forward_secret(request, info)
-        ctx = self._context(info, outcome)
+        ctx = RequestContext(router, info, outcome, self.primary_required_error)
         token = current_request.set(ctx)
         try:
             response = await self.app(request)  # async mode: get_response is async
@@ -154,10 +154,12 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
             await run_in_thread(lambda: _discard(response))  # may close files: not on the loop
             settlement = ctx.settlement()
             if settlement is not None:
-                ctx.settle(await drive_async(settlement, _AsyncDjangoIO(router, request)))
+                ctx.settle(
+                    await drive_async(settlement, AsyncMountIO(router, functools.partial(_measure_body_async, request)))
+                )
             return self._ending(ctx)
-        if not ctx.must_end_elsewhere:  # the view's answer stands: it ran
-            router.counters.observe("ran")
+        if router.counters.listened and not ctx.must_end_elsewhere:
+            router.counters.observe("ran")  # the view's answer stands: it ran
         positions = router.positions
         txids = await run_in_thread(positions.read) if positions is not None and ctx.txid_cookie_due() else None
         return self._tagged(response, ctx, txids)
@@ -205,14 +207,6 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
 
     # -- responses ----------------------------------------------------------
 
-    def _context(self, info: RequestInfo, outcome: Outcome) -> RequestContext:
-        ctx = RequestContext(
-            self.router, info, outcome.state, outcome.decision, self.primary_required_error, outcome.clear_txids
-        )
-        if outcome.decision.write:  # before the view: its cookies name the databases it changes
-            ctx.note_write()
-        return ctx
-
     def _reply(self, reply: Reply, state: NodeState) -> HttpResponse:
         """One of the middleware's own responses (replay, 503, 413, 408, health), tagged."""
         response = HttpResponse(reply.body, status=reply.status)
@@ -245,49 +239,19 @@ def _mark_logged(response: HttpResponse) -> HttpResponse:
     return response
 
 
-class _DjangoIO(MountIO):
-    """The I/O of a plan in the request's thread (sync mode)."""
-
-    __slots__ = ("request",)
-
-    def __init__(self, router: Router, request: HttpRequest) -> None:
-        super().__init__(router)
-        self.request = request
-
-    def measure_body(self, limit: int, timeout: float) -> int | None:
-        return _measure_body(self.request, limit, timeout, self.keeper())
+async def _measure_body_async(request: HttpRequest, limit: int, timeout: float, keep: KeptBody | None) -> int | None:
+    """:func:`_measure_body` off the event loop (async mode)."""
+    run_in_thread, _ = async_backend()
+    size: int | None = await run_in_thread(lambda: _measure_body(request, limit, timeout, keep))
+    return size
 
 
-class _AsyncDjangoIO(AsyncMountIO):
-    """The I/O of a plan off the event loop (async mode)."""
-
-    __slots__ = ("request",)
-
-    def __init__(self, router: Router, request: HttpRequest) -> None:
-        super().__init__(router)
-        self.request = request
-
-    async def measure_body(self, limit: int, timeout: float) -> int | None:
-        keep = self.keeper()
-        run_in_thread, _ = async_backend()
-        size: int | None = await run_in_thread(lambda: _measure_body(self.request, limit, timeout, keep))
-        return size
-
-
-def _request_info(request: HttpRequest, txid_cookies: TxidCookies | None) -> RequestInfo:
-    meta = request.META  # WSGI's environ, or what Django's ASGI handler builds in its image
-    return RequestInfo.from_headers(
-        request.method or "GET",
-        request.path,  # decoded, with SCRIPT_NAME: what Django's URL patterns see
-        replay_src=meta.get("HTTP_FLY_REPLAY_SRC"),
-        replay_failed=meta.get("HTTP_FLY_REPLAY_FAILED"),
-        forward_claim=meta.get(SECRET_CGI_KEY),
-        forward_hop=meta.get(HOP_CGI_KEY),
-        content_length=meta.get("CONTENT_LENGTH"),
-        transfer_encoding=meta.get("HTTP_TRANSFER_ENCODING"),
-        cookie=meta.get("HTTP_COOKIE"),
-        txid_cookies=txid_cookies,
-    )
+def _request_info(request: HttpRequest, txid_cookies: TxidCookies | None) -> tuple[str, str, RequestInfo | None]:
+    """What :meth:`Router.route` takes: the method, the path, and the parsed request (None: nothing to parse)."""
+    # META: WSGI's environ, or what Django's ASGI handler builds in its image. The path is
+    # decoded, with SCRIPT_NAME: what Django's URL patterns see.
+    method, path = request.method or "GET", request.path
+    return method, path, from_environ(request.META, method, path, txid_cookies)
 
 
 def _request_target(request: HttpRequest, under_asgi: bool) -> str:
