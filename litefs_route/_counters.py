@@ -30,6 +30,9 @@ Names (absent until the first count):
     ``413`` and ``408`` answers.
 ``unavailable_replay_failed``
     ``503`` answers to requests Fly's proxy sent back (``fly-replay-failed``).
+``unavailable_misconfigured``
+    ``503`` answers to writes while the configured mount directory
+    (``litefs_dir``, ``$LITEFS_DIR``) does not exist: refused at once.
 ``bad_requests``
     ``400`` answers: requests with both ``Content-Length`` and
     ``Transfer-Encoding`` (refused before anything runs, RFC 9112 §6.3).

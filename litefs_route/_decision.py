@@ -27,6 +27,8 @@ The rules, in order:
 3. A write runs locally on the primary (and standalone).
 4. On a node that knows no primary, a write waits up to ``primary_wait``
    for one, reading the mount afresh, and is decided again; still none: 503.
+   If the configured mount directory does not exist, it is a
+   misconfiguration, not an election: 503 at once, saying so.
 5. On a replica, a write is replayed to the primary, unless the request has
    already been replayed ``max_replays`` times by litefs-route (503: the
    nodes disagree about who is primary), or its body is larger than Fly's
@@ -72,6 +74,7 @@ from ._verdicts import (
     HEALTHY,
     LAGGING_REASON,
     MAY_HAVE_RUN_REASON,
+    MISCONFIGURED_REASON,
     NO_PRIMARY,
     RAN_HERE_REASON,
     REFUSED_HERE_REASON,
@@ -89,6 +92,7 @@ from ._verdicts import (
 
 __all__ = [
     "READ_METHODS",
+    "awaits_primary",
     "body_timed_out",
     "decide",
     "decide_instance",
@@ -148,6 +152,8 @@ def decide(
         if forced and rules.passthrough.match(request.path):
             return RUN_PASSTHROUGH_WRITE
         return RUN_WRITE
+    if state.mount_missing:
+        return _misconfigured(state)
     if state.role is Role.NO_PRIMARY or state.primary_id is None:
         return Pending.WAIT_FOR_PRIMARY
     hops = replay_hops(request.replay_src)
@@ -179,12 +185,24 @@ def _decide_forwarded(request: RequestInfo, state: NodeState, rules: Rules) -> D
         return FORBIDDEN
     if state.is_primary:
         return RUN_WRITE
+    if state.mount_missing:
+        return _misconfigured(state)
     if state.role is Role.NO_PRIMARY or state.primary_id is None:
         return Pending.WAIT_FOR_PRIMARY
     hops = request.forward_hops
     if rules.forward == "off" or hops >= rules.max_replays or request.websocket:
         return Decision(Kind.UNAVAILABLE, True, reason=FORWARD_LOOP_REASON.format(hops))
     return Decision(Kind.FORWARD, True, target=state.primary_id, hops=hops + 1)
+
+
+def _misconfigured(state: NodeState) -> Decision:
+    """Rule 4 when the mount directory does not exist: a misconfiguration, refused at once (503), saying so."""
+    return Decision(Kind.UNAVAILABLE, True, reason=MISCONFIGURED_REASON.format(state.detail))
+
+
+def awaits_primary(state: NodeState) -> bool:
+    """Rule 4: True while a write in *state* waits for a primary (none known, and no missing mount to blame)."""
+    return state.role is Role.NO_PRIMARY and not state.mount_missing
 
 
 def _genuine(claim: Secret | None, rules: Rules) -> bool:
@@ -208,6 +226,8 @@ def health(state: NodeState, rules: Rules) -> Decision:
     """Rule 10: the health check's answer on a node in *state* (read from the mount)."""
     if state.is_primary:
         return HEALTHY
+    if state.mount_missing:
+        return Decision(Kind.UNHEALTHY, False, reason=MISCONFIGURED_REASON.format(state.detail))
     lag_ms = state.lag_ms
     if lag_ms is None or lag_ms < 0:
         return Decision(Kind.UNHEALTHY, False, reason=f"replication lag unknown ({state.detail})")

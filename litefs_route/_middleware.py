@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import math
 import os
 import textwrap
@@ -20,7 +21,7 @@ from ._consistency import Positions, TxidCookies
 from ._exceptions import PrimaryRequired
 from ._forwarding import DEFAULT_FORWARD_URL, SECRET_ENV, ForwardURL, resolve_forward_url
 from ._globs import PathGlobs
-from ._mount import default_instance_id, is_valid_instance_id
+from ._mount import default_instance_id, is_valid_instance_id, missing_mount
 from ._replies import Reply
 from ._router import Router
 from ._rules import Rules
@@ -32,6 +33,8 @@ __all__ = ["RoutingMiddleware", "middleware_doc", "option_defaults"]
 
 AppT = TypeVar("AppT")
 
+logger = logging.getLogger("litefs_route")
+
 
 class RoutingMiddleware(Generic[AppT]):
     """Route writes to the LiteFS primary: ``PrimaryRoutingMiddleware(app, **options)``.
@@ -40,8 +43,10 @@ class RoutingMiddleware(Generic[AppT]):
 
     litefs_dir
         The LiteFS mount directory. Default: ``$LITEFS_DIR``. Unset or
-        empty: standalone, every request runs locally. Set but missing or
-        not a live mount: no primary known (writes wait, then 503).
+        empty: standalone, every request runs locally. Set but not a live
+        mount: no primary known (writes wait, then 503). Set but missing
+        altogether: a misconfiguration, logged as an ERROR when the
+        middleware is built; writes get 503 at once, until it appears.
     instance_id
         This instance's id, as LiteFS writes it into ``.primary``. Default:
         ``$FLY_MACHINE_ID``, then the host name.
@@ -216,6 +221,13 @@ class RoutingMiddleware(Generic[AppT]):
             raise ValueError("max_replays must be 1 to 9; replay_body_limit and retry_after >= 0")
         secret = _forward_secret(forward, forward_url, forward_secret)
         mount = os.fspath(litefs_dir) if litefs_dir is not None else os.environ.get("LITEFS_DIR") or None
+        if mount and (missing := _missing_mount(mount)) is not None:
+            # Said now, not at the first write: a typo in LITEFS_DIR is not an election.
+            logger.error(
+                "%s: litefs-route is misconfigured, and refuses every write (503) until it exists "
+                "(litefs_dir, default $LITEFS_DIR, must be the fuse.dir of litefs.yml)",
+                missing,
+            )
         databases = _database_names(database if database is not None else os.environ.get("DATABASE_FILENAME", ""))
         positions = Positions(mount, databases) if mount and databases else None
         cookies = TxidCookies(databases, max_age=txid_cookie_max_age, secure=txid_cookie_secure) if positions else None
@@ -259,6 +271,13 @@ class RoutingMiddleware(Generic[AppT]):
 
     def _setup(self) -> None:
         """An adapter's own set-up, once the router exists (a hook; none by default)."""
+
+
+def _missing_mount(mount: str) -> str | None:
+    try:
+        return missing_mount(mount)
+    except OSError:  # unreadable (EACCES): the first reading says so, as a mount error
+        return None
 
 
 def _forward_secret(forward: str, forward_url: ForwardURL, option: str | None) -> Secret | None:

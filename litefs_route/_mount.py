@@ -35,6 +35,7 @@ __all__ = [
     "Role",
     "default_instance_id",
     "is_valid_instance_id",
+    "missing_mount",
     "parse_lag",
     "parse_position",
     "parse_primary",
@@ -165,6 +166,10 @@ class NodeState:
     mount_error: str | None = None
     #: True if the folder held LiteFS's files (``.primary`` or ``.lag``).
     litefs_seen: bool = False
+    #: True if the configured directory does not exist at all (ENOENT on the
+    #: directory itself): a misconfiguration, not an election. A directory that
+    #: exists but is not (yet) a LiteFS mount is not this.
+    mount_missing: bool = False
 
     @property
     def is_primary(self) -> bool:
@@ -181,7 +186,7 @@ def read_node_state(litefs_dir: str | None, instance_id: str) -> NodeState:
     mount                                         role
     ============================================  ============
     no directory configured (None or "")          STANDALONE
-    a directory that does not exist               NO_PRIMARY
+    a directory that does not exist               NO_PRIMARY (``mount_missing``)
     ``.primary`` names another valid host         REPLICA
     ``.primary`` names this instance              PRIMARY
     ``.primary`` garbled, or the mount unreadable NO_PRIMARY
@@ -195,12 +200,13 @@ def read_node_state(litefs_dir: str | None, instance_id: str) -> NodeState:
     try:
         raw_primary = _read_small(os.path.join(litefs_dir, ".primary"))
         raw_lag = _read_small(os.path.join(litefs_dir, ".lag"))
-        if raw_primary is None and raw_lag is None and not os.path.isdir(litefs_dir):
-            # Configured but missing: a typo, or LiteFS not mounted yet. Never
-            # "standalone", where every write would run here.
-            return NodeState(
-                Role.NO_PRIMARY, instance_id, None, detail=f"{litefs_dir} does not exist", mount_error="ENOENT"
-            )
+        if raw_primary is None and raw_lag is None:
+            missing = missing_mount(litefs_dir)
+            if missing is not None:
+                # Never "standalone", where every write would run here.
+                return NodeState(
+                    Role.NO_PRIMARY, instance_id, None, detail=missing, mount_error="ENOENT", mount_missing=True
+                )
     except OSError as exc:
         error = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
         return NodeState(Role.NO_PRIMARY, instance_id, None, detail=f"mount unreadable: {error}", mount_error=error)
@@ -223,6 +229,20 @@ def read_node_state(litefs_dir: str | None, instance_id: str) -> NodeState:
     if lag == 0:
         return NodeState(Role.PRIMARY, instance_id, instance_id, 0, "holds the lease: .lag is zero", litefs_seen=True)
     return NodeState(Role.NO_PRIMARY, instance_id, None, lag, "no .primary and .lag is non-zero", litefs_seen=True)
+
+
+def missing_mount(litefs_dir: str) -> str | None:
+    """Why *litefs_dir* is not there, if the directory itself does not exist (ENOENT); else None.
+
+    Only the directory's own absence: one that exists, empty or holding no
+    ``.primary`` yet (LiteFS starting, or stopped), is LiteFS's business. Any
+    other error (EACCES, ENOTCONN) propagates: the mount is unreadable.
+    """
+    try:
+        os.stat(litefs_dir)
+    except FileNotFoundError:
+        return f"the LiteFS directory {litefs_dir} does not exist"
+    return None
 
 
 def read_position(litefs_dir: str, database: str) -> Position | None:

@@ -25,6 +25,7 @@ _OUTCOMES = {
     "read_replays": "replayed",
     "forwards": "forwarded",
     "unavailable_no_primary": "unavailable",
+    "unavailable_misconfigured": "unavailable",
     "unavailable_too_many_replays": "unavailable",
     "unavailable_ran_here": "unavailable",
     "unavailable_replay_failed": "unavailable",

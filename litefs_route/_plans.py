@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Generator
 
 from ._decision import (
+    awaits_primary,
     body_timed_out,
     decide,
     decide_lagging_read,
@@ -19,7 +20,7 @@ from ._decision import (
     settle,
     settle_failure,
 )
-from ._mount import NodeState, Role
+from ._mount import NodeState
 from ._needs import (
     Answer,
     AwaitChange,
@@ -111,9 +112,9 @@ def _wait_for_primary(
     state: NodeState, rules: Rules, *, from_mount: bool = False
 ) -> Generator[Need, Answer, NodeState]:
     """Rule 4: re-read the state (*from_mount*: the mount) until a primary is known or ``primary_wait`` has passed."""
-    if state.role is not Role.NO_PRIMARY:
+    if not awaits_primary(state):
         return state
     deadline = expect_float((yield ReadClock())) + rules.primary_wait
-    while state.role is Role.NO_PRIMARY and expect_float((yield ReadClock())) < deadline:
+    while awaits_primary(state) and expect_float((yield ReadClock())) < deadline:
         state = expect_state((yield AwaitChange(state, _PRIMARY_POLL, from_mount)))
     return state

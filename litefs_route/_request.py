@@ -41,6 +41,8 @@ _ASGI_NAMES = frozenset(
     {b"fly-replay-src", b"fly-replay-failed", SECRET_HEADER.encode(), HOP_HEADER.encode(), b"transfer-encoding"}
 )
 _ASGI_NAMES_WITH_COOKIE = _ASGI_NAMES | {b"cookie"}
+# Other methods mostly carry a body (a Content-Length): the test would be wasted on them.
+_USUALLY_PLAIN = frozenset({"GET", "HEAD", "OPTIONS"})
 _SECRET_NAME = SECRET_HEADER.encode()
 _HOP_NAME = HOP_HEADER.encode()
 
@@ -155,7 +157,11 @@ def from_environ(
     *txid_cookies*: the read-your-writes cookies (None: off, no cookie is parsed).
     """
     content_length = environ.get("CONTENT_LENGTH")
-    if not content_length and environ.keys().isdisjoint(_CGI_KEYS if txid_cookies is None else _CGI_KEYS_WITH_COOKIE):
+    if (
+        method in _USUALLY_PLAIN
+        and not content_length
+        and environ.keys().isdisjoint(_CGI_KEYS if txid_cookies is None else _CGI_KEYS_WITH_COOKIE)
+    ):
         return None
     get = environ.get
     return RequestInfo.from_headers(
@@ -184,9 +190,9 @@ def from_asgi_headers(
 
     None when it carries none of the headers routing reads, as :func:`from_environ`.
     """
-    if not isinstance(headers, list | tuple):  # ASGI allows any iterable: read it once
-        headers = list(headers)
-    if not websocket:
+    if not websocket and method in _USUALLY_PLAIN:
+        if not isinstance(headers, list | tuple):  # ASGI allows any iterable: read twice, it must be a list
+            headers = list(headers)
         names = dict(headers)  # in C: then one test says whether there is anything to parse
         if b"content-length" not in names and names.keys().isdisjoint(
             _ASGI_NAMES if txid_cookies is None else _ASGI_NAMES_WITH_COOKIE

@@ -33,6 +33,14 @@ Unless LiteFS tells us: while its event stream is up
 (:meth:`StateCache.push`) and the reading never expires, so no request reads
 the mount at all; when the stream drops, :meth:`StateCache.stream_down`
 expires it and the TTL applies again.
+
+Logging: each change of the state *routing* goes by (what :meth:`_vetted`
+hands out) is logged once per mount and process (WARNING when no primary is
+known, ERROR when the mount is missing or unreadable, INFO otherwise). A
+primary not yet established is no change: the flicker above, which the
+event stream pushes as it happens, would otherwise log "replica ->
+no-primary" at each reconnect attempt. Every reading that differs from the
+one before is logged at DEBUG.
 """
 
 from __future__ import annotations
@@ -60,6 +68,11 @@ ESTABLISHED_AFTER = 0.1
 _UNBROKEN_GAP = 0.5
 # A first reading whose .lag is below this (ms) shows a live stream from the primary.
 _HEARD_WITHIN_MS = 750
+
+# The (role, primary) last logged per (mount, instance): several middlewares of
+# one process (each its own cache) log a change once between them.
+_logged: dict[tuple[str | None, str], tuple[Role, str | None]] = {}
+_logged_lock = threading.Lock()
 
 
 @dataclasses.dataclass(slots=True)
@@ -209,6 +222,7 @@ class StateCache:
             self._observe(state, previous, pushed=True)
         self._changes.notify()
         self._log_if_changed(previous, state)
+        self._vetted(state)  # logs the change now, if routing takes it (no request may come for a while)
 
     def stream_down(self) -> None:
         """The event stream stopped: a pushed reading expires, and the TTL applies again."""
@@ -302,30 +316,44 @@ class StateCache:
         return unestablished
 
     def _mark_routable(self, state: NodeState) -> None:
-        if state is self._state:
+        if state is self._state and state is not self._routable:
             self._routable = state
+            # Once per reading that routing takes (an established primary, or no replica at all).
+            self._log_routed(state)
 
-    def forked(self) -> None:
-        """In a forked child (see :meth:`EventSubscriber.forked`): fresh locks, and the reading expires."""
-        self._changes.forked()
-        self._lock, self._claim, self._claimed_at = threading.Lock(), threading.Lock(), None
-        self._began_at = self._read_at = -math.inf
-
-    @staticmethod
-    def _log_if_changed(previous: NodeState | None, state: NodeState) -> None:
-        if previous is not None and (previous.role, previous.primary_id) == (state.role, state.primary_id):
-            return
+    def _log_routed(self, state: NodeState) -> None:
+        """Log *state*, now routed on, if it differs from the last state logged for this mount in this process."""
+        key = (self.litefs_dir, self.instance_id)
+        with _logged_lock:
+            was = _logged.get(key)
+            if was == (state.role, state.primary_id):
+                return
+            _logged[key] = (state.role, state.primary_id)
         # A mount that is missing or unreadable is a deployment error, not an election.
         if state.mount_error is not None:
             level = logging.ERROR
         else:
             level = logging.WARNING if state.role is Role.NO_PRIMARY else logging.INFO
-        was = "unknown" if previous is None else previous.role.value
         logger.log(
             level,
             "LiteFS role %s -> %s (primary %s; %s)",
-            was,
+            "unknown" if was is None else was[0].value,
             state.role.value,
             state.primary_id or "unknown",
             state.detail,
         )
+
+    def forked(self) -> None:
+        """In a forked child (see :meth:`EventSubscriber.forked`): fresh locks, and the reading expires."""
+        global _logged_lock
+        self._changes.forked()
+        self._lock, self._claim, self._claimed_at = threading.Lock(), threading.Lock(), None
+        _logged_lock = threading.Lock()  # a thread of the parent may have held it at the fork
+        self._began_at = self._read_at = -math.inf
+
+    @staticmethod
+    def _log_if_changed(previous: NodeState | None, state: NodeState) -> None:
+        # Each reading that differs, flickers included: the routed state is logged by _log_routed.
+        if previous is not None and (previous.role, previous.primary_id) == (state.role, state.primary_id):
+            return
+        logger.debug("LiteFS's files say %s (primary %s; %s)", state.role, state.primary_id or "unknown", state.detail)

@@ -21,6 +21,7 @@ __all__ = [
     "HEALTHY",
     "LAGGING_REASON",
     "MAY_HAVE_RUN_REASON",
+    "MISCONFIGURED_REASON",
     "NO_PRIMARY",
     "NO_PRIMARY_REASON",
     "RAN_HERE_REASON",
@@ -39,6 +40,8 @@ __all__ = [
 ]
 
 NO_PRIMARY_REASON = "no primary is known right now (a LiteFS election or failover)"
+# After the mount's own words ("the LiteFS directory /x does not exist"): no election to wait out.
+MISCONFIGURED_REASON = "{}: litefs-route is misconfigured"
 DISAGREE_REASON = "replayed {} times without reaching the primary (the instances disagree on the primary)"
 RAN_HERE_REASON = "this instance was not the primary when the request ran"
 # SQLite refused the write on a node that is the primary after all (SQLITE_BUSY: lock contention, or LiteFS restarting).
@@ -145,6 +148,8 @@ def counter_name(decision: Decision) -> str:
         case Kind.UNAVAILABLE:
             if decision.reason == NO_PRIMARY_REASON:
                 return "unavailable_no_primary"
+            if decision.reason.endswith(MISCONFIGURED_REASON.format("")):
+                return "unavailable_misconfigured"
             if decision.target is not None:  # only a refused replay names its target
                 return "unavailable_replay_failed"
             if decision.reason in (RAN_HERE_REASON, REFUSED_HERE_REASON):

@@ -85,20 +85,53 @@ def test_no_mount_is_standalone(adapter: str, how: str, tmp_path: Any) -> None:
         assert stack.calls == ["POST /"]
 
 
-def test_a_configured_mount_that_is_missing_is_no_primary(
+def test_a_configured_mount_that_is_missing_is_refused_at_once(
     adapter: str, tmp_path: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A typo in LITEFS_DIR (or LiteFS not mounted yet) must not make every write run here."""
-    missing = str(tmp_path / "nope")
-    with caplog.at_level(logging.INFO, logger="litefs_route"), _serve(adapter, missing, primary_wait=0.2) as stack:
-        assert stack.client.get("/").status_code == 200  # reads run
-        r = stack.client.post("/", content=b"x")
-        assert (r.status_code, r.headers["retry-after"]) == (503, "2")
-        assert "fly-primary-instance" not in r.headers
-        assert stack.calls == ["GET /"]
-    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    assert len(errors) == 1, [r.getMessage() for r in caplog.records]
-    assert f"{missing} does not exist" in errors[0].getMessage()
+    """A typo in LITEFS_DIR: said when the middleware is built, and a write's 503 says it at once, not after a wait.
+
+    Never standalone (every write would run here). ``primary_wait`` is ten
+    minutes and the client's timeout ten seconds: a write that waited for a
+    primary would fail the test. Once the directory appears, routing follows it.
+    """
+    from tests.apps import flask_app, starlette_app
+
+    missing = tmp_path / "nope"
+    calls: list[str] = []
+    options = {**OPTIONS, "primary_wait": 600.0, "health_path": "/litefs/health", "litefs_api_url": "off"}
+    reason = f"the LiteFS directory {missing} does not exist: litefs-route is misconfigured"
+    with (
+        caplog.at_level(logging.INFO, logger="litefs_route"),
+        serve_under(adapter, flask_app(calls), starlette_app(calls), litefs_dir=str(missing), **options) as served,
+        httpx.Client(base_url=served.url, timeout=10) as client,
+    ):
+        # At start-up, before any request: an error naming the path.
+        [built] = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert built.levelno == logging.ERROR
+        assert f"the LiteFS directory {missing} does not exist: litefs-route is misconfigured" in built.getMessage()
+
+        assert client.get("/").status_code == 200  # reads run
+        write = client.post("/", content=b"x")
+        assert (write.status_code, write.headers["retry-after"]) == (503, "2")
+        assert reason in write.text
+        assert "election" not in write.text
+        assert "fly-primary-instance" not in write.headers
+        ensured = client.get("/ensure")  # ensure_primary() in the handler: settled on the same rule, no wait either
+        assert (ensured.status_code, reason in ensured.text) == (503, True), ensured.text
+        health = client.get("/litefs/health")
+        assert health.status_code == 503
+        assert reason in health.text
+        assert calls == ["GET /"]  # the write never reached the app, ensure_primary() raised
+        counts = served.router.counters.snapshot()
+        assert counts["unavailable_misconfigured"] == 2
+        assert "primary_waits" not in counts
+
+        # LiteFS mounts it (or the user fixes the path): no restart needed.
+        Mount(missing).make_primary()
+        ran = client.post("/", content=b"x")
+        assert (ran.status_code, ran.text) == (200, "ran")
+        assert client.get("/litefs/health").status_code == 200
+    assert f"{missing} does not exist" in caplog.text
 
 
 def test_primary_runs_writes(stack: Stack, mount: Mount) -> None:

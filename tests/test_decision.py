@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from litefs_route._decision import decide
@@ -10,7 +12,7 @@ from litefs_route._globs import PathGlobs
 from litefs_route._mount import NodeState, Role
 from litefs_route._plans import plan_request, plan_settlement
 from litefs_route._request import RequestInfo, replay_hops
-from litefs_route._verdicts import Decision, Kind, Pending
+from litefs_route._verdicts import Decision, Kind, Pending, counter_name
 from tests.plans import FixedIO, router_for, rules
 
 ME, P = "me0000000000aa", "pp0000000000bb"
@@ -18,6 +20,18 @@ PRIMARY = NodeState(Role.PRIMARY, ME, ME)
 STANDALONE = NodeState(Role.STANDALONE, ME, ME)
 REPLICA = NodeState(Role.REPLICA, ME, P)
 NO_PRIMARY = NodeState(Role.NO_PRIMARY, ME, None)
+# The mount directory does not exist at all (read_node_state's reading of a typo in LITEFS_DIR).
+MISSING = NodeState(
+    Role.NO_PRIMARY,
+    ME,
+    None,
+    detail="the LiteFS directory /nope does not exist",
+    mount_error="ENOENT",
+    mount_missing=True,
+)
+MISCONFIGURED = Decision(
+    Kind.UNAVAILABLE, True, reason="the LiteFS directory /nope does not exist: litefs-route is misconfigured"
+)
 RULES = rules(write_on_read=["/auth/callback/*", "/session/refresh"], passthrough=["/static/*", "/healthz"])
 RUN_READ = Decision(Kind.RUN, write=False)
 RUN_WRITE = Decision(Kind.RUN, write=True)
@@ -67,6 +81,9 @@ CASES = [
     ("replica-passthrough-dotdot-matches-literally", req("POST", "/static/../admin"), REPLICA, RUN_PASSTHROUGH),
     ("no-primary-get", req(), NO_PRIMARY, RUN_READ),
     ("no-primary-post-waits", req("POST"), NO_PRIMARY, Pending.WAIT_FOR_PRIMARY),
+    # A missing mount directory is a misconfiguration, not an election: refused at once, saying so.
+    ("missing-mount-get", req(), MISSING, RUN_READ),
+    ("missing-mount-post-refused-at-once", req("POST"), MISSING, MISCONFIGURED),
     ("replica-replayed-once", req("POST", replay_src="instance=x;state=litefs-route-hop-1"), REPLICA, replay(2)),
     ("replica-replayed-twice", req("POST", replay_src="instance=x;state=litefs-route-hop-2"), REPLICA, replay(3)),
     ("replica-foreign-state-counts-zero", req("POST", replay_src="instance=x;state=other"), REPLICA, replay(1)),
@@ -117,6 +134,25 @@ def test_decide_refusals(
     assert isinstance(decision, Decision)
     assert decision.kind is kind
     assert decision.write
+
+
+@pytest.mark.parametrize(
+    ("request_", "plan"),
+    [
+        (req("POST"), plan_request),
+        (req("GET"), plan_settlement),
+        (req("POST", replay_src="instance=x;state=litefs-route-hop-1"), plan_request),
+    ],
+    ids=["write", "ensure-primary", "replayed-here"],
+)
+def test_a_missing_mount_is_refused_without_waiting_for_a_primary(request_: RequestInfo, plan: Any) -> None:
+    io = FixedIO(MISSING)
+    outcome = drive(plan(request_, RULES), io)
+    assert (outcome.decision, io.sleeps) == (MISCONFIGURED, 0)
+    assert counter_name(outcome.decision) == "unavailable_misconfigured"
+    assert (
+        counter_name(drive(plan_request(req("POST"), RULES), FixedIO(NO_PRIMARY)).decision) == "unavailable_no_primary"
+    )
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -20,7 +21,7 @@ import pytest
 from litefs_route._cli import EXIT_NO_PRIMARY, EXIT_OK, EXIT_TIMEOUT
 from litefs_route._mount import Role, parse_lag, read_node_state
 from litefs_route_devcluster.reaper import is_mounted
-from tests.support import start_dev, wait_until
+from tests.support import FORCE, start_dev, wait_until
 
 if TYPE_CHECKING:
     from litefs_route_devcluster.litefs import LiteFSCluster
@@ -315,3 +316,48 @@ def test_dev_command_demo_does_what_its_banner_says() -> None:
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+# -- what the app logs while the primary moves -------------------------------------------
+
+
+@pytest.mark.parametrize("follow", ["event-stream", "polling"])
+def test_a_killed_primary_is_logged_once_per_change_by_each_replica(
+    litefs_real_cluster: LiteFSClusterFactory, follow: str
+) -> None:
+    """A survivor's app logs each change of the state it routes on once, not each flicker of the mount.
+
+    While the dead primary's lease runs out, a replica's LiteFS names it again
+    on each reconnect attempt (docs/exactly-once.md): the readings alternate
+    replica/no-primary, and the event stream pushes each of them (polling,
+    every 50 ms, the mount catches some).
+    """
+    import httpx
+
+    env = {"LITEFS_API_URL": "off"} if follow == "polling" else {}
+    cluster = litefs_real_cluster("tests.devcluster_apps.asgi_app:app", instances=3, lease="consul", env=env)
+    cluster.wait_replicated()
+    survivors = ["node2", "node3"]
+    with httpx.Client(base_url=cluster.front_url, timeout=30) as client:
+        for node in survivors:  # each survivor's app routes on node1 as primary
+            done = client.post("/write", data={"id": f"before-{node}"}, headers={FORCE: node})
+            assert (done.status_code, done.json()["instance"]) == (200, "node1"), done.text
+
+        cluster.kill_node("node1")
+
+        def elected() -> bool:
+            for node in survivors:  # reads: each survivor's app sees the election (polling: reads the mount)
+                assert client.get("/whoami", headers={FORCE: node}).status_code == 200
+            return cluster.primary in survivors
+
+        wait_until(elected, timeout=30, what="a survivor to take the lease")
+        new_primary = cluster.wait_primary()
+        [replica] = [n for n in survivors if n != new_primary]
+        # The replica's app routes on the new primary: a write there lands on it.
+        done = client.post("/write", data={"id": "after"}, headers={FORCE: replica})
+        assert (done.status_code, done.json()["instance"]) == (200, new_primary), done.text
+    cluster.kill_app(replica)  # its whole output is in its log now
+    log = Path(cluster.instances[replica].log_path).read_text(errors="replace")
+    changes = re.findall(r"^(?:WARNING|ERROR) litefs_route: LiteFS role (\S+ -> \S+)", log, re.MULTILINE)
+    # The one change a user would name at WARNING: the primary was lost (its return is INFO).
+    assert changes == ["replica -> no-primary"], log

@@ -114,6 +114,19 @@ def test_states(mount: Mount, tmp_path: Path) -> None:
     assert "evil" not in state.detail
 
 
+def test_only_a_directory_that_does_not_exist_is_a_missing_mount(tmp_path: Path) -> None:
+    """A typo in LITEFS_DIR is told from a mount point LiteFS has not filled yet (it may be starting)."""
+    missing = read_node_state(str(tmp_path / "a" / "b"), ME)
+    assert (missing.role, missing.mount_missing, missing.mount_error) == (Role.NO_PRIMARY, True, "ENOENT")
+    assert missing.detail == f"the LiteFS directory {tmp_path / 'a' / 'b'} does not exist"
+    (tmp_path / "empty").mkdir()  # a mount point before LiteFS mounts it, or after it stopped
+    (tmp_path / "file").write_bytes(b"")
+    Mount(tmp_path / "starting").set_lag(1500)  # LiteFS up, no .primary yet
+    for name in ("empty", "file", "starting"):
+        state = read_node_state(str(tmp_path / name), ME)
+        assert (state.role, state.mount_missing) == (Role.NO_PRIMARY, False), name
+
+
 def test_unreadable_primary_means_unknown(mount: Mount) -> None:
     # A directory where the file should be: read() fails with EISDIR, a real
     # I/O error from the mount (as EIO or ENOTCONN from a dead FUSE mount).
@@ -308,3 +321,33 @@ def _write_mount(mount: Mount, state: NodeState) -> None:
         assert state.primary_id is not None
         assert state.lag_ms is not None
         mount.make_replica(state.primary_id, lag_ms=state.lag_ms)
+
+
+def test_a_flickering_primary_is_logged_once_per_change(caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+    """Pushed readings as LiteFS sends them after the primary died: one line per change routing takes, by two caches."""
+    now = [100.0]
+    caches = [StateCache(str(tmp_path), ME, ttl=1.0, clock=lambda: now[0]) for _ in range(2)]
+    caplog.set_level(logging.INFO, logger="litefs_route")
+    replica = NodeState(Role.REPLICA, ME, OTHER, detail="primaryChange: primary known")
+    gone = NodeState(Role.NO_PRIMARY, ME, None, detail="primaryChange: no primary")
+    for cache in caches:
+        cache.push(replica)
+    for _ in range(20):  # the dead primary named again for a moment on each reconnect attempt
+        now[0] += 0.2
+        for cache in caches:
+            cache.push(replica)
+        now[0] += 0.001
+        for cache in caches:
+            cache.push(gone)
+            assert cache.get().role is Role.NO_PRIMARY
+    elected = NodeState(Role.REPLICA, ME, "node-y", detail="primaryChange: primary known")
+    for cache in caches:
+        cache.push(elected)
+    now[0] += ESTABLISHED_AFTER + 0.01
+    assert [cache.get().primary_id for cache in caches] == ["node-y", "node-y"]
+    lines = [(r.levelname, r.getMessage().split(" (")[0]) for r in caplog.records]
+    assert lines == [
+        ("INFO", "LiteFS role unknown -> replica"),
+        ("WARNING", "LiteFS role replica -> no-primary"),
+        ("INFO", "LiteFS role no-primary -> replica"),
+    ]

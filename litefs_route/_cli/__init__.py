@@ -8,6 +8,7 @@
     litefs-route wait --primary | --synced [--max-lag MS] | --txid N | --schema N  [--timeout S]
     litefs-route release register | heartbeat | status [--json] | wait --all-on R
     litefs-route promote [--timeout S]                # move the lease here
+    litefs-route run --while-primary [--grace S] -- CMD   # CMD only while primary (docs/background-work.md)
 
 Also runnable as ``python -m litefs_route``. Every command reads the mount in
 ``--dir`` (default ``$LITEFS_DIR``). With no directory configured at all the
@@ -51,7 +52,7 @@ from typing import Protocol
 
 from .._mount import default_instance_id
 from . import exec as exec_command
-from . import promote, release, status, wait
+from . import promote, release, run, status, wait
 from .common import (
     EXIT_CODES_HELP,
     EXIT_DATABASE,
@@ -98,6 +99,7 @@ COMMANDS: dict[str, Subcommand] = {
     "wait": wait,
     "release": release,
     "promote": promote,
+    "run": run,
 }
 
 #: Entry points that add a sub-command: ``litefs-route-devcluster`` adds ``dev``.

@@ -10,8 +10,8 @@ Silence one with ``SILENCED_SYSTEM_CHECKS = ["litefs_route.W002"]``.
     option, or has a value the middleware refuses.
 ``litefs_route.E002``
     The LiteFS mount (``LITEFS_ROUTE["litefs_dir"]``, else ``$LITEFS_DIR``)
-    is set but is not a directory: no primary is known, every write waits
-    ``primary_wait`` and gets 503.
+    is set but is not a directory: no primary is known, every write gets
+    503 (at once if the directory does not exist; else after ``primary_wait``).
 ``litefs_route.E003``
     The middleware comes after one that writes to the database or reads the
     request body (sessions, CSRF, authentication, messages): on a replica
