@@ -1,9 +1,8 @@
 """Run an example locally as a LiteFS primary or replica, without LiteFS.
 
-A replica is just a folder whose ``.primary`` file names the primary, in
-LiteFS's format; a primary is a folder whose ``.lag`` reads zero. The
-database lives in the folder, as it would in the LiteFS mount. (For several
-instances with real replication and a Fly-like proxy, use the dev cluster.)
+The folder is made by the dev cluster's :func:`~litefs_route_devcluster.local_mount.make_mount`
+(``python -m litefs_route_devcluster.local_mount`` does the same for any app).
+For several instances with real replication and a Fly-like proxy, use the dev cluster.
 """
 
 from __future__ import annotations
@@ -12,21 +11,9 @@ import argparse
 import os
 from pathlib import Path
 
-from litefs_route_devcluster.files import write_lag, write_primary
+from litefs_route_devcluster.local_mount import make_mount
 
-#: What a replica's ``.lag`` reads here: a few ms, as a healthy replica shows.
-REPLICA_LAG_MS = 15
-
-
-def make_mount(folder: Path, replica_of: str | None = None) -> Path:
-    """Make *folder* (created if missing) a LiteFS mount as a primary, or as a replica of *replica_of*.
-
-    The files are written by the dev cluster's writer of LiteFS's formats.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    write_primary(str(folder), replica_of)  # None: no .primary, as on the primary
-    write_lag(str(folder), REPLICA_LAG_MS if replica_of else 0)
-    return folder
+__all__ = ["make_mount", "prepare"]
 
 
 def prepare(argv: list[str] | None = None, *, default_port: int) -> argparse.Namespace:

@@ -30,16 +30,11 @@ from ._exceptions import PrimaryRequired
 from ._fly import NotOnFly, instance_url, list_instances
 from ._hooks import is_primary, on_become_primary, on_stop_primary, primary_only, primary_only_skips
 from ._mount import NodeState, Position, Role, read_position
-from ._ops import (
-    HaltLockError,
-    WaitTimeout,
-    halt_lock,
-    halt_lock_async,
-    wait_for_primary,
-    wait_for_sync,
-    wait_for_txid,
-)
-from ._releases import Heartbeat, StepClaimed, promote, run_after_release, wait_for_schema
+from ._ops.halt import HaltLockError, halt_lock, halt_lock_async
+from ._ops.lease import promote
+from ._ops.registry import Heartbeat
+from ._ops.steps import StepClaimed, run_after_release
+from ._ops.waits import WaitTimeout, wait_for_primary, wait_for_schema, wait_for_sync, wait_for_txid
 from ._sqlite_errors import is_readonly_error
 from ._tasks import (
     TaskClient,

@@ -46,7 +46,7 @@ from ._forwarding import DEFAULT_FORWARD_URL, HOP_HEADER, SECRET_ENV, SECRET_HEA
 from ._hooks import build_cache, node_cache
 from ._log_fields import log_fields
 from ._mount import Role, default_instance_id, read_position
-from ._ops import WaitTimeout, wait_for_txid
+from ._ops.waits import WaitTimeout, wait_for_txid
 from ._replies import OUTCOME_HEADER
 from ._secret import Secret
 from ._subscriber import resolve_api_url

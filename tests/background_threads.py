@@ -41,7 +41,7 @@ sys.meta_path.insert(0, _Spy())
 
 from litefs_route._consistency import PositionWatcher  # noqa: E402
 from litefs_route._mount import NodeState, read_position  # noqa: E402
-from litefs_route._releases import Heartbeat, instances  # noqa: E402
+from litefs_route._ops.registry import Heartbeat, instances  # noqa: E402
 from litefs_route._state_cache import StateCache  # noqa: E402
 from litefs_route._subscriber import EventSubscriber  # noqa: E402
 

@@ -15,7 +15,7 @@ import pytest
 
 from litefs_route._cli import main
 from litefs_route._mount import Position
-from litefs_route._ops import WaitTimeout, wait_for_primary, wait_for_sync, wait_for_txid
+from litefs_route._ops.waits import WaitTimeout, wait_for_primary, wait_for_sync, wait_for_txid
 from litefs_route_devcluster.files import NO_PRIMARY_LAG
 from tests.support import Mount
 
@@ -183,6 +183,50 @@ def test_help_documents_the_exit_codes() -> None:
     assert done.returncode == 0
     for code in ("0 ", "2 ", "3 ", "4 ", "5 ", "126", "127"):
         assert re.search(rf"^  {code}", done.stdout, re.MULTILINE), code
+
+
+def test_the_console_script_lists_every_command_including_dev() -> None:
+    script = Path(sys.executable).parent / "litefs-route"  # pyproject's [project.scripts] entry
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for command in ("status", "exec", "wait", "release", "promote", "dev"):
+        assert re.search(rf"^    {command} +\S", done.stdout, re.MULTILINE), command
+
+
+def test_a_misspelled_command_is_offered_dev_among_the_choices() -> None:
+    done = litefs_route("stauts")
+    assert done.returncode == 2
+    assert "invalid choice: 'stauts'" in done.stderr
+    assert "'dev'" in done.stderr
+
+
+def test_no_command_prints_the_help() -> None:
+    done = litefs_route()
+    assert done.returncode == 2
+    assert "positional arguments:" in done.stderr
+    assert re.search(r"^    dev +run a local", done.stderr, re.MULTILINE)
+    assert "exit codes:" in done.stderr
+    assert done.stderr.endswith("litefs-route: a command is required\n")
+
+
+@pytest.mark.parametrize("command", [("status",), ("status", "--json")])
+def test_a_closed_stdout_ends_quietly(command: tuple[str, ...]) -> None:
+    # `litefs-route status | head` once the reader has gone: EPIPE, no traceback.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "litefs_route", *command],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if k != "LITEFS_DIR"},
+        )
+    finally:
+        os.close(write_end)
+    assert done.stderr == ""
+    assert done.returncode == 1
 
 
 # --- exec --if-primary -------------------------------------------------------

@@ -183,7 +183,7 @@ def test_waits_follow_the_stream_and_fall_back_to_polling(
     import logging
     from concurrent.futures import ThreadPoolExecutor
 
-    from litefs_route._ops import wait_for_primary, wait_for_txid
+    from litefs_route._ops.waits import wait_for_primary, wait_for_txid
 
     cluster = litefs_real_cluster(instances=2, lease="consul")
     node2 = cluster.nodes["node2"]

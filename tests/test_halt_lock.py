@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from litefs_route._ops import HALT_BYTE, HaltLockError, halt_lock, halt_lock_async
+from litefs_route._ops.halt import HALT_BYTE, HaltLockError, halt_lock, halt_lock_async
 from tests.support import Mount, wait_until
 
 # Tries non-blocking locks on single bytes of the file from another process

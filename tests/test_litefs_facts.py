@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from litefs_route._mount import Role, read_node_state, read_position
-from litefs_route._ops import HaltLockError, halt_lock
+from litefs_route._ops.halt import HaltLockError, halt_lock
 from litefs_route._sqlite_errors import is_readonly_error
 from litefs_route_devcluster.files import NO_PRIMARY_LAG, format_lag
 

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from litefs_route._cli import EXIT_OK, EXIT_TIMEOUT
-from litefs_route._releases import instances, step_record
+from litefs_route._ops.registry import instances
+from litefs_route._ops.steps import step_record
 from tests.support import wait_until
 
 if TYPE_CHECKING:

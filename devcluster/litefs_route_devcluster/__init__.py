@@ -45,6 +45,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .cluster import DEFAULT_APP, Cluster, Instance, free_port, port_open, release_port, wait_for
+from .interface import DevCluster
 from .proxy import MAX_REPLAYS, REPLAY_BODY_LIMIT, FrontProxy, ReplayEvent, parse_fly_replay
 from .replication import Replicator
 
@@ -53,6 +54,7 @@ __all__ = [
     "MAX_REPLAYS",
     "REPLAY_BODY_LIMIT",
     "Cluster",
+    "DevCluster",
     "FrontProxy",
     "Instance",
     "ReplayEvent",

@@ -28,6 +28,7 @@ from types import FrameType
 from typing import Any, TextIO
 
 from .cluster import DEFAULT_APP, Cluster, port_free
+from .interface import DevCluster
 from .litefs import LITEFS_VERSION, LiteFSCluster, litefs_unavailable
 
 __all__ = ["build_parser", "main", "run_command"]
@@ -38,6 +39,7 @@ _HELP = """commands:
   status                 who is primary, each instance's TXID
   promote ID [SECONDS]   fail over to ID (optionally with a longer no-primary period)
   crash ID               fail over to ID, losing writes not yet replicated
+  kill ID                SIGKILL ID (a crash); the next running instance takes over
   lag SECONDS            change the replication lag
   stop ID / start ID     stop or restart an instance
   quit                   stop everything"""
@@ -49,7 +51,8 @@ _LITEFS_HELP = """commands (real LiteFS):
   stop ID / start ID     stop ID's LiteFS gracefully (it releases its lease) / start it again
   quit                   stop everything"""
 
-AnyCluster = Cluster | LiteFSCluster
+#: The front's health check of each instance when ``--health-path`` is not given (LiteFS's proxy's path).
+DEFAULT_HEALTH_PATH = "/litefs/health"
 
 
 class _Stop(Exception):
@@ -73,6 +76,19 @@ def build_parser(prog: str = "litefs-route dev") -> argparse.ArgumentParser:
     parser.add_argument("--interface", choices=["auto", "asgi", "wsgi"], default="auto", help="app interface (auto)")
     parser.add_argument("--base-dir", help="where the instance folders go (a temporary directory)")
     parser.add_argument("--quiet", "-q", action="store_true", help="do not echo the instances' output")
+    parser.add_argument(
+        "--setup",
+        metavar="CMD",
+        help="a shell command run once on the primary node, with its environment (LITEFS_DIR, DATABASE_FILENAME, "
+        "DATABASE_PATH...), before the app servers start and traffic is let in: create your schema here",
+    )
+    parser.add_argument(
+        "--health-path",
+        default=DEFAULT_HEALTH_PATH,
+        metavar="PATH",
+        help="the app's health check (the middleware's health_path): the front takes an instance whose check "
+        f"fails out of rotation ({DEFAULT_HEALTH_PATH}; '' for none)",
+    )
     which = parser.add_mutually_exclusive_group()
     which.add_argument(
         "--litefs",
@@ -83,7 +99,7 @@ def build_parser(prog: str = "litefs-route dev") -> argparse.ArgumentParser:
     return parser
 
 
-def _banner(cluster: AnyCluster) -> str:
+def _banner(cluster: DevCluster) -> str:
     primary = cluster.primary or "?"
     replica = next((i for i in cluster.ids if i != primary), primary)
     front = cluster.front_url
@@ -92,18 +108,29 @@ def _banner(cluster: AnyCluster) -> str:
         lag = "replication is LiteFS's own"
         failover = f"type 'promote {replica}' (a handoff) or 'kill {primary}' (a crash) while traffic flows"
         help_text = _LITEFS_HELP
-    else:
+    elif isinstance(cluster, Cluster):
         what = "an imitation of LiteFS: a development tool"
         # The imitation writes <db>-pos on a poll, so a cookie minted right after
         # a commit can name the TXID before it: say so rather than promise.
         lag = f"lag {cluster.lag:g} s, try 'lag 2'; the imitation's check is approximate, real LiteFS's exact"
-        failover = f"type 'promote {replica}' while traffic flows"
+        failover = f"type 'promote {replica}' or 'kill {primary}' while traffic flows"
         help_text = _HELP
+    else:
+        raise TypeError(f"not a dev cluster this command runs: {cluster!r}")
+    health = cluster.front.health_path
+    if health is None:
+        rotation = "every instance stays in rotation (--health-path: none)"
+    else:
+        rotation = (
+            f"an instance whose health check (GET {health}, every {cluster.front.health_interval:g} s) fails "
+            "is taken out of rotation until it passes again, as Fly does"
+        )
     return f"""
 litefs-route dev cluster ({what})
 {cluster.status()}
 
-Open {front}/ (requests are load-balanced round-robin, like Fly's proxy).
+Open {front}/ (requests are load-balanced round-robin, like Fly's proxy;
+{rotation}).
 Things to try:
   * post a form on a replica and watch it land on the primary ({primary}):
       curl -i -H 'fly-force-instance-id: {replica}' -d 'text=hello' {front}/entries
@@ -116,36 +143,32 @@ Logs: {cluster.base_dir}/logs
 """
 
 
-def run_command(cluster: AnyCluster, line: str, out: TextIO) -> bool:
+def run_command(cluster: DevCluster, line: str, out: TextIO) -> bool:
     """Run one interactive command; False when it was ``quit``."""
     words = line.split()
     if not words:
         return True
     command, args = words[0].lower(), words[1:]
+    real = isinstance(cluster, LiteFSCluster)
     try:
         if command in ("quit", "exit", "q"):
             return False
         if command == "status":
             print(cluster.status(), file=out)
         elif command in ("help", "?"):
-            print(_LITEFS_HELP if isinstance(cluster, LiteFSCluster) else _HELP, file=out)
-        elif isinstance(cluster, LiteFSCluster):
-            _run_litefs_command(cluster, command, args, out)
-        elif command in ("promote", "crash") and args:
+            print(_LITEFS_HELP if real else _HELP, file=out)
+        elif command in ("promote", "kill", "stop", "start") and len(args) == 1:
+            _run_node_command(cluster, command, args[0], out)
+        elif isinstance(cluster, Cluster) and command in ("promote", "crash") and args:
+            # The imitation's own: a longer no-primary period, or a crash to a chosen instance.
             handover = _seconds(args[1], command) if len(args) > 1 else None
-            cluster.promote(args[0], handover=handover, graceful=command == "promote")
+            cluster.fail_over(args[0], handover=handover, graceful=command == "promote")
             print(f"primary is now {cluster.primary}", file=out)
-        elif command == "lag" and len(args) == 1:
+        elif isinstance(cluster, Cluster) and command == "lag" and len(args) == 1:
             cluster.set_lag(_seconds(args[0], "lag"))
             print(f"lag is now {cluster.lag:g} s", file=out)
-        elif command == "stop" and len(args) == 1:
-            cluster.stop_instance(args[0])
-            print(f"stopped {args[0]}", file=out)
-        elif command == "start" and len(args) == 1:
-            cluster.start_instance(args[0])
-            print(f"started {args[0]} on {cluster.url(args[0])}", file=out)
         else:
-            print(f"unknown command: {line.strip()!r}\n{_HELP}", file=out)
+            print(f"unknown command: {line.strip()!r}\n{_LITEFS_HELP if real else _HELP}", file=out)
     except _CommandError as exc:
         print(f"error: {exc}", file=out)
     except KeyError as exc:  # str(KeyError) quotes its message: show the message
@@ -154,6 +177,28 @@ def run_command(cluster: AnyCluster, line: str, out: TextIO) -> bool:
         print(f"error: {exc}", file=out)
     out.flush()
     return True
+
+
+def _run_node_command(cluster: DevCluster, command: str, instance_id: str, out: TextIO) -> None:
+    """``promote``, ``kill``, ``stop``, ``start``: the same on both clusters (:class:`DevCluster`)."""
+    if instance_id not in cluster.ids:
+        raise KeyError(f"no instance {instance_id!r}; instances: {cluster.ids}")
+    if command == "promote":
+        cluster.promote(instance_id)
+    elif command == "kill":
+        cluster.kill_node(instance_id)
+        if isinstance(cluster, LiteFSCluster):
+            print(
+                f"killed {instance_id}'s LiteFS; waiting for its lease to expire ({cluster.consul_ttl:g} s)", file=out
+            )
+            out.flush()
+        cluster.wait_primary()
+    elif command == "stop":
+        cluster.stop_node(instance_id)
+    else:
+        cluster.start_node(instance_id)
+        print(f"started {instance_id} on {cluster.url(instance_id)}", file=out)
+    print(f"{command} {instance_id}: primary is now {cluster.primary or '(none)'}", file=out)
 
 
 class _CommandError(Exception):
@@ -168,27 +213,6 @@ def _seconds(text: str, command: str) -> float:
     if not value >= 0 or value == float("inf"):
         raise _CommandError(f"{command} takes a number of seconds >= 0, not {text!r}")
     return value
-
-
-def _run_litefs_command(cluster: LiteFSCluster, command: str, args: list[str], out: TextIO) -> None:
-    if len(args) != 1 or command not in ("promote", "kill", "stop", "start"):
-        print(f"unknown command: {' '.join([command, *args])!r}\n{_LITEFS_HELP}", file=out)
-        return
-    node = args[0]
-    if node not in cluster.nodes:
-        raise KeyError(f"no node {node!r}; nodes: {cluster.ids}")
-    if command == "promote":
-        cluster.promote(node)
-    elif command == "kill":
-        cluster.kill_node(node)
-        print(f"killed {node}'s LiteFS; waiting for its lease to expire ({cluster.consul_ttl:g} s)", file=out)
-        out.flush()
-        cluster.wait_primary()
-    elif command == "stop":
-        cluster.stop_node(node)
-    else:
-        cluster.start_node(node)
-    print(f"{command} {node}: primary is now {cluster.primary or '(none)'}", file=out)
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str = "litefs-route dev") -> int:
@@ -232,8 +256,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "litefs-route dev") -
         "interface": args.interface,
         "base_dir": args.base_dir,
         "echo": echo,
+        "health_path": args.health_path or None,
+        "setup": args.setup,
     }
-    cluster: AnyCluster
+    cluster: DevCluster
     if real:
         cluster = LiteFSCluster(args.app, lease="consul", **shared)
     else:

@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import IO, Literal
 
 from .ports import release_port, reserve_port
-from .proxy import FrontProxy
+from .proxy import DEFAULT_HEALTH_INTERVAL, FrontProxy
 from .reaper import FolderReaper
 from .replication import Replicator, resolve_ids
 
@@ -118,6 +118,11 @@ class Cluster:
     ``FLY_APP_NAME``, ``LITEFS_DIR`` (its own folder), ``DATABASE_FILENAME``
     and ``DATABASE_PATH`` set, plus *env*.
 
+    *setup*: a shell command run once on the primary, with its environment,
+    before the app servers start (create the app's schema there); its output
+    goes to ``logs/setup.log``. *health_path*: the front's health check of
+    each instance (see :class:`~litefs_route_devcluster.proxy.FrontProxy`).
+
     ::
 
         with Cluster("myapp:app", instances=3, lag=0.5) as cluster:
@@ -147,8 +152,14 @@ class Cluster:
         stop_timeout: float = 5.0,
         poll_interval: float = 0.002,
         echo: Callable[[str, str], None] | None = None,
+        health_path: str | None = None,
+        health_interval: float = DEFAULT_HEALTH_INTERVAL,
+        setup: str | None = None,
     ) -> None:
         self.app = app
+        self.setup = setup
+        self.health_path = health_path
+        self.health_interval = health_interval
         self.ids = resolve_ids(instances)
         self.database = database
         self.host = host
@@ -214,6 +225,10 @@ class Cluster:
                 lag=self._initial_lag,
                 poll_interval=self.poll_interval,
             ).start()
+            if self.setup:
+                primary = self.instances[self._initial_primary]
+                self.runner.run_setup(self.setup, primary, self._environment(primary), self._setup_log)
+                self.wait_replicated(self.startup_timeout)
             for instance in self.instances.values():
                 self._spawn(instance)
             for instance in self.instances.values():
@@ -224,6 +239,8 @@ class Cluster:
                 default_region=self.region,
                 host=self.host,
                 port=self._front_port,
+                health_path=self.health_path,
+                health_interval=self.health_interval,
             ).start()
         except BaseException:
             self.close()
@@ -256,6 +273,10 @@ class Cluster:
         self.close()
 
     # -- accessors -----------------------------------------------------------
+
+    @property
+    def _setup_log(self) -> str:
+        return os.path.join(self.base_dir, "logs", "setup.log")
 
     @property
     def front(self) -> FrontProxy:
@@ -292,12 +313,19 @@ class Cluster:
         """The instance's own URL (bypassing the front proxy)."""
         return self.instances[instance_id].url
 
-    def db_path(self, instance_id: str) -> str:
-        return self.instances[instance_id].db_path
+    def db_path(self, instance_id: str, database: str | None = None) -> str:
+        """The instance's database file (the imitation replicates one: *database* may only name it)."""
+        return os.path.join(self.instances[instance_id].litefs_dir, self._only_database(database))
 
-    def positions(self) -> dict[str, int]:
+    def positions(self, database: str | None = None) -> dict[str, int]:
         """Instance id -> the TXID its database copy holds."""
+        self._only_database(database)
         return self.replicator.positions()
+
+    def _only_database(self, database: str | None) -> str:
+        if database is not None and database != self.database:
+            raise ValueError(f"the imitation replicates one database, {self.database!r}, not {database!r}")
+        return self.database
 
     def pids(self) -> dict[str, int]:
         """Instance id -> process id, for running instances."""
@@ -310,29 +338,72 @@ class Cluster:
 
     # -- control -------------------------------------------------------------
 
-    def promote(self, instance_id: str, *, handover: float | None = None, graceful: bool = True) -> None:
-        """Fail the primary over to *instance_id*; see :meth:`Replicator.promote`."""
+    def promote(self, instance_id: str, *, timeout: float = 15.0) -> None:
+        """Hand the primary to *instance_id* gracefully (after the ``handover`` period); wait until it is primary."""
+        self.fail_over(instance_id)
+        self.wait_primary(instance_id, timeout=timeout)
+
+    def fail_over(self, instance_id: str, *, handover: float | None = None, graceful: bool = True) -> None:
+        """The imitation's failover, every way: see :meth:`Replicator.promote` (``graceful=False``: a crash)."""
         if instance_id not in self.instances:
             raise KeyError(f"no instance {instance_id!r}; instances: {self.ids}")
         self.replicator.promote(
             instance_id, handover=self.handover if handover is None else handover, graceful=graceful
         )
 
+    def wait_primary(self, expected: str | None = None, timeout: float = 30.0) -> str:
+        """Wait until an instance is primary (*expected*, if given); its id."""
+        found: list[str] = []
+
+        def settled() -> bool:
+            primary = self.primary
+            found[:] = [primary] if primary is not None else []
+            return primary is not None and expected in (None, primary)
+
+        wait_for(settled, timeout=timeout, message=f"no primary {expected or ''} in {timeout} s")
+        return found[0]
+
     def set_lag(self, seconds: float) -> None:
         self.replicator.set_lag(seconds)
 
-    def wait_replicated(self, timeout: float = 10.0) -> dict[str, int]:
+    def wait_replicated(self, timeout: float = 10.0, *, database: str | None = None) -> dict[str, int]:
         """Wait until every running replica holds the primary's last transaction."""
+        self._only_database(database)
         return self.replicator.wait_replicated(timeout)
 
-    def stop_instance(self, instance_id: str) -> None:
-        """Stop an instance's process group; its folder stops receiving changes until restarted."""
+    def kill_node(self, instance_id: str) -> None:
+        """SIGKILL the instance, as a crash: a primary's writes not yet replicated are lost.
+
+        The imitation has no lease to expire: the first running instance
+        after it takes over at once (LiteFS: after the lease's TTL).
+        """
+        with self._lock:
+            instance = self.instances[instance_id]
+            if instance.process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(instance.process.pid, signal.SIGKILL)
+            self._terminate(instance)  # reaps it
+            self.replicator.set_online(instance_id, False)
+            survivors = [i for i in self.ids if i != instance_id and self.instances[i].running]
+        if self.primary == instance_id and survivors:
+            self.fail_over(survivors[0], graceful=False)
+
+    def stop_node(self, instance_id: str) -> None:
+        """Stop an instance's process group; its folder stops receiving changes until restarted.
+
+        A primary first hands over gracefully to the first running instance
+        after it (as LiteFS's primary releases its lease on SIGTERM).
+        """
+        if self.primary == instance_id:
+            survivors = [i for i in self.ids if i != instance_id and self.instances[i].running]
+            if survivors:
+                self.fail_over(survivors[0])
         with self._lock:
             instance = self.instances[instance_id]
             self._terminate(instance)
             self.replicator.set_online(instance_id, False)
 
-    def start_instance(self, instance_id: str) -> None:
+    def start_node(self, instance_id: str) -> None:
         """Start a stopped instance; its folder catches up first, then its server starts."""
         with self._lock:
             instance = self.instances[instance_id]
@@ -351,6 +422,10 @@ class Cluster:
                 self._wait_ready(instance)
                 self.front.set_instances({i.id: (i.host, i.port) for i in self.instances.values()})
 
+    # The names this class had before the shared interface (DevCluster) named them *_node.
+    stop_instance = stop_node
+    start_instance = start_node
+
     def status(self) -> str:
         """A human-readable summary."""
         positions = self.positions()
@@ -364,6 +439,8 @@ class Cluster:
             )
         replays = self._front.replay_count if self._front is not None else 0
         lines.append(f"  replays so far: {replays}")
+        if self._front is not None and (rotation := self._front.rotation_summary()) is not None:
+            lines.append(f"  {rotation}")
         return "\n".join(lines)
 
     # -- processes -----------------------------------------------------------
@@ -419,12 +496,43 @@ class AppRunner:
         self.stop_timeout = stop_timeout
         self.echo = echo
 
-    def spawn(self, instance: Instance, env: Mapping[str, str]) -> None:
-        """Start *instance*'s server with the process environment plus *env*."""
+    def _environment(self, env: Mapping[str, str]) -> dict[str, str]:
+        """The process environment, the app directory on ``PYTHONPATH``, plus *env*."""
         environment = dict(os.environ)
         python_path = [self.app_dir, *([environment["PYTHONPATH"]] if environment.get("PYTHONPATH") else [])]
         environment.update({"PYTHONPATH": os.pathsep.join(python_path), "PYTHONUNBUFFERED": "1"})
         environment.update(env)
+        return environment
+
+    def run_setup(self, command: str, instance: Instance, env: Mapping[str, str], log_path: str) -> None:
+        """Run the shell *command* once, in the app directory with *instance*'s environment *env*; wait for it.
+
+        Its output goes to *log_path* (and ``echo``). RuntimeError, with the
+        log's tail, if it exits non-zero.
+        """
+        logger.info("setup on %s: %s", instance.id, command)
+        process = subprocess.Popen(
+            ["/bin/sh", "-c", command],  # the user's own command line, as they would type it
+            cwd=self.app_dir,
+            env=self._environment(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        assert process.stdout is not None
+        try:
+            pump_output(f"setup:{instance.id}", process.stdout, log_path, self.echo)
+            code = process.wait()
+        finally:
+            if process.poll() is None:  # interrupted (^C): not left running
+                stop_process_group(process, self.stop_timeout, "setup")
+        if code != 0:
+            raise RuntimeError(f"the setup command exited with {code}; log {log_path}:\n{log_tail(log_path)}")
+
+    def spawn(self, instance: Instance, env: Mapping[str, str]) -> None:
+        """Start *instance*'s server with the process environment plus *env*."""
+        environment = self._environment(env)
         command = [
             sys.executable,
             "-m",

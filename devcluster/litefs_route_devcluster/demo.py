@@ -9,7 +9,9 @@ book in ``$LITEFS_DIR/$DATABASE_FILENAME`` (its own mount folder):
   the primary), then ``303`` back to ``/`` (read-your-writes: the redirected
   GET sees the entry on whichever instance it lands);
 - ``GET /visit``: a GET that writes, guarded by ``ensure_primary()``;
-- ``GET /healthz``: ``ok``, never routed (``passthrough``).
+- ``GET /healthz``: ``ok``, never routed (``passthrough``);
+- ``GET /litefs/health``: the middleware's health check (``health_path``),
+  which the dev cluster's front checks to keep failing instances out of rotation.
 """
 
 from __future__ import annotations
@@ -131,4 +133,5 @@ def guest_book(environ: WSGIEnvironment, start_response: StartResponse) -> Itera
 
 
 _init_schema()
-app = PrimaryRoutingMiddleware(guest_book, passthrough=["/healthz"])
+# /litefs/health: the dev front's health check (`litefs-route dev --health-path`).
+app = PrimaryRoutingMiddleware(guest_book, passthrough=["/healthz"], health_path="/litefs/health")

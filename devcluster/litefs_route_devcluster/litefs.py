@@ -72,7 +72,7 @@ from .cluster import (
     wait_for,
 )
 from .consul import ConsulStandIn
-from .proxy import FrontProxy
+from .proxy import DEFAULT_HEALTH_INTERVAL, FrontProxy
 from .reaper import FolderReaper, is_mounted, mounts_under, unmount
 from .replication import resolve_ids
 
@@ -273,6 +273,10 @@ class LiteFSCluster:
     lease expires after the TTL, and only then can another node take it.
     *wsgi_server* ``"gunicorn"`` serves a WSGI app with gunicorn (options in
     ``$GUNICORN_CMD_ARGS``, which *env* can set) instead of Werkzeug.
+    *setup*: a shell command run once on the primary node, with its app's
+    environment, before the app servers start (create the app's schema
+    there); its output goes to ``logs/setup.log``. *health_path*: the front's
+    health check of each instance (see :class:`FrontProxy`).
     """
 
     def __init__(
@@ -300,8 +304,14 @@ class LiteFSCluster:
         stop_timeout: float = 5.0,
         echo: Callable[[str, str], None] | None = None,
         wsgi_server: WSGIServer = "auto",
+        health_path: str | None = None,
+        health_interval: float = DEFAULT_HEALTH_INTERVAL,
+        setup: str | None = None,
     ) -> None:
         self.app = app
+        self.setup = setup
+        self.health_path = health_path
+        self.health_interval = health_interval
         self.ids = resolve_ids(instances)
         self.lease: Lease = lease
         self.database = database
@@ -323,6 +333,8 @@ class LiteFSCluster:
             raise ValueError(f"lease must be 'static' or 'consul', not {lease!r}")
         if litefs_proxy and not app:
             raise ValueError("litefs_proxy=True needs an app: LiteFS's proxy forwards to each node's app server")
+        if setup and not app:
+            raise ValueError("setup needs an app: it runs with the app's environment, before its servers start")
         self.litefs_bin = litefs_bin or find_litefs()
         self._front_port = port
         self._owns_base = base_dir is None
@@ -435,9 +447,9 @@ class LiteFSCluster:
     def front_url(self) -> str:
         return self.front.url
 
-    def url(self, node_id: str) -> str:
+    def url(self, instance_id: str) -> str:
         """The node's app server URL (bypassing the front proxy and LiteFS's proxy)."""
-        return self.instances[node_id].url
+        return self.instances[instance_id].url
 
     def proxy_url(self, node_id: str) -> str:
         """The URL of the node's LiteFS proxy (with ``litefs_proxy=True``)."""
@@ -449,8 +461,8 @@ class LiteFSCluster:
     def mount_dir(self, node_id: str) -> str:
         return self.nodes[node_id].mount_dir
 
-    def db_path(self, node_id: str, database: str | None = None) -> str:
-        return os.path.join(self.nodes[node_id].mount_dir, database or self.database)
+    def db_path(self, instance_id: str, database: str | None = None) -> str:
+        return os.path.join(self.nodes[instance_id].mount_dir, database or self.database)
 
     def read(self, node_id: str, name: str) -> bytes | None:
         """The content of file *name* in the node's mount; None if absent (ENOENT)."""
@@ -532,13 +544,13 @@ class LiteFSCluster:
 
     # -- control -------------------------------------------------------------
 
-    def promote(self, node_id: str, timeout: float = 15.0) -> None:
-        """Hand the lease to *node_id* gracefully (LiteFS's ``POST /promote``); wait until it is primary."""
+    def promote(self, instance_id: str, *, timeout: float = 15.0) -> None:
+        """Hand the lease to *instance_id* gracefully (LiteFS's ``POST /promote``); wait until it is primary."""
         if self.lease != "consul":
             raise RuntimeError("a static lease cannot move; use lease='consul'")
         deadline = time.monotonic() + timeout
         while True:
-            request = urllib.request.Request(self.nodes[node_id].api_url + "/promote", method="POST")  # noqa: S310
+            request = urllib.request.Request(self.nodes[instance_id].api_url + "/promote", method="POST")  # noqa: S310
             try:
                 with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
                     response.read()
@@ -550,16 +562,16 @@ class LiteFSCluster:
                 if exc.code != 500 or time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
-        self.wait_primary(node_id, timeout=max(5.0, deadline - time.monotonic()))
+        self.wait_primary(instance_id, timeout=max(5.0, deadline - time.monotonic()))
 
-    def kill_node(self, node_id: str) -> None:
+    def kill_node(self, instance_id: str) -> None:
         """SIGKILL the node's LiteFS, as a crash: its lease is not released and its mount goes dead.
 
         The app server keeps running on the dead mount (reads fail with
         ENOTCONN) until :meth:`start_node` remounts it.
         """
         with self._lock:
-            node = self.nodes[node_id]
+            node = self.nodes[instance_id]
             if node.process is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(node.process.pid, signal.SIGKILL)
@@ -567,23 +579,23 @@ class LiteFSCluster:
                 self._join_pump(node)
                 node.process = None
 
-    def stop_node(self, node_id: str) -> None:
+    def stop_node(self, instance_id: str) -> None:
         """Stop the node's LiteFS gracefully (SIGTERM: a primary releases its lease, the mount is removed)."""
         with self._lock:
-            self._stop_litefs(self.nodes[node_id])
+            self._stop_litefs(self.nodes[instance_id])
 
-    def start_node(self, node_id: str) -> None:
+    def start_node(self, instance_id: str) -> None:
         """(Re)start the node's LiteFS on its data directory; wait until it knows a primary."""
         with self._lock:
-            node = self.nodes[node_id]
+            node = self.nodes[instance_id]
             if node.running:
                 return
             self._unmount(node)
             self._launch(node)
         wait_for(
-            lambda: self._knows_primary(node_id),
+            lambda: self._knows_primary(instance_id),
             timeout=self.startup_timeout,
-            message=f"restarted node {node_id} found no primary; log {node.log_path}:\n{log_tail(node.log_path)}",
+            message=f"restarted node {instance_id} found no primary; log {node.log_path}:\n{log_tail(node.log_path)}",
         )
 
     def kill_app(self, node_id: str) -> None:
@@ -632,6 +644,8 @@ class LiteFSCluster:
                 f"  {node.id:<10} {role:<8} {state:<8} api {node.api_url}{app}  TXID {self.position(node.id) or 0}"
                 f"  {node.mount_dir}"
             )
+        if self._front is not None and (rotation := self._front.rotation_summary()) is not None:
+            lines.append(f"  {rotation}")
         return "\n".join(lines)
 
     # -- nodes ---------------------------------------------------------------
@@ -777,13 +791,23 @@ class LiteFSCluster:
         )
 
     def _start_apps(self) -> None:
+        if self.setup:
+            primary = self.instances[self.wait_primary(timeout=self.startup_timeout)]
+            log_path = os.path.join(self.base_dir, "logs", "setup.log")
+            self.runner.run_setup(self.setup, primary, self._app_environment(primary), log_path)
+            self.wait_replicated(self.startup_timeout)
         for instance in self.instances.values():
             self.runner.spawn(instance, self._app_environment(instance))
         for instance in self.instances.values():
             self.runner.wait_ready(instance)
         targets = {i: ("127.0.0.1", self.nodes[i].proxy_port or self.instances[i].port) for i in self.instances}
         self._front = FrontProxy(
-            targets, regions=dict.fromkeys(targets, self.region), default_region=self.region, port=self._front_port
+            targets,
+            regions=dict.fromkeys(targets, self.region),
+            default_region=self.region,
+            port=self._front_port,
+            health_path=self.health_path,
+            health_interval=self.health_interval,
         ).start()
 
     def _app_environment(self, instance: Instance) -> dict[str, str]:

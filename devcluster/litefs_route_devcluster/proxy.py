@@ -5,6 +5,13 @@ depends on, and nothing else:
 
 - requests are load-balanced round-robin over the instances; an instance that
   refuses the connection is skipped (as Fly skips a stopped Machine);
+- with *health_path*, each instance's health check (``GET`` that path, as the
+  middleware's ``health_path`` answers it) runs every *health_interval*
+  seconds, and an instance whose check fails (not 2xx, or no answer) is taken
+  out of the load-balanced rotation until a check passes again, as Fly's
+  proxy stops sending traffic to a Machine whose health checks fail. While
+  no instance passes, every instance is in rotation (what else could serve?).
+  ``fly-force-instance-id`` and ``fly-replay: instance=`` still reach it;
 - ``fly-force-instance-id: <id>`` sends the request straight to that instance;
 - a response carrying ``fly-replay`` is discarded and the *whole original
   request* (method, path and query, headers, body) is sent again to the
@@ -51,7 +58,14 @@ from types import TracebackType
 
 from .serving import ServerThread, TrackingHTTPServer
 
-__all__ = ["MAX_REPLAYS", "REPLAY_BODY_LIMIT", "FrontProxy", "ReplayEvent", "parse_fly_replay"]
+__all__ = [
+    "DEFAULT_HEALTH_INTERVAL",
+    "MAX_REPLAYS",
+    "REPLAY_BODY_LIMIT",
+    "FrontProxy",
+    "ReplayEvent",
+    "parse_fly_replay",
+]
 
 logger = logging.getLogger("litefs_route_devcluster")
 
@@ -83,6 +97,11 @@ _HOP_BY_HOP = frozenset(
 _EDGE_SET = frozenset({"fly-replay-src", "fly-request-id", "fly-client-ip"})
 _READ_SIZE = 65536
 _UPSTREAM_TIMEOUT = 300.0
+#: Seconds between two rounds of health checks (Fly's are configured per app; a dev cluster wants them quick).
+DEFAULT_HEALTH_INTERVAL = 1.0
+# Seconds a health check waits for its answer: a dead instance refuses or answers 503 at once, so only a
+# slow one (a busy machine) waits, and that one is not to be taken for dead.
+_HEALTH_TIMEOUT = 2.0
 
 
 def parse_fly_replay(value: str) -> dict[str, str]:
@@ -140,7 +159,9 @@ class FrontProxy:
     *instances* maps instance id to ``(host, port)``. *regions* maps instance
     id to its region (default *default_region*), used in ``fly-replay-src``
     and for ``fly-replay: region=``. The proxy listens on *host*:*port*
-    (port 0: a free one; see :attr:`url`).
+    (port 0: a free one; see :attr:`url`). *health_path*: the instances'
+    health check, run every *health_interval* seconds (see the module
+    docstring; :attr:`in_rotation`); None: none, every instance is in rotation.
 
     Thread-safe; :meth:`set_instances` may be called while traffic flows.
     """
@@ -156,9 +177,21 @@ class FrontProxy:
         max_replays: int = MAX_REPLAYS,
         replay_body_limit: int = REPLAY_BODY_LIMIT,
         app_name: str = "devcluster",
+        health_path: str | None = None,
+        health_interval: float = DEFAULT_HEALTH_INTERVAL,
     ) -> None:
+        if health_path is not None and not health_path.startswith("/"):
+            raise ValueError(f"health_path must be a path starting with '/', got {health_path!r}")
         self._lock = threading.Lock()
         self._instances: dict[str, tuple[str, int]] = {}
+        #: Instances whose last health check failed (out of the rotation).
+        self._failing: set[str] = set()
+        self.health_path = health_path
+        self.health_interval = health_interval
+        self._checks_stopped = threading.Event()
+        self._checker: threading.Thread | None = None
+        self._checked_rounds = 0
+        self._checked = threading.Condition(self._lock)
         self._regions: dict[str, str] = {}
         self._rr = itertools.count()
         self.default_region = default_region
@@ -193,6 +226,72 @@ class FrontProxy:
         with self._lock:
             return self._regions.get(instance_id, self.default_region)
 
+    # -- health checks -------------------------------------------------------
+
+    @property
+    def in_rotation(self) -> list[str]:
+        """The instances load-balanced requests go to now: those whose health check passes (or all, if none does)."""
+        with self._lock:
+            return self._rotation()
+
+    def rotation_summary(self) -> str | None:
+        """One line for a status: who is in rotation and who is out; None without health checks."""
+        if self.health_path is None:
+            return None
+        with self._lock:
+            out = sorted(self._failing & set(self._instances))
+            return f"in rotation: {', '.join(self._rotation())}" + (
+                f"; failing {self.health_path}: {', '.join(out)}" if out else ""
+            )
+
+    def _rotation(self) -> list[str]:
+        ids = sorted(self._instances)
+        return [i for i in ids if i not in self._failing] or ids
+
+    def wait_checked(self, timeout: float = 10.0) -> None:
+        """Wait until a whole round of health checks has run after this call (TimeoutError if none did)."""
+        if self.health_path is None:
+            raise RuntimeError("this front runs no health checks (health_path=None)")
+        with self._checked:
+            target = self._checked_rounds + 2  # the round under way may have started before the call
+            if not self._checked.wait_for(lambda: self._checked_rounds >= target, timeout):
+                raise TimeoutError(f"no round of health checks finished within {timeout:g} s")
+
+    def _check_health(self) -> None:
+        """The checker thread: every instance's health check, every ``health_interval`` seconds."""
+        assert self.health_path is not None
+        warned: set[str] = set()
+        while not self._checks_stopped.is_set():
+            for instance_id, address in sorted(self.instances.items()):
+                status = _health_status(address, self.health_path, timeout=_HEALTH_TIMEOUT)
+                if status == 404 and instance_id not in warned:
+                    warned.add(instance_id)
+                    logger.warning(
+                        "front: %s answers 404 to its health check %s: give the middleware health_path=%r",
+                        instance_id,
+                        self.health_path,
+                        self.health_path,
+                    )
+                passing = status is not None and 200 <= status < 300
+                with self._lock:
+                    was_failing = instance_id in self._failing
+                    if passing:
+                        self._failing.discard(instance_id)
+                    elif instance_id in self._instances:
+                        self._failing.add(instance_id)
+                if passing == was_failing:
+                    logger.info(
+                        "front: %s %s (health check %s: %s)",
+                        instance_id,
+                        "back in rotation" if passing else "out of rotation",
+                        self.health_path,
+                        status or "no answer",
+                    )
+            with self._checked:
+                self._checked_rounds += 1
+                self._checked.notify_all()
+            self._checks_stopped.wait(self.health_interval)
+
     # -- life cycle --------------------------------------------------------
 
     def start(self) -> FrontProxy:
@@ -200,10 +299,16 @@ class FrontProxy:
         if self._serving.server is None:
             self._serving.start()
             logger.info("front proxy listening on %s", self.url)
+        if self.health_path is not None and self._checker is None:
+            self._checker = threading.Thread(target=self._check_health, name="devcluster-front-health", daemon=True)
+            self._checker.start()
         return self
 
     def close(self) -> None:
-        """Stop listening and drop every client connection. Idempotent."""
+        """Stop listening, checking health and drop every client connection. Idempotent."""
+        self._checks_stopped.set()
+        if self._checker is not None:
+            self._checker.join(10)
         self._serving.close()
 
     def __enter__(self) -> FrontProxy:
@@ -253,7 +358,7 @@ class FrontProxy:
     def _round_robin(self, exclude: str | None = None, region: str | None = None) -> list[str]:
         """Instance ids in the order to try for a load-balanced request."""
         with self._lock:
-            ids = sorted(self._instances)
+            ids = self._rotation()
             start = next(self._rr)
             if region is not None:
                 ids = [i for i in ids if self._regions.get(i, self.default_region) == region]
@@ -577,6 +682,20 @@ class _Refusal:
     def __call__(self, reason: str, status: int, code: str, message: str) -> _ProxyError:
         self.front._record(dataclasses.replace(self.event, refused=reason))
         return _ProxyError(status, code, message)
+
+
+def _health_status(address: tuple[str, int], path: str, timeout: float) -> int | None:
+    """The status a health check gets (``GET path``); None when the instance does not answer."""
+    conn = http.client.HTTPConnection(address[0], address[1], timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": f"{address[0]}:{address[1]}", "User-Agent": "devcluster-health"})
+        response = conn.getresponse()
+        response.read(65536)
+        return response.status
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
 
 
 def _duration(value: str | None) -> float | None:

@@ -288,3 +288,56 @@ def test_a_request_sent_back_may_not_replay_again(backends: Callable[[str, Respo
     assert response.status_code == 502
     assert response.headers["fly-devcluster-error"] == "replay-after-fallback"
     assert len(a.seen) == 2
+
+
+def test_an_instance_failing_its_health_check_leaves_the_rotation_until_it_passes(
+    backends: Callable[[str, Respond], Backend],
+) -> None:
+    healthy = {"a": True, "b": True}
+
+    def respond(handler: _BackendHandler, seen: Seen) -> None:
+        name = handler.backend.name
+        if seen.path == "/health":
+            handler.reply(200 if healthy[name] else 503, b"ok" if healthy[name] else b"lagging")
+        else:
+            _echo(handler, seen)
+
+    a, b = backends("a", respond), backends("b", respond)
+    with FrontProxy({"a": a.address, "b": b.address}, health_path="/health", health_interval=0.05) as front:
+        front.wait_checked()
+        assert front.in_rotation == ["a", "b"]
+        assert any(s.path == "/health" for s in b.seen)  # the check itself reached the instance
+
+        healthy["b"] = False
+        front.wait_checked()
+        assert front.in_rotation == ["a"]
+        with httpx.Client(base_url=front.url) as client:
+            assert {client.get("/x").json()["by"] for _ in range(6)} == {"a"}
+            # A request forced to it still reaches it, as on Fly.
+            assert client.get("/x", headers={FORCE: "b"}).json()["by"] == "b"
+
+            healthy["a"] = False  # none passes: every instance serves, rather than none
+            front.wait_checked()
+            assert front.in_rotation == ["a", "b"]
+            assert {client.get("/x").json()["by"] for _ in range(6)} == {"a", "b"}
+
+            healthy["a"] = healthy["b"] = True
+            front.wait_checked()
+            assert front.in_rotation == ["a", "b"]
+
+
+def test_an_instance_that_does_not_answer_its_health_check_leaves_the_rotation(
+    backends: Callable[[str, Respond], Backend],
+) -> None:
+    a, b = backends("a", _echo), backends("b", _echo)
+    b_address = b.address
+    with FrontProxy({"a": a.address, "b": b_address}, health_path="/health", health_interval=0.05) as front:
+        front.wait_checked()
+        assert front.in_rotation == ["a", "b"]
+        assert b.server is not None
+        b.server.shutdown()
+        b.server.server_close()  # connections to it are refused now
+        front.wait_checked()
+        assert front.in_rotation == ["a"]
+        with httpx.Client(base_url=front.url) as client:
+            assert {client.get("/x").json()["by"] for _ in range(4)} == {"a"}
