@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from ._request import _REPLAY_SRC_LIMIT  # Fly's header is never longer: one limit for both
+from ._request import REPLAY_HEADER_LIMIT
 
 __all__ = ["PLAUSIBLE_SECONDS", "replay_latency"]
 
@@ -25,7 +25,7 @@ _T_FIELD = re.compile(r"(?:^|;)\s*t=([0-9]{1,20})\s*(?=;|$)")
 
 def replay_latency(replay_src: str, now: float) -> float | None:
     """Seconds from ``t`` in *replay_src* to *now* (``time.time()``), clamped at 0; None if absent or implausible."""
-    if len(replay_src) > _REPLAY_SRC_LIMIT:
+    if len(replay_src) > REPLAY_HEADER_LIMIT:
         return None
     match = _T_FIELD.search(replay_src)
     if match is None:

@@ -13,6 +13,7 @@ from ._secret import Secret
 __all__ = [
     "HOP_CGI_KEY",
     "HOP_HEADER",
+    "REPLAY_HEADER_LIMIT",
     "SECRET_CGI_KEY",
     "SECRET_HEADER",
     "RequestInfo",
@@ -52,8 +53,8 @@ _STATE_PREFIX = "litefs-route-hop-"
 _REPLAY_SRC_STATE = re.compile(r"(?:^|;)\s*state=" + re.escape(_STATE_PREFIX) + r"([0-9]{1,3})\s*(?:;|$)")
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 _FORWARD_HOP = re.compile(r"[0-9]")
-# A fly-replay-src longer than this is not Fly's; we do not scan it.
-_REPLAY_SRC_LIMIT = 1024
+#: A fly-replay-src or fly-replay-failed longer than this is not Fly's: it is not scanned.
+REPLAY_HEADER_LIMIT = 1024
 
 
 # Built on every request: a plain slotted class (a frozen dataclass's
@@ -135,7 +136,7 @@ class RequestInfo:
 
 def replay_hops(replay_src: str | None) -> int:
     """How many times litefs-route already replayed this request (0 if none)."""
-    if not replay_src or len(replay_src) > _REPLAY_SRC_LIMIT:
+    if not replay_src or len(replay_src) > REPLAY_HEADER_LIMIT:
         return 0
     match = _REPLAY_SRC_STATE.search(replay_src)
     return int(match[1]) if match else 0

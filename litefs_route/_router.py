@@ -114,11 +114,10 @@ class Router:
         the reading changes. Most requests take that path; the rules still
         decide every verdict (:func:`~litefs_route._decision.decide`).
         """
-        state = self.cache.fresh()
         if request is not None:
-            known_txids = None if request.txids is None else self.known_txids(request)
-            outcome = decide_without_io(request, state, self.rules, known_txids=known_txids)
+            outcome = self.outcome_without_io(request)
             return request, self.plan(request) if outcome is None else outcome
+        state = self.cache.fresh()
         verdicts = None
         if state is not None:
             # One attribute holds the reading and its verdicts: a thread that swaps

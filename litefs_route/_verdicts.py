@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, NoReturn
 
 from ._mount import NodeState
+from ._request import REPLAY_HEADER_LIMIT
 
 __all__ = [
     "BAD_FRAMING",
@@ -55,8 +56,6 @@ FORWARD_LOOP_REASON = "it was forwarded here {} times and this instance is not t
 # Fly's proxy could not deliver our replay and sent the request back (fly-replay-failed).
 _REPLAY_FAILED_REASON = "the replay to instance {} failed ({}), and a request sent back may not be replayed again"
 _REPLAY_FAILED_FIELD = re.compile(r"(?:^|;)\s*(instance|reason)=([A-Za-z0-9_.-]{1,64})\s*(?=;|$)")
-# A fly-replay-failed longer than this is not Fly's; we do not scan past it.
-_REPLAY_FAILED_LIMIT = 1024
 
 
 class Kind(enum.Enum):
@@ -136,7 +135,7 @@ HEALTHY = Decision(Kind.HEALTHY, write=False)
 
 def replay_failure(replay_failed: str) -> str:
     """Why a request came back: a ``fly-replay-failed`` header in words (the reason of its 503)."""
-    fields = dict(_REPLAY_FAILED_FIELD.findall(replay_failed[:_REPLAY_FAILED_LIMIT]))
+    fields = dict(_REPLAY_FAILED_FIELD.findall(replay_failed[:REPLAY_HEADER_LIMIT]))
     return _REPLAY_FAILED_REASON.format(fields.get("instance", "?"), fields.get("reason", "unknown reason"))
 
 

@@ -31,16 +31,21 @@ class Supervised:
     log: Path
 
     def events(self, kind: str | None = None) -> list[list[str]]:
-        if not self.record.exists():
-            return []
-        lines = [line.split() for line in self.record.read_text().splitlines()]
-        return [line for line in lines if kind is None or line[0] == kind]
+        return _events(self.record, kind)
 
     def has(self, kind: str, count: int = 1) -> bool:
         return len(self.events(kind)) >= count
 
     def output(self) -> str:
         return self.log.read_text()
+
+
+def _events(record: Path, kind: str | None = None) -> list[list[str]]:
+    """The lines CMD recorded (kind, ..., pid, ...), each split; only those of *kind* if given."""
+    if not record.exists():
+        return []
+    lines = [line.split() for line in record.read_text().splitlines()]
+    return [line for line in lines if kind is None or line[0] == kind]
 
 
 class Start(Protocol):
@@ -103,7 +108,7 @@ def supervise(tmp_path: Path, mount: Mount) -> Iterator[Start]:
                 proc.kill()
                 proc.wait()
     # A copy whose supervisor was killed runs on in its own process group: it never outlives the test.
-    for _, _, pid, *_ in Supervised(started[0], tmp_path / "record", tmp_path).events("start") if started else ():
+    for _, _, pid, *_ in _events(tmp_path / "record", "start"):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(int(pid), signal.SIGKILL)
 
