@@ -172,7 +172,7 @@ def build_cases(primary_dir: str, replica_dir: str) -> list[Case]:
         asgi_mw = RouteASGI(inner_asgi, litefs_dir=mount, instance_id="bench-self", cache_ttl=ttl)
         wsgi_mw = RouteWSGI(inner_wsgi, litefs_dir=mount, instance_id="bench-self", cache_ttl=ttl)
         for mw in (asgi_mw, wsgi_mw):
-            mw.router.cache.refresh()  # warm: the timed path is the cache hit
+            mw.routing.cache.refresh()  # warm: the timed path is the cache hit
         cases.append(Case("ASGI", f"litefs-route, {label}", base, partial(asgi_loop, asgi_mw, scope)))
         cases.append(Case("WSGI", f"litefs-route, {label}", base, partial(wsgi_loop, wsgi_mw, environ)))
         naive_a = NaiveASGI(inner_asgi, mount)

@@ -110,7 +110,7 @@ def run_cell(stack: str, inner: str, variant: str, case: str, n: int) -> None:
             app = FloorWSGI(app)
         elif variant == "route":
             app = wsgi.PrimaryRoutingMiddleware(app, litefs_dir=mount, instance_id=SELF_ID, cache_ttl=3600)
-            app.router.cache.refresh()  # warm: the measured path is the cache hit
+            app.routing.cache.refresh()  # warm: the measured path is the cache hit
         environ = environ_for(method)
         wsgi_loop(app, environ, 50)
         if n:
@@ -121,7 +121,7 @@ def run_cell(stack: str, inner: str, variant: str, case: str, n: int) -> None:
             app = FloorASGI(app)
         elif variant == "route":
             app = asgi.PrimaryRoutingMiddleware(app, litefs_dir=mount, instance_id=SELF_ID, cache_ttl=3600)
-            app.router.cache.refresh()
+            app.routing.cache.refresh()
         scope = scope_for(method)
         asgi_loop(app, scope, 50)
         if n:

@@ -71,7 +71,7 @@ def run_cell(stack: str, variant: str, case: str, n: int) -> None:
     options: dict[str, Any] = {"litefs_dir": mount, "instance_id": SELF_ID, "cache_ttl": 3600}
     if stack == "WSGI":
         app: Any = wsgi.PrimaryRoutingMiddleware(inner_wsgi, **options)
-        app.router.cache.refresh()  # warm: the measured path is the cache hit
+        app.routing.cache.refresh()  # warm: the measured path is the cache hit
         environ = {**environ_for(method), "HTTP_FLY_REQUEST_ID": _FLY_REQUEST_ID}
         if case == "replayed POST":  # a millisecond after the replica answered
             environ["HTTP_FLY_REPLAY_SRC"] = f"instance=x;region=ams;t={int(time.time() * 1e6) - 1000};state=y"
@@ -80,7 +80,7 @@ def run_cell(stack: str, variant: str, case: str, n: int) -> None:
             wsgi_loop(app, environ, n)
     else:
         app = asgi.PrimaryRoutingMiddleware(inner_asgi, **options)
-        app.router.cache.refresh()
+        app.routing.cache.refresh()
         scope = scope_for(method)
         scope["headers"] = [*scope["headers"], (b"fly-request-id", _FLY_REQUEST_ID.encode())]
         asgi_loop(app, scope, 50)

@@ -10,7 +10,7 @@ same middleware with ``litefs_api_url="off"`` (**poll**: the mount read every
 
 1. **Commit → read latency.** Two nodes (Consul lease, node1 primary); in
    this process, one middleware of each kind over node2's mount. Per round a
-   thread waits in ``router.positions.wait(txid, 10)`` for the next TXID (it
+   thread waits in ``routing.positions.wait(txid, 10)`` for the next TXID (it
    is registered before the commit), then an ``INSERT`` commits on the
    primary's mount; the latency runs from ``commit`` returning to the waiter
    waking. Rounds of five kinds, interleaved: both waiters on the same commit,
@@ -171,8 +171,8 @@ def write_outcome(middleware: PrimaryRoutingMiddleware) -> str:
 
 
 def mount_reads(middleware: PrimaryRoutingMiddleware) -> int:
-    router = middleware.router
-    return router.cache.reads + (router.positions.reads if router.positions is not None else 0)
+    routing = middleware.routing
+    return routing.cache.reads + (routing.positions.reads if routing.positions is not None else 0)
 
 
 def build(node: LiteFSNode, variant: str, *, database: str | None = DATABASE) -> PrimaryRoutingMiddleware:
@@ -197,12 +197,12 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 10.0, in
 
 def stream_up(middleware: PrimaryRoutingMiddleware, what: str) -> None:
     """Start the stream (the first read of the mount does) and wait until it is trusted."""
-    subscriber = middleware.router.subscriber
+    subscriber = middleware.routing.subscriber
     if subscriber is None:
-        raise RuntimeError(f"{what}: router.subscriber is None although litefs_api_url was given")
-    middleware.router.cache.get()
+        raise RuntimeError(f"{what}: routing.subscriber is None although litefs_api_url was given")
+    middleware.routing.cache.get()
     wait_for(lambda: subscriber.up, f"{what}: the event stream to come up (subscriber.up)")
-    if middleware.router.positions is not None:
+    if middleware.routing.positions is not None:
         watcher = _positions(middleware)
         wait_for(lambda: watcher.pushed, f"{what}: positions.pushed")
 
@@ -293,7 +293,7 @@ def latency(cluster: LiteFSCluster, mws: dict[str, PrimaryRoutingMiddleware], co
     writer = Writer(cluster, "node1")
     cluster.wait_replicated()
     fronts = {variant: HTTPFront(mws[variant]) for variant in VARIANTS}
-    before = {v: (mws[v].router.cache.reads, _positions(mws[v]).reads) for v in VARIANTS}
+    before = {v: (mws[v].routing.cache.reads, _positions(mws[v]).reads) for v in VARIANTS}
     try:
         for i in range(commits):
             for kind in rotated(LATENCY_KINDS, i):
@@ -306,9 +306,9 @@ def latency(cluster: LiteFSCluster, mws: dict[str, PrimaryRoutingMiddleware], co
             front.close()
         writer.close()
     result.reads = {
-        v: (mws[v].router.cache.reads - before[v][0], _positions(mws[v]).reads - before[v][1]) for v in VARIANTS
+        v: (mws[v].routing.cache.reads - before[v][0], _positions(mws[v]).reads - before[v][1]) for v in VARIANTS
     }
-    subscriber = mws["stream"].router.subscriber
+    subscriber = mws["stream"].routing.subscriber
     assert subscriber is not None
     result.stream_connections = subscriber.connections
     if not subscriber.up:
@@ -318,9 +318,9 @@ def latency(cluster: LiteFSCluster, mws: dict[str, PrimaryRoutingMiddleware], co
 
 def _positions(middleware: PrimaryRoutingMiddleware) -> PositionWatcher:
     """The read-your-writes watcher of DATABASE."""
-    positions = middleware.router.positions
+    positions = middleware.routing.positions
     if positions is None:
-        raise RuntimeError("router.positions is None although database= was given")
+        raise RuntimeError("routing.positions is None although database= was given")
     return next(w for w in positions.watchers if w.database == DATABASE)
 
 
@@ -405,9 +405,9 @@ class ReadsRow:
 
 def _counters(middleware: PrimaryRoutingMiddleware) -> tuple[int, int, int]:
     """Mount reads so far: the cache's, the TXID watcher's, the event subscriber's own checks."""
-    router = middleware.router
-    checks = router.subscriber.reads if router.subscriber is not None else 0
-    return router.cache.reads, _positions(middleware).reads, checks
+    routing = middleware.routing
+    checks = routing.subscriber.reads if routing.subscriber is not None else 0
+    return routing.cache.reads, _positions(middleware).reads, checks
 
 
 #: The loaded rows alternate the two variants in this many slices each (order rotated), req/s the median slice.
@@ -763,7 +763,7 @@ def failover(rounds: int, threads: int, period: float) -> tuple[list[MoveRow], l
             periods.append(monitor_ms)
             log(f"handoff {r}/{rounds}: node1 was seen holding the lease {ms:.0f} ms after the promote call")
         for (node, variant), mw in mws.items():
-            subscriber = mw.router.subscriber
+            subscriber = mw.routing.subscriber
             if variant == "stream" and subscriber is not None and (not subscriber.up or subscriber.connections != 1):
                 notes.append(f"{node} stream: up={subscriber.up}, connections={subscriber.connections}")
     return rows, notes, statistics.median(periods) if periods else math.nan
@@ -971,7 +971,7 @@ def report(res: Results, args: argparse.Namespace, cfg: WrkConfig, elapsed: floa
         "",
         "**stream**: `litefs_api_url=<the node's LiteFS API>`; **poll**: `litefs_api_url=\"off\"` (the mount's "
         "`.primary`/`.lag` read every `cache_ttl` = 1 s, `<db>-pos` every 1 ms while a read waits). Everything else "
-        "is the default. Each stream middleware's `router.subscriber.up` was waited for before measuring.",
+        "is the default. Each stream middleware's `routing.subscriber.up` was waited for before measuring.",
         "",
         "## Summary",
         "",
@@ -985,7 +985,7 @@ def report(res: Results, args: argparse.Namespace, cfg: WrkConfig, elapsed: floa
             "",
             "Two nodes, Consul lease, node1 primary, node2 replica; a stream and a poll WSGI middleware over "
             f'node2\'s mount (`database="{DATABASE}"`) in this process. {args.commits} rounds of each kind, kinds '
-            "interleaved (order rotated each round). The waiter (`router.positions.wait(txid, 10)`, or a `GET` with "
+            "interleaved (order rotated each round). The waiter (`routing.positions.wait(txid, 10)`, or a `GET` with "
             "`Cookie: __txid=<txid>` through a werkzeug server in this process) is registered before the "
             "`INSERT` (autocommit, one LiteFS transaction) runs on node1's mount; the time runs from `execute()` "
             f"returning (the commit itself took {med(lat.commit_ms):.2f} ms, median; {lat.early} waiters woke "
@@ -1073,7 +1073,7 @@ def report(res: Results, args: argparse.Namespace, cfg: WrkConfig, elapsed: floa
             f"`LITEFS_API_URL` = node1's API or `off`. {cfg.rounds} interleaved rounds x {cfg.seconds:g} s (after "
             f"{cfg.warmup:g} s warm-up), server on CPU {cfg.server_cpu}, wrk -t1 on CPU {cfg.wrk_cpu}, ASGI "
             f"-c{cfg.asgi_connections}, WSGI -c{cfg.wsgi_connections}; LiteFS unpinned. Mount reads: "
-            "`router.cache.reads` of the server over the measured run (its `GET /__reads`).",
+            "`routing.cache.reads` of the server over the measured run (its `GET /__reads`).",
             "",
             "| stack | variant | req/s (median) | range | vs poll | p50 ms | p99 ms | mount reads/s |",
             "|---|---|---:|---|---:|---:|---:|---:|",
@@ -1174,8 +1174,8 @@ def main(argv: list[str] | None = None) -> None:
             # (API, mount) would never be pushed a state (see bench/README.md).
             mws = {variant: build(node2, variant) for variant in VARIANTS}
             stream_up(mws["stream"], "node2 stream")
-            if mws["poll"].router.subscriber is not None:
-                raise RuntimeError('litefs_api_url="off" left router.subscriber set')
+            if mws["poll"].routing.subscriber is not None:
+                raise RuntimeError('litefs_api_url="off" left routing.subscriber set')
             if "latency" in sections:
                 res.lat = latency(cluster, mws, args.commits)
             if "reads" in sections:

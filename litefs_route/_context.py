@@ -29,7 +29,7 @@ from ._mount import NodeState, Role, default_instance_id, is_valid_instance_id, 
 from ._needs import Plan
 from ._replies import STAND_IN, Reply, has_replay_header
 from ._request import RequestInfo
-from ._router import Router
+from ._routing import NodeRouting
 from ._sqlite_errors import WriteFailure, classify_write_failure
 from ._subscriber import resolve_api_url
 from ._verdicts import Decision, Kind, Outcome, Pending, assert_never
@@ -65,19 +65,19 @@ class RequestContext:
         "primary_required_error",
         "request",
         "response_started",
-        "router",
+        "routing",
         "state",
         "txids_before",
     )
 
     def __init__(
         self,
-        router: Router,
+        routing: NodeRouting,
         request: RequestInfo,
         outcome: Outcome,
         primary_required_error: Callable[[Reply], PrimaryRequired],
     ) -> None:
-        self.router = router
+        self.routing = routing
         self.request = request
         #: The reading it was routed on, or the fresher one it was settled on.
         self.state: NodeState = outcome.state
@@ -143,7 +143,7 @@ class RequestContext:
         if self.ending is not None:
             return None
         # self.state is still the reading the request was routed on (settle() replaces it).
-        return self.router.settlement(
+        return self.routing.settlement(
             self.request,
             failure=None if self.failure is None else self.failure.kind,
             routed_as_primary=self.state.is_primary,
@@ -154,7 +154,7 @@ class RequestContext:
         self.state = outcome.state
         # Settled here: SQLite refused a write (the safety net), or ensure_primary() found no primary.
         cause = "safety_net" if self.failure is not None else "ensure_primary"
-        self.ending = self.router.reply(outcome.decision, cause=cause, request=self.request)
+        self.ending = self.routing.reply(outcome.decision, cause=cause, request=self.request)
         if self.failure is not None:
             self._log_failure(outcome)
         return self.ending
@@ -205,15 +205,15 @@ class RequestContext:
         gets a cookie too. Safe: a read waits a little more, never less.)
         """
         if self.txids_before is None:
-            self.txids_before = self.router.known_txids()
+            self.txids_before = self.routing.known_txids()
 
     def txid_cookie_due(self) -> bool:
         """True if the response gets fresh TXID cookies: read the positions after the handler ran."""
-        return sets_txid_cookie(self.decision, self.state, self.router.rules)
+        return sets_txid_cookie(self.decision, self.state, self.routing.rules)
 
     def cookie_headers(self, txids_after: tuple[int | None, ...] | None) -> list[tuple[str, str]]:
         """``Set-Cookie`` headers: each database's TXID after the handler if it moved, or clearing stale ones."""
-        cookies = self.router.txid_cookies
+        cookies = self.routing.txid_cookies
         if cookies is None or (txids_after is None and not self.clear_txids):
             return []
         before = self.txids_before
@@ -237,7 +237,7 @@ class RequestContext:
         if failure is None:
             return False
         self.must_end_elsewhere, self.failure = True, failure
-        self.router.counters.add("safety_net")
+        self.routing.counters.add("safety_net")
         return True
 
 
@@ -271,7 +271,7 @@ def ensure_primary() -> None:
     Raises RuntimeError outside a request handled by the middleware.
     """
     ctx = _context("ensure_primary")
-    step = ctx.router.decide_forced(ctx.request, ctx.state)
+    step = ctx.routing.decide_forced(ctx.request, ctx.state)
     match step:
         case Decision(kind=Kind.RUN):  # the primary (or standalone): a write, run here
             ctx.decision = step
@@ -280,7 +280,7 @@ def ensure_primary() -> None:
         case Decision():  # the replay, or a refusal (413, 503 after too many replays)
             ctx.must_end_elsewhere, ctx.ending = (
                 True,
-                ctx.router.reply(step, cause="ensure_primary", request=ctx.request),
+                ctx.routing.reply(step, cause="ensure_primary", request=ctx.request),
             )
             raise ctx.primary_required_error(ctx.ending)
         case Pending.WAIT_FOR_PRIMARY:  # settled by the middleware once the handler is done
@@ -310,10 +310,10 @@ def ensure_instance(instance_id: str) -> None:
     if not isinstance(instance_id, str) or not is_valid_instance_id(instance_id):
         raise ValueError(f"instance_id must be a host name or Fly Machine ID, got {instance_id!r}")
     ctx = _context("ensure_instance")
-    step = decide_instance(ctx.request, ctx.state, ctx.router.rules, instance_id)
+    step = decide_instance(ctx.request, ctx.state, ctx.routing.rules, instance_id)
     if step is None:  # this is the instance
         return
-    ctx.must_end_elsewhere, ctx.ending = True, ctx.router.reply(step, cause="ensure_instance", request=ctx.request)
+    ctx.must_end_elsewhere, ctx.ending = True, ctx.routing.reply(step, cause="ensure_instance", request=ctx.request)
     raise ctx.primary_required_error(ctx.ending)
 
 
@@ -374,7 +374,7 @@ def get_instance_info(
     ctx = current_request.get()
     if ctx is not None and litefs_dir is None and instance_id is None and litefs_api_url is None:
         state = ctx.state
-        subscriber = ctx.router.subscriber
+        subscriber = ctx.routing.subscriber
         candidate = subscriber.candidate if subscriber is not None else None
     else:
         mount = litefs_dir or os.environ.get("LITEFS_DIR")

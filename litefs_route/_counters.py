@@ -1,9 +1,9 @@
 """What the middlewares of one process did: counters, readable from Python.
 
-Every router (so every middleware, or every group sharing a router) has its
-own :class:`Counters`, at ``middleware.router.counters``::
+Every NodeRouting (so every middleware, or every group sharing one) has its
+own :class:`Counters`, at ``middleware.routing.counters``::
 
-    middleware.router.counters.snapshot()
+    middleware.routing.counters.snapshot()
     # {"replays": 412, "read_replays": 3, "primary_waits": 2, "primary_wait_seconds": 1.7, ...}
 
 :func:`routing_counters` sums every middleware of the process, for apps that
@@ -78,7 +78,7 @@ logger = logging.getLogger("litefs_route")
 
 
 class Counters:
-    """Thread-safe counters of one router (see the module's documentation for the names)."""
+    """Thread-safe counters of one routing (see the module's documentation for the names)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -128,7 +128,7 @@ class Counters:
 TIMINGS = ("primary_wait", "txid_wait", "replay_latency")
 
 
-# Every router's counters in this process, for routing_counters(); gone with their router.
+# Every NodeRouting's counters in this process, for routing_counters(); gone with their routing.
 _EVERY: weakref.WeakSet[Counters] = weakref.WeakSet()
 # Replaced, never changed in place: counting threads iterate it without a lock. Empty: metrics off.
 _listeners: tuple[CountListener, ...] = ()
@@ -136,7 +136,7 @@ _listeners_lock = threading.Lock()
 
 
 def add_count_listener(listener: CountListener) -> None:
-    """Call ``listener(name, amount, cause)`` on each count of every router of this process.
+    """Call ``listener(name, amount, cause)`` on each count of every routing of this process.
 
     For metrics exporters (:mod:`litefs_route.prometheus`). *name* is a
     counter's (the module's documentation), or ``ran``: a request whose app

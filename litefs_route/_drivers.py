@@ -25,7 +25,7 @@ from ._counters import Counters
 from ._log_fields import log_fields
 from ._mount import NodeState, Role
 from ._needs import Answer, AwaitChange, MeasureBody, Plan, ReadClock, ReadMount, ReadPositions, ReadState, WaitForTxids
-from ._router import Router
+from ._routing import NodeRouting
 from ._verdicts import Outcome, assert_never
 
 __all__ = [
@@ -142,14 +142,14 @@ AsyncBodyMeter = Callable[[int, float, "KeptBody | None"], Awaitable["int | None
 class _PlanIO:
     """What the blocking and the asynchronous I/O of one plan share.
 
-    One per plan driven: it counts that plan's waits in the router's counters,
+    One per plan driven: it counts that plan's waits in the routing's counters,
     and keeps what measuring a body read when forward mode will send it on.
     """
 
-    __slots__ = ("kept", "primary_wait", "router")
+    __slots__ = ("kept", "primary_wait", "routing")
 
-    def __init__(self, router: Router) -> None:
-        self.router: Router = router
+    def __init__(self, routing: NodeRouting) -> None:
+        self.routing: NodeRouting = routing
         #: When this plan's wait for a primary began, and when its last reading after a slice came; None: no wait.
         self.primary_wait: tuple[float, float] | None = None
         #: What measuring the body read (forward mode): sent first if the request is forwarded.
@@ -157,7 +157,7 @@ class _PlanIO:
 
     def keeper(self) -> KeptBody | None:
         """Where ``measure_body`` keeps what it reads: :attr:`kept` in forward mode "oversize", else nowhere."""
-        return self.kept if self.router.rules.forward == "oversize" else None
+        return self.kept if self.routing.rules.forward == "oversize" else None
 
 
 class MountIO(_PlanIO):
@@ -165,24 +165,24 @@ class MountIO(_PlanIO):
 
     __slots__ = ("_measure",)
 
-    def __init__(self, router: Router, measure: BodyMeter) -> None:
-        super().__init__(router)
+    def __init__(self, routing: NodeRouting, measure: BodyMeter) -> None:
+        super().__init__(routing)
         self._measure = measure
 
     def measure_body(self, limit: int, timeout: float) -> int | None:
         return self._measure(limit, timeout, self.keeper())
 
     def read_state(self, max_age: float | None) -> NodeState:
-        return self.router.cache.get(max_age)
+        return self.routing.cache.get(max_age)
 
     def read_mount(self) -> NodeState:
-        return self.router.cache.read_mount()
+        return self.routing.cache.read_mount()
 
     def clock(self) -> float:
         return time.monotonic()
 
     def await_change(self, seen: NodeState, timeout: float, from_mount: bool) -> NodeState:
-        began, cache = time.monotonic(), self.router.cache
+        began, cache = time.monotonic(), self.routing.cache
         if not cache.wait_for_change(None if from_mount else seen, timeout):  # not pushed: poll
             time.sleep(timeout)
         _count_primary_wait(self, began)
@@ -191,16 +191,16 @@ class MountIO(_PlanIO):
         return state
 
     def wait_for_txids(self, txids: tuple[int, ...], timeout: float) -> bool:
-        positions = self.router.positions
+        positions = self.routing.positions
         assert positions is not None  # the plan waits only when read-your-writes is on
-        counters, began = self.router.counters, time.monotonic()
+        counters, began = self.routing.counters, time.monotonic()
         counters.add("consistency_waits")
         arrived = positions.wait(txids, timeout)
         _timed(counters, "txid_wait", time.monotonic() - began, "arrived" if arrived else "timed_out")
         return arrived
 
     def read_positions(self) -> tuple[int | None, ...]:
-        positions = self.router.positions
+        positions = self.routing.positions
         assert positions is not None
         return positions.read()
 
@@ -210,15 +210,15 @@ class AsyncMountIO(_PlanIO):
 
     __slots__ = ("_measure",)
 
-    def __init__(self, router: Router, measure: AsyncBodyMeter) -> None:
-        super().__init__(router)
+    def __init__(self, routing: NodeRouting, measure: AsyncBodyMeter) -> None:
+        super().__init__(routing)
         self._measure = measure
 
     async def measure_body(self, limit: int, timeout: float) -> int | None:
         return await self._measure(limit, timeout, self.keeper())
 
     async def read_state(self, max_age: float | None) -> NodeState:
-        cache = self.router.cache
+        cache = self.routing.cache
         cached = cache.cached(max_age)
         if cached is not None:
             return cached
@@ -228,7 +228,7 @@ class AsyncMountIO(_PlanIO):
 
     async def read_mount(self) -> NodeState:
         run_in_thread, _ = async_backend()
-        state: NodeState = await run_in_thread(self.router.cache.read_mount)
+        state: NodeState = await run_in_thread(self.routing.cache.read_mount)
         return state
 
     def clock(self) -> float:
@@ -236,7 +236,7 @@ class AsyncMountIO(_PlanIO):
 
     async def await_change(self, seen: NodeState, timeout: float, from_mount: bool) -> NodeState:
         began = time.monotonic()
-        if not await self.router.cache.wait_for_change_async(None if from_mount else seen, timeout):  # not pushed
+        if not await self.routing.cache.wait_for_change_async(None if from_mount else seen, timeout):  # not pushed
             _, sleep = async_backend()
             await sleep(timeout)
         _count_primary_wait(self, began)
@@ -245,16 +245,16 @@ class AsyncMountIO(_PlanIO):
         return state
 
     async def wait_for_txids(self, txids: tuple[int, ...], timeout: float) -> bool:
-        positions = self.router.positions
+        positions = self.routing.positions
         assert positions is not None  # the plan waits only when read-your-writes is on
-        counters, began = self.router.counters, time.monotonic()
+        counters, began = self.routing.counters, time.monotonic()
         counters.add("consistency_waits")
         arrived = await positions.wait_async(txids, timeout)
         _timed(counters, "txid_wait", time.monotonic() - began, "arrived" if arrived else "timed_out")
         return arrived
 
     async def read_positions(self) -> tuple[int | None, ...]:
-        positions = self.router.positions
+        positions = self.routing.positions
         assert positions is not None
         run_in_thread, _ = async_backend()
         txids: tuple[int | None, ...] = await run_in_thread(positions.read)
@@ -263,7 +263,7 @@ class AsyncMountIO(_PlanIO):
 
 def _count_primary_wait(io: _PlanIO, began: float) -> None:
     """One slice of a wait for a primary is over: a plan's first counts the wait, each its seconds."""
-    counters, seconds = io.router.counters, time.monotonic() - began
+    counters, seconds = io.routing.counters, time.monotonic() - began
     if io.primary_wait is None:
         counters.add("primary_waits")
     counters.add("primary_wait_seconds", seconds)
@@ -279,7 +279,7 @@ def _time_primary_wait(io: BlockingIO | AsyncIO, outcome: Outcome) -> None:
     if isinstance(io, _PlanIO) and io.primary_wait is not None:
         began, ended = io.primary_wait
         found = outcome.state.role is not Role.NO_PRIMARY
-        _timed(io.router.counters, "primary_wait", ended - began, "found" if found else "timed_out")
+        _timed(io.routing.counters, "primary_wait", ended - began, "found" if found else "timed_out")
 
 
 def _timed(counters: Counters, name: str, seconds: float, outcome: str) -> None:

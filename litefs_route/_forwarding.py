@@ -43,9 +43,9 @@ __all__ = [
     "SECRET_ENV",
     "SECRET_HEADER",
     "ClientBodyError",
-    "Forward",
     "ForwardTarget",
     "ForwardURL",
+    "OutgoingForward",
     "Relay",
     "cgi_headers",
     "cgi_raw_target",
@@ -113,7 +113,7 @@ class ForwardTarget:
 
 
 @dataclass(frozen=True, slots=True)
-class Forward:
+class OutgoingForward:
     """A request about to be forwarded: where, with which headers, and how its body is framed."""
 
     target: ForwardTarget
@@ -168,7 +168,7 @@ def forwarded_headers(
     gets *default_host* (the server it reached), as HTTP/1.1 requires one.
     *content_length* None: the body is sent chunked. A header whose name is
     no token or whose value holds CR, LF, NUL or another control is dropped.
-    The secret is not among them: the sender adds it (:meth:`Forward.wire_headers`).
+    The secret is not among them: the sender adds it (:meth:`OutgoingForward.wire_headers`).
     """
     headers = _safe_headers(headers)
     client = client_address(client)  # an IP address, or nothing: it is written into two headers
@@ -344,7 +344,7 @@ class Relay:
     body: Iterable[bytes]
 
 
-def forward_blocking(forward: Forward, method: str, path_qs: str, body: Iterable[bytes]) -> Relay | Reply:
+def forward_blocking(forward: OutgoingForward, method: str, path_qs: str, body: Iterable[bytes]) -> Relay | Reply:
     """Send the request as *forward* says and return the response to relay, or the reply that says what went wrong.
 
     Blocking (a WSGI worker thread). *body* is sent as read (chunked when
@@ -411,7 +411,7 @@ def forward_blocking(forward: Forward, method: str, path_qs: str, body: Iterable
     return _relay(conn, response, target)
 
 
-def _forward_fields(event: str, forward: Forward, method: str, path_qs: str, reason: str) -> dict[str, object]:
+def _forward_fields(event: str, forward: OutgoingForward, method: str, path_qs: str, reason: str) -> dict[str, object]:
     """A forwarding record's facts: the path without its query (it may hold tokens), never the secret."""
     raw = [(name.encode("latin-1", "replace"), value.encode("latin-1", "replace")) for name, value in forward.headers]
     request = RequestInfo(method, path_qs.partition("?")[0])
@@ -444,7 +444,7 @@ class _Lost(Exception):
 
 
 async def forward_async(
-    forward: Forward,
+    forward: OutgoingForward,
     method: str,
     path_qs: str,
     prefix: Iterable[bytes],
@@ -495,7 +495,7 @@ async def forward_async(
 
 async def _send_request(
     writer: asyncio.StreamWriter,
-    forward: Forward,
+    forward: OutgoingForward,
     method: str,
     path_qs: str,
     prefix: Iterable[bytes],

@@ -21,7 +21,7 @@ from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from ._log_fields import log_fields
 from ._mount import NodeState, default_instance_id
-from ._router import every_router
+from ._routing import every_routing
 from ._state_cache import StateCache
 from ._subscriber import resolve_api_url, subscriber_for
 
@@ -58,9 +58,9 @@ def build_cache(litefs_dir: str | None, instance_id: str, ttl: float, api_url: s
 def node_cache() -> StateCache:
     """The reading of ``$LITEFS_DIR`` the process routes on: a middleware's on that mount, else one of our own."""
     mount, instance_id = os.environ.get("LITEFS_DIR") or None, default_instance_id()
-    for router in every_router():  # oldest first
-        if router.cache.litefs_dir == mount and router.instance_id == instance_id:
-            return router.cache
+    for routing in every_routing():  # oldest first
+        if routing.cache.litefs_dir == mount and routing.instance_id == instance_id:
+            return routing.cache
     with _own_cache_lock:
         cache = _own_caches.get((mount, instance_id))
         if cache is None:

@@ -1,4 +1,4 @@
-"""What the WSGI and ASGI middlewares share: their options and the router they build.
+"""What the WSGI and ASGI middlewares share: their options and the routing they build.
 
 The options are defined here once, as the keyword parameters of
 :class:`RoutingMiddleware`, and documented on it; both
@@ -24,7 +24,7 @@ from ._globs import PathGlobs
 from ._log_fields import log_fields
 from ._mount import default_instance_id, is_valid_instance_id, missing_mount
 from ._replies import Reply
-from ._router import Router
+from ._routing import NodeRouting
 from ._rules import Rules
 from ._secret import Secret
 from ._state_cache import StateCache
@@ -145,8 +145,8 @@ class RoutingMiddleware(Generic[AppT]):
         ``http://127.0.0.1:20202`` (LiteFS's default ``http.addr``); used
         only with a mount, and only while it answers and agrees with the
         mount (else the mount is read every ``cache_ttl``). ``"off"``: never.
-    router
-        Instead of the options above: the ``router`` of another middleware of
+    routing
+        Instead of the options above: the ``routing`` of another middleware of
         this process, to share its reading of the mount (the options it was
         built with apply).
 
@@ -186,14 +186,14 @@ class RoutingMiddleware(Generic[AppT]):
         health_path: str | None = None,
         max_lag: float = 10.0,
         litefs_api_url: str | None = None,
-        router: Router | None = None,
+        routing: NodeRouting | None = None,
     ) -> None:
         self.app = app
-        if router is not None:
+        if routing is not None:
             given = locals()
             if changed := [name for name, default in option_defaults().items() if given[name] != default]:
-                raise TypeError(f"pass either router= or options, not both (got {', '.join(changed)})")
-            self.router = router
+                raise TypeError(f"pass either routing= or options, not both (got {', '.join(changed)})")
+            self.routing = routing
             self._setup()
             return
         if any(isinstance(globs, str) for globs in (write_on_read, passthrough, write_sockets)):
@@ -257,7 +257,7 @@ class RoutingMiddleware(Generic[AppT]):
             forward=forward,
             forward_secret=secret,
         )
-        self.router = Router(
+        self.routing = NodeRouting(
             instance_id=instance_id,
             rules=rules,
             cache=cache,
@@ -272,7 +272,7 @@ class RoutingMiddleware(Generic[AppT]):
         self._setup()
 
     def _setup(self) -> None:
-        """An adapter's own set-up, once the router exists (a hook; none by default)."""
+        """An adapter's own set-up, once the routing exists (a hook; none by default)."""
 
 
 def _missing_mount(mount: str) -> str | None:
@@ -323,4 +323,4 @@ def middleware_doc(summary: str) -> str:
 def option_defaults() -> dict[str, object]:
     """Each option's default, from the one place the options are defined (the signature)."""
     parameters = inspect.signature(RoutingMiddleware.__init__).parameters.values()
-    return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "router"}
+    return {p.name: p.default for p in parameters if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "routing"}

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ._counters import TIMINGS
 from ._mount import Role, parse_lag
-from ._router import every_router
+from ._routing import every_routing
 
 __all__ = ["HISTOGRAMS", "ROLES", "CountMeaning", "Histogram", "NodeGauges", "count_meaning", "node_gauges"]
 
@@ -77,7 +77,7 @@ class Histogram:
     outcomes: tuple[str, ...] = ()
 
 
-#: Each duration the routers time, by its name in :data:`~litefs_route._counters.TIMINGS`.
+#: Each duration the NodeRoutings time, by its name in :data:`~litefs_route._counters.TIMINGS`.
 HISTOGRAMS = {
     "primary_wait": Histogram(
         "litefs_route_primary_wait_seconds",
@@ -113,13 +113,13 @@ class NodeGauges:
 
 def node_gauges() -> NodeGauges | None:
     """The node's state for a scrape (one small read of ``.lag``); None without a middleware in this process."""
-    routers = every_router()
-    if not routers:
+    routings = every_routing()
+    if not routings:
         return None
-    router = routers[-1]  # the newest middleware's: an app has one (or several on one mount)
-    state = router.cache.fresh(float("inf"))  # the reading it routes on, without I/O
-    lag_ms = _read_lag(router.cache.litefs_dir)
-    subscriber = router.subscriber
+    routing = routings[-1]  # the newest middleware's: an app has one (or several on one mount)
+    state = routing.cache.fresh(float("inf"))  # the reading it routes on, without I/O
+    lag_ms = _read_lag(routing.cache.litefs_dir)
+    subscriber = routing.subscriber
     return NodeGauges(
         None if state is None else state.role.value,
         None if lag_ms is None else lag_ms / 1000,

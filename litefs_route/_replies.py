@@ -1,7 +1,7 @@
 """What the middleware writes itself: its replies and the tag headers.
 
 Pure and framework-free; both adapters render through these functions and
-the :class:`~litefs_route._router.Router` memoises their results.
+the :class:`~litefs_route._routing.NodeRouting` memoises their results.
 """
 
 from __future__ import annotations

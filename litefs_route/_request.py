@@ -153,8 +153,8 @@ def from_environ(
     """A request from its CGI variables (a WSGI environ, Django's ``META``); *path* decoded, with SCRIPT_NAME.
 
     None when it carries none of the headers routing reads (most requests):
-    then its verdict depends on its method and path alone, and the router
-    remembers it (:meth:`~litefs_route._router.Router.route`).
+    then its verdict depends on its method and path alone, and the routing
+    remembers it (:meth:`~litefs_route._routing.NodeRouting.route`).
     *txid_cookies*: the read-your-writes cookies (None: off, no cookie is parsed).
     """
     content_length = environ.get("CONTENT_LENGTH")

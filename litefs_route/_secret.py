@@ -1,6 +1,6 @@
 """A secret that never prints: the forward secret, and a request's claim to it.
 
-Wherever one is kept (the router's rules, a request about to be forwarded, a
+Wherever one is kept (the routing's rules, a request about to be forwarded, a
 request's routing context, which the WSGI adapter leaves in the environ and
 Django's error mail prints with ``request.META``), its ``repr`` and ``str``
 show no character of it. Its value is read only where it is sent or compared.

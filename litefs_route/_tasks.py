@@ -187,7 +187,7 @@ def _check(name: str, key: str | None) -> tuple[Callable[..., Any] | None, _Answ
     """The function to run, or the refusal: an unauthenticated request, an unknown name, a bad key."""
     ctx = current_request.get()
     claim = ctx.request.forward_claim if ctx is not None else None
-    secret = ctx.router.rules.forward_secret if ctx is not None else None
+    secret = ctx.routing.rules.forward_secret if ctx is not None else None
     # The middleware answered 403 to a wrong secret; a request with none at all would run as any write.
     if claim is None or secret is None or not secret.matches(claim):
         return None, _refusal(403, "a task runs only when litefs-route forwards it with the cluster's forward secret")
@@ -214,11 +214,11 @@ def _txids() -> dict[str, int]:
     ctx = current_request.get()
     if ctx is None:
         return {}
-    litefs_dir = ctx.router.cache.litefs_dir
+    litefs_dir = ctx.routing.cache.litefs_dir
     if not litefs_dir:
         return {}
-    if ctx.router.positions is not None:
-        names: Iterable[str] = [w.database for w in ctx.router.positions.watchers]
+    if ctx.routing.positions is not None:
+        names: Iterable[str] = [w.database for w in ctx.routing.positions.watchers]
     else:
         names = [n.strip() for n in os.environ.get("DATABASE_FILENAME", "").split(",") if n.strip()]
     found: dict[str, int] = {}

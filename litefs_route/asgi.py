@@ -69,7 +69,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         # Encoded once per reading of the mount / per reply, not per request.
         self._last_tags: tuple[NodeState | None, RawHeaders] = (None, [])
         self._last_reply: tuple[Reply | None, Headers, RawHeaders] = (None, (), [])
-        self._routes_sockets = bool(self.router.rules.write_sockets.patterns)
+        self._routes_sockets = bool(self.routing.rules.write_sockets.patterns)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,27 +78,28 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             else:
                 await self.app(scope, receive, send)
             return
-        router = self.router
+        routing = self.routing
         method, path = scope["method"], scope["path"]
         headers = scope.get("headers", ())
-        parsed = from_asgi_headers(method, path, headers, router.txid_cookies)
-        request, routed = router.route(method, path, parsed)
+        parsed = from_asgi_headers(method, path, headers, routing.txid_cookies)
+        request, routed = routing.route(method, path, parsed)
         io = None
         if isinstance(routed, Outcome):
             outcome = routed
         else:
-            io = AsyncMountIO(router, functools.partial(_measure_body, receive))
+            io = AsyncMountIO(routing, functools.partial(_measure_body, receive))
             outcome = await drive_async(routed, io)
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
-                await self.forward(scope, receive, send, request, outcome, io.kept if io is not None else KeptBody())
+                kept = io.kept if io is not None else KeptBody()
+                await self.relay_to_primary(scope, receive, send, request, outcome, kept)
             else:
-                await self.send_reply(send, router.reply(outcome.decision, request, headers), outcome.state)
+                await self.send_reply(send, routing.reply(outcome.decision, request, headers), outcome.state)
             return
         if request.forward_claim is not None:  # a genuine forwarded request: the secret is not the app's business
             scope = _without_forward_claim(scope)
 
-        ctx = _ASGIRequest(router, request, outcome, self.primary_required_error)
+        ctx = _ASGIRequest(routing, request, outcome, self.primary_required_error)
         ctx.middleware, ctx.receive, ctx.send_downstream, ctx.replaced = self, receive, send, False
         ctx.headers = headers
         token = current_request.set(ctx)
@@ -107,7 +108,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         except Exception as exc:
             if not ctx.ends_on_exception(exc):
                 if not ctx.response_started:  # it ran, and failed: the server answers 500
-                    router.counters.observe("ran")
+                    routing.counters.observe("ran")
                 raise
             await ctx.send_ending()
             return
@@ -118,22 +119,22 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
 
     async def route_socket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A WebSocket handshake: on a ``write_sockets`` path, held by the primary or answered with the replay."""
-        router = self.router
+        routing = self.routing
         method, path = "GET", scope["path"]  # a websocket scope has no method: its handshake is a GET
         headers = scope.get("headers", ())
         parsed = from_asgi_headers(method, path, headers, None, websocket=True)
-        request, routed = router.route(method, path, parsed)
+        request, routed = routing.route(method, path, parsed)
         outcome = (
             routed
             if isinstance(routed, Outcome)
-            else await drive_async(routed, AsyncMountIO(router, functools.partial(_measure_body, receive)))
+            else await drive_async(routed, AsyncMountIO(routing, functools.partial(_measure_body, receive)))
         )
         if outcome.decision.kind is Kind.RUN:
             if request.forward_claim is not None:  # a genuine forwarded handshake: not the app's business
                 scope = _without_forward_claim(scope)
             await self.app(scope, receive, send)
             return
-        reply = router.reply(outcome.decision, request, headers)
+        reply = routing.reply(outcome.decision, request, headers)
         if (await receive())["type"] != "websocket.connect":
             return  # the client is gone
         if "websocket.http.response" in (scope.get("extensions") or {}):
@@ -153,13 +154,13 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         )
         await send({"type": "websocket.close", "code": SOCKET_REFUSED_CLOSE_CODE})
 
-    async def forward(
+    async def relay_to_primary(
         self, scope: Scope, receive: Receive, send: Send, request: RequestInfo, outcome: Outcome, kept: KeptBody
     ) -> None:
         """Send the request to the primary ourselves (forward mode) and relay its answer, streaming."""
-        router = self.router
+        routing = self.routing
         client, server = scope.get("client"), scope.get("server")
-        forward = router.forward(
+        forward = routing.prepare_forward(
             request,
             outcome.decision,
             [(n.decode("latin-1"), v.decode("latin-1")) for n, v in scope.get("headers", ())],
@@ -173,7 +174,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
             return
 
         async def reply(failure: Reply) -> None:
-            router.counters.add("forward_failures")
+            routing.counters.add("forward_failures")
             await self.send_reply(send, failure, outcome.state)
 
         raw_path = scope.get("raw_path") or quote(scope["path"]).encode("latin-1")
@@ -192,13 +193,13 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         """The tag headers for *state*, encoded (once per reading of the mount)."""
         last, raw = self._last_tags
         if state is not last:
-            raw = _encode(self.router.tags(state))
+            raw = _encode(self.routing.tags(state))
             self._last_tags = (state, raw)
         return raw
 
     async def send_reply(self, send: Send, reply: Reply, state: NodeState) -> None:
         """Answer with one of the middleware's own replies."""
-        tags = self.router.tags(state)
+        tags = self.routing.tags(state)
         last_reply, last_tags, headers = self._last_reply
         if reply is not last_reply or tags is not last_tags:
             headers = with_tags(_encode(reply.headers), self.raw_tags(state), OUR_TAG_NAMES_BYTES)
@@ -233,8 +234,8 @@ class _ASGIRequest(RequestContext):
         if self.replaced:
             return
         if message["type"] == "http.response.start":
-            if self.router.counters.listened and not self.must_end_elsewhere:
-                self.router.counters.observe("ran")  # its answer stands (unless replaced below): it ran
+            if self.routing.counters.listened and not self.must_end_elsewhere:
+                self.routing.counters.observe("ran")  # its answer stands (unless replaced below): it ran
             self.response_started = True
             headers: Iterable[tuple[bytes, bytes]] = message.get("headers", ())
             if self.must_end_elsewhere:
@@ -244,7 +245,7 @@ class _ASGIRequest(RequestContext):
                     await self.send_ending()
                     return
             tagged = with_tags(headers, self.middleware.raw_tags(self.state), OUR_TAG_NAMES_BYTES)
-            if self.router.rules.read_your_writes:  # a cookie may be due
+            if self.routing.rules.read_your_writes:  # a cookie may be due
                 tagged += _encode(self.cookie_headers(await self._read_txids()))
             message = {**message, "headers": tagged}
         await self.send_downstream(message)
@@ -256,14 +257,13 @@ class _ASGIRequest(RequestContext):
             assert self.ending is not None
             reply = self.ending
         else:
-            reply = self.settle(
-                await drive_async(settlement, AsyncMountIO(self.router, functools.partial(_measure_body, self.receive)))
-            )
+            io = AsyncMountIO(self.routing, functools.partial(_measure_body, self.receive))
+            reply = self.settle(await drive_async(settlement, io))
         await self.middleware.send_reply(self.send_downstream, reply, self.state)
 
     async def _read_txids(self) -> tuple[int | None, ...] | None:
         # Read after the handler ran (the TXIDs must include its writes), off the loop.
-        positions = self.router.positions
+        positions = self.routing.positions
         if positions is None or not self.txid_cookie_due():
             return None
         run_in_thread, _ = async_backend()

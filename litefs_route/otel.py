@@ -69,7 +69,7 @@ class OtelMetrics:
         )
 
     def count(self, name: str, amount: float, cause: str | None) -> None:
-        """One count of a router (a :mod:`litefs_route._counters` listener)."""
+        """One count of a NodeRouting (a :mod:`litefs_route._counters` listener)."""
         span = trace.get_current_span()  # counted in the request's thread or task: its span, if any
         recording = span.is_recording()
         histogram = self.histograms.get(name)

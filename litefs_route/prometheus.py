@@ -92,7 +92,7 @@ class PrometheusMetrics:
     _steps: dict[tuple[str, str | None], tuple[Callable[[float], None], ...]] = field(default_factory=dict, repr=False)
 
     def count(self, name: str, amount: float, cause: str | None) -> None:
-        """One count of a router (a :mod:`litefs_route._counters` listener)."""
+        """One count of a NodeRouting (a :mod:`litefs_route._counters` listener)."""
         if name == "replay_target":  # a span's detail: no series per instance
             return
         steps = self._steps.get((name, cause))

@@ -66,30 +66,30 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
         connect_flask_safety_net(self.app, report_exception)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        router = self.router
+        routing = self.routing
         method = environ.get("REQUEST_METHOD", "GET")
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
         if not path.isascii():
             path = _decoded_path(path)
-        request, routed = router.route(method, path, from_environ(environ, method, path, router.txid_cookies))
+        request, routed = routing.route(method, path, from_environ(environ, method, path, routing.txid_cookies))
         io = None
         if isinstance(routed, Outcome):
             outcome = routed
         else:
-            io = MountIO(router, functools.partial(_measure_body, environ))
+            io = MountIO(routing, functools.partial(_measure_body, environ))
             outcome = drive(routed, io)
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
-                return self.forward(
+                return self.relay_to_primary(
                     environ, start_response, request, outcome, io.kept if io is not None else KeptBody()
                 )
             return _send_reply(
-                start_response, router.reply(outcome.decision, request, environ), router.tags(outcome.state)
+                start_response, routing.reply(outcome.decision, request, environ), routing.tags(outcome.state)
             )
         if request.forward_claim is not None:  # a genuine forwarded request: the secret is not the app's business
             drop_forward_claim(environ)
 
-        ctx = _WSGIRequest(router, request, outcome, self.primary_required_error)
+        ctx = _WSGIRequest(routing, request, outcome, self.primary_required_error)
         ctx.environ, ctx.start, ctx.replaced_by = environ, start_response, None
         environ["litefs_route._context"] = ctx
         token = current_request.set(ctx)
@@ -98,7 +98,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
         except Exception as exc:
             if not ctx.ends_on_exception(exc):
                 if not ctx.response_started:  # it ran, and failed: the server answers 500
-                    router.counters.observe("ran")
+                    routing.counters.observe("ran")
                 raise
             return ctx.send_ending()
         finally:
@@ -112,7 +112,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
                 return ctx.send_ending()
         return result
 
-    def forward(
+    def relay_to_primary(
         self,
         environ: WSGIEnvironment,
         start_response: StartResponse,
@@ -121,11 +121,11 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
         kept: KeptBody,
     ) -> Iterable[bytes]:
         """Send the request to the primary ourselves (forward mode) and relay its answer, streaming."""
-        router = self.router
+        routing = self.routing
         if request.unknown_length and not environ.get("wsgi.input_terminated"):
             # Its end cannot be found here: forwarding it would send it cut short.
-            return _send_reply(start_response, LENGTH_REQUIRED, router.tags(outcome.state))
-        forward = router.forward(
+            return _send_reply(start_response, LENGTH_REQUIRED, routing.tags(outcome.state))
+        forward = routing.prepare_forward(
             request,
             outcome.decision,
             cgi_headers(environ),
@@ -135,11 +135,11 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
             server=cgi_server(environ),
         )
         if isinstance(forward, Reply):
-            return _send_reply(start_response, forward, router.tags(outcome.state))
+            return _send_reply(start_response, forward, routing.tags(outcome.state))
         relay = forward_blocking(forward, request.method, cgi_target(environ), _body(environ, kept, forward.length))
         if isinstance(relay, Reply):
-            router.counters.add("forward_failures")
-            return _send_reply(start_response, relay, router.tags(outcome.state))
+            routing.counters.add("forward_failures")
+            return _send_reply(start_response, relay, routing.tags(outcome.state))
         start_response(f"{relay.status} {relay.reason or 'Unknown'}", relay.headers)
         return relay.body
 
@@ -164,33 +164,33 @@ class _WSGIRequest(RequestContext):
         return self.environ
 
     def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: OptExcInfo | None = None) -> Any:
-        router = self.router
+        routing = self.routing
         # The flag first: the rule's own check, without a call on every response.
         if self.must_end_elsewhere and self.replaces_response(headers):
             reply = self.replaced_by = self._ending()
             status, headers = reply.status_line, list(reply.headers)
-        elif router.rules.read_your_writes:  # a cookie may be due
+        elif routing.rules.read_your_writes:  # a cookie may be due
             headers = headers + self.cookie_headers(self._read_txids())
-        if router.counters.listened and not self.must_end_elsewhere and not self.response_started:
-            router.counters.observe("ran")  # its answer stands: it ran
+        if routing.counters.listened and not self.must_end_elsewhere and not self.response_started:
+            routing.counters.observe("ran")  # its answer stands: it ran
         self.response_started = True
-        write = self.start(status, with_tags(headers, router.tags(self.state), OUR_TAG_NAMES), exc_info)
+        write = self.start(status, with_tags(headers, routing.tags(self.state), OUR_TAG_NAMES), exc_info)
         return _discarding_write if self.replaced_by is not None else write
 
     def send_ending(self) -> list[bytes]:
         """Answer with the reply the request must end in (the app's response never started)."""
-        return _send_reply(self.start, self._ending(), self.router.tags(self.state))
+        return _send_reply(self.start, self._ending(), self.routing.tags(self.state))
 
     def _ending(self) -> Reply:
         settlement = self.settlement()
         if settlement is None:
             assert self.ending is not None
             return self.ending
-        return self.settle(drive(settlement, MountIO(self.router, functools.partial(_measure_body, self.environ))))
+        return self.settle(drive(settlement, MountIO(self.routing, functools.partial(_measure_body, self.environ))))
 
     def _read_txids(self) -> tuple[int | None, ...] | None:
         # Read after the handler ran: the TXIDs must include its writes.
-        positions = self.router.positions
+        positions = self.routing.positions
         return positions.read() if positions is not None and self.txid_cookie_due() else None
 
 

@@ -10,7 +10,7 @@ from litefs_route._drivers import drive
 from litefs_route._mount import NodeState
 from litefs_route._plans import plan_request
 from litefs_route._request import RequestInfo
-from litefs_route._router import Router
+from litefs_route._routing import NodeRouting
 from litefs_route._rules import Rules
 from litefs_route._verdicts import Outcome
 from litefs_route.wsgi import PrimaryRoutingMiddleware
@@ -19,9 +19,9 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse
 
 
-def router_for(**options: Any) -> Router:
-    """The router a middleware builds from *options* (its defaults for the rest)."""
-    return PrimaryRoutingMiddleware(_no_app, **options).router
+def router_for(**options: Any) -> NodeRouting:
+    """The routing a middleware builds from *options* (its defaults for the rest)."""
+    return PrimaryRoutingMiddleware(_no_app, **options).routing
 
 
 def rules(**options: Any) -> Rules:
@@ -30,7 +30,7 @@ def rules(**options: Any) -> Rules:
 
 
 def _no_app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-    raise AssertionError("only the router is used")
+    raise AssertionError("only the routing is used")
 
 
 @dataclass

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from litefs_route import asgi, wsgi
-from litefs_route._router import Router
+from litefs_route._routing import NodeRouting
 from litefs_route_devcluster.files import NO_PRIMARY_LAG, write_atomic, write_lag, write_position, write_primary
 
 if TYPE_CHECKING:
@@ -181,8 +181,8 @@ class Outer(Protocol):
 @dataclass(frozen=True)
 class Served:
     url: str
-    #: The middleware's router (its reading of the mount, its read-your-writes watcher).
-    router: Router
+    #: The middleware's routing (its reading of the mount, its read-your-writes watcher).
+    routing: NodeRouting
 
     @property
     def address(self) -> tuple[str, int]:
@@ -219,7 +219,7 @@ def serve_under(
     else:
         raise ValueError(f"adapter must be one of {ADAPTERS}, got {adapter!r}")
     with server as url:
-        yield Served(url, middleware.router)
+        yield Served(url, middleware.routing)
 
 
 # -- the dev cluster's tests ---------------------------------------------------

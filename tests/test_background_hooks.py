@@ -26,9 +26,9 @@ def test_is_primary_follows_the_middlewares_reading(mount: Mount, monkeypatch: p
     monkeypatch.setenv("LITEFS_DIR", str(mount.path))
     monkeypatch.setenv("FLY_MACHINE_ID", "me")
     middleware = wsgi.PrimaryRoutingMiddleware(_app, cache_ttl=0, litefs_api_url="off")
-    reads = middleware.router.cache.reads
+    reads = middleware.routing.cache.reads
     assert is_primary()
-    assert middleware.router.cache.reads > reads  # the middleware's own cache answered
+    assert middleware.routing.cache.reads > reads  # the middleware's own cache answered
     mount.make_replica("other")
     wait_until(lambda: not is_primary(), what="a replica")
     mount.make_no_primary()

@@ -122,7 +122,7 @@ def test_a_configured_mount_that_is_missing_is_refused_at_once(
         assert health.status_code == 503
         assert reason in health.text
         assert calls == ["GET /"]  # the write never reached the app, ensure_primary() raised
-        counts = served.router.counters.snapshot()
+        counts = served.routing.counters.snapshot()
         assert counts["unavailable_misconfigured"] == 2
         assert "primary_waits" not in counts
 
@@ -281,7 +281,7 @@ def test_websocket_and_lifespan_pass_through(mount: Mount) -> None:
 
 
 def test_counters(adapter: str, mount: Mount) -> None:
-    """What requests ended in, and what they waited for, counted per router."""
+    """What requests ended in, and what they waited for, counted per routing."""
     from tests.apps import flask_app, starlette_app
 
     mount.make_replica(PRIMARY)
@@ -305,7 +305,7 @@ def test_counters(adapter: str, mount: Mount) -> None:
         assert client.get("/", headers={"Cookie": f"__txid={2:016x}"}).status_code == 409  # TXID 2 never comes
         mount.make_no_primary()
         assert client.post("/").status_code == 503
-        counts = served.router.counters.snapshot()
+        counts = served.routing.counters.snapshot()
     waited = counts.pop("primary_wait_seconds")
     assert counts == {
         "replays": 1,
@@ -364,7 +364,7 @@ def test_health_check(
         assert (r.status_code, r.text[: len(body)]) == (status, body)
         assert calls == []
         if method == "GET":
-            assert served.router.cache.reads >= 1  # read on each check, not from a pushed state
+            assert served.routing.cache.reads >= 1  # read on each check, not from a pushed state
 
 
 def test_health_check_is_off_by_default(mount: Mount) -> None:

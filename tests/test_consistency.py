@@ -18,7 +18,7 @@ import pytest
 from litefs_route import asgi
 from litefs_route._consistency import TxidCookies
 from litefs_route._request import RequestInfo
-from litefs_route._router import Router
+from litefs_route._routing import NodeRouting
 from litefs_route._verdicts import Kind
 from tests.plans import router_for
 from tests.support import ADAPTERS, Mount, serve_asgi, serve_under, wait_until
@@ -31,7 +31,7 @@ DB = "app.db"
 @dataclass
 class Stack:
     url: str
-    router: Router
+    routing: NodeRouting
     calls: list[str]
     mount: Mount
 
@@ -103,12 +103,12 @@ def stack(adapter: str, consistency_wait: float, mount: Mount) -> Iterator[Stack
         passthrough=["/static/*"],
         consistency_wait=consistency_wait,
     ) as served:
-        yield Stack(served.url, served.router, calls, mount)
+        yield Stack(served.url, served.routing, calls, mount)
 
 
 def test_replica_read_waits_for_its_write(stack: Stack) -> None:
     stack.mount.make_replica(PRIMARY)
-    positions = stack.router.positions
+    positions = stack.routing.positions
     assert positions is not None
     with ThreadPoolExecutor(1) as pool:
         pending: Future[httpx.Response] = pool.submit(stack.get, "/", "000000000000000a")  # LiteFS's format
@@ -161,8 +161,8 @@ def test_primary_never_waits_and_clears_a_cookie_ahead_of_it(stack: Stack) -> No
     response = stack.get("/", "0000000000000064", timeout=5)  # 100 > 5: from before a failover
     assert (response.status_code, response.text) == (200, "read")
     assert response.headers["set-cookie"] == "__txid=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
-    assert stack.router.positions is not None
-    assert stack.router.positions.waiting == 0
+    assert stack.routing.positions is not None
+    assert stack.routing.positions.waiting == 0
 
 
 @pytest.mark.parametrize(
@@ -188,7 +188,7 @@ def test_many_waiters_share_one_watcher(mount: Mount) -> None:
     app = asgi.PrimaryRoutingMiddleware(
         starlette, litefs_dir=str(mount.path), instance_id=ME, database=DB, cache_ttl=1, consistency_wait=30
     )
-    positions = app.router.positions
+    positions = app.routing.positions
     assert positions is not None
     mount.make_replica(PRIMARY)
     mount.set_pos(DB, 1)
@@ -262,8 +262,8 @@ def test_a_cookie_not_yet_reached_takes_the_plan_not_the_fast_path(mount: Mount)
     """The fast path never skips a read-your-writes wait (nor a primary's check)."""
     mount.make_replica("primary-1")
     mount.set_pos(DB, 9)
-    router = router_for(litefs_dir=str(mount.path), instance_id="replica-1", database=DB, cache_ttl=3600)
-    router.cache.refresh()
+    routing = router_for(litefs_dir=str(mount.path), instance_id="replica-1", database=DB, cache_ttl=3600)
+    routing.cache.refresh()
     request = RequestInfo.from_headers(
         "GET",
         "/",
@@ -271,12 +271,12 @@ def test_a_cookie_not_yet_reached_takes_the_plan_not_the_fast_path(mount: Mount)
         content_length=None,
         transfer_encoding=None,
         cookie="__txid=000000000000000a",
-        txid_cookies=router.txid_cookies,
+        txid_cookies=routing.txid_cookies,
     )
-    assert router.outcome_without_io(request) is None  # TXID 10 not known to be reached
-    assert router.positions is not None
+    assert routing.outcome_without_io(request) is None  # TXID 10 not known to be reached
+    assert routing.positions is not None
     mount.set_pos(DB, 10)
-    assert router.positions.wait((10,), timeout=5)
-    outcome = router.outcome_without_io(request)  # now known reached: nothing to wait for
+    assert routing.positions.wait((10,), timeout=5)
+    outcome = routing.outcome_without_io(request)  # now known reached: nothing to wait for
     assert outcome is not None
     assert outcome.decision.kind is Kind.RUN

@@ -259,7 +259,7 @@ def test_app_answering_the_replay_with_a_header_generator_keeps_every_header(mou
 # -- no primary known: ensure_primary() waits for one, as a write does ----------------------
 
 
-def _waiting_app(adapter: str, router: Any, called: list[str]) -> AbstractContextManager[Served]:
+def _waiting_app(adapter: str, routing: Any, called: list[str]) -> AbstractContextManager[Served]:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import PlainTextResponse
@@ -279,7 +279,7 @@ def _waiting_app(adapter: str, router: Any, called: list[str]) -> AbstractContex
         return PlainTextResponse("wrote")
 
     app = Starlette(routes=[Route("/visit", visit_endpoint)])
-    return serve_under(adapter, flask, app, router=router)
+    return serve_under(adapter, flask, app, routing=routing)
 
 
 def test_ensure_primary_with_no_primary_waits_for_one(mount: Mount, adapter: str) -> None:
@@ -289,14 +289,14 @@ def test_ensure_primary_with_no_primary_waits_for_one(mount: Mount, adapter: str
     from tests.support import wait_until
 
     mount.make_no_primary()
-    router = router_for(litefs_dir=str(mount.path), instance_id=ME, cache_ttl=0, primary_wait=30)
+    routing = router_for(litefs_dir=str(mount.path), instance_id=ME, cache_ttl=0, primary_wait=30)
     called: list[str] = []
-    with _waiting_app(adapter, router, called) as served, ThreadPoolExecutor(1) as pool:
+    with _waiting_app(adapter, routing, called) as served, ThreadPoolExecutor(1) as pool:
         pending = pool.submit(httpx.get, served.url + "/visit", timeout=30)
         wait_until(lambda: called == ["visit"], what="the handler to run")
-        reads = router.cache.reads
+        reads = routing.cache.reads
         # The middleware now re-reads the mount while it waits: let it see a primary.
-        wait_until(lambda: router.cache.reads >= reads + 2, what="the middleware to wait for a primary")
+        wait_until(lambda: routing.cache.reads >= reads + 2, what="the middleware to wait for a primary")
         assert not pending.done()
         mount.make_replica(PRIMARY)
         assert_replay(pending.result())
@@ -304,9 +304,9 @@ def test_ensure_primary_with_no_primary_waits_for_one(mount: Mount, adapter: str
 
 def test_ensure_primary_with_no_primary_gets_503_after_primary_wait(mount: Mount, adapter: str) -> None:
     mount.make_no_primary()
-    router = router_for(litefs_dir=str(mount.path), instance_id=ME, cache_ttl=0, primary_wait=0.2)
+    routing = router_for(litefs_dir=str(mount.path), instance_id=ME, cache_ttl=0, primary_wait=0.2)
     called: list[str] = []
-    with _waiting_app(adapter, router, called) as served:
+    with _waiting_app(adapter, routing, called) as served:
         r = httpx.get(served.url + "/visit")
     assert (r.status_code, r.headers["retry-after"]) == (503, "2")
     assert "no primary is known" in r.text

@@ -129,17 +129,17 @@ def test_request_info_and_every_decision_never_raise(
     assert info.content_length is None or info.content_length >= 0
     assert 0 <= info.forward_hops <= 9
     assert info.ambiguous_length == (bool(content_length) and bool(transfer_encoding))
-    router = router_for(
+    routing = router_for(
         instance_id="me", write_on_read=["/a/*/b"], passthrough=["/static/*"], forward_secret="s" * 16, primary_wait=0
     )
     for state in STATES:
         for forced in (False, True):
-            decision = decide(info, state, router.rules, forced=forced)
+            decision = decide(info, state, routing.rules, forced=forced)
             assert isinstance(decision, Decision | Pending)
             if isinstance(decision, Decision) and decision.kind not in (Kind.RUN, Kind.FORWARD, Kind.REPLAY):
-                assert_safe(list(router.reply(decision).headers))
+                assert_safe(list(routing.reply(decision).headers))
             if isinstance(decision, Decision) and decision.kind is Kind.REPLAY:
-                assert_safe(list(router.reply(decision).headers))
+                assert_safe(list(routing.reply(decision).headers))
 
 
 @FUZZ
@@ -403,9 +403,9 @@ def test_outbound_answers_are_relayed_safe_and_exact(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("path", ["/" * 4096, "/" + "a/" * 2048])
 def test_a_hostile_path_costs_linear_work_through_the_router(path: str) -> None:
-    """The router's glob matching, as a request reaches it (every GET with write_on_read set)."""
-    router = router_for(instance_id="me", write_on_read=["/*/*/*/edit", "/api/*/items/*/*/edit"], primary_wait=0)
+    """The routing's glob matching, as a request reaches it (every GET with write_on_read set)."""
+    routing = router_for(instance_id="me", write_on_read=["/*/*/*/edit", "/api/*/items/*/*/edit"], primary_wait=0)
     counting = CountingPath(path)
     request = RequestInfo("GET", counting)
-    assert decide(request, STATES[1], router.rules) == Decision(Kind.RUN, write=False)
+    assert decide(request, STATES[1], routing.rules) == Decision(Kind.RUN, write=False)
     assert 0 < counting.scanned <= 2 * (len(path) + 40)

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from litefs_route._router import Router
+from litefs_route._routing import NodeRouting
 from tests.apps import BodyReadRecorder, flask_app, starlette_app
 from tests.support import Mount, dechunk, serve_under, wait_until
 
@@ -59,7 +59,7 @@ class Stack:
     client: httpx.Client
     calls: list[str]
     body_reads: BodyReadRecorder
-    router: Router
+    routing: NodeRouting
     address: tuple[str, int]
 
 
@@ -73,7 +73,7 @@ def _serve(adapter: str, litefs_dir: str | None, **options: Any) -> Iterator[Sta
         serve_under(adapter, *apps, outer=recorder, litefs_dir=litefs_dir, **opts) as served,
         httpx.Client(base_url=served.url, timeout=15) as client,
     ):
-        yield Stack(served.url, client, calls, recorder, served.router, served.address)
+        yield Stack(served.url, client, calls, recorder, served.routing, served.address)
 
 
 @pytest.fixture
@@ -335,19 +335,19 @@ def test_replayed_request_reads_fresh_state_despite_the_cache(adapter: str, moun
         mount.make_replica(PRIMARY)
         warm = stack.client.get("/")
         assert warm.headers["fly-primary-instance"] == PRIMARY
-        reads = stack.router.cache.reads
+        reads = stack.routing.cache.reads
 
         mount.make_primary()  # promoted; the cached reading still says replica
         cached = stack.client.post("/", content=b"x")
         assert cached.status_code == 409  # proves the cache is in use
         assert cached.headers["fly-replay"] == replay_value(1)
-        assert stack.router.cache.reads == reads
+        assert stack.routing.cache.reads == reads
 
         src = {"fly-replay-src": "instance=x;region=ams;t=1;state=litefs-route-hop-1"}
         fresh = stack.client.post("/", content=b"x", headers=src)
         assert (fresh.status_code, fresh.text) == (200, "ran")
         assert fresh.headers["fly-primary-instance"] == ME
-        assert stack.router.cache.reads == reads + 1
+        assert stack.routing.cache.reads == reads + 1
 
         after = stack.client.post("/", content=b"x")  # the fresh reading refreshed the cache
         assert (after.status_code, after.text) == (200, "ran")
@@ -428,11 +428,11 @@ def test_write_waits_for_a_primary(adapter: str, mount: Mount, becomes: str) -> 
             except BaseException as exc:  # re-raised by the test below
                 errors.append(exc)
 
-        reads = stack.router.cache.reads
+        reads = stack.routing.cache.reads
         thread = threading.Thread(target=post, daemon=True)
         thread.start()
         # In flight: it read the mount, found no primary, and is reading it again.
-        wait_until(lambda: stack.router.cache.reads >= reads + 3, what="the write to poll the mount")
+        wait_until(lambda: stack.routing.cache.reads >= reads + 3, what="the write to poll the mount")
         assert responses == []  # still waiting, not answered
         assert errors == []
         assert stack.calls == []
@@ -459,14 +459,14 @@ def test_write_waits_for_a_primary(adapter: str, mount: Mount, becomes: str) -> 
 def test_write_without_a_primary_gives_up(adapter: str, mount: Mount) -> None:
     with _serve(adapter, str(mount.path), primary_wait=0.3) as stack:
         mount.make_no_primary()
-        reads = stack.router.cache.reads
+        reads = stack.routing.cache.reads
         r = stack.client.post("/", content=b"x")
         assert r.status_code == 503
         assert r.headers["retry-after"] == "2"
         assert "fly-replay" not in r.headers
         assert "fly-primary-instance" not in r.headers
         assert "no primary is known" in r.text
-        assert stack.router.cache.reads > reads + 1  # it did poll the mount while waiting
+        assert stack.routing.cache.reads > reads + 1  # it did poll the mount while waiting
         assert stack.calls == []
 
 

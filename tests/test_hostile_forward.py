@@ -24,7 +24,7 @@ import pytest
 
 from litefs_route import asgi, wsgi
 from litefs_route._decision import decide
-from litefs_route._forwarding import Forward
+from litefs_route._forwarding import OutgoingForward
 from litefs_route._request import RequestInfo
 from litefs_route._verdicts import Decision, Kind
 from litefs_route_devcluster import free_port
@@ -389,7 +389,7 @@ def test_wsgi_forwarding_drops_header_values_with_control_bytes(value: str, repl
 
 
 def test_the_forward_secret_is_in_no_repr_and_not_in_the_environ(tmp_path: Path) -> None:
-    """Django's error mail prints request.META; the rules and a Forward are printed in logs (issue 24, 4)."""
+    """Django's error mail prints request.META; the rules and an OutgoingForward are printed in logs (issue 24, 4)."""
     mount = Mount(tmp_path / "primary")
     mount.make_primary()
     seen: dict[str, str] = {}
@@ -416,20 +416,20 @@ def test_the_forward_secret_is_in_no_repr_and_not_in_the_environ(tmp_path: Path)
     assert started.statuses == ["200 OK"]  # it ran: the secret was right
     for text in seen.values():
         assert SECRET not in text
-    assert SECRET not in repr(middleware.router.rules)
-    assert SECRET not in str(middleware.router.rules)
+    assert SECRET not in repr(middleware.routing.rules)
+    assert SECRET not in str(middleware.routing.rules)
 
-    # A Forward about to be sent prints no secret either; its wire headers carry it.
+    # An OutgoingForward about to be sent prints no secret either; its wire headers carry it.
     replica = Mount(tmp_path / "replica")
     replica.make_replica(PRIMARY)
     with stand_in_primary() as primary:
-        router = wsgi.PrimaryRoutingMiddleware(app, **_options(replica, primary)).router
+        routing = wsgi.PrimaryRoutingMiddleware(app, **_options(replica, primary)).routing
     request = RequestInfo.from_headers("POST", "/x", replay_src=None, content_length="0", transfer_encoding=None)
-    decision = decide(request, router.cache.refresh(), router.rules)
+    decision = decide(request, routing.cache.refresh(), routing.rules)
     assert isinstance(decision, Decision)
     assert decision.kind is Kind.FORWARD
-    forward = router.forward(request, decision, [("Host", "h")], client=None, scheme="http", chunked=False)
-    assert isinstance(forward, Forward)
+    forward = routing.prepare_forward(request, decision, [("Host", "h")], client=None, scheme="http", chunked=False)
+    assert isinstance(forward, OutgoingForward)
     assert SECRET not in repr(forward)
     assert ("x-litefs-route-forward", SECRET) in forward.wire_headers()
 

@@ -58,8 +58,8 @@ def test_every_option_is_documented_on_the_classes_users_build() -> None:
 
 
 def test_router_with_options_is_refused() -> None:
-    """A shared router carries its own options: others alongside it would be silently ignored."""
-    shared = wsgi.PrimaryRoutingMiddleware(lambda environ, start_response: [], instance_id="me").router
-    assert wsgi.PrimaryRoutingMiddleware(lambda environ, start_response: [], router=shared).router is shared
+    """A shared routing carries its own options: others alongside it would be silently ignored."""
+    shared = wsgi.PrimaryRoutingMiddleware(lambda environ, start_response: [], instance_id="me").routing
+    assert wsgi.PrimaryRoutingMiddleware(lambda environ, start_response: [], routing=shared).routing is shared
     with pytest.raises(TypeError, match="max_replays"):
-        asgi.PrimaryRoutingMiddleware(lambda scope, receive, send: None, router=shared, max_replays=5)  # type: ignore[arg-type,return-value]
+        asgi.PrimaryRoutingMiddleware(lambda scope, receive, send: None, routing=shared, max_replays=5)  # type: ignore[arg-type,return-value]

@@ -1,4 +1,4 @@
-"""Property tests: the parsers, the decision and the router never raise, and
+"""Property tests: the parsers, the decision and the routing never raise, and
 nothing they produce can carry a hostile byte into a response header.
 
 Whatever a mount holds and whatever a client sends, every request gets a
@@ -21,7 +21,7 @@ from litefs_route._decision import decide
 from litefs_route._drivers import drive
 from litefs_route._mount import NodeState, Role, parse_lag, parse_position, parse_primary, read_node_state
 from litefs_route._request import RequestInfo, replay_hops
-from litefs_route._router import Router
+from litefs_route._routing import NodeRouting
 from litefs_route._state_cache import StateCache
 from litefs_route._verdicts import Decision, Kind, Outcome, Pending
 from tests.plans import FixedIO, router_for, rules
@@ -108,8 +108,8 @@ def assert_safe_headers(headers: Any) -> None:
         assert value == value.strip(), (name, value)  # no leading/trailing space a proxy could fold
 
 
-def assert_safe_reply(router: Router, decision: Decision) -> None:
-    reply = router.reply(decision)
+def assert_safe_reply(routing: NodeRouting, decision: Decision) -> None:
+    reply = routing.reply(decision)
     assert reply.status in (400, 409, 413, 503)
     assert reply.status_line.split(" ", 1)[0] == str(reply.status)
     assert_safe_headers(reply.headers)
@@ -176,8 +176,8 @@ def test_read_node_state_never_raises(primary: bytes | None, lag: bytes | None, 
         # Garbled: "primary unknown", and the detail (it goes to the logs) never quotes the file.
         assert state.role is Role.NO_PRIMARY
         assert re.fullmatch(r"\.primary garbled \([0-9]+ bytes\)", state.detail), state.detail
-    router = router_for(instance_id=instance)
-    assert_safe_headers(router.tags(state))
+    routing = router_for(instance_id=instance)
+    assert_safe_headers(routing.tags(state))
 
 
 @pytest.mark.parametrize(
@@ -219,7 +219,7 @@ def test_read_node_state_odd_files(primary: str | None, lag: str | None, role: R
 
 # -- requests -----------------------------------------------------------------
 
-# A request as the adapters see it, and the router's settings.
+# A request as the adapters see it, and the routing's settings.
 ROUTED_REQUESTS: dict[str, st.SearchStrategy[Any]] = {
     "method": methods,
     "path": paths,
@@ -250,7 +250,7 @@ def test_every_request_gets_a_decision_and_safe_headers(
     body_size: int | None,
     max_replays: int,
 ) -> None:
-    router = router_for(
+    routing = router_for(
         instance_id=ME, write_on_read=write_on_read, passthrough=passthrough, max_replays=max_replays, primary_wait=0
     )
     request = RequestInfo.from_headers(
@@ -258,12 +258,12 @@ def test_every_request_gets_a_decision_and_safe_headers(
     )
     assert request.content_length is None or request.content_length >= 0
     for state in states(primary):
-        assert_safe_headers(router.tags(state))
+        assert_safe_headers(routing.tags(state))
         variants = [
-            decide(request, state, router.rules),
-            decide(request, state, router.rules, body_size=body_size),
-            decide(request, state, router.rules, forced=True),
-            planned_decision(router, request, state, body_size or 0),
+            decide(request, state, routing.rules),
+            decide(request, state, routing.rules, body_size=body_size),
+            decide(request, state, routing.rules, forced=True),
+            planned_decision(routing, request, state, body_size or 0),
         ]
         for decision in variants:
             assert isinstance(decision, Decision | Pending)
@@ -272,7 +272,7 @@ def test_every_request_gets_a_decision_and_safe_headers(
                 continue
             if request.ambiguous_length:  # both Content-Length and Transfer-Encoding: refused anywhere
                 assert decision.kind is Kind.BAD_REQUEST
-                assert_safe_reply(router, decision)
+                assert_safe_reply(routing, decision)
                 continue
             if state.is_primary:
                 assert decision.kind is Kind.RUN
@@ -281,7 +281,7 @@ def test_every_request_gets_a_decision_and_safe_headers(
                 assert 1 <= decision.hops <= max_replays
             if decision.kind in (Kind.REPLAY, Kind.TOO_LARGE, Kind.UNAVAILABLE):
                 assert decision.write
-                assert_safe_reply(router, decision)
+                assert_safe_reply(routing, decision)
         # After the plan, nothing is left to wait for or measure.
         assert isinstance(variants[-1], Decision)
 
@@ -308,7 +308,7 @@ def test_the_fast_path_agrees_with_the_plan(
         method, path, replay_src=replay_src, content_length=content_length, transfer_encoding=transfer_encoding
     )
     for state in states(primary):
-        router = Router(
+        routing = NodeRouting(
             instance_id=ME,
             rules=rules(write_on_read=write_on_read, passthrough=passthrough, primary_wait=0),
             cache=StateCache(None, ME, 3600, reader=_reads(state)),
@@ -316,11 +316,11 @@ def test_the_fast_path_agrees_with_the_plan(
             txid_cookies=None,
             retry_after=2,
         )
-        assert router.outcome_without_io(request) is None  # nothing read yet: the plan reads
-        router.cache.refresh()
-        fast = router.outcome_without_io(request)
-        planned = planned_decision(router, request, state, 0)
-        first = decide(request, state, router.rules)
+        assert routing.outcome_without_io(request) is None  # nothing read yet: the plan reads
+        routing.cache.refresh()
+        fast = routing.outcome_without_io(request)
+        planned = planned_decision(routing, request, state, 0)
+        first = decide(request, state, routing.rules)
         if replay_src is not None or isinstance(first, Pending):
             assert fast is None  # fresh state, a wait for a primary, a body to measure: I/O
         else:
@@ -342,7 +342,7 @@ def test_a_remembered_verdict_is_the_plans_for_the_reading_it_is_used_on(
     """route() for a request with no routing headers: what it remembers is what the plan decides, reading by reading."""
     readings = states(primary)
     mount = [readings[0]]  # what the mount shows now
-    router = Router(
+    routing = NodeRouting(
         instance_id=ME,
         rules=rules(write_on_read=write_on_read, passthrough=passthrough, primary_wait=0),
         cache=StateCache(None, ME, 3600, reader=lambda _dir, _id: mount[0]),
@@ -352,20 +352,20 @@ def test_a_remembered_verdict_is_the_plans_for_the_reading_it_is_used_on(
     )
     for reading in readings:  # each reading in turn, twice each: a first verdict, then the remembered one
         mount[0] = reading
-        router.cache.refresh()
+        routing.cache.refresh()
         for _ in range(2):
-            seen = router.cache.fresh()  # as the cache hands it out (a first reading may be held back)
+            seen = routing.cache.fresh()  # as the cache hands it out (a first reading may be held back)
             assert seen is not None
-            request, routed = router.route(method, path, None)
+            request, routed = routing.route(method, path, None)
             assert (request.method, request.path, request.txids, request.replay_src) == (method, path, None, None)
-            expected = drive(router.plan(request), FixedIO(seen, body_size=0))
+            expected = drive(routing.plan(request), FixedIO(seen, body_size=0))
             outcome = routed if isinstance(routed, Outcome) else drive(routed, FixedIO(seen, body_size=0))
             assert (outcome.decision, outcome.state) == (expected.decision, seen)
 
 
-def planned_decision(router: Router, request: RequestInfo, state: NodeState, body_size: int) -> Decision:
-    """Run the router's plan with the real driver, on a mount that never changes."""
-    return drive(router.plan(request), FixedIO(state, body_size=body_size)).decision
+def planned_decision(routing: NodeRouting, request: RequestInfo, state: NodeState, body_size: int) -> Decision:
+    """Run the routing's plan with the real driver, on a mount that never changes."""
+    return drive(routing.plan(request), FixedIO(state, body_size=body_size)).decision
 
 
 @FAST
@@ -379,9 +379,9 @@ def test_replay_hops_is_small_and_non_negative(replay_src: str | None) -> None:
 @given(st.text(max_size=300))
 def test_router_accepts_only_safe_instance_ids(instance_id: str) -> None:
     try:
-        router = router_for(instance_id=instance_id)
+        routing = router_for(instance_id=instance_id)
     except ValueError:
         assert not SAFE_TOKEN.fullmatch(instance_id)
         return
-    assert SAFE_TOKEN.fullmatch(router.instance_id)
-    assert_safe_headers(router.tags(NodeState(Role.STANDALONE, router.instance_id, router.instance_id)))
+    assert SAFE_TOKEN.fullmatch(routing.instance_id)
+    assert_safe_headers(routing.tags(NodeState(Role.STANDALONE, routing.instance_id, routing.instance_id)))

@@ -199,7 +199,7 @@ def test_slipped_write_reads_the_mount_even_while_states_are_pushed(mount: Mount
     middleware = wsgi.PrimaryRoutingMiddleware(app.wsgi_app, litefs_dir=str(mount.path), instance_id=ME)
     app.wsgi_app = middleware
     mount.make_replica(PRIMARY)
-    cache = middleware.router.cache
+    cache = middleware.routing.cache
     cache.push(NodeState(Role.PRIMARY, ME, ME, detail="a stale push"))  # what a lagging stream would say
     with serve_wsgi(app) as url:
         r = httpx.post(url + "/w")
@@ -208,7 +208,7 @@ def test_slipped_write_reads_the_mount_even_while_states_are_pushed(mount: Mount
     # The settlement read the mount until the primary it names was established (state_cache.ESTABLISHED_AFTER).
     assert cache.reads >= 2
     assert cache.get().detail == "a stale push"  # kept until the stream's next event
-    counts = middleware.router.counters.snapshot()
+    counts = middleware.routing.counters.snapshot()
     assert {k: counts[k] for k in ("safety_net", "replays", "primary_waits")} == {
         "safety_net": 1,
         "replays": 1,
@@ -227,11 +227,11 @@ def test_a_settlement_trusts_the_mount_over_a_stale_push(mount: Mount, tmp_path:
     )
     app.wsgi_app = middleware
     mount.make_no_primary()
-    middleware.router.cache.push(NodeState(Role.PRIMARY, ME, ME, detail="a stale push"))
+    middleware.routing.cache.push(NodeState(Role.PRIMARY, ME, ME, detail="a stale push"))
     with serve_wsgi(app) as url:
         r = httpx.post(url + "/w")
     assert (r.status_code, r.headers["retry-after"]) == (503, "2")
-    assert middleware.router.cache.reads >= 2  # the settlement polled the mount, not the push
+    assert middleware.routing.cache.reads >= 2  # the settlement polled the mount, not the push
 
 
 REPORT_STYLES = [

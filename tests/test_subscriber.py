@@ -66,7 +66,7 @@ def _middleware_on(cluster: LiteFSCluster, node: str, **options: Any) -> wsgi.Pr
 
 
 def _no_app(environ: Any, start_response: Any) -> list[bytes]:
-    raise AssertionError("only the middleware's router is used")
+    raise AssertionError("only the middleware's routing is used")
 
 
 def _read_waits_for_a_commit(cluster: LiteFSCluster, client: httpx.Client, positions: Positions) -> int:
@@ -117,8 +117,8 @@ def test_routing_follows_the_stream_without_reading_the_mount(
         serve_under(adapter, flask_app(calls), starlette_app(calls), **options) as served,
         httpx.Client(base_url=served.url, timeout=30) as client,
     ):
-        router = served.router
-        subscriber, cache, positions = router.subscriber, router.cache, router.positions
+        routing = served.routing
+        subscriber, cache, positions = routing.subscriber, routing.cache, routing.positions
         assert subscriber is not None
         assert positions is not None
         assert client.get("/").status_code == 200  # the first read starts the stream
@@ -161,8 +161,8 @@ def test_a_stream_that_drops_falls_back_to_the_mount_and_recovers(
         cache_ttl=NEVER,
         litefs_api_url=node2.api_url,
     )
-    router = middleware.router
-    subscriber, cache, positions = router.subscriber, router.cache, router.positions
+    routing = middleware.routing
+    subscriber, cache, positions = routing.subscriber, routing.cache, routing.positions
     assert subscriber is not None
     assert positions is not None
     # The first reading counts at once if node2's .lag shows it heard from node1 within 0.75 s (the
@@ -208,13 +208,13 @@ def test_an_api_that_is_not_this_mounts_litefs_is_not_followed(
         cache_ttl=0,
         litefs_api_url="off",
     )
-    subscriber.attach(middleware.router.cache)
+    subscriber.attach(middleware.routing.cache)
     # Routed on once established: at once if node2's .lag shows it heard from node1, else after
     # ESTABLISHED_AFTER (a replica that has not heard from its primary yet reads +2147483647).
-    wait_until(lambda: middleware.router.cache.get().primary_id == "node1", what="node1 to be routed to")
+    wait_until(lambda: middleware.routing.cache.get().primary_id == "node1", what="node1 to be routed to")
     wait_until(lambda: "not following LiteFS's event stream" in caplog.text, what="the mismatch to be logged")
     assert not subscriber.up
-    assert middleware.router.cache.get().role is Role.REPLICA
+    assert middleware.routing.cache.get().role is Role.REPLICA
 
 
 def test_an_unreachable_api_leaves_routing_on_the_mount(mount: Any, caplog: pytest.LogCaptureFixture) -> None:
@@ -223,14 +223,14 @@ def test_an_unreachable_api_leaves_routing_on_the_mount(mount: Any, caplog: pyte
     middleware = wsgi.PrimaryRoutingMiddleware(
         lambda e, s: [], litefs_dir=str(mount.path), instance_id="me", cache_ttl=0, litefs_api_url=url
     )
-    router = middleware.router
-    assert router.subscriber is not None
-    assert router.cache.get().role is Role.PRIMARY
+    routing = middleware.routing
+    assert routing.subscriber is not None
+    assert routing.cache.get().role is Role.PRIMARY
     wait_until(lambda: "is not reachable" in caplog.text, what="the first failure to be logged")
     mount.make_replica("other")
     # Routed on once named without a break for ESTABLISHED_AFTER (each get() reads the mount: cache_ttl=0).
-    wait_until(lambda: router.cache.get().primary_id == "other", what="routing to follow the mount")
-    assert not router.subscriber.up
+    wait_until(lambda: routing.cache.get().primary_id == "other", what="routing to follow the mount")
+    assert not routing.subscriber.up
     # Once for this API (another test's subscriber thread may still be logging about its own).
     assert caplog.text.count(f"({url}) is not reachable") == 1
 
@@ -264,8 +264,8 @@ def test_litefs_closing_a_slow_subscriber(
     watcher = PositionWatcher(node.mount_dir, "a.db")
     subscriber = EventSubscriber(relay.url, node.mount_dir, quiet_after=NEVER)  # no /info while it stalls
     middleware = _middleware_on(cluster, "node1", cache_ttl=NEVER, litefs_api_url="off")
-    subscriber.attach(middleware.router.cache, [watcher])
-    middleware.router.cache.get()
+    subscriber.attach(middleware.routing.cache, [watcher])
+    middleware.routing.cache.get()
     done = [0] * len(databases)
     enough = threading.Event()
 
@@ -417,7 +417,7 @@ def test_read_your_writes_for_two_databases_in_one_mount(
     ):
         for served in (primary, replica):
             client.get(served.url)  # the first read starts the stream
-        wait_until(lambda: all(s.router.subscriber and s.router.subscriber.up for s in (primary, replica)), what="up")
+        wait_until(lambda: all(s.routing.subscriber and s.routing.subscriber.up for s in (primary, replica)), what="up")
 
         only_cache = client.post(primary.url + "/?db=cache.db")
         assert _cookies(only_cache) == {"__txid_cache.db": pos("node1", "cache.db")}
@@ -433,7 +433,7 @@ def test_read_your_writes_for_two_databases_in_one_mount(
             both = client.post(primary.url + "/?db=app.db&db=cache.db")
             cookies = _cookies(both)
             assert cookies == {"__txid": pos("node1", "app.db"), "__txid_cache.db": pos("node1", "cache.db")}
-            positions = replica.router.positions
+            positions = replica.routing.positions
             assert positions is not None
             header = "; ".join(f"{name}={value}" for name, value in cookies.items())
             with ThreadPoolExecutor(1) as pool:
@@ -559,12 +559,12 @@ def test_an_api_unreachable_from_the_start_routes_and_waits_on_the_mount(
         serve_under(adapter, flask_app(calls), starlette_app(calls), **options) as served,
         httpx.Client(base_url=served.url, timeout=30) as client,
     ):
-        positions = served.router.positions
+        positions = served.routing.positions
         assert positions is not None
         assert client.post("/").headers["fly-replay"].startswith("instance=node1;")
         _read_waits_for_a_commit(cluster, client, positions)
-        assert served.router.subscriber is not None
-        assert not served.router.subscriber.up
+        assert served.routing.subscriber is not None
+        assert not served.routing.subscriber.up
         assert positions.watchers[0].threads_started == 1  # the poller woke it
 
 
@@ -582,12 +582,12 @@ def test_a_middleware_built_while_the_stream_is_up_is_fed_at_once(litefs_real_cl
         "cache_ttl": 0,
         "litefs_api_url": node2.api_url,
     }
-    first = wsgi.PrimaryRoutingMiddleware(lambda e, s: [], **options).router
+    first = wsgi.PrimaryRoutingMiddleware(lambda e, s: [], **options).routing
     first.cache.get()
     assert first.subscriber is not None
     wait_until(lambda: first.subscriber is not None and first.subscriber.up, what="the stream")
 
-    second = wsgi.PrimaryRoutingMiddleware(lambda e, s: [], **options).router
+    second = wsgi.PrimaryRoutingMiddleware(lambda e, s: [], **options).routing
     assert second.subscriber is first.subscriber
     assert second.positions is not None
     watcher = second.positions.watchers[0]
@@ -607,7 +607,7 @@ def test_a_stream_that_stalls_is_dropped(litefs_real_cluster: LiteFSClusterFacto
     relay = TcpRelay(("127.0.0.1", node2.http_port))
     try:
         middleware = _middleware_on(cluster, "node2", cache_ttl=0.05, litefs_api_url="off")
-        cache = middleware.router.cache
+        cache = middleware.routing.cache
         subscriber = EventSubscriber(relay.url, node2.mount_dir, connect_timeout=0.5, quiet_after=0.2)
         subscriber.attach(cache)
         wait_until(lambda: cache.get().primary_id == "node1", what="node1 to be routed to")
@@ -636,11 +636,11 @@ def test_another_replicas_api_is_dropped_at_its_first_transaction(
         consistency_wait=0.3,
         litefs_api_url=cluster.nodes["node2"].api_url,  # the wrong node's
     )
-    router = middleware.router
-    subscriber, positions = router.subscriber, router.positions
+    routing = middleware.routing
+    subscriber, positions = routing.subscriber, routing.positions
     assert subscriber is not None
     assert positions is not None
-    router.cache.get()
+    routing.cache.get()
     wait_until(lambda: subscriber.up, what="the stream (init agrees)")
     cluster.pause_replication("node3")
     try:
@@ -690,7 +690,7 @@ def test_a_write_waiting_for_a_primary_is_answered_by_the_push(adapter: str, mou
         serve_under(adapter, flask_app(calls), starlette_app(calls), **options) as served,
         httpx.Client(base_url=served.url, timeout=10) as client,
     ):
-        cache = served.router.cache
+        cache = served.routing.cache
         cache.push(NodeState(Role.NO_PRIMARY, "me", None, detail="pushed: no primary"))
         with ThreadPoolExecutor(1) as pool:
             write = pool.submit(client.post, "/")
@@ -760,11 +760,11 @@ def test_a_frozen_stream_is_dropped_even_while_the_api_answers(litefs_real_clust
     relay = _FreezingRelay(("127.0.0.1", node2.http_port))
     try:
         middleware = _middleware_on(cluster, "node2", database="app.db", cache_ttl=NEVER, litefs_api_url="off")
-        positions = middleware.router.positions
+        positions = middleware.routing.positions
         assert positions is not None
         subscriber = EventSubscriber(relay.url, node2.mount_dir, quiet_after=0.2)
-        subscriber.attach(middleware.router.cache, positions.watchers)
-        middleware.router.cache.get()
+        subscriber.attach(middleware.routing.cache, positions.watchers)
+        middleware.routing.cache.get()
         wait_until(lambda: subscriber.up, what="the stream")
         relay.freeze()
         for value in ("a", "b", "c"):
@@ -847,9 +847,9 @@ def test_get_instance_info_says_whether_this_node_is_a_lease_candidate(
         assert get_instance_info(**where).candidate is expected
         assert get_instance_info(**{**where, "litefs_api_url": "off"}).candidate is None
         middleware = wsgi.PrimaryRoutingMiddleware(app, **where)
-        subscriber = middleware.router.subscriber
+        subscriber = middleware.routing.subscriber
         assert subscriber is not None
-        middleware.router.cache.get()
+        middleware.routing.cache.get()
         wait_until(lambda: subscriber.up, what="the stream")  # noqa: B023 (used at once)
         with serve_wsgi(middleware) as url:
             assert httpx.get(url).status_code == 200

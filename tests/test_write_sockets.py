@@ -73,7 +73,7 @@ def test_write_sockets(mount: Mount, role: str, write_sockets: list[str], expect
             == f"instance={PRIMARY};state=litefs-route-hop-1;timeout=5s;fallback=force_self"
         )
         assert response.headers["fly-primary-instance"] == PRIMARY
-        assert app.router.counters.snapshot()["replays"] == 1
+        assert app.routing.counters.snapshot()["replays"] == 1
     else:
         assert response.headers["retry-after"] == "2"
 

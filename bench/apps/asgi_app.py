@@ -31,7 +31,7 @@ async def hello(request: Request) -> PlainTextResponse:
 
 
 async def reads(request: Request) -> PlainTextResponse:
-    return PlainTextResponse(str(middleware.router.cache.reads if middleware is not None else -1))
+    return PlainTextResponse(str(middleware.routing.cache.reads if middleware is not None else -1))
 
 
 inner = Starlette(routes=[Route("/", hello, methods=["GET", "POST"]), Route("/__reads", reads)])

@@ -32,7 +32,7 @@ def hello() -> str:
 
 @app.route("/__reads")
 def reads() -> str:
-    return str(middleware.router.cache.reads if middleware is not None else -1)
+    return str(middleware.routing.cache.reads if middleware is not None else -1)
 
 
 if VARIANT == "floor":

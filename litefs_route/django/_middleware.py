@@ -94,20 +94,20 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
     def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
         if self.async_mode:
             return self._call_async(request)
-        router = self.router
-        info, routed = router.route(*_request_info(request, router.txid_cookies))
+        routing = self.routing
+        info, routed = routing.route(*_request_info(request, routing.txid_cookies))
         io = None
         if isinstance(routed, Outcome):
             outcome = routed
         else:
-            io = MountIO(router, functools.partial(_measure_body, request))
+            io = MountIO(routing, functools.partial(_measure_body, request))
             outcome = drive(routed, io)
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
                 return self._forward(request, info, outcome, io.kept if io is not None else KeptBody())
-            return self._reply(router.reply(outcome.decision, info, request.META), outcome.state)
+            return self._reply(routing.reply(outcome.decision, info, request.META), outcome.state)
         _strip_forward_secret(request, info)
-        ctx = _DjangoRequest(router, info, outcome, self.primary_required_error)
+        ctx = _DjangoRequest(routing, info, outcome, self.primary_required_error)
         ctx.meta = request.META
         token = current_request.set(ctx)
         try:
@@ -119,22 +119,22 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
             _discard(response)
             settlement = ctx.settlement()
             if settlement is not None:
-                ctx.settle(drive(settlement, MountIO(router, functools.partial(_measure_body, request))))
+                ctx.settle(drive(settlement, MountIO(routing, functools.partial(_measure_body, request))))
             return self._ending(ctx)
-        if router.counters.listened and not ctx.must_end_elsewhere:
-            router.counters.observe("ran")  # the view's answer stands: it ran
-        positions = router.positions
+        if routing.counters.listened and not ctx.must_end_elsewhere:
+            routing.counters.observe("ran")  # the view's answer stands: it ran
+        positions = routing.positions
         txids = positions.read() if positions is not None and ctx.txid_cookie_due() else None
         return self._tagged(response, ctx, txids)
 
     async def _call_async(self, request: HttpRequest) -> HttpResponseBase:
-        router = self.router
-        info, routed = router.route(*_request_info(request, router.txid_cookies))
+        routing = self.routing
+        info, routed = routing.route(*_request_info(request, routing.txid_cookies))
         aio = None
         if isinstance(routed, Outcome):
             outcome = routed
         else:
-            aio = AsyncMountIO(router, functools.partial(_measure_body_async, request))
+            aio = AsyncMountIO(routing, functools.partial(_measure_body_async, request))
             outcome = await drive_async(routed, aio)
         if outcome.decision.kind is not Kind.RUN:
             if outcome.decision.kind is Kind.FORWARD:
@@ -142,9 +142,9 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
                 run_in_thread, _ = async_backend()  # forwarded from a worker thread, relayed chunk by chunk
                 response: HttpResponseBase = await run_in_thread(lambda: self._forward(request, info, outcome, kept))
                 return response
-            return self._reply(router.reply(outcome.decision, info, request.META), outcome.state)
+            return self._reply(routing.reply(outcome.decision, info, request.META), outcome.state)
         _strip_forward_secret(request, info)
-        ctx = _DjangoRequest(router, info, outcome, self.primary_required_error)
+        ctx = _DjangoRequest(routing, info, outcome, self.primary_required_error)
         ctx.meta = request.META
         token = current_request.set(ctx)
         try:
@@ -157,13 +157,12 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
             await run_in_thread(lambda: _discard(response))  # may close files: not on the loop
             settlement = ctx.settlement()
             if settlement is not None:
-                ctx.settle(
-                    await drive_async(settlement, AsyncMountIO(router, functools.partial(_measure_body_async, request)))
-                )
+                io = AsyncMountIO(routing, functools.partial(_measure_body_async, request))
+                ctx.settle(await drive_async(settlement, io))
             return self._ending(ctx)
-        if router.counters.listened and not ctx.must_end_elsewhere:
-            router.counters.observe("ran")  # the view's answer stands: it ran
-        positions = router.positions
+        if routing.counters.listened and not ctx.must_end_elsewhere:
+            routing.counters.observe("ran")  # the view's answer stands: it ran
+        positions = routing.positions
         txids = await run_in_thread(positions.read) if positions is not None and ctx.txid_cookie_due() else None
         return self._tagged(response, ctx, txids)
 
@@ -182,14 +181,14 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
 
     def _forward(self, request: HttpRequest, info: RequestInfo, outcome: Outcome, kept: KeptBody) -> HttpResponseBase:
         """Forward mode: send the request to the primary and relay its answer, streaming (blocking: a thread)."""
-        router = self.router
+        routing = self.routing
         # Django's ASGI handler has read the whole body, whatever its framing (HTTP/2 may send neither
         # header): its length is unknown here, so it is sent chunked. Under WSGI, Django reads no chunked body.
         under_asgi = isinstance(request, ASGIRequest)
         chunked = under_asgi and info.content_length is None
         if info.unknown_length and not under_asgi:
             return self._reply(LENGTH_REQUIRED, outcome.state)
-        forward = router.forward(
+        forward = routing.prepare_forward(
             info,
             outcome.decision,
             cgi_headers(request.META),
@@ -203,7 +202,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
         target = _request_target(request, under_asgi)
         relay = forward_blocking(forward, info.method, target, _body(request, forward.length, kept))
         if isinstance(relay, Reply):
-            router.counters.add("forward_failures")
+            routing.counters.add("forward_failures")
             return self._reply(relay, outcome.state)
         # Under ASGI (even with this middleware run sync) an async iterator: Django would read a sync one whole.
         return _relayed(relay, _async_chunks(relay.body) if under_asgi else relay.body)
@@ -213,7 +212,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
     def _reply(self, reply: Reply, state: NodeState) -> HttpResponse:
         """One of the middleware's own responses (replay, 503, 413, 408, health), tagged."""
         response = HttpResponse(reply.body, status=reply.status)
-        for name, value in (*reply.headers, *self.router.tags(state)):
+        for name, value in (*reply.headers, *self.routing.tags(state)):
             response[name] = value
         return _mark_logged(response)
 
@@ -226,7 +225,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
     ) -> HttpResponseBase:
         """The view's response with our tags (any copy of them the view set dropped) and TXID cookies."""
         response.headers.pop(PRIMARY_HEADER, None)  # case-insensitive; absent from our tags when none is known
-        for name, value in self.router.tags(ctx.state):
+        for name, value in self.routing.tags(ctx.state):
             response[name] = value
         for _, cookie in ctx.cookie_headers(txids):
             _add_set_cookie(response, cookie)
@@ -236,7 +235,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
 def _mark_logged(response: HttpResponse) -> HttpResponse:
     # django.request logs every response >= 400 as it leaves the handler (a 409 as a
     # warning, a 503 as an error, mailed to ADMINS) unless it is marked as logged. A
-    # replay is not an error; each of our answers is counted (router.counters) and
+    # replay is not an error; each of our answers is counted (routing.counters) and
     # logged at DEBUG by litefs_route, and a 503 in a failover must not mail per request.
     response._has_been_logged = True
     return response
@@ -261,7 +260,7 @@ class _DjangoRequest(RequestContext):
 
 
 def _request_info(request: HttpRequest, txid_cookies: TxidCookies | None) -> tuple[str, str, RequestInfo | None]:
-    """What :meth:`Router.route` takes: the method, the path, and the parsed request (None: nothing to parse)."""
+    """What :meth:`NodeRouting.route` takes: the method, the path, and the parsed request (None: nothing to parse)."""
     # META: WSGI's environ, or what Django's ASGI handler builds in its image. The path is
     # decoded, with SCRIPT_NAME: what Django's URL patterns see.
     method, path = request.method or "GET", request.path

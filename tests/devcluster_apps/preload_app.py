@@ -24,15 +24,15 @@ def inner(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[b
     hold = parse_qs(environ.get("QUERY_STRING", "")).get("hold")
     if hold:
         time.sleep(float(hold[0]))  # keeps this sync worker busy, so the other takes the next request
-    router = app.router
-    subscriber = router.subscriber
-    state = router.cache.get()
+    routing = app.routing
+    subscriber = routing.subscriber
+    state = routing.cache.get()
     body = json.dumps(
         {
             "pid": os.getpid(),
             "up": subscriber is not None and subscriber.up,
             "connections": subscriber.connections if subscriber is not None else 0,
-            "reads": router.cache.reads,
+            "reads": routing.cache.reads,
             "primary": state.primary_id,
         }
     ).encode()
@@ -41,4 +41,4 @@ def inner(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[b
 
 
 app = PrimaryRoutingMiddleware(inner, cache_ttl=3600)
-app.router.cache.get()  # in the master, before the fork: its stream thread starts there
+app.routing.cache.get()  # in the master, before the fork: its stream thread starts there

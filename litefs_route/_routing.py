@@ -1,6 +1,6 @@
-"""The router: one middleware's rules, node state and memoised replies.
+"""The routing: one middleware's rules, node state and memoised replies.
 
-A :class:`Router` is what the WSGI and ASGI middlewares share, built from
+A :class:`NodeRouting` is what the WSGI and ASGI middlewares share, built from
 their options once (see :class:`~litefs_route._middleware.RoutingMiddleware`).
 It does no I/O itself: it hands out the plans of :mod:`litefs_route._decision`
 and the objects the drivers' I/O goes through (the :class:`StateCache` of
@@ -21,8 +21,8 @@ from ._counters import Counters
 from ._decision import decide, decide_without_io
 from ._forwarding import (
     DEFAULT_FORWARD_URL,
-    Forward,
     ForwardURL,
+    OutgoingForward,
     client_address,
     forwarded_headers,
     resolve_forward_url,
@@ -40,24 +40,24 @@ from ._state_cache import StateCache
 from ._subscriber import EventSubscriber
 from ._verdicts import Decision, Kind, Outcome, Pending, counter_name
 
-__all__ = ["Router", "every_router"]
+__all__ = ["NodeRouting", "every_routing"]
 
 logger = logging.getLogger("litefs_route")
 
 # Seconds between two warnings of one kind (the rest at DEBUG).
 _WARN_EVERY = 60.0
-# Distinct replies remembered by Router.reply().
+# Distinct replies remembered by NodeRouting.reply().
 _REPLY_MEMO_SIZE = 64
 # An enum member read once: reading Kind.REPLAY costs hundreds of instructions each time on Python 3.11.
 _REPLAY = Kind.REPLAY
-# Distinct (method, path) verdicts remembered by Router.route() for one reading of the mount.
+# Distinct (method, path) verdicts remembered by NodeRouting.route() for one reading of the mount.
 _VERDICT_MEMO_SIZE = 512
 
 
-class Router:
+class NodeRouting:
     """The rules, the node state and the replies of one or more middlewares.
 
-    Share one between middlewares of one process (``router=mw.router``) to
+    Share one between middlewares of one process (``routing=mw.routing``) to
     share its reading of the mount.
     """
 
@@ -211,7 +211,7 @@ class Router:
             reply = self._replies[decision] = build_reply(decision, self.retry_after, self.replay_timeout)
         return reply
 
-    def forward(
+    def prepare_forward(
         self,
         request: RequestInfo,
         decision: Decision,
@@ -221,7 +221,7 @@ class Router:
         scheme: str,
         chunked: bool,
         server: str | None = None,
-    ) -> Forward | Reply:
+    ) -> OutgoingForward | Reply:
         """How to forward *request* on a FORWARD *decision* (counted); or the reply if ``forward_url`` fails.
 
         *chunked*: the body's length is unknown (the adapter knows what its
@@ -248,7 +248,7 @@ class Router:
             default_host=server or f"{target.host}:{target.port}",
         )
         secret = self.rules.forward_secret
-        return Forward(target, forwarded, secret, chunked, length, self.forward_timeout, self.retry_after)
+        return OutgoingForward(target, forwarded, secret, chunked, length, self.forward_timeout, self.retry_after)
 
     def _warn(
         self,
@@ -270,21 +270,21 @@ class Router:
         now = time.monotonic()
         if now - self._warned_at.get(kind, -_WARN_EVERY) >= _WARN_EVERY:
             self._warned_at[kind] = now
-            logger.warning("%s (logged at most once a minute; router.counters counts each)", message, extra=facts)
+            logger.warning("%s (logged at most once a minute; routing.counters counts each)", message, extra=facts)
         else:
             logger.debug("%s", message, extra=facts)
 
     def __repr__(self) -> str:
-        return f"Router(instance_id={self.instance_id!r}, litefs_dir={self.cache.litefs_dir!r})"
+        return f"NodeRouting(instance_id={self.instance_id!r}, litefs_dir={self.cache.litefs_dir!r})"
 
 
-# Every router of this process by creation, for metrics read when scraped; gone with their middleware.
-_EVERY: weakref.WeakValueDictionary[int, Router] = weakref.WeakValueDictionary()
+# Every NodeRouting of this process by creation, for metrics read when scraped; gone with their middleware.
+_EVERY: weakref.WeakValueDictionary[int, NodeRouting] = weakref.WeakValueDictionary()
 _EVERY_LOCK = threading.Lock()  # a scrape may list them while a first request builds one
 _CREATED = itertools.count()
 
 
-def every_router() -> list[Router]:
-    """The routers of this process, oldest first (the metrics read their state when scraped)."""
+def every_routing() -> list[NodeRouting]:
+    """The routings of this process, oldest first (the metrics read their state when scraped)."""
     with _EVERY_LOCK:
-        return [router for _, router in sorted(_EVERY.items())]
+        return [routing for _, routing in sorted(_EVERY.items())]
