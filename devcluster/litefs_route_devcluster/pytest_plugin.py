@@ -25,6 +25,17 @@ LiteFS never passes by skipping::
         cluster = litefs_real_cluster("myapp:app", instances=3, lease="consul")
         cluster.kill_node(cluster.primary)
         ...
+
+``postgres_pair`` is the same for :class:`PostgresPair`: a real PostgreSQL
+primary and streaming hot standby on 127.0.0.1. Where PostgreSQL's server
+binaries are missing the test is skipped with the reason, unless
+``POSTGRES_REQUIRED=1`` is set (as the project's CI does): then it fails::
+
+    @pytest.mark.postgres
+    def test_read_after_write(postgres_pair):
+        pair = postgres_pair()
+        pair.pause_replay()
+        ...
 """
 
 from __future__ import annotations
@@ -39,21 +50,26 @@ import pytest
 
 from .cluster import DEFAULT_APP, Cluster
 from .litefs import LiteFSCluster, litefs_unavailable
+from .postgres import PostgresPair, postgres_unavailable
 from .proxy import FrontProxy
 
 __all__ = [
     "ClusterFactory",
     "FrontProxyFactory",
     "LiteFSClusterFactory",
+    "PostgresPairFactory",
     "litefs_cluster",
     "litefs_front_proxy",
     "litefs_real_cluster",
+    "postgres_pair",
     "require_litefs",
+    "require_postgres",
 ]
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "litefs: runs real LiteFS nodes (FUSE mounts); see litefs_real_cluster")
+    config.addinivalue_line("markers", "postgres: runs a real PostgreSQL primary and hot standby; see postgres_pair")
 
 
 class ClusterFactory(Protocol):
@@ -62,6 +78,10 @@ class ClusterFactory(Protocol):
 
 class LiteFSClusterFactory(Protocol):
     def __call__(self, app: str | None = ..., **options: Any) -> LiteFSCluster: ...
+
+
+class PostgresPairFactory(Protocol):
+    def __call__(self, **options: Any) -> PostgresPair: ...
 
 
 class FrontProxyFactory(Protocol):
@@ -131,5 +151,34 @@ def litefs_real_cluster(tmp_path: Path) -> Iterator[LiteFSClusterFactory]:
             cluster = LiteFSCluster(app, **options)
             clusters.append(cluster)
             return cluster.start()
+
+        yield factory
+
+
+def require_postgres() -> None:
+    """Skip the calling test where PostgreSQL cannot run; fail instead under ``POSTGRES_REQUIRED=1``."""
+    reason = postgres_unavailable()
+    if reason is None:
+        return
+    if os.environ.get("POSTGRES_REQUIRED", "") not in ("", "0"):
+        pytest.fail(f"POSTGRES_REQUIRED is set but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def postgres_pair() -> Iterator[PostgresPairFactory]:
+    """A factory of started :class:`PostgresPair` objects (real PostgreSQL), all closed at teardown.
+
+    Each pair makes its own folder (under the system's temporary folder, which
+    the ``postgres`` user can reach when the tests run as root: pytest's
+    ``tmp_path`` is private to root).
+    """
+    require_postgres()
+    with _closed_at_exit() as pairs:
+
+        def factory(**options: Any) -> PostgresPair:
+            pair = PostgresPair(**options)
+            pairs.append(pair)
+            return pair.start()
 
         yield factory
