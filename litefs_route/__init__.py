@@ -12,6 +12,9 @@ Standard library only; importing this package imports no web framework.
 - :func:`get_instance_info`: this instance, the primary, and whether they are the same.
 - :func:`routing_counters`: what this process's requests ended in and waited for.
 - :func:`read_position`, :func:`is_readonly_error`: what the mount and SQLite say.
+- Where routing learns who is primary (docs/sources.md): :class:`PrimarySource`, with
+  :class:`LiteFSSource` (the default), :class:`PostgresSource` (Postgres read
+  replicas in several Fly regions) and :class:`StaticSource` (one fixed primary instance).
 - Background work (docs/background-work.md): :func:`is_primary`, :func:`primary_only`,
   :func:`on_become_primary`, :func:`on_stop_primary`; :func:`primary_task` and
   :func:`call_on_primary` (served by :func:`serve_tasks_wsgi` / :func:`serve_tasks_asgi`).
@@ -35,7 +38,9 @@ from ._ops.lease import promote
 from ._ops.registry import Heartbeat
 from ._ops.steps import StepClaimed, run_after_release
 from ._ops.waits import WaitTimeout, wait_for_primary, wait_for_schema, wait_for_sync, wait_for_txid
-from ._sqlite_errors import is_readonly_error
+from ._postgres_source import PostgresSource
+from ._sources import LiteFSSource, PrimarySource, StaticSource
+from ._sqlite_errors import WriteFailure, WriteFailureKind, is_readonly_error
 from ._tasks import (
     TaskClient,
     TaskError,
@@ -54,11 +59,15 @@ __all__ = [
     "HaltLockError",
     "Heartbeat",
     "InstanceInfo",
+    "LiteFSSource",
     "NodeState",
     "NotOnFly",
     "Position",
+    "PostgresSource",
     "PrimaryRequired",
+    "PrimarySource",
     "Role",
+    "StaticSource",
     "StepClaimed",
     "TaskClient",
     "TaskError",
@@ -68,6 +77,8 @@ __all__ = [
     "TaskNotRun",
     "TaskRefused",
     "WaitTimeout",
+    "WriteFailure",
+    "WriteFailureKind",
     "call_on_primary",
     "ensure_instance",
     "ensure_primary",

@@ -44,7 +44,7 @@ TXID_COOKIE = "__txid"
 _DATABASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 # Exactly 16 hex digits, any case: what LiteFS's proxy accepts (ltx.ParseTXID:
 # the length checked, then strconv.ParseUint(s, 16, 64)). Anything else is ignored.
-_COOKIE = re.compile(r"(?:^|[;,])\s*(__txid(?:_[A-Za-z0-9._-]{1,128})?)=([0-9a-fA-F]{16})\s*(?=[;,]|$)")
+_COOKIE = r"(?:^|[;,])\s*({}(?:_[A-Za-z0-9._-]{{1,128}})?)=([0-9a-fA-F]{{16}})\s*(?=[;,]|$)"
 _COOKIE_HEADER_LIMIT = 16384
 _CLEARED = "=; Path=/; Max-Age=0; HttpOnly; SameSite=Lax"
 # Seconds without waiters after which the watcher thread ends.
@@ -62,18 +62,25 @@ class TxidCookies:
     The first database's cookie is ``__txid``, the name LiteFS's proxy uses,
     so the two interoperate; each other database's is ``__txid_<name>``
     (``__txid_cache.db``). A value is the database's TXID as 16 hex digits.
+    Another source names its cookies from its own *base* (Postgres: ``__lsn``,
+    a WAL position as 16 hex digits).
     """
 
-    __slots__ = ("_index", "attributes", "names")
+    __slots__ = ("_cookie", "_index", "attributes", "names")
 
-    def __init__(self, databases: Sequence[str], *, max_age: int = 300, secure: bool = False) -> None:
+    def __init__(
+        self, databases: Sequence[str], *, max_age: int = 300, secure: bool = False, base: str = TXID_COOKIE
+    ) -> None:
+        if not is_valid_database_name(base.lstrip("_")):
+            raise ValueError(f"a cookie base must be a cookie name, got {base!r}")
         for database in databases:
             if not is_valid_database_name(database):
                 raise ValueError(f"a database must be a plain file name in the mount, got {database!r}")
         if not databases or len(set(databases)) != len(databases):
             raise ValueError(f"databases must be one or more distinct names, got {list(databases)!r}")
         #: The cookie name of each database.
-        self.names = tuple(TXID_COOKIE if i == 0 else f"{TXID_COOKIE}_{db}" for i, db in enumerate(databases))
+        self.names = tuple(base if i == 0 else f"{base}_{db}" for i, db in enumerate(databases))
+        self._cookie = re.compile(_COOKIE.format(re.escape(base)))
         #: What follows ``name=value; `` in a ``Set-Cookie``: as LiteFS's proxy sets them.
         self.attributes = f"Path=/; Max-Age={int(max_age)}; HttpOnly; SameSite=Lax" + ("; Secure" if secure else "")
         self._index = {name: i for i, name in enumerate(self.names)}
@@ -88,7 +95,7 @@ class TxidCookies:
         if not cookie_header or len(cookie_header) > _COOKIE_HEADER_LIMIT:
             return None
         found = [0] * len(self.names)
-        for name, value in _COOKIE.findall(cookie_header):
+        for name, value in self._cookie.findall(cookie_header):
             index = self._index.get(name)
             if index is not None:
                 found[index] = max(found[index], int(value, 16))
@@ -107,7 +114,12 @@ class TxidCookies:
 
 
 class PositionWatcher:
-    """Shared, lazily started watcher of one database's ``<db>-pos``."""
+    """Shared, lazily started watcher of one database's ``<db>-pos``.
+
+    Waiters share one poller thread, which runs only while someone waits and
+    LiteFS's event stream does not push. Another source's position is
+    watched the same way by a subclass that overrides :meth:`fetch`.
+    """
 
     def __init__(self, litefs_dir: str, database: str, *, poll_interval: float = 0.001) -> None:
         self.litefs_dir = litefs_dir
@@ -136,20 +148,25 @@ class PositionWatcher:
     def read(self) -> int | None:
         """Read the TXID now (blocking); None if absent, garbled or unreadable."""
         version = self._version
-        try:
-            position = read_position(self.litefs_dir, self.database)
-        except OSError:
-            position = None
+        txid = self.fetch()
         self.reads += 1
-        if position is None:
+        if txid is None:
             return None
         with self._known_lock:
             # An advance that landed while this read was in flight is newer
             # than what was read: keep it (TXIDs can go backwards after a
             # failover, so the larger one is not necessarily the newer).
             if self._version == version:
-                self.last_known = position.txid
-        return position.txid
+                self.last_known = txid
+        return txid
+
+    def fetch(self) -> int | None:
+        """The position, read now from its source (blocking; None if absent, garbled or unreadable)."""
+        try:
+            position = read_position(self.litefs_dir, self.database)
+        except OSError:
+            return None
+        return None if position is None else position.txid
 
     def reached(self, txid: int) -> bool:
         """True if the TXID is known to have reached *txid* (no I/O)."""
@@ -225,12 +242,17 @@ class PositionWatcher:
 
 
 class Positions:
-    """The read-your-writes databases of one mount, in option order: one :class:`PositionWatcher` each."""
+    """The read-your-writes databases, in option order: one :class:`PositionWatcher` each."""
 
     __slots__ = ("watchers",)
 
-    def __init__(self, litefs_dir: str, databases: Sequence[str]) -> None:
-        self.watchers = tuple(PositionWatcher(litefs_dir, database) for database in databases)
+    def __init__(self, watchers: Sequence[PositionWatcher]) -> None:
+        self.watchers = tuple(watchers)
+
+    @classmethod
+    def in_mount(cls, litefs_dir: str, databases: Sequence[str]) -> Positions:
+        """The ``<db>-pos`` watchers of *databases* in a LiteFS mount."""
+        return cls([PositionWatcher(litefs_dir, database) for database in databases])
 
     def known(self) -> tuple[int | None, ...]:
         """Each database's highest TXID seen so far (no I/O)."""

@@ -30,7 +30,7 @@ from ._needs import Plan
 from ._replies import STAND_IN, Reply, has_replay_header
 from ._request import RequestInfo
 from ._routing import NodeRouting
-from ._sqlite_errors import WriteFailure, classify_write_failure
+from ._sqlite_errors import WriteFailure
 from ._subscriber import resolve_api_url
 from ._verdicts import Decision, Kind, Outcome, Pending, assert_never
 
@@ -233,7 +233,7 @@ class RequestContext:
         """
         if self.must_end_elsewhere:
             return False
-        failure = classify_write_failure(exc)
+        failure = self.routing.classify_failure(exc)
         if failure is None:
             return False
         self.must_end_elsewhere, self.failure = True, failure

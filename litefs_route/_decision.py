@@ -167,16 +167,18 @@ def decide(
     too_large = size is not None and size > limit
     if (
         rules.forward != "off"
+        and not state.primary_is_region  # forward mode needs an instance's address: a region is replayed to
         and not forced
         and not request.websocket  # a socket is never forwarded
         and (rules.forward == "always" or too_large or request.replay_failed is not None)
     ):
         return Decision(Kind.FORWARD, True, target=state.primary_id, hops=1)
     if too_large:
-        return Decision(Kind.TOO_LARGE, True, target=state.primary_id, reason=f"the body is larger than {limit} bytes")
+        reason = f"the body is larger than {limit} bytes"
+        return Decision(Kind.TOO_LARGE, True, target=state.primary_id, reason=reason, by_region=state.primary_is_region)
     if size is None and request.unknown_length and not forced:
         return Pending.MEASURE_BODY
-    return _replay(request, True, state.primary_id, hops + 1)
+    return _replay(request, True, state.primary_id, hops + 1, by_region=state.primary_is_region)
 
 
 def _decide_forwarded(request: RequestInfo, state: NodeState, rules: Rules) -> Decision | Pending:
@@ -190,7 +192,7 @@ def _decide_forwarded(request: RequestInfo, state: NodeState, rules: Rules) -> D
     if state.role is Role.NO_PRIMARY or state.primary_id is None:
         return Pending.WAIT_FOR_PRIMARY
     hops = request.forward_hops
-    if rules.forward == "off" or hops >= rules.max_replays or request.websocket:
+    if rules.forward == "off" or hops >= rules.max_replays or request.websocket or state.primary_is_region:
         return Decision(Kind.UNAVAILABLE, True, reason=FORWARD_LOOP_REASON.format(hops))
     return Decision(Kind.FORWARD, True, target=state.primary_id, hops=hops + 1)
 
@@ -211,14 +213,17 @@ def _genuine(claim: Secret | None, rules: Rules) -> bool:
     return secret is not None and secret.matches(claim)
 
 
-def _replay(request: RequestInfo, write: bool, target: str, hops: int, reason: str = "") -> Decision:
-    """The replay to *target*; or, for a request Fly's proxy sent back (``fly-replay-failed``), a 503.
+def _replay(
+    request: RequestInfo, write: bool, target: str, hops: int, reason: str = "", *, by_region: bool = False
+) -> Decision:
+    """The replay to *target* (an instance, or a region *by_region*); or, for a request Fly's proxy sent back, a 503.
 
-    Fly forbids a request sent back from replaying again, and a write must
-    not run on a replica: refused, and retried by the client later.
+    Fly forbids a request sent back (``fly-replay-failed``) from replaying
+    again, and a write must not run on a replica: refused, and retried by
+    the client later.
     """
     if request.replay_failed is None:
-        return Decision(Kind.REPLAY, write, target=target, hops=hops, reason=reason)
+        return Decision(Kind.REPLAY, write, target=target, hops=hops, reason=reason, by_region=by_region)
     return Decision(Kind.UNAVAILABLE, write, target=target, reason=replay_failure(request.replay_failed))
 
 
@@ -285,7 +290,14 @@ def decide_lagging_read(request: RequestInfo, state: NodeState, rules: Rules) ->
         return RUN_READ
     if request.replay_failed is not None:  # the primary is out of reach: the best this node has
         return RUN_READ
-    return Decision(Kind.REPLAY, False, target=state.primary_id, hops=hops + 1, reason=LAGGING_REASON)
+    return Decision(
+        Kind.REPLAY,
+        False,
+        target=state.primary_id,
+        hops=hops + 1,
+        reason=LAGGING_REASON,
+        by_region=state.primary_is_region,
+    )
 
 
 def sets_txid_cookie(decision: Decision, state: NodeState, rules: Rules) -> bool:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
-from ._consistency import Positions, TxidCookies
+from ._consistency import TxidCookies
 from ._exceptions import PrimaryRequired
 from ._forwarding import DEFAULT_FORWARD_URL, SECRET_ENV, ForwardURL, resolve_forward_url
 from ._globs import PathGlobs
@@ -27,6 +27,7 @@ from ._replies import Reply
 from ._routing import NodeRouting
 from ._rules import Rules
 from ._secret import Secret
+from ._sources import LiteFSSource, PrimarySource
 from ._state_cache import StateCache
 from ._subscriber import resolve_api_url, subscriber_for
 
@@ -145,6 +146,18 @@ class RoutingMiddleware(Generic[AppT]):
         ``http://127.0.0.1:20202`` (LiteFS's default ``http.addr``); used
         only with a mount, and only while it answers and agrees with the
         mount (else the mount is read every ``cache_ttl``). ``"off"``: never.
+    source
+        Where routing learns who is primary (see :class:`~litefs_route.PrimarySource`).
+        Default None: LiteFS, from ``litefs_dir``, ``database`` and
+        ``litefs_api_url``. ``"postgres"``: Postgres read replicas in several
+        Fly regions, a :class:`~litefs_route.PostgresSource` built from
+        ``$DATABASE_URL``, ``$PRIMARY_REGION`` and ``$FLY_REGION``; or a
+        source object (``PostgresSource(...)``, ``StaticSource(...)``, your
+        own). With a source given, ``litefs_dir``, ``database`` and
+        ``litefs_api_url`` must not be. A source that routes by region
+        replays writes with ``fly-replay: region=``, tags responses
+        ``Fly-Primary-Region``, and cannot forward (forward mode needs an
+        instance's address): its writes are replayed.
     routing
         Instead of the options above: the ``routing`` of another middleware of
         this process, to share its reading of the mount (the options it was
@@ -186,6 +199,7 @@ class RoutingMiddleware(Generic[AppT]):
         health_path: str | None = None,
         max_lag: float = 10.0,
         litefs_api_url: str | None = None,
+        source: PrimarySource | str | None = None,
         routing: NodeRouting | None = None,
     ) -> None:
         self.app = app
@@ -221,27 +235,33 @@ class RoutingMiddleware(Generic[AppT]):
         if not 1 <= max_replays <= 9 or replay_body_limit < 0 or retry_after < 0:
             raise ValueError("max_replays must be 1 to 9; replay_body_limit and retry_after >= 0")
         secret = _forward_secret(forward, forward_url, forward_secret)
-        mount = os.fspath(litefs_dir) if litefs_dir is not None else os.environ.get("LITEFS_DIR") or None
-        if mount and (missing := _missing_mount(mount)) is not None:
-            # Said now, not at the first write: a typo in LITEFS_DIR is not an election.
-            logger.error(
-                "%s: litefs-route is misconfigured, and refuses every write (503) until it exists "
-                "(litefs_dir, default $LITEFS_DIR, must be the fuse.dir of litefs.yml)",
-                missing,
-                extra=log_fields(event="mount_missing", reason=missing),
+        chosen: PrimarySource
+        if source is None or source == "litefs":
+            chosen = _litefs_source(litefs_dir, database)
+        else:
+            litefs_options = {"litefs_dir": litefs_dir, "database": database, "litefs_api_url": litefs_api_url}
+            if changed := [name for name, value in litefs_options.items() if value is not None]:
+                raise TypeError(f"pass either source= or the LiteFS options, not both (got {', '.join(changed)})")
+            chosen = _named_source(source)
+        positions = chosen.positions
+        cookies = (
+            TxidCookies(
+                chosen.databases, max_age=txid_cookie_max_age, secure=txid_cookie_secure, base=chosen.cookie_base
             )
-        databases = _database_names(database if database is not None else os.environ.get("DATABASE_FILENAME", ""))
-        positions = Positions(mount, databases) if mount and databases else None
-        cookies = TxidCookies(databases, max_age=txid_cookie_max_age, secure=txid_cookie_secure) if positions else None
-        cache = StateCache(mount, instance_id, float(cache_ttl))
-        api_url = resolve_api_url(litefs_api_url)
-        if api_url is not None:
-            parts = urlsplit(api_url)
-            if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
-                raise ValueError(f"litefs_api_url must be http://host:port or 'off', got {api_url!r}")
-        subscriber = subscriber_for(api_url, mount) if api_url is not None and mount else None
-        if subscriber is not None:
-            subscriber.attach(cache, positions.watchers if positions is not None else ())
+            if positions is not None
+            else None
+        )
+        cache = _state_cache(chosen, instance_id, float(cache_ttl))
+        subscriber = None
+        if isinstance(chosen, LiteFSSource):
+            api_url = resolve_api_url(litefs_api_url)
+            if api_url is not None:
+                parts = urlsplit(api_url)
+                if parts.scheme != "http" or not parts.hostname or parts.path not in ("", "/"):
+                    raise ValueError(f"litefs_api_url must be http://host:port or 'off', got {api_url!r}")
+            if api_url is not None and chosen.where:
+                subscriber = subscriber_for(api_url, chosen.where)
+                subscriber.attach(cache, chosen.positions.watchers if chosen.positions is not None else ())
         rules = Rules(
             write_on_read=PathGlobs(write_on_read),
             passthrough=PathGlobs(passthrough),
@@ -268,11 +288,47 @@ class RoutingMiddleware(Generic[AppT]):
             replay_timeout=None if replay_timeout is None else float(replay_timeout),
             forward_url=forward_url,
             forward_timeout=float(forward_timeout),
+            classify_failure=chosen.classify_failure,
         )
         self._setup()
 
     def _setup(self) -> None:
         """An adapter's own set-up, once the routing exists (a hook; none by default)."""
+
+
+def _litefs_source(litefs_dir: str | os.PathLike[str] | None, database: str | Sequence[str] | None) -> LiteFSSource:
+    """The default source: LiteFS, from ``litefs_dir`` (``$LITEFS_DIR``) and ``database`` (``$DATABASE_FILENAME``)."""
+    mount = os.fspath(litefs_dir) if litefs_dir is not None else os.environ.get("LITEFS_DIR") or None
+    if mount and (missing := _missing_mount(mount)) is not None:
+        # Said now, not at the first write: a typo in LITEFS_DIR is not an election.
+        logger.error(
+            "%s: litefs-route is misconfigured, and refuses every write (503) until it exists "
+            "(litefs_dir, default $LITEFS_DIR, must be the fuse.dir of litefs.yml)",
+            missing,
+            extra=log_fields(event="mount_missing", reason=missing),
+        )
+    databases = _database_names(database if database is not None else os.environ.get("DATABASE_FILENAME", ""))
+    return LiteFSSource(mount, databases)
+
+
+def _named_source(source: PrimarySource | str) -> PrimarySource:
+    """The ``source`` option as a source: a name (``"postgres"``), or a source object as it is."""
+    if source == "postgres":
+        from ._postgres_source import PostgresSource  # its own options from the environment
+
+        return PostgresSource()
+    if isinstance(source, str) or not isinstance(source, PrimarySource):
+        raise ValueError(f"source must be 'litefs', 'postgres' or a PrimarySource, got {source!r}")
+    return source
+
+
+def _state_cache(source: PrimarySource, instance_id: str, ttl: float) -> StateCache:
+    """The cache of *source*'s readings (LiteFS's naming flickers; other sources' is taken at its word)."""
+    if isinstance(source, LiteFSSource):
+        return StateCache(source.where, instance_id, ttl)
+    return StateCache(
+        source.where, instance_id, ttl, reader=lambda _where, instance: source.read_state(instance), flickers=False
+    )
 
 
 def _missing_mount(mount: str) -> str | None:

@@ -154,7 +154,8 @@ class NodeState:
     role: Role
     instance_id: str
     #: The primary's id: this node's own id on a primary or standalone, the
-    #: other node's on a replica, None when no primary is known.
+    #: other node's on a replica, None when no primary is known; with
+    #: :attr:`primary_is_region`, the primary's region.
     primary_id: str | None
     #: Replication lag in ms from ``.lag``, None when absent or garbled.
     lag_ms: int | None = None
@@ -170,6 +171,10 @@ class NodeState:
     #: directory itself): a misconfiguration, not an election. A directory that
     #: exists but is not (yet) a LiteFS mount is not this.
     mount_missing: bool = False
+    #: True if :attr:`primary_id` names a region, not an instance: writes are
+    #: replayed with ``fly-replay: region=`` (a source that routes by region, as
+    #: Postgres with ``PRIMARY_REGION``).
+    primary_is_region: bool = False
 
     @property
     def is_primary(self) -> bool:

@@ -21,6 +21,7 @@ __all__ = [
     "OUR_TAG_NAMES_BYTES",
     "OUTCOME_HEADER",
     "PRIMARY_HEADER",
+    "PRIMARY_REGION_HEADER",
     "REPLAY_HEADER",
     "STAND_IN",
     "Headers",
@@ -36,13 +37,15 @@ __all__ = [
 # Our own headers: tagged on every response, and dropped from the app's
 # response first so that a stale copy set by the app cannot survive.
 PRIMARY_HEADER = "Fly-Primary-Instance"
+#: Instead of PRIMARY_HEADER where a source routes by region (Postgres): the primary's region.
+PRIMARY_REGION_HEADER = "Fly-Primary-Region"
 INSTANCE_HEADER = "Fly-Instance"
 REPLAY_HEADER = "fly-replay"
 #: On a 502: the write may have run; the client must check before sending it again.
 OUTCOME_HEADER = "Litefs-Route-Outcome"
 _OUTCOME_UNKNOWN = (OUTCOME_HEADER, "unknown")
 #: Their lower-case names, as WSGI (str) and ASGI (bytes) headers spell them.
-OUR_TAG_NAMES = frozenset({PRIMARY_HEADER.lower(), INSTANCE_HEADER.lower()})
+OUR_TAG_NAMES = frozenset({PRIMARY_HEADER.lower(), PRIMARY_REGION_HEADER.lower(), INSTANCE_HEADER.lower()})
 OUR_TAG_NAMES_BYTES = frozenset(name.encode() for name in OUR_TAG_NAMES)
 _REPLAY_NAMES: frozenset[str | bytes] = frozenset({REPLAY_HEADER, REPLAY_HEADER.encode()})
 
@@ -76,8 +79,10 @@ class Reply:
 
 def build_tags(state: NodeState) -> Headers:
     """The headers every response carries: who is primary, who answered."""
-    tags = ((PRIMARY_HEADER, state.primary_id),) if state.primary_id is not None else ()
-    return (*tags, (INSTANCE_HEADER, state.instance_id))
+    if state.primary_id is None:
+        return ((INSTANCE_HEADER, state.instance_id),)
+    primary = PRIMARY_REGION_HEADER if state.primary_is_region else PRIMARY_HEADER
+    return ((primary, state.primary_id), (INSTANCE_HEADER, state.instance_id))
 
 
 def with_tags(
@@ -102,21 +107,24 @@ def build_reply(decision: Decision, retry_after: int, replay_timeout: float | No
     """
     if decision.kind in (Kind.REPLAY, Kind.TOO_LARGE) and decision.target is None:
         raise ValueError(f"a {decision.kind.value} decision needs a target")
+    where = f"in region {decision.target}" if decision.by_region else f"on instance {decision.target}"
     if decision.kind is Kind.REPLAY:
         body = (
-            f"This request must run on instance {decision.target}.\n"
+            f"This request must run {where}.\n"
             "Fly's proxy replays it there when it sees the fly-replay header; if you are\n"
             "reading this, nothing did (local development or private-network traffic).\n"
         )
-        fields = f"instance={decision.target};state={replay_state(decision.hops)}"
+        field = "region" if decision.by_region else "instance"
+        fields = f"{field}={decision.target};state={replay_state(decision.hops)}"
         if replay_timeout is not None:
             fields += f";timeout={fly_duration(replay_timeout)};fallback=force_self"
         return _text_reply(409, body, [(REPLAY_HEADER, fields)])
     if decision.kind is Kind.TOO_LARGE:
+        header = "fly-prefer-region" if decision.by_region else "fly-force-instance-id"
         body = (
-            f"This request must run on instance {decision.target}, but {decision.reason}\n"
-            "and Fly's proxy cannot replay it there. Send it to that instance directly\n"
-            f"(header fly-force-instance-id: {decision.target}) or make it smaller.\n"
+            f"This request must run {where}, but {decision.reason}\n"
+            "and Fly's proxy cannot replay it there. Send it there directly\n"
+            f"(header {header}: {decision.target}) or make it smaller.\n"
         )
         return _text_reply(413, body, [])
     if decision.kind is Kind.TIMEOUT:

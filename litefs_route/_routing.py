@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ._consistency import Positions, TxidCookies
 from ._counters import Counters
@@ -35,7 +35,7 @@ from ._replay_latency import replay_latency
 from ._replies import Headers, Reply, build_reply, build_tags, forward_failure_reply
 from ._request import RequestInfo
 from ._rules import Rules
-from ._sqlite_errors import WriteFailureKind
+from ._sqlite_errors import WriteFailure, WriteFailureKind, classify_write_failure
 from ._state_cache import StateCache
 from ._subscriber import EventSubscriber
 from ._verdicts import Decision, Kind, Outcome, Pending, counter_name
@@ -74,6 +74,7 @@ class NodeRouting:
         forward_url: ForwardURL = DEFAULT_FORWARD_URL,
         forward_timeout: float = 30.0,
         subscriber: EventSubscriber | None = None,
+        classify_failure: Callable[[BaseException], WriteFailure | None] = classify_write_failure,
     ) -> None:
         self.instance_id = instance_id
         self.rules = rules
@@ -91,6 +92,8 @@ class NodeRouting:
         #: Forward mode: where the primary answers (a template or a callable), and how long it may take.
         self.forward_url = forward_url
         self.forward_timeout = forward_timeout
+        #: What a failed write proves (the source's answer): the safety net's test.
+        self.classify_failure = classify_failure
         #: What its requests ended in, and how long they waited (:mod:`litefs_route._counters`).
         self.counters = Counters()
         # (reading, its tags): tags are built once per reading of the mount.

@@ -97,12 +97,16 @@ class StateCache:
         *,
         reader: Callable[[str | None, str], NodeState] = read_node_state,
         clock: Callable[[], float] = time.monotonic,
+        flickers: bool = True,
     ) -> None:
         self.litefs_dir = litefs_dir
         self.instance_id = instance_id
         self.ttl = ttl
         self._reader = reader
         self._clock = clock
+        # LiteFS's naming of a primary flickers (see above): a named primary counts once established.
+        # A source whose naming does not (Postgres's regions, a fixed instance) is taken at its word.
+        self._flickers = flickers
         self._lock = threading.Lock()
         self._claim = threading.Lock()
         self._claimed_at: float | None = None
@@ -300,7 +304,7 @@ class StateCache:
 
     def _vetted(self, state: NodeState) -> NodeState:
         """*state* as routing may use it: a primary not yet established reads as "no primary known"."""
-        if state.role is not Role.REPLICA:
+        if state.role is not Role.REPLICA or not self._flickers:
             self._mark_routable(state)
             return state
         naming = self._naming

@@ -62,7 +62,7 @@ class Kind(enum.Enum):
     """A final answer."""
 
     RUN = "run"  # call the app here
-    REPLAY = "replay"  # answer with fly-replay: instance=<target>
+    REPLAY = "replay"  # answer with fly-replay: instance=<target> (region=<target> if by_region)
     UNAVAILABLE = "unavailable"  # 503 + Retry-After
     TOO_LARGE = "too-large"  # 413: Fly cannot replay this body
     TIMEOUT = "timeout"  # 408: a body of unknown length did not arrive in time to be measured
@@ -91,6 +91,8 @@ class Decision(NamedTuple):
     reason: str = ""
     #: The path is a passthrough path (RUN only): never gets a TXID cookie.
     passthrough: bool = False
+    #: The target is a region, not an instance (REPLAY, TOO_LARGE): ``fly-replay: region=``.
+    by_region: bool = False
 
 
 # Immutable, so one instance serves every request that ends in it.

@@ -19,14 +19,14 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse
 
 
-def router_for(**options: Any) -> NodeRouting:
+def routing_for(**options: Any) -> NodeRouting:
     """The routing a middleware builds from *options* (its defaults for the rest)."""
     return PrimaryRoutingMiddleware(_no_app, **options).routing
 
 
 def rules(**options: Any) -> Rules:
     """The rules a middleware builds from *options*."""
-    return router_for(instance_id="me", **options).rules
+    return routing_for(instance_id="me", **options).rules
 
 
 def _no_app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:

@@ -20,7 +20,7 @@ from litefs_route._consistency import TxidCookies
 from litefs_route._request import RequestInfo
 from litefs_route._routing import NodeRouting
 from litefs_route._verdicts import Kind
-from tests.plans import router_for
+from tests.plans import routing_for
 from tests.support import ADAPTERS, Mount, serve_asgi, serve_under, wait_until
 
 ME = "e784079b449483"
@@ -255,14 +255,14 @@ def test_parse_txid_cookies(header: str | None, txids: tuple[int, ...] | None) -
 )
 def test_database_names_that_cannot_be_cookies_are_refused(databases: list[str]) -> None:
     with pytest.raises(ValueError, match="database"):
-        router_for(litefs_dir="/x", database=databases)
+        routing_for(litefs_dir="/x", database=databases)
 
 
 def test_a_cookie_not_yet_reached_takes_the_plan_not_the_fast_path(mount: Mount) -> None:
     """The fast path never skips a read-your-writes wait (nor a primary's check)."""
     mount.make_replica("primary-1")
     mount.set_pos(DB, 9)
-    routing = router_for(litefs_dir=str(mount.path), instance_id="replica-1", database=DB, cache_ttl=3600)
+    routing = routing_for(litefs_dir=str(mount.path), instance_id="replica-1", database=DB, cache_ttl=3600)
     routing.cache.refresh()
     request = RequestInfo.from_headers(
         "GET",

@@ -6,14 +6,15 @@ from typing import Any
 
 import pytest
 
-from litefs_route._decision import decide
+from litefs_route._decision import decide, decide_lagging_read
 from litefs_route._drivers import drive
 from litefs_route._globs import PathGlobs
 from litefs_route._mount import NodeState, Role
 from litefs_route._plans import plan_request, plan_settlement
+from litefs_route._replies import build_reply, build_tags
 from litefs_route._request import RequestInfo, replay_hops
 from litefs_route._verdicts import Decision, Kind, Pending, counter_name
-from tests.plans import FixedIO, router_for, rules
+from tests.plans import FixedIO, routing_for, rules
 
 ME, P = "me0000000000aa", "pp0000000000bb"
 PRIMARY = NodeState(Role.PRIMARY, ME, ME)
@@ -226,7 +227,7 @@ def test_globs_escape_regex_metacharacters() -> None:
 @pytest.mark.parametrize("max_replays", [0, 10, 1000])
 def test_max_replays_must_end_before_flys_limit(max_replays: int) -> None:
     with pytest.raises(ValueError, match="max_replays"):
-        router_for(instance_id=ME, max_replays=max_replays)
+        routing_for(instance_id=ME, max_replays=max_replays)
 
 
 @pytest.mark.parametrize(
@@ -248,3 +249,40 @@ def test_a_driver_that_answers_wrongly_fails_loudly(answers: list[object], needs
         plan.send(answer)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=needs):
         plan.send(bad)  # type: ignore[arg-type]
+
+
+# A source that routes by region (Postgres): the same rules, the primary named by its region.
+REGION = "ord"
+REGION_REPLICA = NodeState(Role.REPLICA, ME, REGION, primary_is_region=True)
+REGION_PRIMARY = NodeState(Role.PRIMARY, ME, REGION, primary_is_region=True)
+FORWARD_ALWAYS = rules(forward="always", forward_secret="s" * 16, forward_url="http://{instance}:8080")
+TO_REGION = Decision(Kind.REPLAY, True, REGION, 1, by_region=True)
+
+REGION_CASES = [
+    # (id, request, state, rules, expected)
+    ("region-replica-get-runs", req(), REGION_REPLICA, RULES, RUN_READ),
+    ("region-replica-post-replayed-to-region", req("POST"), REGION_REPLICA, RULES, TO_REGION),
+    ("region-primary-post-runs", req("POST"), REGION_PRIMARY, RULES, RUN_WRITE),
+    ("region-replica-body-over-limit", req("POST", content_length=1_000_001), REGION_REPLICA, RULES,
+     Decision(Kind.TOO_LARGE, True, REGION, reason="the body is larger than 1000000 bytes", by_region=True)),
+    # Forward mode needs an instance's address: a region is replayed to, never forwarded to.
+    ("region-replica-forward-always-still-replays", req("POST"), REGION_REPLICA, FORWARD_ALWAYS, TO_REGION),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("request_", "state", "rules_", "expected"), [c[1:] for c in REGION_CASES], ids=[c[0] for c in REGION_CASES]
+)
+def test_decide_by_region(request_: RequestInfo, state: NodeState, rules_: Any, expected: Decision) -> None:
+    assert decide(request_, state, rules_) == expected
+
+
+def test_a_region_is_replayed_to_and_tagged_by_its_own_fields() -> None:
+    """``fly-replay: region=`` for a region; ``Fly-Primary-Region`` instead of ``Fly-Primary-Instance``."""
+    reply = build_reply(Decision(Kind.REPLAY, True, REGION, 1, by_region=True), retry_after=2)
+    assert ("fly-replay", "region=ord;state=litefs-route-hop-1") in reply.headers
+    assert b"must run in region ord" in reply.body
+    assert build_tags(REGION_REPLICA) == (("Fly-Primary-Region", "ord"), ("Fly-Instance", ME))
+    assert build_tags(REPLICA) == (("Fly-Primary-Instance", P), ("Fly-Instance", ME))
+    lagging = decide_lagging_read(req(txids=(5,)), REGION_REPLICA, rules(database="app.db"))
+    assert (lagging.kind, lagging.target, lagging.by_region) == (Kind.REPLAY, REGION, True)

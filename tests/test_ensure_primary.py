@@ -20,7 +20,7 @@ from flask import Flask
 from litefs_route import PrimaryRequired, asgi, ensure_instance, ensure_primary, get_instance_info, wsgi
 from litefs_route._frameworks import starlette_primary_required, werkzeug_primary_required
 from litefs_route._replies import Reply
-from tests.plans import router_for
+from tests.plans import routing_for
 from tests.support import Mount, Served, serve_asgi, serve_under, serve_wsgi
 
 ME = "e784079b449483"
@@ -289,7 +289,7 @@ def test_ensure_primary_with_no_primary_waits_for_one(mount: Mount, adapter: str
     from tests.support import wait_until
 
     mount.make_no_primary()
-    routing = router_for(litefs_dir=str(mount.path), instance_id=ME, cache_ttl=0, primary_wait=30)
+    routing = routing_for(litefs_dir=str(mount.path), instance_id=ME, cache_ttl=0, primary_wait=30)
     called: list[str] = []
     with _waiting_app(adapter, routing, called) as served, ThreadPoolExecutor(1) as pool:
         pending = pool.submit(httpx.get, served.url + "/visit", timeout=30)
@@ -304,7 +304,7 @@ def test_ensure_primary_with_no_primary_waits_for_one(mount: Mount, adapter: str
 
 def test_ensure_primary_with_no_primary_gets_503_after_primary_wait(mount: Mount, adapter: str) -> None:
     mount.make_no_primary()
-    routing = router_for(litefs_dir=str(mount.path), instance_id=ME, cache_ttl=0, primary_wait=0.2)
+    routing = routing_for(litefs_dir=str(mount.path), instance_id=ME, cache_ttl=0, primary_wait=0.2)
     called: list[str] = []
     with _waiting_app(adapter, routing, called) as served:
         r = httpx.get(served.url + "/visit")

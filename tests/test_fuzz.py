@@ -32,7 +32,7 @@ from litefs_route._globs import PathGlobs
 from litefs_route._mount import NodeState, Role
 from litefs_route._request import RequestInfo, replay_hops
 from litefs_route._verdicts import Decision, Kind, Pending, replay_failure
-from tests.plans import router_for
+from tests.plans import routing_for
 from tests.support import Mount, StandInPrimary, serve_asgi, serve_wsgi
 from tests.test_globs import CountingPath
 
@@ -129,7 +129,7 @@ def test_request_info_and_every_decision_never_raise(
     assert info.content_length is None or info.content_length >= 0
     assert 0 <= info.forward_hops <= 9
     assert info.ambiguous_length == (bool(content_length) and bool(transfer_encoding))
-    routing = router_for(
+    routing = routing_for(
         instance_id="me", write_on_read=["/a/*/b"], passthrough=["/static/*"], forward_secret="s" * 16, primary_wait=0
     )
     for state in STATES:
@@ -404,7 +404,7 @@ def test_outbound_answers_are_relayed_safe_and_exact(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", ["/" * 4096, "/" + "a/" * 2048])
 def test_a_hostile_path_costs_linear_work_through_the_router(path: str) -> None:
     """The routing's glob matching, as a request reaches it (every GET with write_on_read set)."""
-    routing = router_for(instance_id="me", write_on_read=["/*/*/*/edit", "/api/*/items/*/*/edit"], primary_wait=0)
+    routing = routing_for(instance_id="me", write_on_read=["/*/*/*/edit", "/api/*/items/*/*/edit"], primary_wait=0)
     counting = CountingPath(path)
     request = RequestInfo("GET", counting)
     assert decide(request, STATES[1], routing.rules) == Decision(Kind.RUN, write=False)

@@ -24,7 +24,7 @@ from litefs_route._request import RequestInfo, replay_hops
 from litefs_route._routing import NodeRouting
 from litefs_route._state_cache import StateCache
 from litefs_route._verdicts import Decision, Kind, Outcome, Pending
-from tests.plans import FixedIO, router_for, rules
+from tests.plans import FixedIO, routing_for, rules
 
 ME = "e784079b449483"
 SAFE_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
@@ -176,7 +176,7 @@ def test_read_node_state_never_raises(primary: bytes | None, lag: bytes | None, 
         # Garbled: "primary unknown", and the detail (it goes to the logs) never quotes the file.
         assert state.role is Role.NO_PRIMARY
         assert re.fullmatch(r"\.primary garbled \([0-9]+ bytes\)", state.detail), state.detail
-    routing = router_for(instance_id=instance)
+    routing = routing_for(instance_id=instance)
     assert_safe_headers(routing.tags(state))
 
 
@@ -250,7 +250,7 @@ def test_every_request_gets_a_decision_and_safe_headers(
     body_size: int | None,
     max_replays: int,
 ) -> None:
-    routing = router_for(
+    routing = routing_for(
         instance_id=ME, write_on_read=write_on_read, passthrough=passthrough, max_replays=max_replays, primary_wait=0
     )
     request = RequestInfo.from_headers(
@@ -379,7 +379,7 @@ def test_replay_hops_is_small_and_non_negative(replay_src: str | None) -> None:
 @given(st.text(max_size=300))
 def test_router_accepts_only_safe_instance_ids(instance_id: str) -> None:
     try:
-        routing = router_for(instance_id=instance_id)
+        routing = routing_for(instance_id=instance_id)
     except ValueError:
         assert not SAFE_TOKEN.fullmatch(instance_id)
         return

@@ -36,7 +36,7 @@ from .._forwarding import (
 from .._log_fields import log_fields
 from .._middleware import RoutingMiddleware, middleware_doc, option_defaults
 from .._mount import NodeState
-from .._replies import LENGTH_REQUIRED, PRIMARY_HEADER, Reply
+from .._replies import LENGTH_REQUIRED, PRIMARY_HEADER, PRIMARY_REGION_HEADER, Reply
 from .._request import RequestInfo, from_environ
 from .._verdicts import Kind, Outcome
 
@@ -224,7 +224,8 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
         self, response: HttpResponseBase, ctx: RequestContext, txids: tuple[int | None, ...] | None
     ) -> HttpResponseBase:
         """The view's response with our tags (any copy of them the view set dropped) and TXID cookies."""
-        response.headers.pop(PRIMARY_HEADER, None)  # case-insensitive; absent from our tags when none is known
+        for name in (PRIMARY_HEADER, PRIMARY_REGION_HEADER):  # absent from our tags when none is known
+            response.headers.pop(name, None)  # case-insensitive
         for name, value in self.routing.tags(ctx.state):
             response[name] = value
         for _, cookie in ctx.cookie_headers(txids):
