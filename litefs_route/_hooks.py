@@ -21,6 +21,7 @@ from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from ._log_fields import log_fields
 from ._mount import NodeState, default_instance_id
+from ._postgres_source import region_state, regions_from_env
 from ._routing import every_routing
 from ._state_cache import StateCache
 from ._subscriber import resolve_api_url, subscriber_for
@@ -42,7 +43,7 @@ R = TypeVar("R")
 # Seconds a reading of the mount is reused while the event stream is down (the middleware's default).
 _DEFAULT_TTL = 1.0
 
-_own_caches: dict[tuple[str | None, str], StateCache] = {}
+_own_caches: dict[tuple[str | None, str, tuple[str, str] | None], StateCache] = {}
 _own_cache_lock = threading.Lock()
 
 
@@ -56,16 +57,35 @@ def build_cache(litefs_dir: str | None, instance_id: str, ttl: float, api_url: s
 
 
 def node_cache() -> StateCache:
-    """The reading of ``$LITEFS_DIR`` the process routes on: a middleware's on that mount, else one of our own."""
+    """The reading the process routes on: a middleware's, else one of our own.
+
+    A middleware's on ``$LITEFS_DIR``; without one, any middleware's (a
+    Postgres source's, say). A process without a middleware reads
+    ``$LITEFS_DIR``; without one, but with ``$PRIMARY_REGION`` and
+    ``$FLY_REGION``, it is the primary in the primary region (Postgres), as
+    :class:`~litefs_route.PostgresSource` routes.
+    """
     mount, instance_id = os.environ.get("LITEFS_DIR") or None, default_instance_id()
     for routing in every_routing():  # oldest first
-        if routing.cache.litefs_dir == mount and routing.instance_id == instance_id:
+        if (routing.cache.litefs_dir == mount or mount is None) and routing.instance_id == instance_id:
             return routing.cache
+    regions = None if mount else regions_from_env()
     with _own_cache_lock:
-        cache = _own_caches.get((mount, instance_id))
+        cache = _own_caches.get((mount, instance_id, regions))
         if cache is None:
-            cache = _own_caches[(mount, instance_id)] = build_cache(mount, instance_id, _DEFAULT_TTL, None)
+            if regions is None:
+                cache = build_cache(mount, instance_id, _DEFAULT_TTL, None)
+            else:
+                cache = _region_cache(instance_id, *regions)
+            _own_caches[(mount, instance_id, regions)] = cache
         return cache
+
+
+def _region_cache(instance_id: str, region: str, primary_region: str) -> StateCache:
+    """The state of a node in *region* (no lag: no database is read here)."""
+    where = f"region {region}, primary region {primary_region}"
+    state = region_state(instance_id, region, primary_region, None)
+    return StateCache(where, instance_id, _DEFAULT_TTL, reader=lambda _where, _id: state, flickers=False)
 
 
 def is_primary() -> bool:

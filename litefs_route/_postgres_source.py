@@ -37,7 +37,7 @@ from ._mount import NodeState, Role
 from ._postgres import POLL_INTERVAL, PostgresPositionReader
 from ._sqlite_errors import WriteFailure, classify_postgres_one, classify_write_failure
 
-__all__ = ["LSN_COOKIE", "PostgresSource"]
+__all__ = ["LSN_COOKIE", "PostgresSource", "region_state", "regions_from_env"]
 
 #: The read-your-writes cookie: the primary's WAL position after the client's last write, as 16 hex digits.
 LSN_COOKIE = "__lsn"
@@ -105,13 +105,9 @@ class PostgresSource:
         return self.region == self.primary_region
 
     def read_state(self, instance_id: str) -> NodeState:
-        if self.is_primary_region:
-            detail = f"region {self.region} is the primary region"
-            return NodeState(Role.PRIMARY, instance_id, self.primary_region, 0, detail, primary_is_region=True)
         # The lag is what the health check reads; routing itself needs no query.
-        lag_ms = self._reader.replay_lag_ms()
-        detail = f"region {self.region}; the primary region is {self.primary_region}"
-        return NodeState(Role.REPLICA, instance_id, self.primary_region, lag_ms, detail, primary_is_region=True)
+        lag_ms = 0 if self.is_primary_region else self._reader.replay_lag_ms()
+        return region_state(instance_id, self.region, self.primary_region, lag_ms)
 
     def classify_failure(self, exc: BaseException) -> WriteFailure | None:
         return classify_write_failure(exc, classify_one=classify_postgres_one)
@@ -122,6 +118,21 @@ class PostgresSource:
 
     def __repr__(self) -> str:
         return f"PostgresSource({self._reader!r}, primary_region={self.primary_region!r}, region={self.region!r})"
+
+
+def region_state(instance_id: str, region: str, primary_region: str, lag_ms: int | None) -> NodeState:
+    """The node state of *instance_id* in *region*: the primary if it is the primary region, else a replica of it."""
+    if region == primary_region:
+        detail = f"region {region} is the primary region"
+        return NodeState(Role.PRIMARY, instance_id, primary_region, lag_ms, detail, primary_is_region=True)
+    detail = f"region {region}; the primary region is {primary_region}"
+    return NodeState(Role.REPLICA, instance_id, primary_region, lag_ms, detail, primary_is_region=True)
+
+
+def regions_from_env() -> tuple[str, str] | None:
+    """(``$FLY_REGION``, ``$PRIMARY_REGION``) if both name a region, else None."""
+    region, primary = os.environ.get("FLY_REGION", ""), os.environ.get("PRIMARY_REGION", "")
+    return (region, primary) if _REGION.fullmatch(region) and _REGION.fullmatch(primary) else None
 
 
 def _region(option: str, variable: str, value: str | None) -> str:
