@@ -68,14 +68,30 @@ proves nothing of the transaction ran there too, and it ends in 503 +
 
 Any other error (a constraint, a syntax error, ``no such table``) is the
 app's own and is left alone.
+
+Postgres (:func:`classify_postgres_one`, passed to :func:`classify_write_failure`
+as *classify_one*): a hot standby answers any write with SQLSTATE ``25006``
+(``read_only_sql_transaction``, "cannot execute INSERT in a read-only
+transaction") when it plans the statement, before it runs any of it: refused.
+psycopg 3 gives the SQLSTATE as ``.sqlstate``, psycopg2 as ``.pgcode``;
+Django's and SQLAlchemy's wrappers are followed to them. Every other SQLSTATE
+is the app's own.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["WriteFailure", "WriteFailureKind", "classify_write_failure", "is_readonly_error"]
+__all__ = [
+    "READ_ONLY_SQL_TRANSACTION",
+    "WriteFailure",
+    "WriteFailureKind",
+    "classify_postgres_one",
+    "classify_write_failure",
+    "is_readonly_error",
+]
 
 # Primary result codes (the low byte of an extended code).
 _BUSY = 5
@@ -119,12 +135,21 @@ class WriteFailure:
     detail: str
 
 
-def classify_write_failure(exc: BaseException) -> WriteFailure | None:
-    """The LiteFS failure *exc* is, or wraps; None if it is the app's own error.
+#: Postgres's SQLSTATE for a write in a read-only transaction, as on a hot standby.
+READ_ONLY_SQL_TRANSACTION = "25006"
+
+
+def classify_write_failure(
+    exc: BaseException, classify_one: Callable[[BaseException], WriteFailure | None] | None = None
+) -> WriteFailure | None:
+    """The failure *exc* is, or wraps; None if it is the app's own error.
 
     Follows ``__cause__``/``__context__`` and SQLAlchemy's ``.orig``, so
-    Django's and SQLAlchemy's wrappers are recognised too.
+    Django's and SQLAlchemy's wrappers are recognised too. *classify_one*
+    judges each exception of that chain: SQLite's answers under LiteFS (the
+    default), or :func:`classify_postgres_one`.
     """
+    judge = _classify_one if classify_one is None else classify_one
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
     while todo:
@@ -132,7 +157,7 @@ def classify_write_failure(exc: BaseException) -> WriteFailure | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        failure = _classify_one(e)
+        failure = judge(e)
         if failure is not None:
             return failure
         orig = getattr(e, "orig", None)
@@ -146,6 +171,17 @@ def is_readonly_error(exc: BaseException) -> bool:
     For an app's own start-up code: a replica refuses ``CREATE TABLE``.
     """
     return classify_write_failure(exc) is not None
+
+
+def classify_postgres_one(e: BaseException) -> WriteFailure | None:
+    """REFUSED if *e* itself is Postgres's ``25006`` (psycopg 3's ``.sqlstate``, psycopg2's ``.pgcode``), else None."""
+    sqlstate = getattr(e, "sqlstate", None)
+    if sqlstate is None:
+        sqlstate = getattr(e, "pgcode", None)
+    if sqlstate != READ_ONLY_SQL_TRANSACTION:
+        return None
+    message = " ".join(str(e).split())  # one line: psycopg2 ends it with a newline, and may add more
+    return WriteFailure(WriteFailureKind.REFUSED, None, f"SQLSTATE {READ_ONLY_SQL_TRANSACTION}: {message[:200]}")
 
 
 def _classify_one(e: BaseException) -> WriteFailure | None:
