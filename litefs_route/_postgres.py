@@ -266,7 +266,7 @@ class PostgresPositionReader:
 
     def _describe(self, exc: BaseException) -> str:
         text = " ".join(str(exc).split()) or type(exc).__name__
-        return self._redact(f"{type(exc).__name__}: {text}"[:300])
+        return self._redact(f"{type(exc).__name__}: {text}")[:300]  # hidden before it is cut: no half password
 
     def _redact(self, text: str) -> str:
         """*text* with the DSN's password, and anything shaped like a password in a DSN, hidden."""

@@ -325,3 +325,15 @@ def test_without_psycopg_the_error_names_the_extra() -> None:
         result.stderr
     )
     assert "During handling" not in result.stderr
+
+
+def test_a_long_message_is_cut_after_its_password_is_hidden() -> None:
+    reader = PostgresPositionReader(f"postgresql://app:{PASSWORD}@127.0.0.1:1/db")
+    try:
+        for padding in range(270, 300):  # the cut (300 characters) falls inside the password, or after it
+            said = reader._describe(RuntimeError("x" * padding + f" {PASSWORD} then more"))
+            assert len(said) <= 300
+            assert "hunter" not in said
+            assert "Zq9x" not in said
+    finally:
+        reader.close()
