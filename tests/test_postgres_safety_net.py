@@ -30,7 +30,6 @@ from litefs_route._sqlite_errors import (
     WriteFailureKind,
     classify_postgres_one,
     classify_write_failure,
-    is_readonly_error,
 )
 from litefs_route_devcluster.postgres import PostgresPair
 from litefs_route_devcluster.pytest_plugin import PostgresPairFactory
@@ -62,9 +61,8 @@ def _assert_refused(exc: BaseException) -> None:
     assert failure.kind is WriteFailureKind.REFUSED
     assert failure.code is None
     assert failure.detail == f"SQLSTATE 25006: {READ_ONLY_MESSAGE}"
-    # The SQLite classifier (the default) and is_readonly_error are LiteFS's: they leave it alone.
+    # The SQLite classifier (the default) is LiteFS's: it leaves it alone.
     assert classify_write_failure(exc) is None
-    assert not is_readonly_error(exc)
 
 
 def _assert_apps_own(exc: BaseException) -> None:
