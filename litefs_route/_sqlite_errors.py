@@ -166,11 +166,14 @@ def classify_write_failure(
 
 
 def is_readonly_error(exc: BaseException) -> bool:
-    """True if *exc* is, or wraps, SQLite failing a write because of LiteFS (any class above).
+    """True if *exc* is, or wraps, SQLite failing a write because of LiteFS (any class above), or Postgres's ``25006``.
 
-    For an app's own start-up code: a replica refuses ``CREATE TABLE``.
+    For an app's own start-up code: a replica (or a hot standby) refuses ``CREATE TABLE``.
     """
-    return classify_write_failure(exc) is not None
+    return (
+        classify_write_failure(exc) is not None
+        or classify_write_failure(exc, classify_one=classify_postgres_one) is not None
+    )
 
 
 def classify_postgres_one(e: BaseException) -> WriteFailure | None:

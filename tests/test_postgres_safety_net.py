@@ -30,6 +30,7 @@ from litefs_route._sqlite_errors import (
     WriteFailureKind,
     classify_postgres_one,
     classify_write_failure,
+    is_readonly_error,
 )
 from litefs_route_devcluster.postgres import PostgresPair
 from litefs_route_devcluster.pytest_plugin import PostgresPairFactory
@@ -61,13 +62,15 @@ def _assert_refused(exc: BaseException) -> None:
     assert failure.kind is WriteFailureKind.REFUSED
     assert failure.code is None
     assert failure.detail == f"SQLSTATE 25006: {READ_ONLY_MESSAGE}"
-    # The SQLite classifier (the default) is LiteFS's: it leaves it alone.
+    # The SQLite classifier (the default) is LiteFS's: it leaves it alone; is_readonly_error asks both.
     assert classify_write_failure(exc) is None
+    assert is_readonly_error(exc)
 
 
 def _assert_apps_own(exc: BaseException) -> None:
     assert classify_write_failure(exc, classify_postgres_one) is None, repr(exc)
     assert classify_write_failure(exc) is None
+    assert not is_readonly_error(exc)
 
 
 def _sqlalchemy_url(dsn: str, driver: str) -> str:
