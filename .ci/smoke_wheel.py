@@ -24,6 +24,8 @@ FRAMEWORKS = (
     *("flask", "werkzeug", "starlette", "uvicorn", "anyio", "django"),
     # What the observability extras and the tests bring: never imported by the core either.
     *("prometheus_client", "sentry_sdk", "opentelemetry"),
+    # The Postgres drivers and ORM (the postgres extra, the tests): imported only when a reader is made.
+    *("psycopg", "psycopg2", "sqlalchemy"),
 )
 # This venv's own command, not whatever `litefs-route` comes first on PATH.
 COMMAND = os.path.join(os.path.dirname(sys.executable), "litefs-route")
@@ -82,6 +84,19 @@ def core() -> None:
     check(
         (sent[0]["status"], headers.get(b"fly-instance"), sent[1]["body"]) == (200, b"smoke", b"hi"),
         "the ASGI middleware runs a write standalone and tags it",
+    )
+
+    from litefs_route import _postgres
+
+    try:
+        _postgres.PostgresPositionReader("postgresql://app@127.0.0.1/app")
+    except ImportError as exc:
+        missing = str(exc)
+    else:
+        missing = ""
+    check(
+        "pip install 'litefs-route[postgres]'" in missing and "psycopg" not in sys.modules,
+        "without psycopg, a Postgres position reader says which extra to install",
     )
 
     env = {k: v for k, v in os.environ.items() if k not in ("LITEFS_DIR", "FLY_MACHINE_ID")}

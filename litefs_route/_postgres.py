@@ -30,12 +30,15 @@ from ._secret import Secret
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["POLL_INTERVAL", "PostgresPositionReader", "format_lsn", "parse_lsn"]
+__all__ = ["POLL_INTERVAL", "RECONNECT_DELAY", "PostgresPositionReader", "format_lsn", "parse_lsn"]
 
 logger = logging.getLogger("litefs_route.postgres")
 
 #: How often :meth:`PostgresPositionReader.wait_for` reads the position while it waits (seconds).
 POLL_INTERVAL = 0.01
+#: After a failed connection attempt, calls answer None without trying again for this long (seconds):
+#: a server that is down is not asked to accept a connection per request and per poll.
+RECONNECT_DELAY = 0.5
 
 _LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
 _LSN_MAX_TEXT = 17  # 8 + "/" + 8
@@ -101,6 +104,8 @@ class PostgresPositionReader:
     Nothing here raises because the server is down: :meth:`position`,
     :meth:`in_recovery` and :meth:`replay_lag_ms` answer None, and the first
     failure after a success is logged (WARNING, ``litefs_route.postgres``).
+    After a failed connection attempt the next one waits
+    :data:`RECONNECT_DELAY`; calls meanwhile answer None at once.
     The DSN's password is never shown: not in ``repr``, logs or exceptions.
 
     *connect_timeout* is rounded up to whole seconds (libpq's unit; libpq
@@ -122,6 +127,7 @@ class PostgresPositionReader:
         self._conn: psycopg.Connection[Any] | None = None
         self._closed = False
         self._failing = False
+        self._retry_at = 0.0
         problem = self._invalid(dsn)
         if problem is not None:
             raise ValueError(f"invalid Postgres connection string {self._shown}: {problem}")
@@ -176,7 +182,7 @@ class PostgresPositionReader:
         one read (a connection attempt, at most *connect_timeout*).
         """
         deadline = time.monotonic() + max(0.0, timeout)
-        while True:
+        while not self._closed:
             now = self.position()
             if now is not None and now >= lsn:
                 return True
@@ -184,6 +190,7 @@ class PostgresPositionReader:
             if remaining <= 0:
                 return False
             time.sleep(min(POLL_INTERVAL, remaining))
+        return False
 
     def close(self) -> None:
         """Close the connection; every later call answers None (``wait_for``: False). Idempotent."""
@@ -200,6 +207,8 @@ class PostgresPositionReader:
                 if self._closed:
                     return None
                 fresh = self._conn is None
+                if fresh and time.monotonic() < self._retry_at:
+                    return None  # it failed a moment ago: not yet again
                 try:
                     if self._conn is None:
                         self._conn = self._connect()
@@ -207,6 +216,7 @@ class PostgresPositionReader:
                 except Exception as exc:  # any failure: the connection is not trusted again
                     self._drop()
                     if fresh:
+                        self._retry_at = time.monotonic() + RECONNECT_DELAY
                         self._report(exc)
                         return None
                     continue  # stale: one more try, on a new connection
@@ -266,7 +276,7 @@ class PostgresPositionReader:
 
     def _describe(self, exc: BaseException) -> str:
         text = " ".join(str(exc).split()) or type(exc).__name__
-        return self._redact(f"{type(exc).__name__}: {text}"[:300])
+        return self._redact(f"{type(exc).__name__}: {text}")[:300]  # hidden before it is cut: no half password
 
     def _redact(self, text: str) -> str:
         """*text* with the DSN's password, and anything shaped like a password in a DSN, hidden."""

@@ -317,10 +317,19 @@ class PostgresPair:
             raise TimeoutError(f"the standby was not promoted within {timeout} s:\n{log_tail(self.standby.log_path)}")
         self.promoted = True
 
-    def restart(self, node: Node) -> None:
-        """Stop *node* (immediate: as a crash) and start it again on the same port; returns once it answers."""
+    def stop_node(self, node: Node) -> None:
+        """Stop *node* (``pg_ctl stop -m immediate``: as a crash); its port stays reserved for :meth:`start_node`."""
         self._stop(self.nodes[node])
-        self._launch(self.nodes[node])
+
+    def start_node(self, node: Node) -> None:
+        """Start a stopped *node* again on its port; returns once it answers queries."""
+        if not self.nodes[node].running:
+            self._launch(self.nodes[node])
+
+    def restart(self, node: Node) -> None:
+        """:meth:`stop_node` then :meth:`start_node`."""
+        self.stop_node(node)
+        self.start_node(node)
 
     # -- internals --------------------------------------------------------------
 
