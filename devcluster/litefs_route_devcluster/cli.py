@@ -387,7 +387,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "litefs-route dev") -
         demo = args.app == DEFAULT_APP
         cluster = PostgresDevCluster(
             DEMO_POSTGRES_APP if demo else args.app,
-            instances=args.instances or 2,
+            instances=2 if args.instances is None else args.instances,
             port=args.port,
             interface=args.interface,
             base_dir=args.base_dir,
@@ -398,7 +398,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "litefs-route dev") -
         )
     else:
         shared: dict[str, Any] = {
-            "instances": args.instances or 3,
+            "instances": 3 if args.instances is None else args.instances,
             "port": args.port,
             "database": args.database,
             "region": args.region,
