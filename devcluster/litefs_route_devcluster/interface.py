@@ -15,6 +15,10 @@ code written against this protocol runs on either::
 Checked by mypy (``devcluster/tests/test_devcluster_interface.py`` passes
 each class where a ``DevCluster`` is expected) and by a test that their
 signatures are the same.
+
+The Postgres cluster (:class:`~litefs_route_devcluster.postgres_cluster.PostgresDevCluster`,
+``litefs-route dev --postgres``) is deliberately not one: its primary is a
+region named by configuration, which ``promote`` and ``kill_node`` cannot move.
 """
 
 from __future__ import annotations
