@@ -725,7 +725,7 @@ def tally(observed: Observed, settings: Settings) -> tuple[Counts, dict[str, lis
             f.node == event.to_instance and f.at <= event.at < (f.restarted_at or math.inf) for f in outages
         ):
             counts.replays_to_dead += 1
-    counts.log_safety_net = sum("did not run: SQLite refused its write" in line for line in observed.log_lines)
+    counts.log_safety_net = sum("did not run: the database refused its write" in line for line in observed.log_lines)
     counts.log_failed_inserts = sum(len(lines) for lines in failures.values())
     ended = {w.value: w.category for w in writes}
     for value, lines in failures.items():

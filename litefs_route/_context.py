@@ -27,6 +27,7 @@ from ._exceptions import PrimaryRequired
 from ._log_fields import RawHeaders, log_fields, request_fields
 from ._mount import NodeState, Role, default_instance_id, is_valid_instance_id, read_node_state
 from ._needs import Plan
+from ._postgres_source import region_state, regions_from_env
 from ._replies import STAND_IN, Reply, has_replay_header
 from ._request import RequestInfo
 from ._routing import NodeRouting
@@ -177,7 +178,7 @@ class RequestContext:
             return
         # Routed to a replica by a stale reading, or LiteFS stopped being primary before the write.
         logger.warning(
-            "%s %s did not run: SQLite refused its write on this instance (%s); answered %s",
+            "%s %s did not run: the database refused its write on this instance (%s); answered %s",
             request.method,
             request.path[:200],
             failure.detail,
@@ -378,7 +379,11 @@ def get_instance_info(
         candidate = subscriber.candidate if subscriber is not None else None
     else:
         mount = litefs_dir or os.environ.get("LITEFS_DIR")
-        state = read_node_state(mount, instance_id or default_instance_id())
+        regions = None if mount else regions_from_env()
+        if regions is None:
+            state = read_node_state(mount, instance_id or default_instance_id())
+        else:  # Postgres's regions, as the hooks read them
+            state = region_state(instance_id or default_instance_id(), *regions, None)
         api_url = resolve_api_url(litefs_api_url)
         candidate = None
         if mount and api_url is not None:

@@ -48,7 +48,15 @@ _own_cache_lock = threading.Lock()
 
 
 def build_cache(litefs_dir: str | None, instance_id: str, ttl: float, api_url: str | None) -> StateCache:
-    """A cache of the mount, fed by the process's subscriber (as the middleware builds its own)."""
+    """A cache of the mount, fed by the process's subscriber (as the middleware builds its own).
+
+    Without a mount, but with ``$PRIMARY_REGION`` and ``$FLY_REGION``: the
+    node's state by region (Postgres), as :class:`~litefs_route.PostgresSource`
+    routes, without reading a database.
+    """
+    regions = None if litefs_dir else regions_from_env()
+    if regions is not None:
+        return _region_cache(instance_id, *regions)
     cache = StateCache(litefs_dir, instance_id, ttl)
     url = resolve_api_url(api_url)
     if url is not None and litefs_dir:
@@ -69,15 +77,11 @@ def node_cache() -> StateCache:
     for routing in every_routing():  # oldest first
         if (routing.cache.litefs_dir == mount or mount is None) and routing.instance_id == instance_id:
             return routing.cache
-    regions = None if mount else regions_from_env()
+    key = (mount, instance_id, None if mount else regions_from_env())
     with _own_cache_lock:
-        cache = _own_caches.get((mount, instance_id, regions))
+        cache = _own_caches.get(key)
         if cache is None:
-            if regions is None:
-                cache = build_cache(mount, instance_id, _DEFAULT_TTL, None)
-            else:
-                cache = _region_cache(instance_id, *regions)
-            _own_caches[(mount, instance_id, regions)] = cache
+            cache = _own_caches[key] = build_cache(mount, instance_id, _DEFAULT_TTL, None)
         return cache
 
 

@@ -193,7 +193,7 @@ def has_replay_header(headers: Iterable[tuple[AnyStr, AnyStr]]) -> bool:
 LENGTH_REQUIRED = _length_required()
 
 #: The app's answer while the middleware has still to settle how the request
-#: ends (no primary known yet, or SQLite refused its write): the middleware
+#: ends (no primary known yet, or the database refused its write): the middleware
 #: replaces it. No fly-replay, so never taken for the replay; not a 5xx, so
 #: error trackers (Sentry reports 5xx HTTP exceptions) see no error in it.
 STAND_IN = _text_reply(409, "This request ends in the routing middleware's own answer.\n", [])

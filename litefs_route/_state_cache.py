@@ -344,7 +344,8 @@ class StateCache:
             level = logging.WARNING if state.role is Role.NO_PRIMARY else logging.INFO
         logger.log(
             level,
-            "LiteFS role %s -> %s (primary %s; %s)",
+            "%s %s -> %s (primary %s; %s)",
+            "LiteFS role" if self._flickers else "role",  # another source's (Postgres's) is not LiteFS's
             "unknown" if was is None else was[0].value,
             state.role.value,
             state.primary_id or "unknown",

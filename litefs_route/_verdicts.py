@@ -45,8 +45,9 @@ NO_PRIMARY_REASON = "no primary is known right now (a LiteFS election or failove
 MISCONFIGURED_REASON = "{}: litefs-route is misconfigured"
 DISAGREE_REASON = "replayed {} times without reaching the primary (the instances disagree on the primary)"
 RAN_HERE_REASON = "this instance was not the primary when the request ran"
-# SQLite refused the write on a node that is the primary after all (SQLITE_BUSY: lock contention, or LiteFS restarting).
-REFUSED_HERE_REASON = "SQLite refused its write on this instance and none of it ran"
+# The database refused the write on a node that is the primary after all (SQLITE_BUSY: lock contention, or LiteFS
+# restarting; Postgres 25006: a read-only transaction, or the primary region's server demoted).
+REFUSED_HERE_REASON = "the database refused its write on this instance and none of it ran"
 MAY_HAVE_RUN_REASON = (
     "its write failed on instance {} while LiteFS was stopping or had stopped there, "
     "and LiteFS may have committed it first"

@@ -387,7 +387,7 @@ def test_the_safety_net_catches_an_orm_write_on_a_real_replica(
     assert (response.status_code, response.json()) == (200, {"instance": "node1"}), response.text
     [replay] = cluster.front.replays
     assert (replay.from_instance, replay.to_instance) == ("node2", "node1")
-    replica_log = logged(cluster.instances["node2"].log_path, "did not run: SQLite refused its write")  # ours
+    replica_log = logged(cluster.instances["node2"].log_path, "did not run: the database refused its write")  # ours
     assert "SIGNAL" not in replica_log
     assert "LOG ERROR" not in replica_log
 

@@ -14,7 +14,15 @@ from typing import Any
 import httpx
 import pytest
 
-from litefs_route import LiteFSSource, PostgresSource, PrimarySource, StaticSource, is_primary, wsgi
+from litefs_route import (
+    LiteFSSource,
+    PostgresSource,
+    PrimarySource,
+    StaticSource,
+    get_instance_info,
+    is_primary,
+    wsgi,
+)
 from litefs_route._postgres_source import region_state
 from litefs_route._sqlite_errors import WriteFailureKind
 from tests.support import serve_wsgi
@@ -110,6 +118,8 @@ def test_background_work_follows_the_regions_without_a_middleware(
     monkeypatch.setenv("PRIMARY_REGION", "ord")
     monkeypatch.setenv("FLY_REGION", region)
     assert is_primary() is primary
+    info = get_instance_info(instance_id="m1")
+    assert (info.is_primary, info.primary_instance, info.region) == (primary, "ord", region)
 
 
 def test_the_region_state_names_the_primary_region() -> None:

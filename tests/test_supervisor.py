@@ -215,3 +215,39 @@ def test_no_command_is_a_usage_error(mount: Mount) -> None:
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2
     assert "run: no command given" in done.stderr
+
+
+@pytest.mark.parametrize(("region", "starts"), [("ord", True), ("lhr", False)], ids=["primary-region", "other-region"])
+def test_without_a_mount_it_follows_the_regions(region: str, starts: bool, tmp_path: Path) -> None:
+    """Postgres on Fly: no LiteFS mount, PRIMARY_REGION and FLY_REGION: CMD runs in the primary region only."""
+    record, log = tmp_path / "record", tmp_path / "supervisor.log"
+    env = {k: v for k, v in os.environ.items() if k != "LITEFS_DIR"} | {"PRIMARY_REGION": "ord", "FLY_REGION": region}
+    argv = [sys.executable, "-m", "litefs_route", "run", "--while-primary", "--instance-id", "me", "--api-url", "off"]
+    argv += [
+        "--interval",
+        "0.05",
+        "--start-delay",
+        "0",
+        "--",
+        sys.executable,
+        "-m",
+        "tests.supervised_cmd",
+        str(record),
+    ]
+    with log.open("w") as out:
+        proc = subprocess.Popen([*argv, "me"], stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        role = "primary" if starts else "replica"
+        wait_until(lambda: f"role unknown -> {role} (primary ord; region {region}" in log.read_text(), what="its role")
+        if starts:
+            wait_until(lambda: len(_events(record, "start")) == 1, what="CMD started in the primary region")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert len(_events(record, "start")) == (1 if starts else 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for _, _, pid, *_ in _events(record, "start"):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(int(pid), signal.SIGKILL)
