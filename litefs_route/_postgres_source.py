@@ -25,6 +25,12 @@ and hot standbys in others; each Machine knows its own region
 Which Machine is primary is configuration, not discovery: after a failover
 (``pg_promote()`` on a standby), set ``PRIMARY_REGION`` to the new primary's
 region and redeploy. Until then writes still go to the old primary region.
+Outside the primary region the local server must be a standby: one that is
+not (promoted, and so no longer receiving the primary region's WAL) fails
+the health check, and a read waiting for its ``__lsn`` cookie there is
+replayed to the primary region after ``consistency_wait``. A write the app
+makes in a GET there is not refused by a promoted server (the safety net
+needs its 25006): it runs there.
 """
 
 from __future__ import annotations
@@ -47,14 +53,21 @@ _REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 
 
 class _LSNWatcher(PositionWatcher):
-    """The local server's WAL position, watched as LiteFS's ``<db>-pos`` is (one shared poller while anyone waits)."""
+    """The local server's WAL position, watched as LiteFS's ``<db>-pos`` is (one shared poller while anyone waits).
 
-    def __init__(self, reader: PostgresPositionReader) -> None:
+    *standby_only* (outside the primary region): the position only while the
+    server is a standby; a promoted one's is unknown (None), so a read that
+    waits for a write of the primary region is replayed there, never answered
+    from a server that stopped receiving that region's WAL.
+    """
+
+    def __init__(self, reader: PostgresPositionReader, *, standby_only: bool) -> None:
         super().__init__(repr(reader), "postgres", poll_interval=POLL_INTERVAL)
         self._reader = reader
+        self._standby_only = standby_only
 
     def fetch(self) -> int | None:
-        return self._reader.position()
+        return self._reader.position(standby_only=self._standby_only)
 
 
 class PostgresSource:
@@ -98,7 +111,8 @@ class PostgresSource:
         self.databases = ("postgres",)
         self.cookie_base = LSN_COOKIE
         #: The local server's WAL position; None: read-your-writes off.
-        self.positions = Positions([_LSNWatcher(self._reader)]) if read_your_writes else None
+        watcher = _LSNWatcher(self._reader, standby_only=not self.is_primary_region)
+        self.positions = Positions([watcher]) if read_your_writes else None
 
     @property
     def is_primary_region(self) -> bool:
@@ -106,7 +120,9 @@ class PostgresSource:
 
     def read_state(self, instance_id: str) -> NodeState:
         # The lag is what the health check reads; routing itself needs no query.
-        lag_ms = 0 if self.is_primary_region else self._reader.replay_lag_ms()
+        # Outside the primary region the server must be a standby: a promoted one (PRIMARY_REGION not yet
+        # changed) no longer receives the primary region's WAL, and its lag is unknown (the health check fails).
+        lag_ms = 0 if self.is_primary_region else self._reader.replay_lag_ms(standby_only=True)
         return region_state(instance_id, self.region, self.primary_region, lag_ms)
 
     def classify_failure(self, exc: BaseException) -> WriteFailure | None:

@@ -479,34 +479,57 @@ def test_after_a_promotion_writes_follow_primary_region_until_it_is_changed(
 
     After ``pg_promote()`` on lhr's standby, writes sent to lhr are still
     replayed to ord while ``PRIMARY_REGION`` says ord (they land on the old
-    primary). Redeployed with ``PRIMARY_REGION=lhr``, lhr runs writes itself,
-    on the promoted server, and ord replays its writes to lhr.
+    primary). The promoted server no longer receives ord's WAL: lhr fails its
+    health check, and a read waiting for a write of ord is replayed there,
+    never answered from lhr without the write. A write the app makes in a GET
+    on lhr is not refused by the promoted server: it runs there (the safety
+    net needs a standby's 25006). Redeployed with ``PRIMARY_REGION=lhr``, lhr
+    runs writes itself, on the promoted server, and ord replays its writes to lhr.
     """
     pair = postgres_pair()
     pair.query("primary", SCHEMA)
     pair.wait_caught_up()
-    with _deployed(framework, pair, [ORD1, LHR1], tmp_path) as deployment:
+    with _deployed(framework, pair, [ORD1, LHR2], tmp_path) as deployment:
+        assert deployment.direct("lhr2", "GET", "/health").status_code == 200
         pair.promote()
 
-        stale = deployment.on("lhr1", "POST", "/items", data={"name": "after-promote"})
+        stale = deployment.on("lhr2", "POST", "/items", data={"name": "after-promote"})
         assert stale.status_code == 200, stale.text
         assert (stale.json()["instance"], stale.headers["fly-primary-region"]) == ("ord1", "ord")
-        assert _replays(deployment.front) == [("POST", "lhr1", "ord1", "litefs-route-hop-1")]
+        assert _replays(deployment.front) == [("POST", "lhr2", "ord1", "litefs-route-hop-1")]
         assert deployment.rows("after-promote", "primary") == [("after-promote", "ord1")]
-        assert deployment.rows("after-promote", "standby") == []  # the promoted server never got it
+        assert deployment.rows("after-promote", "standby") == []  # the promoted server never gets it
+
+        unhealthy = deployment.direct("lhr2", "GET", "/health")
+        assert unhealthy.status_code == 503, unhealthy.text
+        assert "replication lag unknown" in unhealthy.text
+        deployment.front.reset_stats()
+        read = deployment.on("lhr2", "GET", "/items", headers={"Cookie": f"__lsn={_lsn_cookie(stale)}"})
+        assert (read.headers["fly-instance"], _names(read)) == ("ord1", ["after-promote"])
+        assert _replays(deployment.front) == [("GET", "lhr2", "ord1", "litefs-route-hop-1")]
+
+        deployment.front.reset_stats()
+        hidden = deployment.on("lhr2", "GET", "/oops", params={"name": "hidden"})
+        assert (hidden.status_code, hidden.json()["instance"]) == (200, "lhr2"), hidden.text
+        assert deployment.front.replays == []
+        assert deployment.rows("hidden", "standby") == [("hidden", "lhr2")]
+        assert deployment.rows("hidden", "primary") == []
 
         # The redeploy: every instance told the new primary region.
         deployment.front.reset_stats()
-        with _processes(framework, pair, [ORD1, LHR1], tmp_path, PRIMARY_REGION="lhr") as servers:
+        with _processes(framework, pair, [ORD1, LHR2], tmp_path, PRIMARY_REGION="lhr") as servers:
             deployment.front.set_instances({s.spec.instance: ("127.0.0.1", s.port) for s in servers})
-            local = deployment.on("lhr1", "POST", "/items", data={"name": "on-lhr"})
+            local = deployment.on("lhr2", "POST", "/items", data={"name": "on-lhr"})
             moved = deployment.on("ord1", "POST", "/items", data={"name": "from-ord"})
+            health = {s.spec.instance: httpx.get(s.url + "/health", timeout=30).status_code for s in servers}
 
         assert local.status_code == 200, local.text
-        assert (local.json()["instance"], local.headers["fly-primary-region"]) == ("lhr1", "lhr")
+        assert (local.json()["instance"], local.headers["fly-primary-region"]) == ("lhr2", "lhr")
         assert moved.status_code == 200, moved.text
-        assert (moved.json()["instance"], moved.headers["fly-primary-region"]) == ("lhr1", "lhr")
-        assert _replays(deployment.front) == [("POST", "ord1", "lhr1", "litefs-route-hop-1")]
-        assert deployment.rows("on-lhr", "standby") == [("on-lhr", "lhr1")]
-        assert deployment.rows("from-ord", "standby") == [("from-ord", "lhr1")]
+        assert (moved.json()["instance"], moved.headers["fly-primary-region"]) == ("lhr2", "lhr")
+        assert _replays(deployment.front) == [("POST", "ord1", "lhr2", "litefs-route-hop-1")]
+        assert deployment.rows("on-lhr", "standby") == [("on-lhr", "lhr2")]
+        assert deployment.rows("from-ord", "standby") == [("from-ord", "lhr2")]
         assert deployment.rows("on-lhr", "primary") == deployment.rows("from-ord", "primary") == []
+        # The old primary is now outside the primary region and no standby: it fails its health check.
+        assert health == {"lhr2": 200, "ord1": 503}
