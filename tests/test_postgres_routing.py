@@ -8,7 +8,7 @@ server process behind litefs-route's middleware with ``source="postgres"``,
 region=`` with the instance -> region map, and a test pins a request to an
 instance with ``fly-force-instance-id`` (as ``flyctl`` and Fly's edge allow).
 
-The two lhr instances differ in one option each: ``lhr1`` is patient
+The two lhr instances differ in their options: ``lhr1`` is patient
 (``consistency_wait`` 10 s, so a test can act while a read waits), ``lhr2``
 impatient (``consistency_wait`` 0.5 s and ``max_lag`` 0.5 s: the timeouts).
 
