@@ -519,6 +519,10 @@ def test_after_a_promotion_writes_follow_primary_region_until_it_is_changed(
         deployment.front.reset_stats()
         with _processes(framework, pair, [ORD1, LHR2], tmp_path, PRIMARY_REGION="lhr") as servers:
             deployment.front.set_instances({s.spec.instance: ("127.0.0.1", s.port) for s in servers})
+            # As Fly's proxy: new Machines take traffic once their health check passes (the promoted lhr2
+            # failed it until now); the old primary, now outside the primary region, fails it.
+            deployment.front.wait_checked()
+            assert deployment.front.in_rotation == ["lhr2"]
             local = deployment.on("lhr2", "POST", "/items", data={"name": "on-lhr"})
             moved = deployment.on("ord1", "POST", "/items", data={"name": "from-ord"})
             health = {s.spec.instance: httpx.get(s.url + "/health", timeout=30).status_code for s in servers}
