@@ -303,6 +303,24 @@ def test_the_standby_region_answers_a_write_with_a_replay_to_the_primary_region(
     assert deployment.rows("not-here", "standby") == []
 
 
+def test_a_write_whose_replay_finds_no_instance_in_the_primary_region_comes_back_and_is_refused(
+    deployment: Deployment,
+) -> None:
+    """Fly's proxy finds no Machine in ord and sends the request back (fly-replay-failed): 503, never run in lhr."""
+    everyone = deployment.front.instances
+    deployment.front.set_instances({k: v for k, v in everyone.items() if k != "ord1"})
+    try:
+        response = deployment.on("lhr1", "POST", "/items", data={"name": "lost"})
+    finally:
+        deployment.front.set_instances(everyone)
+
+    assert response.status_code == 503, response.text
+    assert "the replay to region ord failed (no_candidate)" in response.text
+    assert (response.headers["fly-instance"], response.headers["retry-after"]) == ("lhr1", "2")
+    assert [e.refused for e in deployment.front.replays] == ["fallback-no_candidate"]
+    assert deployment.rows("lost") == []
+
+
 # -- 2. read-your-writes ------------------------------------------------------------------------------
 
 
