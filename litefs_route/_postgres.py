@@ -155,7 +155,7 @@ class PostgresPositionReader:
         row = self._fetch(_RECOVERY_SQL)
         return None if row is None else bool(row[0])
 
-    def replay_lag_ms(self, *, standby_only: bool = False) -> int | None:
+    def replay_lag_ms(self) -> int | None:
         """How far behind this server's data is, in milliseconds; 0 on a primary; None if unknown.
 
         On a standby: 0 when it has replayed all the WAL it received (a
@@ -165,16 +165,14 @@ class PostgresPositionReader:
         the primary's clock against this server's). So a standby cut off
         from its primary, having replayed what it got, reads 0: lag measures
         replay, not the network. None when the server cannot be reached, or
-        is behind but has replayed no transaction yet. *standby_only*: None
-        on a server that is not a standby either (promoted: behind its old
-        primary by everything written there since).
+        is behind but has replayed no transaction yet.
         """
         row = self._fetch(_LAG_SQL)
         if row is None:
             return None
         recovering, received, replayed, since_ms = row
         if not recovering:
-            return None if standby_only else 0
+            return 0
         received_at, replayed_at = parse_lsn(received or ""), parse_lsn(replayed or "")
         if received_at is not None and replayed_at is not None and replayed_at >= received_at:
             return 0

@@ -25,12 +25,13 @@ and hot standbys in others; each Machine knows its own region
 Which Machine is primary is configuration, not discovery: after a failover
 (``pg_promote()`` on a standby), set ``PRIMARY_REGION`` to the new primary's
 region and redeploy. Until then writes still go to the old primary region.
-Outside the primary region the local server must be a standby: one that is
-not (promoted, and so no longer receiving the primary region's WAL) fails
-the health check, and a read waiting for its ``__lsn`` cookie there is
-replayed to the primary region after ``consistency_wait``. A write the app
-makes in a GET there is not refused by a promoted server (the safety net
-needs its 25006): it runs there.
+Outside the primary region a read's ``__lsn`` cookie is compared with the
+local server's position only while that server is a standby: one that is
+not (promoted, so no longer receiving the primary region's WAL) knows no
+position, and such a read is replayed to the primary region after
+``consistency_wait``. Its health check still passes (not in recovery, its
+lag reads 0), and a write the app makes in a GET there is not refused (the
+safety net needs a standby's 25006): it runs on the promoted server.
 """
 
 from __future__ import annotations
@@ -120,9 +121,7 @@ class PostgresSource:
 
     def read_state(self, instance_id: str) -> NodeState:
         # The lag is what the health check reads; routing itself needs no query.
-        # Outside the primary region the server must be a standby: a promoted one (PRIMARY_REGION not yet
-        # changed) no longer receives the primary region's WAL, and its lag is unknown (the health check fails).
-        lag_ms = 0 if self.is_primary_region else self._reader.replay_lag_ms(standby_only=True)
+        lag_ms = 0 if self.is_primary_region else self._reader.replay_lag_ms()
         return region_state(instance_id, self.region, self.primary_region, lag_ms)
 
     def classify_failure(self, exc: BaseException) -> WriteFailure | None:
