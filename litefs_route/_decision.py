@@ -224,7 +224,8 @@ def _replay(
     """
     if request.replay_failed is None:
         return Decision(Kind.REPLAY, write, target=target, hops=hops, reason=reason, by_region=by_region)
-    return Decision(Kind.UNAVAILABLE, write, target=target, reason=replay_failure(request.replay_failed))
+    reason = replay_failure(request.replay_failed, target if by_region else None)
+    return Decision(Kind.UNAVAILABLE, write, target=target, reason=reason)
 
 
 def health(state: NodeState, rules: Rules) -> Decision:

@@ -51,6 +51,8 @@ _HIDDEN = "********"
 _POSITION_SQL = (
     "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text"
 )
+# The same, only while it is a standby (NULL on a primary).
+_STANDBY_POSITION_SQL = "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() END)::text"
 _RECOVERY_SQL = "SELECT pg_is_in_recovery()"
 _LAG_SQL = (
     "SELECT pg_is_in_recovery(), pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,"
@@ -137,13 +139,15 @@ class PostgresPositionReader:
 
     # -- what the server says ---------------------------------------------------
 
-    def position(self) -> int | None:
+    def position(self, *, standby_only: bool = False) -> int | None:
         """This server's position: replayed WAL on a standby, written WAL on a primary; None if unknown.
 
         None when the server cannot be reached (or, on a standby, before it
-        replayed anything).
+        replayed anything). *standby_only*: None on a server that is not a
+        standby either (a promoted one no longer receives its old primary's
+        WAL: its own position says nothing of the primary's writes).
         """
-        row = self._fetch(_POSITION_SQL)
+        row = self._fetch(_STANDBY_POSITION_SQL if standby_only else _POSITION_SQL)
         return None if row is None or row[0] is None else parse_lsn(row[0])
 
     def in_recovery(self) -> bool | None:

@@ -25,6 +25,13 @@ and hot standbys in others; each Machine knows its own region
 Which Machine is primary is configuration, not discovery: after a failover
 (``pg_promote()`` on a standby), set ``PRIMARY_REGION`` to the new primary's
 region and redeploy. Until then writes still go to the old primary region.
+Outside the primary region a read's ``__lsn`` cookie is compared with the
+local server's position only while that server is a standby: one that is
+not (promoted, so no longer receiving the primary region's WAL) knows no
+position, and such a read is replayed to the primary region after
+``consistency_wait``. Its health check still passes (not in recovery, its
+lag reads 0), and a write the app makes in a GET there is not refused (the
+safety net needs a standby's 25006): it runs on the promoted server.
 """
 
 from __future__ import annotations
@@ -47,14 +54,21 @@ _REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 
 
 class _LSNWatcher(PositionWatcher):
-    """The local server's WAL position, watched as LiteFS's ``<db>-pos`` is (one shared poller while anyone waits)."""
+    """The local server's WAL position, watched as LiteFS's ``<db>-pos`` is (one shared poller while anyone waits).
 
-    def __init__(self, reader: PostgresPositionReader) -> None:
+    *standby_only* (outside the primary region): the position only while the
+    server is a standby; a promoted one's is unknown (None), so a read that
+    waits for a write of the primary region is replayed there, never answered
+    from a server that stopped receiving that region's WAL.
+    """
+
+    def __init__(self, reader: PostgresPositionReader, *, standby_only: bool) -> None:
         super().__init__(repr(reader), "postgres", poll_interval=POLL_INTERVAL)
         self._reader = reader
+        self._standby_only = standby_only
 
     def fetch(self) -> int | None:
-        return self._reader.position()
+        return self._reader.position(standby_only=self._standby_only)
 
 
 class PostgresSource:
@@ -98,7 +112,8 @@ class PostgresSource:
         self.databases = ("postgres",)
         self.cookie_base = LSN_COOKIE
         #: The local server's WAL position; None: read-your-writes off.
-        self.positions = Positions([_LSNWatcher(self._reader)]) if read_your_writes else None
+        watcher = _LSNWatcher(self._reader, standby_only=not self.is_primary_region)
+        self.positions = Positions([watcher]) if read_your_writes else None
 
     @property
     def is_primary_region(self) -> bool:

@@ -55,7 +55,7 @@ MAY_HAVE_RUN_REASON = (
 LAGGING_REASON = "its TXID did not arrive in time"
 FORWARD_LOOP_REASON = "it was forwarded here {} times and this instance is not the primary either"
 # Fly's proxy could not deliver our replay and sent the request back (fly-replay-failed).
-_REPLAY_FAILED_REASON = "the replay to instance {} failed ({}), and a request sent back may not be replayed again"
+_REPLAY_FAILED_REASON = "the replay to {} failed ({}), and a request sent back may not be replayed again"
 _REPLAY_FAILED_FIELD = re.compile(r"(?:^|;)\s*(instance|reason)=([A-Za-z0-9_.-]{1,64})\s*(?=;|$)")
 
 
@@ -136,10 +136,15 @@ FORBIDDEN = Decision(Kind.FORBIDDEN, write=True, reason="it claims to be forward
 HEALTHY = Decision(Kind.HEALTHY, write=False)
 
 
-def replay_failure(replay_failed: str) -> str:
-    """Why a request came back: a ``fly-replay-failed`` header in words (the reason of its 503)."""
+def replay_failure(replay_failed: str, region: str | None = None) -> str:
+    """Why a request came back: a ``fly-replay-failed`` header in words (the reason of its 503).
+
+    *region*: the replay named that region (``fly-replay: region=``), not an
+    instance: the header's ``instance`` is then empty when none could be found.
+    """
     fields = dict(_REPLAY_FAILED_FIELD.findall(replay_failed[:REPLAY_HEADER_LIMIT]))
-    return _REPLAY_FAILED_REASON.format(fields.get("instance", "?"), fields.get("reason", "unknown reason"))
+    target = f"region {region}" if region is not None else f"instance {fields.get('instance', '?')}"
+    return _REPLAY_FAILED_REASON.format(target, fields.get("reason", "unknown reason"))
 
 
 def counter_name(decision: Decision) -> str:

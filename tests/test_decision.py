@@ -257,6 +257,7 @@ REGION_REPLICA = NodeState(Role.REPLICA, ME, REGION, primary_is_region=True)
 REGION_PRIMARY = NodeState(Role.PRIMARY, ME, REGION, primary_is_region=True)
 FORWARD_ALWAYS = rules(forward="always", forward_secret="s" * 16, forward_url="http://{instance}:8080")
 TO_REGION = Decision(Kind.REPLAY, True, REGION, 1, by_region=True)
+REGION_SENT_BACK = "the replay to region ord failed (no_candidate), and a request sent back may not be replayed again"
 
 REGION_CASES = [
     # (id, request, state, rules, expected)
@@ -267,6 +268,11 @@ REGION_CASES = [
      Decision(Kind.TOO_LARGE, True, REGION, reason="the body is larger than 1000000 bytes", by_region=True)),
     # Forward mode needs an instance's address: a region is replayed to, never forwarded to.
     ("region-replica-forward-always-still-replays", req("POST"), REGION_REPLICA, FORWARD_ALWAYS, TO_REGION),
+    # Sent back: the 503 names the region the replay was for (Fly's header names no instance when it found none).
+    ("region-sent-back-write-is-503-naming-the-region",
+     req("POST", replay_failed="instance=;app=a;region=lhr;replay_source=me;reason=no_candidate;elapsed_ms=0"),
+     REGION_REPLICA, RULES,
+     Decision(Kind.UNAVAILABLE, True, REGION, reason=REGION_SENT_BACK)),
 ]  # fmt: skip
 
 

@@ -211,6 +211,23 @@ def test_a_paused_standby_stays_behind_until_resumed(
 
 
 @pg
+def test_standby_only_knows_no_position_on_a_server_that_is_not_a_standby(
+    pair: PostgresPair, readers: tuple[PostgresPositionReader, PostgresPositionReader]
+) -> None:
+    """A replica region's position is a standby's replay: a primary, or a standby once promoted, answers None."""
+    primary, standby = readers
+    written = _write(pair, 1)
+    assert standby.wait_for(written, 10)
+    at_standby = standby.position(standby_only=True)
+    assert at_standby is not None
+    assert at_standby >= written
+    assert primary.position(standby_only=True) is None
+    pair.promote()
+    assert standby.position(standby_only=True) is None
+    assert standby.position() is not None  # its own WAL now
+
+
+@pg
 def test_the_reader_reconnects_after_the_standby_restarts(
     pair: PostgresPair, readers: tuple[PostgresPositionReader, PostgresPositionReader], caplog: pytest.LogCaptureFixture
 ) -> None:
