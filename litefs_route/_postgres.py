@@ -155,8 +155,11 @@ class PostgresPositionReader:
         row = self._fetch(_RECOVERY_SQL)
         return None if row is None else bool(row[0])
 
-    def replay_lag_ms(self) -> int | None:
+    def replay_lag_ms(self, *, standby_only: bool = False) -> int | None:
         """How far behind this server's data is, in milliseconds; 0 on a primary; None if unknown.
+
+        *standby_only*: None on a server that is not a standby (outside the
+        primary region, a promoted server follows no primary: its lag means nothing).
 
         On a standby: 0 when it has replayed all the WAL it received (a
         standby idle with its primary is not behind, however old its last
@@ -172,7 +175,7 @@ class PostgresPositionReader:
             return None
         recovering, received, replayed, since_ms = row
         if not recovering:
-            return 0
+            return None if standby_only else 0
         received_at, replayed_at = parse_lsn(received or ""), parse_lsn(replayed or "")
         if received_at is not None and replayed_at is not None and replayed_at >= received_at:
             return 0

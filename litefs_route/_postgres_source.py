@@ -36,6 +36,7 @@ safety net needs a standby's 25006): it runs on the promoted server.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 
@@ -120,9 +121,17 @@ class PostgresSource:
         return self.region == self.primary_region
 
     def read_state(self, instance_id: str) -> NodeState:
-        # The lag is what the health check reads; routing itself needs no query.
-        lag_ms = 0 if self.is_primary_region else self._reader.replay_lag_ms()
-        return region_state(instance_id, self.region, self.primary_region, lag_ms)
+        if self.is_primary_region:
+            return region_state(instance_id, self.region, self.primary_region, 0)
+        # The lag is what the health check reads; routing itself needs no query. A server
+        # here that is no standby (promoted, PRIMARY_REGION not yet changed) has no lag:
+        # its health check fails, so Fly's proxy stops sending it the writes a GET may make.
+        lag_ms = self._reader.replay_lag_ms(standby_only=True)
+        state = region_state(instance_id, self.region, self.primary_region, lag_ms)
+        if lag_ms is None:
+            detail = f"{state.detail}; the local server is unreachable or no standby (promoted? set PRIMARY_REGION)"
+            return dataclasses.replace(state, detail=detail)
+        return state
 
     def classify_failure(self, exc: BaseException) -> WriteFailure | None:
         return classify_write_failure(exc, classify_one=classify_postgres_one)

@@ -499,12 +499,14 @@ def test_after_a_promotion_writes_follow_primary_region_until_it_is_changed(
     replayed to ord while ``PRIMARY_REGION`` says ord (they land on the old
     primary). The promoted server no longer receives ord's WAL: a read waiting
     for a write of ord is replayed there, never answered from lhr without the
-    write. lhr's health check still passes (not in recovery: its lag reads 0,
-    as docs/postgres.md says), and a write the app makes in a GET on lhr is not
+    write. lhr's health check fails (a server outside the primary region that
+    is no standby has no lag), so Fly's proxy takes it out of rotation; a
+    write the app makes in a GET sent to lhr all the same is not
     refused by the promoted server: it runs there (the safety net needs a
     standby's 25006), while ord's server takes the writes routed there: two
     writable servers until the redeploy. Redeployed with ``PRIMARY_REGION=lhr``,
-    lhr runs writes itself, on the promoted server, and ord replays its writes to lhr.
+    lhr runs writes itself, on the promoted server, and ord replays its writes to lhr;
+    ord's old primary, now outside the primary region and no standby, fails its health check.
     """
     pair = postgres_pair()
     pair.query("primary", SCHEMA)
@@ -520,7 +522,9 @@ def test_after_a_promotion_writes_follow_primary_region_until_it_is_changed(
         assert deployment.rows("after-promote", "primary") == [("after-promote", "ord1")]
         assert deployment.rows("after-promote", "standby") == []  # the promoted server never gets it
 
-        assert deployment.direct("lhr2", "GET", "/health").status_code == 200
+        # Fail safe: a server outside the primary region that is no standby fails its health check.
+        checked = deployment.direct("lhr2", "GET", "/health")
+        assert (checked.status_code, "no standby" in checked.text) == (503, True)
         deployment.front.reset_stats()
         read = deployment.on("lhr2", "GET", "/items", headers={"Cookie": f"__lsn={_lsn_cookie(stale)}"})
         assert (read.headers["fly-instance"], _names(read)) == ("ord1", ["after-promote"])
@@ -539,7 +543,8 @@ def test_after_a_promotion_writes_follow_primary_region_until_it_is_changed(
             deployment.front.set_instances({s.spec.instance: ("127.0.0.1", s.port) for s in servers})
             # As Fly's proxy: new Machines take traffic once their health check passes.
             deployment.front.wait_checked()
-            assert deployment.front.in_rotation == ["lhr2", "ord1"]
+            # The old primary, now outside the primary region and no standby, fails its check: out of rotation.
+            assert deployment.front.in_rotation == ["lhr2"]
             local = deployment.on("lhr2", "POST", "/items", data={"name": "on-lhr"})
             moved = deployment.on("ord1", "POST", "/items", data={"name": "from-ord"})
             health = {s.spec.instance: httpx.get(s.url + "/health", timeout=30).status_code for s in servers}
@@ -552,5 +557,4 @@ def test_after_a_promotion_writes_follow_primary_region_until_it_is_changed(
         assert deployment.rows("on-lhr", "standby") == [("on-lhr", "lhr2")]
         assert deployment.rows("from-ord", "standby") == [("from-ord", "lhr2")]
         assert deployment.rows("on-lhr", "primary") == deployment.rows("from-ord", "primary") == []
-        # The old primary, now outside the primary region and no standby, still passes (its lag reads 0).
-        assert health == {"lhr2": 200, "ord1": 200}
+        assert health == {"lhr2": 200, "ord1": 503}
