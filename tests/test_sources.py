@@ -115,10 +115,12 @@ def test_background_work_follows_the_regions_without_a_middleware(
 ) -> None:
     """A worker with PRIMARY_REGION and FLY_REGION and no LiteFS mount: primary only in the primary region."""
     monkeypatch.delenv("LITEFS_DIR", raising=False)
+    # An instance of its own: a middleware another test left alive in this process would otherwise be the one asked.
+    monkeypatch.setenv("FLY_MACHINE_ID", f"worker-{region}")
     monkeypatch.setenv("PRIMARY_REGION", "ord")
     monkeypatch.setenv("FLY_REGION", region)
     assert is_primary() is primary
-    info = get_instance_info(instance_id="m1")
+    info = get_instance_info()
     assert (info.is_primary, info.primary_instance, info.region) == (primary, "ord", region)
 
 
