@@ -21,6 +21,8 @@ __all__ = [
     "from_environ",
     "replay_hops",
     "replay_state",
+    "routing_cgi_keys",
+    "routing_header_names",
 ]
 
 #: The headers a forwarded request carries (lower case): the secret, and how many times it was forwarded.
@@ -38,8 +40,16 @@ _CGI_KEYS = frozenset(
     {"HTTP_FLY_REPLAY_SRC", "HTTP_FLY_REPLAY_FAILED", SECRET_CGI_KEY, HOP_CGI_KEY, "HTTP_TRANSFER_ENCODING"}
 )
 _CGI_KEYS_WITH_COOKIE = _CGI_KEYS | {"HTTP_COOKIE"}
+# ASGI's names: Content-Length among them (a server sends it only when there is one).
 _ASGI_NAMES = frozenset(
-    {b"fly-replay-src", b"fly-replay-failed", SECRET_HEADER.encode(), HOP_HEADER.encode(), b"transfer-encoding"}
+    {
+        b"fly-replay-src",
+        b"fly-replay-failed",
+        SECRET_HEADER.encode(),
+        HOP_HEADER.encode(),
+        b"transfer-encoding",
+        b"content-length",
+    }
 )
 _ASGI_NAMES_WITH_COOKIE = _ASGI_NAMES | {b"cookie"}
 # Other methods mostly carry a body (a Content-Length): the test would be wasted on them.
@@ -147,6 +157,20 @@ def replay_state(hops: int) -> str:
     return f"{_STATE_PREFIX}{hops}"
 
 
+def routing_cgi_keys(txid_cookies: TxidCookies | None) -> frozenset[str]:
+    """The CGI keys of the headers routing reads, Content-Length aside (read on its own: it may be empty).
+
+    A request with none of them and no Content-Length has nothing to parse
+    (adapters test it inline, once per middleware's keys, to spare a call).
+    """
+    return _CGI_KEYS if txid_cookies is None else _CGI_KEYS_WITH_COOKIE
+
+
+def routing_header_names(txid_cookies: TxidCookies | None) -> frozenset[bytes]:
+    """The ASGI header names routing reads (Content-Length among them): without any, nothing to parse."""
+    return _ASGI_NAMES if txid_cookies is None else _ASGI_NAMES_WITH_COOKIE
+
+
 def from_environ(
     environ: Mapping[str, Any], method: str, path: str, txid_cookies: TxidCookies | None
 ) -> RequestInfo | None:
@@ -158,11 +182,7 @@ def from_environ(
     *txid_cookies*: the read-your-writes cookies (None: off, no cookie is parsed).
     """
     content_length = environ.get("CONTENT_LENGTH")
-    if (
-        method in _USUALLY_PLAIN
-        and not content_length
-        and environ.keys().isdisjoint(_CGI_KEYS if txid_cookies is None else _CGI_KEYS_WITH_COOKIE)
-    ):
+    if method in _USUALLY_PLAIN and not content_length and environ.keys().isdisjoint(routing_cgi_keys(txid_cookies)):
         return None
     get = environ.get
     return RequestInfo.from_headers(
@@ -194,10 +214,8 @@ def from_asgi_headers(
     if not websocket and method in _USUALLY_PLAIN:
         if not isinstance(headers, list | tuple):  # ASGI allows any iterable: read twice, it must be a list
             headers = list(headers)
-        names = dict(headers)  # in C: then one test says whether there is anything to parse
-        if b"content-length" not in names and names.keys().isdisjoint(
-            _ASGI_NAMES if txid_cookies is None else _ASGI_NAMES_WITH_COOKIE
-        ):
+        # In C: then one test says whether there is anything to parse.
+        if dict(headers).keys().isdisjoint(routing_header_names(txid_cookies)):
             return None
     replay_src = content_length = transfer_encoding = replay_failed = forward_claim = forward_hop = None
     cookies: list[str] = []

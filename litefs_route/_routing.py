@@ -120,15 +120,22 @@ class NodeRouting:
         if request is not None:
             outcome = self.outcome_without_io(request)
             return request, self.plan(request) if outcome is None else outcome
-        state = self.cache.fresh()
-        verdicts = None
-        if state is not None:
-            # One attribute holds the reading and its verdicts: a thread that swaps
-            # them can never pair another thread's reading with stale verdicts.
-            memo_state, verdicts = self._verdicts
-            if memo_state is not state:
-                verdicts = {}
-                self._verdicts = (state, verdicts)
+        cache = self.cache
+        verdicts: dict[tuple[str, str], tuple[RequestInfo, Outcome]] | None
+        state, verdicts = self._verdicts
+        # cache.fresh()'s own test, without the call: the memo's reading is still the routable one.
+        if state is not cache.routable or cache.clock() >= cache.routable_until:
+            state = cache.fresh()
+            if state is None:
+                verdicts = None
+            else:
+                # One attribute holds the reading and its verdicts: a thread that swaps
+                # them can never pair another thread's reading with stale verdicts.
+                memo_state, verdicts = self._verdicts
+                if memo_state is not state:
+                    verdicts = {}
+                    self._verdicts = (state, verdicts)
+        if verdicts is not None:
             known = verdicts.get((method, path))
             if known is not None:
                 return known

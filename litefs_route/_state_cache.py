@@ -103,7 +103,8 @@ class StateCache:
         self.instance_id = instance_id
         self.ttl = ttl
         self._reader = reader
-        self._clock = clock
+        #: The clock readings are taken on (monotonic seconds).
+        self.clock = clock
         # LiteFS's naming of a primary flickers (see above): a named primary counts once established.
         # A source whose naming does not (Postgres's regions, a fixed instance) is taken at its word.
         self._flickers = flickers
@@ -122,8 +123,10 @@ class StateCache:
         #: subscriber (re)starts its thread there, in the process that serves.
         self.before_read: Callable[[], None] | None = None
         self._naming: _Naming | None = None
-        # The stored reading once vetted as routable (so the hot path is one identity test).
-        self._routable: NodeState | None = None
+        #: The stored reading once vetted as routable, and the clock reading until which it is
+        #: fresh: the hot path tests both without a call (:meth:`NodeRouting.route`).
+        self.routable: NodeState | None = None
+        self.routable_until = -math.inf
         # (a reading naming a primary not yet established, what is handed out instead)
         self._withheld: tuple[NodeState, NodeState] | None = None
 
@@ -142,7 +145,7 @@ class StateCache:
         state = self._state
         if state is None or max_age == 0:
             return None
-        now = self._clock()
+        now = self.clock()
         with self._claim:
             # A claim older than _CLAIM_EXPIRY was abandoned (a cancelled
             # request): take it over rather than serve a stale reading forever.
@@ -154,8 +157,8 @@ class StateCache:
     def fresh(self, max_age: float | None = None) -> NodeState | None:
         """The reading if it is younger than *max_age* (default: the TTL), else None (claims nothing)."""
         state = self._state
-        if state is not None and self._clock() - self._read_at < (self.ttl if max_age is None else max_age):
-            return state if state is self._routable else self._vetted(state)
+        if state is not None and self.clock() - self._read_at < (self.ttl if max_age is None else max_age):
+            return state if state is self.routable else self._vetted(state)
         return None
 
     def refresh(self) -> NodeState:
@@ -166,19 +169,19 @@ class StateCache:
         would be) instead of reading again. A cold start or a burst of
         replayed requests costs two reads, not one per request.
         """
-        asked = self._clock()
+        asked = self.clock()
         if self.before_read is not None:
             self.before_read()
         try:
             with self._lock:
                 if self._state is not None and self._began_at > asked:
                     return self._vetted(self._state)
-                began = self._clock()
+                began = self.clock()
                 state = self._reader(self.litefs_dir, self.instance_id)
                 self.reads += 1
                 previous, self._state = self._state, state
                 self._began_at = began
-                self._read_at = self._clock()
+                self._read_at = self.clock()
                 self._observe(state, previous, pushed=False)
         finally:
             self._claimed_at = None
@@ -196,13 +199,13 @@ class StateCache:
         """
         if self.before_read is not None:
             self.before_read()
-        began = self._clock()
+        began = self.clock()
         state = self._reader(self.litefs_dir, self.instance_id)
         with self._lock:
             self.reads += 1
             previous, pushed = self._state, self._read_at == math.inf
             if not pushed:
-                self._state, self._began_at, self._read_at = state, began, self._clock()
+                self._state, self._began_at, self._read_at = state, began, self.clock()
             # Tracked even while pushes lead: a settlement polls the mount until it names an established primary.
             self._observe(state, previous, pushed=False)
         if not pushed:
@@ -236,7 +239,7 @@ class StateCache:
         """The event stream stopped: a pushed reading expires, and the TTL applies again."""
         with self._lock:
             if self._read_at == math.inf:
-                self._began_at = self._read_at = -math.inf
+                self._began_at = self._read_at = self.routable_until = -math.inf
         self._changes.notify()  # waiters go back to polling
 
     def get(self, max_age: float | None = None) -> NodeState:
@@ -285,7 +288,7 @@ class StateCache:
 
     def _observe(self, state: NodeState, previous: NodeState | None, *, pushed: bool) -> None:
         """Track how long *state*'s primary has been named without a break (under ``self._lock``)."""
-        now = self._clock()
+        now = self.clock()
         primary = state.primary_id if state.role is Role.REPLICA else None
         naming = self._naming
         if primary is None:
@@ -300,7 +303,7 @@ class StateCache:
             if not naming.established and not pushed and now - naming.last_seen > _UNBROKEN_GAP:
                 naming.since = now
             naming.last_seen = now
-        self._routable = None
+        self.routable, self.routable_until = None, -math.inf
 
     def _vetted(self, state: NodeState) -> NodeState:
         """*state* as routing may use it: a primary not yet established reads as "no primary known"."""
@@ -310,7 +313,7 @@ class StateCache:
         naming = self._naming
         # (A reading of another primary than the tracked one, the mount read while pushes lead, is not vouched for.)
         if naming is not None and naming.primary == state.primary_id:
-            if not naming.established and self._clock() - naming.since >= ESTABLISHED_AFTER:
+            if not naming.established and self.clock() - naming.since >= ESTABLISHED_AFTER:
                 naming.established = True
             if naming.established:
                 self._mark_routable(state)
@@ -324,8 +327,8 @@ class StateCache:
         return unestablished
 
     def _mark_routable(self, state: NodeState) -> None:
-        if state is self._state and state is not self._routable:
-            self._routable = state
+        if state is self._state and state is not self.routable:
+            self.routable, self.routable_until = state, self._read_at + self.ttl
             # Once per reading that routing takes (an established primary, or no replica at all).
             self._log_routed(state)
 
@@ -365,7 +368,7 @@ class StateCache:
         self._changes.forked()
         self._lock, self._claim, self._claimed_at = threading.Lock(), threading.Lock(), None
         _logged_lock = threading.Lock()  # a thread of the parent may have held it at the fork
-        self._began_at = self._read_at = -math.inf
+        self._began_at = self._read_at = self.routable_until = -math.inf
 
     @staticmethod
     def _log_if_changed(previous: NodeState | None, state: NodeState) -> None:
