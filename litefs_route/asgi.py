@@ -86,7 +86,8 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         method, path = scope["method"], scope["path"]
         headers = scope.get("headers", ())
         # from_asgi_headers' test without its call: most requests carry nothing to parse (None).
-        if type(headers) is list and dict(headers).keys().isdisjoint(self._routing_names):
+        # Only for a GET: another method usually carries Content-Length, so the test would only add to its parse.
+        if method == "GET" and type(headers) is list and dict(headers).keys().isdisjoint(self._routing_names):
             parsed = None
         else:
             parsed = from_asgi_headers(method, path, headers, routing.txid_cookies)
