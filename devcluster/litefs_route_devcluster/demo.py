@@ -21,10 +21,10 @@ import os
 import sqlite3
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs
 
 from litefs_route import ensure_primary, get_instance_info, is_readonly_error
 from litefs_route.wsgi import PrimaryRoutingMiddleware
+from litefs_route_devcluster.guest_book_form import entry_text
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -35,7 +35,6 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (id INTEGER PRIMARY KEY, text TEXT NOT NULL, written_on TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS visits (id INTEGER PRIMARY KEY CHECK (id = 1), count INTEGER NOT NULL);
 """
-_FORM_LIMIT = 10_000
 
 
 def _connect() -> sqlite3.Connection:
@@ -82,12 +81,7 @@ def _index() -> bytes:
 
 
 def _add_entry(environ: WSGIEnvironment) -> None:
-    try:
-        length = min(int(environ.get("CONTENT_LENGTH") or 0), _FORM_LIMIT)
-    except ValueError:
-        length = 0
-    form = parse_qs(environ["wsgi.input"].read(length).decode("utf-8", "replace"))
-    text = (form.get("text") or [""])[0].strip()[:500]
+    text = entry_text(environ)
     if not text:
         return
     db = _connect()

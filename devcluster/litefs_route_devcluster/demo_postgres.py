@@ -29,13 +29,13 @@ import html
 import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qs
 
 import psycopg
 from psycopg import errors
 
 from litefs_route import ensure_primary, get_instance_info
 from litefs_route.wsgi import PrimaryRoutingMiddleware
+from litefs_route_devcluster.guest_book_form import entry_text
 from litefs_route_devcluster.postgres_cluster import DEMO_SCHEMA as SCHEMA
 
 if TYPE_CHECKING:
@@ -45,7 +45,6 @@ __all__ = ["HEALTH_PATH", "SCHEMA", "app", "guest_book"]
 
 #: The middleware's health check, which the dev front polls.
 HEALTH_PATH = "/health"
-_FORM_LIMIT = 10_000
 
 
 def _region() -> str:
@@ -82,12 +81,7 @@ the primary region is <b>{html.escape(primary_region)}</b> ({where}). Visits: {v
 
 
 def _add_entry(environ: WSGIEnvironment) -> None:
-    try:
-        length = min(int(environ.get("CONTENT_LENGTH") or 0), _FORM_LIMIT)
-    except ValueError:
-        length = 0
-    form = parse_qs(environ["wsgi.input"].read(length).decode("utf-8", "replace"))
-    text = (form.get("text") or [""])[0].strip()[:500]
+    text = entry_text(environ)
     if not text:
         return
     with _connect() as db:  # commits on leaving the block
