@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import AnyStr
@@ -55,55 +55,51 @@ class RequestContext:
     routing :class:`~litefs_route._verdicts.Outcome` (a RUN decision).
     """
 
-    # A plain slotted class with its own __init__: built on every request,
-    # and a generated dataclass __init__ sets each of the eleven fields.
+    # A slotted class with its own __init__: one is built on every request, and each field
+    # set costs. What most requests never change is a class default (the __dict__ takes
+    # the rare values): the ending, the safety net's failure, the TXIDs before a write.
     __slots__ = (
+        "__dict__",
         "clear_txids",
         "decision",
-        "ending",
-        "failure",
         "must_end_elsewhere",
-        "primary_required_error",
         "request",
         "response_started",
         "routing",
         "state",
-        "txids_before",
     )
 
-    def __init__(
-        self,
-        routing: NodeRouting,
-        request: RequestInfo,
-        outcome: Outcome,
-        primary_required_error: Callable[[Reply], PrimaryRequired],
-    ) -> None:
+    #: Each database's TXID when the request became a write (see :meth:`note_write`).
+    txids_before: tuple[int | None, ...] | None = None
+    #: The reply ``must_end_elsewhere`` ends in, when known; None while it must still be
+    #: settled (no primary was known, or the database failed the write; see
+    #: :func:`~litefs_route._plans.plan_settlement`).
+    ending: Reply | None = None
+    #: How the database failed the write because of LiteFS (the safety net's case), if it did.
+    failure: WriteFailure | None = None
+
+    def __init__(self, routing: NodeRouting, request: RequestInfo, outcome: Outcome) -> None:
         self.routing = routing
         self.request = request
         #: The reading it was routed on, or the fresher one it was settled on.
         self.state: NodeState = outcome.state
         #: The RUN decision it was routed on (``ensure_primary()`` on the primary makes it a write).
         self.decision: Decision = outcome.decision
-        #: Builds the exception ``ensure_primary()`` raises (native to the adapter's framework).
-        self.primary_required_error = primary_required_error
         #: The databases (indexes) whose TXID cookie is ahead of this primary: clear those cookies.
         self.clear_txids: tuple[int, ...] = outcome.clear_txids
-        #: Each database's TXID when the request became a write (see :meth:`note_write`).
-        self.txids_before: tuple[int | None, ...] | None = None
         #: The app's response has begun (it can no longer be replaced).
         self.response_started = False
         #: ``ensure_primary()`` on a non-primary, ``ensure_instance()`` on another
         #: instance, or the safety net: the request ends in a replay (or a
         #: refusal) whatever the app answers.
         self.must_end_elsewhere = False
-        #: That ending's reply, when known; None while it must still be settled
-        #: (no primary was known, or SQLite failed the write; see
-        #: :func:`~litefs_route._plans.plan_settlement`).
-        self.ending: Reply | None = None
-        #: How SQLite failed the write because of LiteFS (the safety net's case), if it did.
-        self.failure: WriteFailure | None = None
         if outcome.decision.write:  # before the app: its cookies name the databases it changes
             self.note_write()
+
+    @staticmethod
+    def primary_required_error(reply: Reply) -> PrimaryRequired:
+        """The exception ``ensure_primary()`` raises (each adapter's framework flavour)."""
+        return PrimaryRequired(reply)
 
     def __repr__(self) -> str:
         return f"<RequestContext {self.request.method} {self.request.path[:200]!r} {self.decision.kind.value}>"

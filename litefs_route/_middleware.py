@@ -13,17 +13,15 @@ import logging
 import math
 import os
 import textwrap
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Generic, TypeVar
 from urllib.parse import urlsplit
 
 from ._consistency import TxidCookies
-from ._exceptions import PrimaryRequired
 from ._forwarding import DEFAULT_FORWARD_URL, SECRET_ENV, ForwardURL, resolve_forward_url
 from ._globs import PathGlobs
 from ._log_fields import log_fields
 from ._mount import default_instance_id, is_valid_instance_id, missing_mount
-from ._replies import Reply
 from ._routing import NodeRouting
 from ._rules import Rules
 from ._secret import Secret
@@ -168,9 +166,6 @@ class RoutingMiddleware(Generic[AppT]):
     against the decoded path without the query string. Invalid options raise
     ``ValueError`` or ``TypeError`` here, never at request time.
     """
-
-    #: Builds the exception ``ensure_primary()`` raises (each adapter's framework flavour).
-    primary_required_error: Callable[[Reply], PrimaryRequired] = PrimaryRequired
 
     def __init__(
         self,

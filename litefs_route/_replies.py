@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import AnyStr
+from typing import AnyStr, Generic
 
 from ._mount import NodeState
 from ._request import replay_state
@@ -17,8 +17,8 @@ from ._verdicts import Decision, Kind
 __all__ = [
     "INSTANCE_HEADER",
     "LENGTH_REQUIRED",
-    "OUR_TAG_NAMES",
-    "OUR_TAG_NAMES_BYTES",
+    "OUR_TAGS",
+    "OUR_TAGS_BYTES",
     "OUTCOME_HEADER",
     "PRIMARY_HEADER",
     "PRIMARY_REGION_HEADER",
@@ -26,12 +26,12 @@ __all__ = [
     "STAND_IN",
     "Headers",
     "Reply",
+    "TagNames",
     "build_reply",
     "build_tags",
     "fly_duration",
     "forward_failure_reply",
     "has_replay_header",
-    "with_tags",
 ]
 
 # Our own headers: tagged on every response, and dropped from the app's
@@ -44,9 +44,7 @@ REPLAY_HEADER = "fly-replay"
 #: On a 502: the write may have run; the client must check before sending it again.
 OUTCOME_HEADER = "Litefs-Route-Outcome"
 _OUTCOME_UNKNOWN = (OUTCOME_HEADER, "unknown")
-#: Their lower-case names, as WSGI (str) and ASGI (bytes) headers spell them.
-OUR_TAG_NAMES = frozenset({PRIMARY_HEADER.lower(), PRIMARY_REGION_HEADER.lower(), INSTANCE_HEADER.lower()})
-OUR_TAG_NAMES_BYTES = frozenset(name.encode() for name in OUR_TAG_NAMES)
+_OUR_TAG_NAMES = frozenset({PRIMARY_HEADER.lower(), PRIMARY_REGION_HEADER.lower(), INSTANCE_HEADER.lower()})
 _REPLAY_NAMES: frozenset[str | bytes] = frozenset({REPLAY_HEADER, REPLAY_HEADER.encode()})
 
 Headers = tuple[tuple[str, str], ...]
@@ -85,17 +83,42 @@ def build_tags(state: NodeState) -> Headers:
     return ((primary, state.primary_id), (INSTANCE_HEADER, state.instance_id))
 
 
-def with_tags(
-    headers: Iterable[tuple[AnyStr, AnyStr]], tags: Iterable[tuple[AnyStr, AnyStr]], ours: frozenset[AnyStr]
-) -> list[tuple[AnyStr, AnyStr]]:
-    """*headers* without any copy of our tags (names in *ours*, lower case), then *tags*."""
-    tagged = list(headers)  # ASGI allows a one-shot iterable
-    for name, _ in tagged:
-        if name.lower() in ours:  # rare: rebuild without the app's copies
-            tagged = [h for h in tagged if h[0].lower() not in ours]
-            break
-    tagged += tags
-    return tagged
+# Header names an app answered with that are none of ours, as spelled: at most this many remembered.
+_OTHER_NAMES_KEPT = 256
+
+
+class TagNames(Generic[AnyStr]):
+    """Our tag names in one spelling (str for WSGI, bytes for ASGI), and how a response gets the tags."""
+
+    __slots__ = ("_others", "lower")
+
+    def __init__(self, lower: frozenset[AnyStr]) -> None:
+        #: The names, lower case.
+        self.lower: frozenset[AnyStr] = lower
+        # Names seen on apps' responses that are not ours, exactly as spelled: an app answers
+        # with the same few names on every response, so most need no lower-casing at all.
+        self._others: set[AnyStr] = set()
+
+    def tag(
+        self, headers: Iterable[tuple[AnyStr, AnyStr]], tags: Iterable[tuple[AnyStr, AnyStr]]
+    ) -> list[tuple[AnyStr, AnyStr]]:
+        """*headers* without any copy of our tags (a stale one the app set cannot survive), then *tags*."""
+        tagged = list(headers)  # ASGI allows a one-shot iterable
+        others = self._others
+        for name, _ in tagged:
+            if name not in others:
+                if name.lower() in self.lower:  # rare: rebuild without the app's copies
+                    tagged = [h for h in tagged if h[0].lower() not in self.lower]
+                    break
+                if len(others) < _OTHER_NAMES_KEPT:  # names are the app's choice: bounded all the same
+                    others.add(name)
+        tagged += tags
+        return tagged
+
+
+#: Our tag names as WSGI (str) and ASGI (bytes) headers spell them.
+OUR_TAGS: TagNames[str] = TagNames(_OUR_TAG_NAMES)
+OUR_TAGS_BYTES: TagNames[bytes] = TagNames(frozenset(name.encode() for name in _OUR_TAG_NAMES))
 
 
 def build_reply(decision: Decision, retry_after: int, replay_timeout: float | None = None) -> Reply:

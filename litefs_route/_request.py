@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ __all__ = [
     "RequestInfo",
     "from_asgi_headers",
     "from_environ",
+    "header_name",
     "replay_hops",
     "replay_state",
     "routing_cgi_keys",
@@ -55,6 +57,8 @@ _ASGI_NAMES_WITH_COOKIE = _ASGI_NAMES | {b"cookie"}
 # Other methods mostly carry a body (a Content-Length): the test would be wasted on them.
 _USUALLY_PLAIN = frozenset({"GET", "HEAD", "OPTIONS"})
 _SECRET_NAME = SECRET_HEADER.encode()
+#: A raw header's name (its first item), read in C: the routing-header test maps it over the headers.
+header_name = operator.itemgetter(0)
 _HOP_NAME = HOP_HEADER.encode()
 
 # The replay counter travels in fly-replay's `state` field, which Fly's proxy
@@ -215,7 +219,7 @@ def from_asgi_headers(
         if not isinstance(headers, list | tuple):  # ASGI allows any iterable: read twice, it must be a list
             headers = list(headers)
         # In C: then one test says whether there is anything to parse.
-        if dict(headers).keys().isdisjoint(routing_header_names(txid_cookies)):
+        if routing_header_names(txid_cookies).isdisjoint(map(header_name, headers)):
             return None
     replay_src = content_length = transfer_encoding = replay_failed = forward_claim = forward_hop = None
     cookies: list[str] = []

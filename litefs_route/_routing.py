@@ -96,11 +96,13 @@ class NodeRouting:
         self.classify_failure = classify_failure
         #: What its requests ended in, and how long they waited (:mod:`litefs_route._counters`).
         self.counters = Counters()
-        # (reading, its tags): tags are built once per reading of the mount.
-        self._last_tags: tuple[NodeState | None, Headers] = (None, ())
+        #: (reading, its tags): tags are built once per reading of the mount (:meth:`tags`);
+        #: a hot path tests it inline, without the call.
+        self.last_tags: tuple[NodeState | None, Headers] = (None, ())
         self._replies: dict[Decision, Reply] = {}
-        # A reading, and (method, path) -> the RequestInfo and Outcome of a request with no routing headers on it.
-        self._verdicts: tuple[NodeState | None, dict[tuple[str, str], tuple[RequestInfo, Outcome]]] = (None, {})
+        # A reading, and method -> path -> the RequestInfo and Outcome of a request with no routing headers
+        # on it (two plain lookups cost less than hashing a (method, path) key).
+        self._verdicts: tuple[NodeState | None, dict[str, dict[str, tuple[RequestInfo, Outcome]]]] = (None, {})
         self._warned_at: dict[str, float] = {}
         with _EVERY_LOCK:
             _EVERY[next(_CREATED)] = self
@@ -121,7 +123,7 @@ class NodeRouting:
             outcome = self.outcome_without_io(request)
             return request, self.plan(request) if outcome is None else outcome
         cache = self.cache
-        verdicts: dict[tuple[str, str], tuple[RequestInfo, Outcome]] | None
+        verdicts: dict[str, dict[str, tuple[RequestInfo, Outcome]]] | None
         state, verdicts = self._verdicts
         # cache.fresh()'s own test, without the call: the memo's reading is still the routable one.
         if state is not cache.routable or cache.clock() >= cache.routable_until:
@@ -136,16 +138,20 @@ class NodeRouting:
                     verdicts = {}
                     self._verdicts = (state, verdicts)
         if verdicts is not None:
-            known = verdicts.get((method, path))
-            if known is not None:
-                return known
+            try:
+                return verdicts[method][path]
+            except KeyError:  # first seen under this reading
+                pass
         request = RequestInfo(method, path)
         outcome = decide_without_io(request, state, self.rules)
         if outcome is None or verdicts is None:
             return request, self.plan(request)
-        if len(verdicts) >= _VERDICT_MEMO_SIZE:  # paths are client input: bounded
+        if sum(map(len, verdicts.values())) >= _VERDICT_MEMO_SIZE:  # methods and paths are client input: bounded
             verdicts.clear()
-        routed = verdicts[(method, path)] = (request, outcome)
+        by_path = verdicts.get(method)
+        if by_path is None:
+            by_path = verdicts[method] = {}
+        routed = by_path[path] = (request, outcome)
         return routed
 
     def plan(self, request: RequestInfo) -> Plan:
@@ -182,10 +188,10 @@ class NodeRouting:
 
     def tags(self, state: NodeState) -> Headers:
         """The headers every response carries (built once per reading of the mount)."""
-        last_state, tags = self._last_tags
+        last_state, tags = self.last_tags
         if state is not last_state:
             tags = build_tags(state)
-            self._last_tags = (state, tags)
+            self.last_tags = (state, tags)
         return tags
 
     def reply(

@@ -37,8 +37,8 @@ from ._frameworks import starlette_primary_required
 from ._log_fields import log_fields, request_fields
 from ._middleware import RoutingMiddleware, middleware_doc
 from ._mount import NodeState
-from ._replies import OUR_TAG_NAMES_BYTES, Headers, Reply, with_tags
-from ._request import HOP_HEADER, SECRET_HEADER, RequestInfo, from_asgi_headers, routing_header_names
+from ._replies import OUR_TAGS_BYTES, Headers, Reply
+from ._request import HOP_HEADER, SECRET_HEADER, RequestInfo, from_asgi_headers, header_name, routing_header_names
 from ._verdicts import Kind, Outcome
 
 __all__ = ["SOCKET_REFUSED_CLOSE_CODE", "PrimaryRoutingMiddleware"]
@@ -66,8 +66,6 @@ RawHeaders = list[tuple[bytes, bytes]]
 class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
     __doc__ = middleware_doc("ASGI middleware that routes writes to the LiteFS primary.")
 
-    primary_required_error = staticmethod(starlette_primary_required)
-
     def _setup(self) -> None:
         # Encoded once per reading of the mount / per reply, not per request.
         self._last_tags: tuple[NodeState | None, RawHeaders] = (None, [])
@@ -87,7 +85,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         headers = scope.get("headers", ())
         # from_asgi_headers' test without its call: most requests carry nothing to parse (None).
         # Only for a GET: another method usually carries Content-Length, so the test would only add to its parse.
-        if method == "GET" and type(headers) is list and dict(headers).keys().isdisjoint(self._routing_names):
+        if method == "GET" and type(headers) is list and self._routing_names.isdisjoint(map(header_name, headers)):
             parsed = None
         else:
             parsed = from_asgi_headers(method, path, headers, routing.txid_cookies)
@@ -108,7 +106,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         if request.forward_claim is not None:  # a genuine forwarded request: the secret is not the app's business
             scope = _without_forward_claim(scope)
 
-        ctx = _ASGIRequest(routing, request, outcome, self.primary_required_error)
+        ctx = _ASGIRequest(routing, request, outcome)
         ctx.middleware, ctx.receive, ctx.send_downstream, ctx.replaced = self, receive, send, False
         ctx.headers = headers
         token = current_request.set(ctx)
@@ -147,7 +145,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         if (await receive())["type"] != "websocket.connect":
             return  # the client is gone
         if "websocket.http.response" in (scope.get("extensions") or {}):
-            headers = with_tags(_encode(reply.headers), self.raw_tags(outcome.state), OUR_TAG_NAMES_BYTES)
+            headers = OUR_TAGS_BYTES.tag(_encode(reply.headers), self.raw_tags(outcome.state))
             await send({"type": "websocket.http.response.start", "status": reply.status, "headers": headers})
             await send({"type": "websocket.http.response.body", "body": reply.body})
             return
@@ -211,7 +209,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[ASGIApp]):
         tags = self.routing.tags(state)
         last_reply, last_tags, headers = self._last_reply
         if reply is not last_reply or tags is not last_tags:
-            headers = with_tags(_encode(reply.headers), self.raw_tags(state), OUR_TAG_NAMES_BYTES)
+            headers = OUR_TAGS_BYTES.tag(_encode(reply.headers), self.raw_tags(state))
             self._last_reply = (reply, tags, headers)
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body, "more_body": False})
@@ -226,6 +224,8 @@ class _ASGIRequest(RequestContext):
     """
 
     __slots__ = ("headers", "middleware", "receive", "replaced", "send_downstream")
+
+    primary_required_error = staticmethod(starlette_primary_required)
 
     middleware: PrimaryRoutingMiddleware
     receive: Receive
@@ -253,7 +253,7 @@ class _ASGIRequest(RequestContext):
                     self.replaced = True
                     await self.send_ending()
                     return
-            tagged = with_tags(headers, self.middleware.raw_tags(self.state), OUR_TAG_NAMES_BYTES)
+            tagged = OUR_TAGS_BYTES.tag(headers, self.middleware.raw_tags(self.state))
             if self.routing.rules.read_your_writes:  # a cookie may be due
                 tagged += _encode(self.cookie_headers(await self._read_txids()))
             message = {**message, "headers": tagged}

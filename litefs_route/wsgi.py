@@ -15,9 +15,9 @@ The node's state is pushed by LiteFS's event stream where it is up
 (:mod:`litefs_route._subscriber`), else read from the mount inline, at most
 once per ``cache_ttl`` per process (a replayed request reads it fresh). The app's
 response iterable is returned unchanged (``close()`` and
-``wsgi.file_wrapper`` keep working), so nothing is buffered. The request's
-:class:`~litefs_route._context.RequestContext` is also in
-``environ["litefs_route._context"]``. The safety net reaches into the Flask
+``wsgi.file_wrapper`` keep working), so nothing is buffered. The environ
+gets no reference to the request's context: the context holds the environ,
+and a cycle would leave every request to the garbage collector. The safety net reaches into the Flask
 app the middleware wraps (``app.wsgi_app = PrimaryRoutingMiddleware(app.wsgi_app)``):
 SQLite's refusal is answered before Flask's error path logs it or sends
 ``got_request_exception`` (:func:`~litefs_route._frameworks.connect_flask_safety_net`).
@@ -42,7 +42,7 @@ from ._forwarding import (
 )
 from ._frameworks import connect_flask_safety_net, werkzeug_primary_required
 from ._middleware import RoutingMiddleware, middleware_doc
-from ._replies import LENGTH_REQUIRED, OUR_TAG_NAMES, Headers, Reply, with_tags
+from ._replies import LENGTH_REQUIRED, OUR_TAGS, Headers, Reply
 from ._request import RequestInfo, from_environ, routing_cgi_keys
 from ._verdicts import Kind, Outcome
 
@@ -60,8 +60,6 @@ _RUN = Kind.RUN
 
 class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
     __doc__ = middleware_doc("WSGI middleware that routes writes to the LiteFS primary.")
-
-    primary_required_error = staticmethod(werkzeug_primary_required)
 
     def _setup(self) -> None:
         # Production Flask turns an exception into a 500 (and an error report) before it
@@ -98,9 +96,8 @@ class PrimaryRoutingMiddleware(RoutingMiddleware["WSGIApplication"]):
         if request.forward_claim is not None:  # a genuine forwarded request: the secret is not the app's business
             drop_forward_claim(environ)
 
-        ctx = _WSGIRequest(routing, request, outcome, self.primary_required_error)
-        ctx.environ, ctx.start, ctx.replaced_by = environ, start_response, None
-        environ["litefs_route._context"] = ctx
+        ctx = _WSGIRequest(routing, request, outcome)
+        ctx.environ, ctx.start = environ, start_response
         token = current_request.set(ctx)
         try:
             result = self.app(environ, ctx.start_response)
@@ -157,17 +154,18 @@ class _WSGIRequest(RequestContext):
     """One request the app runs, and its response: tagged, given the TXID cookie, or replaced with the ending.
 
     The request's context and the response's state in one object: one is
-    built on every request. The adapter sets the three fields below right
+    built on every request. The adapter sets the two fields below right
     after building it.
     """
 
-    __slots__ = ("environ", "replaced_by", "start")
+    __slots__ = ("environ", "start")
 
+    primary_required_error = staticmethod(werkzeug_primary_required)
     environ: WSGIEnvironment
     #: The server's start_response.
     start: StartResponse
     #: The reply that replaced the app's response, if one did.
-    replaced_by: Reply | None
+    replaced_by: Reply | None = None
 
     def raw_headers(self) -> WSGIEnvironment:
         return self.environ
@@ -183,8 +181,12 @@ class _WSGIRequest(RequestContext):
         if routing.counters.listened and not self.must_end_elsewhere and not self.response_started:
             routing.counters.observe("ran")  # its answer stands: it ran
         self.response_started = True
-        write = self.start(status, with_tags(headers, routing.tags(self.state), OUR_TAG_NAMES), exc_info)
-        return _discarding_write if self.replaced_by is not None else write
+        tagged, tags = routing.last_tags  # routing.tags()'s memo, without the call
+        if tagged is not self.state:
+            tags = routing.tags(self.state)
+        write = self.start(status, OUR_TAGS.tag(headers, tags), exc_info)
+        # (replaced_by is only ever set once the request must end elsewhere: the slot's test first)
+        return _discarding_write if self.must_end_elsewhere and self.replaced_by is not None else write
 
     def send_ending(self) -> list[bytes]:
         """Answer with the reply the request must end in (the app's response never started)."""
@@ -215,7 +217,7 @@ def _decoded_path(path: str) -> str:
 
 
 def _send_reply(start_response: StartResponse, reply: Reply, tags: Headers) -> list[bytes]:
-    start_response(reply.status_line, with_tags(reply.headers, tags, OUR_TAG_NAMES))
+    start_response(reply.status_line, OUR_TAGS.tag(reply.headers, tags))
     return [reply.body]
 
 

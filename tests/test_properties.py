@@ -385,3 +385,28 @@ def test_router_accepts_only_safe_instance_ids(instance_id: str) -> None:
         return
     assert SAFE_TOKEN.fullmatch(routing.instance_id)
     assert_safe_headers(routing.tags(NodeState(Role.STANDALONE, routing.instance_id, routing.instance_id)))
+
+
+def test_remembered_verdicts_stay_bounded_under_many_methods_and_paths() -> None:
+    """Methods and paths are client input: however many a client sends, at most 512 verdicts are remembered."""
+    routing = NodeRouting(
+        instance_id=ME,
+        rules=rules(primary_wait=0),
+        cache=StateCache(None, ME, 3600, reader=lambda _dir, _id: NodeState(Role.PRIMARY, ME, ME)),
+        positions=None,
+        txid_cookies=None,
+        retry_after=2,
+    )
+    routing.cache.refresh()
+    for i in range(3000):
+        method = "GET" if i % 2 else f"M{i % 97}"
+        request, routed = routing.route(method, f"/p/{i}", None)
+        assert isinstance(routed, Outcome)
+        assert routed.decision.kind is Kind.RUN
+        assert (request.method, request.path) == (method, f"/p/{i}")
+    _, remembered = routing._verdicts
+    assert 0 < sum(map(len, remembered.values())) <= 512
+    assert len(remembered) <= 512
+    # And what is remembered is handed out again as it is.
+    request, routed = routing.route("GET", "/p/2999", None)
+    assert routing.route("GET", "/p/2999", None) == (request, routed)

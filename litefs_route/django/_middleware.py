@@ -110,7 +110,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
                 return self._forward(request, info, outcome, io.kept if io is not None else KeptBody())
             return self._reply(routing.reply(outcome.decision, info, request.META), outcome.state)
         _strip_forward_secret(request, info)
-        ctx = _DjangoRequest(routing, info, outcome, self.primary_required_error)
+        ctx = _DjangoRequest(routing, info, outcome)
         ctx.meta = request.META
         token = current_request.set(ctx)
         try:
@@ -147,7 +147,7 @@ class PrimaryRoutingMiddleware(RoutingMiddleware[GetResponse]):
                 return response
             return self._reply(routing.reply(outcome.decision, info, request.META), outcome.state)
         _strip_forward_secret(request, info)
-        ctx = _DjangoRequest(routing, info, outcome, self.primary_required_error)
+        ctx = _DjangoRequest(routing, info, outcome)
         ctx.meta = request.META
         token = current_request.set(ctx)
         try:
