@@ -12,7 +12,10 @@ Method, per cell: the cell's process runs ``--n`` requests, in-process, with
 no server (the WSGI app called with a prebuilt environ, the ASGI coroutine
 driven with ``send(None)``), after 50 warm-up requests; it runs once with 0
 requests and once with ``--n``, and the difference divided by ``--n`` is the
-cost of one request with start-up and imports cancelled out.
+cost of one request with start-up and imports cancelled out. (It runs once
+without valgrind before, so that no module is compiled in one run and not
+in the other: after an edit that made a difference of up to 1,000 per
+request.)
 ``PYTHONHASHSEED=0`` keeps the runs' dict layouts alike.
 
 Variants: ``bare`` (the inner app alone), ``floor`` (a middleware that only
@@ -140,6 +143,12 @@ def instructions_per_call(script: Path, cell: list[Any], n: int, *, root: Path |
     *root*: the checkout whose packages the cell imports (default: this one).
     """
     root = ROOT if root is None else root.resolve()
+    env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(root)}
+    # Once without valgrind first: a module changed since its bytecode was cached is compiled
+    # by the first run, which would count the compiling in the 0-call run only.
+    subprocess.run(
+        [sys.executable, str(script.resolve()), "--cell", json.dumps([*cell, 0])], env=env, cwd=root, check=True
+    )
     totals = []
     for count in (0, n):
         command = [
@@ -151,7 +160,6 @@ def instructions_per_call(script: Path, cell: list[Any], n: int, *, root: Path |
             "--cell",
             json.dumps([*cell, count]),
         ]
-        env = {**os.environ, "PYTHONHASHSEED": "0", "PYTHONPATH": str(root)}
         out = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root, check=True)
         match = _COLLECTED.search(out.stderr)
         if match is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import AnyStr, Generic
+from typing import AnyStr, Generic, TypeVar
 
 from ._mount import NodeState
 from ._request import replay_state
@@ -87,32 +87,36 @@ def build_tags(state: NodeState) -> Headers:
 _OTHER_NAMES_KEPT = 256
 
 
-class TagNames(Generic[AnyStr]):
+_Name = TypeVar("_Name", bound=str | bytes)
+
+
+class TagNames(Generic[_Name]):
     """Our tag names in one spelling (str for WSGI, bytes for ASGI), and how a response gets the tags."""
 
     __slots__ = ("_others", "lower")
 
-    def __init__(self, lower: frozenset[AnyStr]) -> None:
+    def __init__(self, lower: frozenset[_Name]) -> None:
         #: The names, lower case.
-        self.lower: frozenset[AnyStr] = lower
+        self.lower: frozenset[_Name] = lower
         # Names seen on apps' responses that are not ours, exactly as spelled: an app answers
         # with the same few names on every response, so most need no lower-casing at all.
-        self._others: set[AnyStr] = set()
+        self._others: set[_Name] = set()
 
     def tag(
-        self, headers: Iterable[tuple[AnyStr, AnyStr]], tags: Iterable[tuple[AnyStr, AnyStr]]
-    ) -> list[tuple[AnyStr, AnyStr]]:
+        self, headers: Iterable[tuple[_Name, _Name]], tags: Iterable[tuple[_Name, _Name]]
+    ) -> list[tuple[_Name, _Name]]:
         """*headers* without any copy of our tags (a stale one the app set cannot survive), then *tags*."""
-        tagged = list(headers)  # ASGI allows a one-shot iterable
+        if type(headers) is not list:
+            headers = list(headers)  # ASGI allows a one-shot iterable: it is read twice
         others = self._others
-        for name, _ in tagged:
+        for name, _ in headers:
             if name not in others:
-                if name.lower() in self.lower:  # rare: rebuild without the app's copies
-                    tagged = [h for h in tagged if h[0].lower() not in self.lower]
-                    break
+                if name.lower() in self.lower:  # rare: without the app's copies
+                    kept: list[tuple[_Name, _Name]] = [h for h in headers if h[0].lower() not in self.lower]
+                    return [*kept, *tags]
                 if len(others) < _OTHER_NAMES_KEPT:  # names are the app's choice: bounded all the same
                     others.add(name)
-        tagged += tags
+        tagged: list[tuple[_Name, _Name]] = [*headers, *tags]  # one list built in one step
         return tagged
 
 

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from litefs_route._decision import decide
 from litefs_route._drivers import drive
 from litefs_route._mount import NodeState, Role, parse_lag, parse_position, parse_primary, read_node_state
+from litefs_route._replies import OUR_TAGS, OUR_TAGS_BYTES
 from litefs_route._request import RequestInfo, replay_hops
 from litefs_route._routing import NodeRouting
 from litefs_route._state_cache import StateCache
@@ -410,3 +411,34 @@ def test_remembered_verdicts_stay_bounded_under_many_methods_and_paths() -> None
     # And what is remembered is handed out again as it is.
     request, routed = routing.route("GET", "/p/2999", None)
     assert routing.route("GET", "/p/2999", None) == (request, routed)
+
+
+TAGS = (("Fly-Primary-Instance", "p1"), ("Fly-Instance", "me"))
+
+
+@pytest.mark.parametrize(
+    ("app_headers", "expected"),
+    [
+        pytest.param([("Content-Type", "text/plain")], [("Content-Type", "text/plain"), *TAGS], id="none-of-ours"),
+        pytest.param([], list(TAGS), id="no-headers"),
+        pytest.param(
+            [("fly-instance", "stale"), ("Content-Type", "text/plain"), ("FLY-PRIMARY-INSTANCE", "old")],
+            [("Content-Type", "text/plain"), *TAGS],
+            id="the-app's-copies-in-any-case-dropped",
+        ),
+        pytest.param(
+            [("Fly-Primary-Region", "ord"), ("Vary", "Cookie")], [("Vary", "Cookie"), *TAGS], id="the-region-tag-too"
+        ),
+    ],
+)
+def test_a_response_carries_our_tags_once_whatever_the_app_set(
+    app_headers: list[tuple[str, str]], expected: list[tuple[str, str]]
+) -> None:
+    """Each case twice (the second time the app's other names are known), as str (WSGI) and as bytes (ASGI)."""
+    before = list(app_headers)
+    for _ in range(2):
+        assert OUR_TAGS.tag(app_headers, TAGS) == expected
+        raw_tags = [(n.lower().encode(), v.encode()) for n, v in TAGS]
+        raw = iter([(n.lower().encode(), v.encode()) for n, v in app_headers])  # ASGI: any iterable
+        assert OUR_TAGS_BYTES.tag(raw, raw_tags) == [(n.lower().encode(), v.encode()) for n, v in expected]
+    assert app_headers == before  # the app's own list is left as it was
