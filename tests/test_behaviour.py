@@ -7,6 +7,8 @@ The mount is a real directory in LiteFS's formats.
 from __future__ import annotations
 
 import contextlib
+import gc
+import io
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from litefs_route import asgi
+from litefs_route import asgi, ensure_primary
 from tests.apps import BodyReadRecorder, Gate, flask_app, starlette_app
 from tests.support import Mount, serve_asgi, serve_under, wait_until
 
@@ -372,3 +374,51 @@ def test_health_check_is_off_by_default(mount: Mount) -> None:
 
     with serve_under("wsgi", flask_app([]), starlette_app([]), litefs_dir=str(mount.path)) as served:
         assert httpx.get(served.url + "/litefs/health").status_code == 404  # the app's own answer
+
+
+def test_a_wsgi_request_leaves_nothing_to_the_garbage_collector(mount: Mount) -> None:
+    """The context holds the environ, never the reverse: with the collector off, a request frees all it built."""
+    from litefs_route import wsgi
+    from litefs_route._context import RequestContext
+
+    mount.make_primary()
+    ran: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        ensure_primary()  # the request's context is reachable while it runs (on the primary: it returns)
+        ran.append(environ["PATH_INFO"])
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ran"]
+
+    middleware = wsgi.PrimaryRoutingMiddleware(
+        app, litefs_dir=str(mount.path), instance_id=PRIMARY, litefs_api_url="off"
+    )
+    started: list[str] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        started.append(status)
+        return None
+
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what a collection finds unreachable stays in gc.garbage, to look at
+    try:
+        for _ in range(20):
+            environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/w", "CONTENT_LENGTH": "0", "wsgi.input": io.BytesIO()}
+            body = middleware(environ, start_response)
+            assert b"".join(body) == b"ran"
+        del environ, body
+        gc.collect()
+        # (other threads of the test process may leave garbage of their own: only ours counts)
+        ours = [
+            o
+            for o in gc.garbage
+            if isinstance(o, RequestContext) or (isinstance(o, dict) and o.get("PATH_INFO") == "/w")
+        ]
+        assert ours == []
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert started == ["200 OK"] * 20
+    assert ran == ["/w"] * 20
