@@ -27,7 +27,7 @@ from ._exceptions import PrimaryRequired
 from ._log_fields import RawHeaders, log_fields, request_fields
 from ._mount import NodeState, Role, default_instance_id, is_valid_instance_id, read_node_state
 from ._needs import Plan
-from ._postgres_source import region_state, regions_from_env
+from ._postgres_source import region_state_from_env
 from ._replies import STAND_IN, Reply, has_replay_header
 from ._request import RequestInfo
 from ._routing import NodeRouting
@@ -375,11 +375,9 @@ def get_instance_info(
         candidate = subscriber.candidate if subscriber is not None else None
     else:
         mount = litefs_dir or os.environ.get("LITEFS_DIR")
-        regions = None if mount else regions_from_env()
-        if regions is None:
-            state = read_node_state(mount, instance_id or default_instance_id())
-        else:  # Postgres's regions, as the hooks read them
-            state = region_state(instance_id or default_instance_id(), *regions, None)
+        me = instance_id or default_instance_id()
+        by_region = None if mount else region_state_from_env(me)  # Postgres's regions, as the hooks follow them
+        state = read_node_state(mount, me) if by_region is None else by_region
         api_url = resolve_api_url(litefs_api_url)
         candidate = None
         if mount and api_url is not None:

@@ -21,7 +21,7 @@ from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from ._log_fields import log_fields
 from ._mount import NodeState, default_instance_id
-from ._postgres_source import region_state, regions_from_env
+from ._postgres_source import region_state_from_env, regions_from_env
 from ._routing import every_routing
 from ._state_cache import StateCache
 from ._subscriber import resolve_api_url, subscriber_for
@@ -54,9 +54,11 @@ def build_cache(litefs_dir: str | None, instance_id: str, ttl: float, api_url: s
     node's state by region (Postgres), as :class:`~litefs_route.PostgresSource`
     routes, without reading a database.
     """
-    regions = None if litefs_dir else regions_from_env()
-    if regions is not None:
-        return _region_cache(instance_id, *regions)
+    by_region = None if litefs_dir else region_state_from_env(instance_id)
+    if by_region is not None:  # no database is read: the state never changes
+        return StateCache(
+            by_region.detail, instance_id, _DEFAULT_TTL, reader=lambda _where, _id: by_region, flickers=False
+        )
     cache = StateCache(litefs_dir, instance_id, ttl)
     url = resolve_api_url(api_url)
     if url is not None and litefs_dir:
@@ -83,13 +85,6 @@ def node_cache() -> StateCache:
         if cache is None:
             cache = _own_caches[key] = build_cache(mount, instance_id, _DEFAULT_TTL, None)
         return cache
-
-
-def _region_cache(instance_id: str, region: str, primary_region: str) -> StateCache:
-    """The state of a node in *region* (no lag: no database is read here)."""
-    where = f"region {region}, primary region {primary_region}"
-    state = region_state(instance_id, region, primary_region, None)
-    return StateCache(where, instance_id, _DEFAULT_TTL, reader=lambda _where, _id: state, flickers=False)
 
 
 def is_primary() -> bool:

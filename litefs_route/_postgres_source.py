@@ -45,7 +45,7 @@ from ._mount import NodeState, Role
 from ._postgres import POLL_INTERVAL, PostgresPositionReader
 from ._sqlite_errors import WriteFailure, classify_postgres_one, classify_write_failure
 
-__all__ = ["LSN_COOKIE", "PostgresSource", "region_state", "regions_from_env"]
+__all__ = ["LSN_COOKIE", "PostgresSource", "region_state", "region_state_from_env", "regions_from_env"]
 
 #: The read-your-writes cookie: the primary's WAL position after the client's last write, as 16 hex digits.
 LSN_COOKIE = "__lsn"
@@ -157,6 +157,16 @@ def regions_from_env() -> tuple[str, str] | None:
     """(``$FLY_REGION``, ``$PRIMARY_REGION``) if both name a region, else None."""
     region, primary = os.environ.get("FLY_REGION", ""), os.environ.get("PRIMARY_REGION", "")
     return (region, primary) if _REGION.fullmatch(region) and _REGION.fullmatch(primary) else None
+
+
+def region_state_from_env(instance_id: str) -> NodeState | None:
+    """The node state of *instance_id* by ``$FLY_REGION`` and ``$PRIMARY_REGION`` (no database read: no lag).
+
+    None unless both name a region. What a process follows without a LiteFS
+    mount (the hooks, ``get_instance_info()``), as :class:`PostgresSource` routes.
+    """
+    regions = regions_from_env()
+    return None if regions is None else region_state(instance_id, *regions, None)
 
 
 def _region(option: str, variable: str, value: str | None) -> str:
