@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import threading
 import time
 import weakref
@@ -50,6 +51,7 @@ _WARN_EVERY = 60.0
 _REPLY_MEMO_SIZE = 64
 # An enum member read once: reading Kind.REPLAY costs hundreds of instructions each time on Python 3.11.
 _REPLAY = Kind.REPLAY
+_FOREVER = math.inf
 # Distinct (method, path) verdicts remembered by NodeRouting.route() for one reading of the mount.
 _VERDICT_MEMO_SIZE = 512
 
@@ -126,7 +128,9 @@ class NodeRouting:
         verdicts: dict[str, dict[str, tuple[RequestInfo, Outcome]]] | None
         state, verdicts = self._verdicts
         # cache.fresh()'s own test, without the call: the memo's reading is still the routable one.
-        if state is not cache.routable or cache.clock() >= cache.routable_until:
+        # A pushed reading (the event stream's) never expires: no clock to read then.
+        until = cache.routable_until
+        if state is not cache.routable or (until != _FOREVER and cache.clock() >= until):
             state = cache.fresh()
             if state is None:
                 verdicts = None
