@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from litefs_route import ensure_primary, get_instance_info, is_readonly_error
 from litefs_route.wsgi import PrimaryRoutingMiddleware
-from litefs_route_devcluster.guest_book_form import entry_text
+from litefs_route_devcluster.guest_book_form import entry_text, serve_guest_book
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -106,24 +106,7 @@ def _count_visit() -> None:
 
 def guest_book(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
     """The app without the middleware."""
-    path, method = environ.get("PATH_INFO", "/"), environ["REQUEST_METHOD"]
-    if path == "/healthz":
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b"ok"]
-    if path == "/" and method in ("GET", "HEAD"):
-        body = _index()
-        start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))])
-        return [body]
-    if path == "/entries" and method == "POST":
-        _add_entry(environ)
-        start_response("303 See Other", [("Location", "/"), ("Content-Length", "0")])
-        return [b""]
-    if path == "/visit" and method == "GET":
-        _count_visit()
-        start_response("303 See Other", [("Location", "/"), ("Content-Length", "0")])
-        return [b""]
-    start_response("404 Not Found", [("Content-Type", "text/plain")])
-    return [b"not found"]
+    return serve_guest_book(environ, start_response, index=_index, add_entry=_add_entry, count_visit=_count_visit)
 
 
 _init_schema()

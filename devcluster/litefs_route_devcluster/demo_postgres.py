@@ -35,7 +35,7 @@ from psycopg import errors
 
 from litefs_route import ensure_primary, get_instance_info
 from litefs_route.wsgi import PrimaryRoutingMiddleware
-from litefs_route_devcluster.guest_book_form import entry_text
+from litefs_route_devcluster.guest_book_form import entry_text, serve_guest_book
 from litefs_route_devcluster.postgres_cluster import DEMO_SCHEMA as SCHEMA
 
 if TYPE_CHECKING:
@@ -100,29 +100,13 @@ def _count_visit() -> None:
 
 
 def guest_book(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-    """The app without the middleware."""
-    path, method = environ.get("PATH_INFO", "/"), environ["REQUEST_METHOD"]
+    """The app without the middleware; each answer says where it ran (and where from, if replayed)."""
     who = [("Demo-Instance", get_instance_info().current_instance), ("Demo-Region", _region())]
     if replayed_from := environ.get("HTTP_FLY_REPLAY_SRC"):
         who.append(("Demo-Replayed-From", replayed_from))
-    if path == "/healthz":
-        start_response("200 OK", [("Content-Type", "text/plain"), *who])
-        return [b"ok"]
-    if path == "/" and method in ("GET", "HEAD"):
-        body = _index()
-        headers = [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body))), *who]
-        start_response("200 OK", headers)
-        return [body]
-    if path == "/entries" and method == "POST":
-        _add_entry(environ)
-        start_response("303 See Other", [("Location", "/"), ("Content-Length", "0"), *who])
-        return [b""]
-    if path == "/visit" and method == "GET":
-        _count_visit()
-        start_response("303 See Other", [("Location", "/"), ("Content-Length", "0"), *who])
-        return [b""]
-    start_response("404 Not Found", [("Content-Type", "text/plain"), *who])
-    return [b"not found"]
+    return serve_guest_book(
+        environ, start_response, index=_index, add_entry=_add_entry, count_visit=_count_visit, headers=who
+    )
 
 
 app = PrimaryRoutingMiddleware(guest_book, source="postgres", passthrough=["/healthz"], health_path=HEALTH_PATH)
