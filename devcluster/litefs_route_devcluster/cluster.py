@@ -15,17 +15,21 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import IO, Literal
+from typing import IO, TYPE_CHECKING, Literal
 
 from .ports import release_port, reserve_port
 from .proxy import DEFAULT_HEALTH_INTERVAL, FrontProxy
 from .reaper import FolderReaper
 from .replication import Replicator, resolve_ids
 
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing's from Python 3.11
+
 __all__ = [
     "DEFAULT_APP",
     "AppRunner",
     "Cluster",
+    "FrontedCluster",
     "Instance",
     "WSGIServer",
     "free_port",
@@ -109,7 +113,77 @@ class Instance:
         return self.process.pid if self.process is not None else None
 
 
-class Cluster:
+class FrontedCluster:
+    """What every dev cluster does the same way: app instances behind a Fly-like front, as a context manager.
+
+    A subclass sets the attributes below in its ``__init__``, starts the front
+    with :meth:`_start_front` once its instances serve, and closes it itself.
+    """
+
+    instances: dict[str, Instance]
+    health_path: str | None
+    health_interval: float
+    _front: FrontProxy | None
+    _front_port: int
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def front(self) -> FrontProxy:
+        """The front proxy (its ``replays`` log, ``served`` counts...)."""
+        if self._front is None:
+            raise RuntimeError("the cluster has no front proxy: it is not running (or, on real LiteFS, has no app)")
+        return self._front
+
+    @property
+    def front_url(self) -> str:
+        return self.front.url
+
+    def url(self, instance_id: str) -> str:
+        """The instance's app server (bypassing the front proxy, and LiteFS's proxy if there is one)."""
+        return self.instances[instance_id].url
+
+    def _start_front(
+        self,
+        targets: Mapping[str, tuple[str, int]],
+        regions: Mapping[str, str],
+        default_region: str,
+        host: str = "127.0.0.1",
+    ) -> None:
+        """Start the front proxy on *targets* (instance id -> address), with the cluster's health check."""
+        self._front = FrontProxy(
+            targets,
+            regions=regions,
+            default_region=default_region,
+            host=host,
+            port=self._front_port,
+            health_path=self.health_path,
+            health_interval=self.health_interval,
+        ).start()
+
+    def _front_status(self, *, replays: bool) -> list[str]:
+        """The status lines of the front: how many replays so far (if *replays*), which instances are in rotation."""
+        lines = []
+        if replays:
+            lines.append(f"  replays so far: {self._front.replay_count if self._front is not None else 0}")
+        if self._front is not None and (rotation := self._front.rotation_summary()) is not None:
+            lines.append(f"  {rotation}")
+        return lines
+
+
+class Cluster(FrontedCluster):
     """N instances of *app* behind a :class:`~litefs_route_devcluster.proxy.FrontProxy`, with replication.
 
     *app* is ``module:attr`` of a WSGI or ASGI app, importable from *app_dir*
@@ -233,15 +307,9 @@ class Cluster:
                 self._spawn(instance)
             for instance in self.instances.values():
                 self._wait_ready(instance)
-            self._front = FrontProxy(
-                {i.id: (i.host, i.port) for i in self.instances.values()},
-                regions=self._regions,
-                default_region=self.region,
-                host=self.host,
-                port=self._front_port,
-                health_path=self.health_path,
-                health_interval=self.health_interval,
-            ).start()
+            self._start_front(
+                {i.id: (i.host, i.port) for i in self.instances.values()}, self._regions, self.region, self.host
+            )
         except BaseException:
             self.close()
             raise
@@ -264,14 +332,6 @@ class Cluster:
 
     stop = close
 
-    def __enter__(self) -> Cluster:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     # -- accessors -----------------------------------------------------------
 
     @property
@@ -279,21 +339,10 @@ class Cluster:
         return os.path.join(self.base_dir, "logs", "setup.log")
 
     @property
-    def front(self) -> FrontProxy:
-        """The front proxy (its ``replays`` log, ``served`` counts...)."""
-        if self._front is None:
-            raise RuntimeError("the cluster is not running")
-        return self._front
-
-    @property
     def replicator(self) -> Replicator:
         if self._replicator is None:
             raise RuntimeError("the cluster is not running")
         return self._replicator
-
-    @property
-    def front_url(self) -> str:
-        return self.front.url
 
     @property
     def primary(self) -> str | None:
@@ -308,10 +357,6 @@ class Cluster:
     @property
     def lag(self) -> float:
         return self.replicator.lag
-
-    def url(self, instance_id: str) -> str:
-        """The instance's own URL (bypassing the front proxy)."""
-        return self.instances[instance_id].url
 
     def db_path(self, instance_id: str, database: str | None = None) -> str:
         """The instance's database file (the imitation replicates one: *database* may only name it)."""
@@ -437,10 +482,7 @@ class Cluster:
                 f"  {instance.id:<10} {role:<8} {state:<8} {instance.url}  TXID {positions.get(instance.id, 0)}"
                 f"  {instance.litefs_dir}"
             )
-        replays = self._front.replay_count if self._front is not None else 0
-        lines.append(f"  replays so far: {replays}")
-        if self._front is not None and (rotation := self._front.rotation_summary()) is not None:
-            lines.append(f"  {rotation}")
+        lines += self._front_status(replays=True)
         return "\n".join(lines)
 
     # -- processes -----------------------------------------------------------

@@ -54,13 +54,13 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Literal
 
 from litefs_route import read_position
 
 from .cluster import (
     AppRunner,
+    FrontedCluster,
     Instance,
     Interface,
     WSGIServer,
@@ -258,7 +258,7 @@ class LiteFSNode:
         return self.process is not None and self.process.poll() is None
 
 
-class LiteFSCluster:
+class LiteFSCluster(FrontedCluster):
     """N real LiteFS nodes, optionally each with an app server, behind a :class:`FrontProxy`.
 
     *app* is ``module:attr`` of a WSGI or ASGI app importable from *app_dir*
@@ -427,29 +427,7 @@ class LiteFSCluster:
             self._reaper.close()
             self._reaper = None
 
-    def __enter__(self) -> LiteFSCluster:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     # -- accessors -----------------------------------------------------------
-
-    @property
-    def front(self) -> FrontProxy:
-        if self._front is None:
-            raise RuntimeError("the cluster has no front proxy (no app, or not running)")
-        return self._front
-
-    @property
-    def front_url(self) -> str:
-        return self.front.url
-
-    def url(self, instance_id: str) -> str:
-        """The node's app server URL (bypassing the front proxy and LiteFS's proxy)."""
-        return self.instances[instance_id].url
 
     def proxy_url(self, node_id: str) -> str:
         """The URL of the node's LiteFS proxy (with ``litefs_proxy=True``)."""
@@ -644,8 +622,7 @@ class LiteFSCluster:
                 f"  {node.id:<10} {role:<8} {state:<8} api {node.api_url}{app}  TXID {self.position(node.id) or 0}"
                 f"  {node.mount_dir}"
             )
-        if self._front is not None and (rotation := self._front.rotation_summary()) is not None:
-            lines.append(f"  {rotation}")
+        lines += self._front_status(replays=False)
         return "\n".join(lines)
 
     # -- nodes ---------------------------------------------------------------
@@ -801,14 +778,7 @@ class LiteFSCluster:
         for instance in self.instances.values():
             self.runner.wait_ready(instance)
         targets = {i: ("127.0.0.1", self.nodes[i].proxy_port or self.instances[i].port) for i in self.instances}
-        self._front = FrontProxy(
-            targets,
-            regions=dict.fromkeys(targets, self.region),
-            default_region=self.region,
-            port=self._front_port,
-            health_path=self.health_path,
-            health_interval=self.health_interval,
-        ).start()
+        self._start_front(targets, dict.fromkeys(targets, self.region), self.region)
 
     def _app_environment(self, instance: Instance) -> dict[str, str]:
         return {

@@ -25,9 +25,8 @@ import os
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
-from types import TracebackType
 
-from .cluster import AppRunner, Instance, Interface, free_port, release_port
+from .cluster import AppRunner, FrontedCluster, Instance, Interface, free_port, release_port
 from .postgres import PostgresPair
 from .proxy import DEFAULT_HEALTH_INTERVAL, FrontProxy
 from .reaper import FolderReaper
@@ -51,7 +50,7 @@ PRIMARY_REGION = "ord"
 REPLICA_REGION = "lhr"
 
 
-class PostgresDevCluster:
+class PostgresDevCluster(FrontedCluster):
     """N instances of *app* in two regions over a PostgreSQL primary and standby; see the module's docstring.
 
     *instances* (at least 2) are ``node1``, ``node2``...: odd ones in
@@ -158,15 +157,9 @@ class PostgresDevCluster:
                     self.runner.spawn(instance, self._environment(instance))
                 for instance in group:
                     self.runner.wait_ready(instance)
-            self._front = FrontProxy(
-                {i.id: (i.host, i.port) for i in self.instances.values()},
-                regions=self.regions,
-                default_region=self.primary_region,
-                host=self.host,
-                port=self._front_port,
-                health_path=self.health_path,
-                health_interval=self.health_interval,
-            ).start()
+            self._start_front(
+                {i.id: (i.host, i.port) for i in self.instances.values()}, self.regions, self.primary_region, self.host
+            )
         except BaseException:
             self.close()
             raise
@@ -185,29 +178,7 @@ class PostgresDevCluster:
             self._reaper.close()
             self._reaper = None
 
-    def __enter__(self) -> PostgresDevCluster:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     # -- accessors -----------------------------------------------------------
-
-    @property
-    def front(self) -> FrontProxy:
-        if self._front is None:
-            raise RuntimeError("the cluster is not running")
-        return self._front
-
-    @property
-    def front_url(self) -> str:
-        return self.front.url
-
-    def url(self, instance_id: str) -> str:
-        """The instance's app server, bypassing the front."""
-        return self.instances[instance_id].url
 
     def dsn(self, region: str) -> str:
         """The libpq URL an instance of *region* reads from: the primary's, or the standby's."""
@@ -240,10 +211,7 @@ class PostgresDevCluster:
             role = "primary region" if instance.region == self.primary_region else "reads the standby"
             state = "running" if instance.running else "stopped"
             lines.append(f"  {instance.id:<8} {instance.region:<4} {role:<17} {state:<8} {instance.url}")
-        replays = self._front.replay_count if self._front is not None else 0
-        lines.append(f"  replays so far: {replays}")
-        if self._front is not None and (rotation := self._front.rotation_summary()) is not None:
-            lines.append(f"  {rotation}")
+        lines += self._front_status(replays=True)
         return "\n".join(lines)
 
     # -- control -------------------------------------------------------------
