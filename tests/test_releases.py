@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from litefs_route._cli import EXIT_OK, EXIT_TIMEOUT
-from litefs_route._ops.registry import instances
+from litefs_route._ops.registry import Heartbeat, InstanceRecord, instances
 from litefs_route._ops.steps import step_record
 from tests.support import wait_until
 
@@ -289,3 +290,24 @@ def test_the_worked_deploy_in_the_docs(litefs_real_cluster: LiteFSClusterFactory
             stop(node)
     assert _ran(marker) == ["node1"]
     assert "waiting to run python contract.py until every instance runs v2" in (tmp_path / "node1-v2.log").read_text()
+
+
+def test_stopping_a_heartbeat_lets_the_renewal_in_flight_finish(tmp_path: Path) -> None:
+    """A renewal cut off by the process's exit can wedge a LiteFS replica: stop() (and the exit) wait for it."""
+    started, gate = threading.Event(), threading.Event()
+
+    class GatedHeartbeat(Heartbeat):
+        def renew(self, *, starting: bool = False) -> InstanceRecord:
+            record = super().renew(starting=starting)
+            if not starting:  # a renewal of the thread's: it stays in flight until the gate opens
+                started.set()
+                gate.wait()
+            return record
+
+    beat = GatedHeartbeat(tmp_path / "app.db", release="v1", instance_id="me", every=0.01)
+    beat.start()
+    assert started.wait(30)
+    assert beat.stop(timeout=0.05) is False  # still in flight: the gate is closed
+    gate.set()
+    assert beat.stop() is True
+    assert [(r.instance, r.release) for r in instances(str(tmp_path / "app.db"))] == [("me", "v1")]

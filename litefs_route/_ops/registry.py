@@ -20,6 +20,7 @@ machines, whose clocks Fly keeps in sync.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sqlite3
@@ -198,12 +199,21 @@ def wait_for_release(
         time.sleep(min(DATABASE_POLL_INTERVAL * 5, max(0.0, deadline - time.monotonic())))
 
 
+#: Seconds :meth:`Heartbeat.stop` waits for a renewal in flight: its HALT lock wait and its write.
+STOP_TIMEOUT = 15.0
+
+
 class Heartbeat:
     """Renews this instance's record every *every* seconds in a daemon thread (the app's process).
 
     ``Heartbeat(db_path, release=...).start()`` at the app's start: it
     registers at once (raising if that fails), then renews; a failed renewal
-    is logged and retried at the next one. ``stop()`` ends it.
+    is logged and retried at the next one. ``stop()`` ends it, and so does
+    the interpreter's exit: a renewal in flight is let finish first. (A
+    process that exited in the middle of one on a replica left LiteFS v0.5.14
+    stuck: closing the HALT lock's file made it wait for the database's write
+    lock, most likely held by the same exiting process's SQLite connection,
+    and the replica's stream waited behind it.)
     """
 
     def __init__(
@@ -225,6 +235,7 @@ class Heartbeat:
     def start(self) -> InstanceRecord:
         record = self.renew(starting=True)
         self._thread.start()
+        atexit.register(self.stop)  # before the interpreter exits: no renewal cut off halfway
         return record
 
     def renew(self, *, starting: bool = False) -> InstanceRecord:
@@ -237,8 +248,13 @@ class Heartbeat:
             starting=starting,
         )
 
-    def stop(self) -> None:
+    def stop(self, timeout: float | None = STOP_TIMEOUT) -> bool:
+        """End the renewals, waiting at most *timeout* s for one in flight; True if none is left running."""
         self._stopped.set()
+        atexit.unregister(self.stop)
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def run(self, on_error: Callable[[Exception], None] | None = None) -> None:
         """Renew every *every* seconds until :meth:`stop` (blocking; :meth:`start` runs it in a thread).
