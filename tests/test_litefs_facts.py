@@ -23,6 +23,7 @@ from litefs_route._mount import Role, read_node_state, read_position
 from litefs_route._ops.halt import HaltLockError, halt_lock
 from litefs_route._sqlite_errors import is_readonly_error
 from litefs_route_devcluster.files import NO_PRIMARY_LAG, format_lag
+from tests.support import wait_until
 
 if TYPE_CHECKING:
     from litefs_route_devcluster.litefs import LiteFSCluster
@@ -81,6 +82,13 @@ def test_mount_files_on_a_primary_and_a_replica(litefs_real_cluster: LiteFSClust
 
     _create_table(cluster, "node1")
     cluster.wait_replicated()
+    # A replica that receives the table in its initial replication set applies it
+    # before LiteFS marks it ready, and transactions before that set no timestamp:
+    # .lag leaves "+2147483647" only with the "ready" frame's heartbeat, just after.
+    wait_until(
+        lambda: cluster.read("node2", ".lag") != format_lag(NO_PRIMARY_LAG),
+        what="node2's first heartbeat from node1",
+    )
     lag = cluster.read("node2", ".lag") or b""
     assert LAG.fullmatch(lag)
     assert int(lag) < 60_000

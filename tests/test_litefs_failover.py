@@ -20,6 +20,7 @@ import pytest
 
 from litefs_route._cli import EXIT_NO_PRIMARY, EXIT_OK, EXIT_TIMEOUT
 from litefs_route._mount import Role, parse_lag, read_node_state
+from litefs_route_devcluster.files import NO_PRIMARY_LAG
 from litefs_route_devcluster.reaper import is_mounted
 from tests.support import FORCE, start_dev, wait_until
 
@@ -92,6 +93,12 @@ def test_no_primary_files(litefs_real_cluster: LiteFSClusterFactory) -> None:
     # During the election: .primary absent (ENOENT) and .lag counting the ms since the primary was last heard.
     cluster = litefs_real_cluster(instances=2, lease="consul", consul_ttl=10.0)
     cluster.wait_replicated()
+    # Until node2 has its first heartbeat from node1, its .lag says "never heard" and
+    # would stay so after the kill (real LiteFS: no timestamp before the "ready" frame).
+    wait_until(
+        lambda: parse_lag(cluster.read("node2", ".lag") or b"") not in (None, NO_PRIMARY_LAG),
+        what="node2's first heartbeat from node1",
+    )
     cluster.kill_node("node1")
     _watch_until(cluster, ["node2"], lambda r: r["node2"][0] is Role.NO_PRIMARY)
     first = parse_lag(cluster.read("node2", ".lag") or b"")
@@ -209,6 +216,12 @@ def test_cli_status_wait_and_exec_on_real_mounts(litefs_real_cluster: LiteFSClus
 def test_cli_during_an_election(litefs_real_cluster: LiteFSClusterFactory) -> None:
     cluster = litefs_real_cluster(instances=2, lease="consul", consul_ttl=10.0)
     cluster.wait_replicated()
+    # Until node2 has its first heartbeat from node1, its .lag says "never heard" and
+    # would stay so after the kill (real LiteFS: no timestamp before the "ready" frame).
+    wait_until(
+        lambda: parse_lag(cluster.read("node2", ".lag") or b"") not in (None, NO_PRIMARY_LAG),
+        what="node2's first heartbeat from node1",
+    )
     cluster.kill_node("node1")
     _watch_until(cluster, ["node2"], lambda r: r["node2"][0] is Role.NO_PRIMARY)
 
