@@ -23,7 +23,10 @@ The rules, in order:
    waits for read-your-writes nor gets a ``__txid`` cookie.
 2. GET, HEAD, OPTIONS and TRACE are reads and run locally, unless a GET or
    HEAD path matches ``write_on_read``. Every other method is a write
-   (methods are case-sensitive: ``get`` is not ``GET``).
+   (methods are case-sensitive: ``get`` is not ``GET``). A read that
+   litefs-route replayed to the primary is measured there as a write: the
+   safety net replays reads whose handler wrote (rule 8), and their
+   ``__txid`` cookies must name what they changed.
 3. A write runs locally on the primary (and standalone).
 4. On a node that knows no primary, a write waits up to ``primary_wait``
    for one, reading the mount afresh, and is decided again; still none: 503.
@@ -101,6 +104,7 @@ __all__ = [
     "health",
     "needs_fresh_state",
     "outstanding_txids",
+    "run_read",
     "sets_txid_cookie",
     "settle",
     "settle_failure",
@@ -143,9 +147,11 @@ def decide(
         elif method in READ_METHODS and not (
             method in _WRITE_ON_READ_METHODS and rules.write_on_read.match(request.path)
         ):
-            # Most reads carry no TXID: then passthrough cannot matter (both
-            # run here) and its globs are not matched at all.
-            return RUN_READ if request.txids is None else _decide_read(request, state, rules, known_txids)
+            # Most reads carry no TXID and were not replayed: then passthrough
+            # cannot matter (both run here) and its globs are not matched at all.
+            if request.txids is not None:
+                return _decide_read(request, state, rules, known_txids)
+            return RUN_READ if request.replay_src is None else run_read(request, state, rules)
         if rules.passthrough.match(request.path):
             return RUN_PASSTHROUGH
     if state.is_primary:
@@ -262,7 +268,7 @@ def _decide_read(
     """Rules 1 and 6 for a read with TXID cookies."""
     txids = request.txids
     if txids is None or not rules.read_your_writes or (known_txids is not None and _reached(txids, known_txids)):
-        return RUN_READ
+        return run_read(request, state, rules)
     if rules.passthrough.match(request.path):
         return RUN_PASSTHROUGH
     if state.role is Role.REPLICA:
@@ -270,6 +276,16 @@ def _decide_read(
     if state.role is Role.PRIMARY:
         return Pending.CHECK_TXID
     return RUN_READ
+
+
+def run_read(request: RequestInfo, state: NodeState, rules: Rules) -> Decision:
+    """Rule 2's read, run here: measured as a write on the primary if litefs-route replayed it there."""
+    # The safety net replays a read whose handler wrote on a replica (SQLite refused
+    # it there): measured as a write, its cookies name what it changed here, so the
+    # client's next read, on any replica, waits for that change.
+    if request.replay_src is None or state.role is not Role.PRIMARY or not replay_hops(request.replay_src):
+        return RUN_READ
+    return RUN_PASSTHROUGH if rules.passthrough.match(request.path) else RUN_WRITE
 
 
 def _reached(txids: tuple[int, ...], known: tuple[int | None, ...]) -> bool:

@@ -17,6 +17,7 @@ from ._decision import (
     health,
     needs_fresh_state,
     outstanding_txids,
+    run_read,
     settle,
     settle_failure,
 )
@@ -78,7 +79,8 @@ def plan_request(request: RequestInfo, rules: Rules, *, known_txids: tuple[int |
             case Pending.CHECK_TXID:
                 assert request.txids is not None
                 local = expect_positions((yield ReadPositions()), len(request.txids))
-                return Outcome(RUN_READ, state, clear_txids=outstanding_txids(request.txids, local))
+                read = run_read(request, state, rules)
+                return Outcome(read, state, clear_txids=outstanding_txids(request.txids, local))
             case Pending.CHECK_HEALTH:
                 state = expect_state((yield ReadMount()))  # .lag now: a pushed state carries none
                 return Outcome(health(state, rules), state)

@@ -52,6 +52,9 @@ SENT_BACK_503 = Decision(
 )
 
 
+HOP_1 = "instance=x;state=litefs-route-hop-1"
+
+
 def req(method: str = "GET", path: str = "/", **kw: object) -> RequestInfo:
     return RequestInfo(method, path, **kw)  # type: ignore[arg-type]
 
@@ -96,6 +99,15 @@ CASES = [
     ("sent-back-write-on-new-primary-runs", req("POST", replay_failed=FAILED), PRIMARY, RUN_WRITE),
     ("sent-back-write-no-primary-waits", req("POST", replay_failed=FAILED), NO_PRIMARY, Pending.WAIT_FOR_PRIMARY),
     ("sent-back-read-runs", req("GET", replay_failed=FAILED), REPLICA, RUN_READ),
+    # A read we replayed (the safety net's, or a lagging one) is measured as a write on the
+    # primary, so a write hidden in it gets its cookie; elsewhere, and replayed by others, a read.
+    ("replayed-read-on-primary-is-measured", req("GET", replay_src=HOP_1), PRIMARY, RUN_WRITE),
+    ("replayed-head-on-primary-is-measured", req("HEAD", replay_src=HOP_1), PRIMARY, RUN_WRITE),
+    ("replayed-read-passthrough-on-primary", req("GET", "/healthz", replay_src=HOP_1), PRIMARY, RUN_PASSTHROUGH),
+    ("replayed-read-on-replica-is-a-read", req("GET", replay_src=HOP_1), REPLICA, RUN_READ),
+    ("replayed-read-standalone-is-a-read", req("GET", replay_src=HOP_1), STANDALONE, RUN_READ),
+    ("foreign-replayed-read-on-primary", req("GET", replay_src="instance=x;state=other"), PRIMARY, RUN_READ),
+    ("replayed-read-with-cookie-ryw-off", req("GET", replay_src=HOP_1, txids=(1,)), PRIMARY, RUN_WRITE),
 ]
 
 
@@ -249,6 +261,22 @@ def test_a_driver_that_answers_wrongly_fails_loudly(answers: list[object], needs
         plan.send(answer)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=needs):
         plan.send(bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("replay_src", "expected"),
+    [(None, RUN_READ), (HOP_1, RUN_WRITE)],
+    ids=["read-on-primary", "replayed-read-on-primary"],
+)
+def test_a_cookie_ahead_of_the_primary_is_cleared_and_a_replayed_read_still_measured(
+    replay_src: str | None, expected: Decision
+) -> None:
+    """Rule 6 on the primary (the cookie names TXID 7, the primary has 5), with rule 2's replayed read."""
+    request = RequestInfo("GET", "/", replay_src=replay_src, txids=(7,))
+    read_your_writes = rules(database="app.db", litefs_dir="/x")
+    assert decide(request, PRIMARY, read_your_writes) is Pending.CHECK_TXID
+    outcome = drive(plan_request(request, read_your_writes), FixedIO(PRIMARY, positions=(5,)))
+    assert (outcome.decision, outcome.clear_txids) == (expected, (0,))
 
 
 # A source that routes by region (Postgres): the same rules, the primary named by its region.

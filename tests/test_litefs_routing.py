@@ -80,6 +80,11 @@ def test_a_write_hidden_in_a_get_is_replayed_by_the_safety_net(
     assert response.json() == {"id": "hidden-1", "instance": "node1"}
     [replay] = cluster.front.replays
     assert (replay.from_instance, replay.to_instance, replay.target) == ("node2", "node1", "/unguarded-write/hidden-1")
+    # The primary measured the replayed GET as a write: its cookie names the commit, so the
+    # client's next read on a replica waits for it.
+    primary_pos = parse_position(cluster.read("node1", "app.db-pos") or b"")
+    assert primary_pos is not None
+    assert int(response.cookies["__txid"], 16) == primary_pos.txid
     cluster.wait_replicated()
     assert _rows(cluster, "node2") == [("hidden-1", "node1")]
 

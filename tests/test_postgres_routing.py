@@ -408,6 +408,9 @@ def test_a_write_inside_a_get_on_the_standby_is_replayed_and_runs_once(deploymen
     assert boom.status_code == 500
     wait_until(lambda: deployment.errors("lhr1") != [], what="the real bug in lhr1's log")
     assert [e.method for e in deployment.front.replays] == ["GET"]  # the bug was not replayed
+    # ord measured the replayed GET as a write: its __lsn cookie makes the next read see the row.
+    read = deployment.on("lhr1", "GET", "/items", headers={"Cookie": f"__lsn={_lsn_cookie(response)}"})
+    assert "hidden" in _names(read)
 
 
 # -- 4. health -------------------------------------------------------------------------------------------------
