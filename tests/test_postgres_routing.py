@@ -1,4 +1,4 @@
-"""Postgres read replicas end to end (issue 28.3): Flask, FastAPI and Django apps on a real primary and hot standby.
+"""Postgres read replicas end to end (issue 28.3): Flask, FastAPI and Django (WSGI, ASGI) on a real primary and standby.
 
 Two "regions" on 127.0.0.1: ``ord``, the primary region, whose instance reads
 and writes the pair's primary; ``lhr``, whose instances read its streaming hot
@@ -69,10 +69,14 @@ def _command(framework: str, port: int) -> list[str]:
     if framework == "django":  # gunicorn, threaded worker: a read waits while another request is served
         bind = ["-b", f"127.0.0.1:{port}", "-w", "1", "--threads", "8", "--limit-request-field_size", "65536"]
         return [sys.executable, "-m", "gunicorn", *bind, "tests.postgres_apps.django_site.wsgi"]
+    if framework == "django-asgi":  # uvicorn: the middleware's async path, the sync views in Django's thread
+        app = "tests.postgres_apps.django_site.asgi:application"
+        limits = ["--h11-max-incomplete-event-size", "65536", "--log-level", "warning"]
+        return [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port), *limits]
     raise ValueError(framework)
 
 
-FRAMEWORKS = ["flask", "fastapi", "django"]
+FRAMEWORKS = ["flask", "fastapi", "django", "django-asgi"]
 
 
 @dataclass(frozen=True)
