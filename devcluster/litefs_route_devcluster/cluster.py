@@ -14,16 +14,16 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import IO, TYPE_CHECKING, Literal
 
+from ._lifecycle import StartsAndCloses
 from .ports import release_port, reserve_port
 from .proxy import DEFAULT_HEALTH_INTERVAL, FrontProxy
 from .reaper import FolderReaper
 from .replication import Replicator, resolve_ids
 
 if TYPE_CHECKING:
-    from typing_extensions import Self  # typing's from Python 3.11
+    pass  # typing's from Python 3.11
 
 __all__ = [
     "DEFAULT_APP",
@@ -113,7 +113,7 @@ class Instance:
         return self.process.pid if self.process is not None else None
 
 
-class FrontedCluster:
+class FrontedCluster(StartsAndCloses):
     """What every dev cluster does the same way: app instances behind a Fly-like front, as a context manager.
 
     A subclass sets the attributes below in its ``__init__``, starts the front
@@ -125,20 +125,6 @@ class FrontedCluster:
     health_interval: float
     _front: FrontProxy | None
     _front_port: int
-
-    def start(self) -> Self:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     @property
     def front(self) -> FrontProxy:

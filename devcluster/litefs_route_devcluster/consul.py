@@ -101,10 +101,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler
-from types import TracebackType
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ._lifecycle import StartsAndCloses
 from .serving import ServerThread, TrackingHTTPServer
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing's from Python 3.11
 
 __all__ = ["AGENT_NODE", "ConsulStandIn"]
 
@@ -231,7 +235,7 @@ class _Server(TrackingHTTPServer):
     owner: ConsulStandIn
 
 
-class ConsulStandIn:
+class ConsulStandIn(StartsAndCloses):
     """Consul's session, KV and catalog-register endpoints, in memory. See the module docstring.
 
     Listens on *host*:*port* (port 0: a free one, kept across :meth:`close` and
@@ -253,7 +257,7 @@ class ConsulStandIn:
 
     # -- life cycle --------------------------------------------------------
 
-    def start(self) -> ConsulStandIn:
+    def start(self) -> Self:
         """Listen and serve in a background thread. Returns self."""
         if self._serving.server is None:
             self._serving.start(poll_interval=0.01)
@@ -265,14 +269,6 @@ class ConsulStandIn:
         if self._serving.server is not None:
             self._serving.close()
             logger.info("consul stand-in on port %d closed", self._serving.port)
-
-    def __enter__(self) -> ConsulStandIn:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     @property
     def address(self) -> tuple[str, int]:

@@ -41,12 +41,15 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from ._lifecycle import StartsAndCloses
 from .cluster import log_tail, release_port, wait_for
 from .ports import reserve_port
 from .reaper import FolderReaper
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing's from Python 3.11
 
 __all__ = ["PostgresNode", "PostgresPair", "find_postgres_bin", "postgres_unavailable"]
 
@@ -142,7 +145,7 @@ class PostgresNode:
         return self.process is not None and self.process.poll() is None
 
 
-class PostgresPair:
+class PostgresPair(StartsAndCloses):
     """A PostgreSQL primary and a streaming hot standby on 127.0.0.1; see the module's docstring.
 
     *base_dir*: where the data goes (made and removed by the pair when
@@ -174,7 +177,7 @@ class PostgresPair:
 
     # -- life cycle --------------------------------------------------------
 
-    def start(self) -> PostgresPair:
+    def start(self) -> Self:
         """initdb and start the primary, clone the standby from it, start it and wait until it streams."""
         if self._started:
             return self
@@ -230,14 +233,6 @@ class PostgresPair:
         if self._reaper is not None:  # it removes the folder we made
             self._reaper.close()
             self._reaper = None
-
-    def __enter__(self) -> PostgresPair:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     # -- accessors -----------------------------------------------------------
 

@@ -54,9 +54,13 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler
-from types import TracebackType
+from typing import TYPE_CHECKING
 
+from ._lifecycle import StartsAndCloses
 from .serving import ServerThread, TrackingHTTPServer
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing's from Python 3.11
 
 __all__ = [
     "DEFAULT_HEALTH_INTERVAL",
@@ -153,7 +157,7 @@ class _Server(TrackingHTTPServer):
     owner: FrontProxy
 
 
-class FrontProxy:
+class FrontProxy(StartsAndCloses):
     """Fly's edge for a set of local instances. See the module docstring.
 
     *instances* maps instance id to ``(host, port)``. *regions* maps instance
@@ -294,7 +298,7 @@ class FrontProxy:
 
     # -- life cycle --------------------------------------------------------
 
-    def start(self) -> FrontProxy:
+    def start(self) -> Self:
         """Start listening (in a background thread). Returns self."""
         if self._serving.server is None:
             self._serving.start()
@@ -310,14 +314,6 @@ class FrontProxy:
         if self._checker is not None:
             self._checker.join(10)
         self._serving.close()
-
-    def __enter__(self) -> FrontProxy:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     @property
     def address(self) -> tuple[str, int]:
