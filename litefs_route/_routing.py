@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import threading
 import time
 import weakref
@@ -37,7 +36,7 @@ from ._replies import Headers, Reply, build_reply, build_tags, forward_failure_r
 from ._request import RequestInfo
 from ._rules import Rules
 from ._sqlite_errors import WriteFailure, WriteFailureKind, classify_write_failure
-from ._state_cache import StateCache
+from ._state_cache import PUSHED, StateCache
 from ._subscriber import EventSubscriber
 from ._verdicts import Decision, Kind, Outcome, Pending, counter_name
 
@@ -51,7 +50,6 @@ _WARN_EVERY = 60.0
 _REPLY_MEMO_SIZE = 64
 # An enum member read once: reading Kind.REPLAY costs hundreds of instructions each time on Python 3.11.
 _REPLAY = Kind.REPLAY
-_FOREVER = math.inf
 # Distinct (method, path) verdicts remembered by NodeRouting.route() for one reading of the mount.
 _VERDICT_MEMO_SIZE = 512
 
@@ -130,7 +128,7 @@ class NodeRouting:
         # cache.fresh()'s own test, without the call: the memo's reading is still the routable one.
         # A pushed reading (the event stream's) never expires: no clock to read then.
         until = cache.routable_until
-        if state is not cache.routable or (until != _FOREVER and cache.clock() >= until):
+        if state is not cache.routable or (until != PUSHED and cache.clock() >= until):
             state = cache.fresh()
             if state is None:
                 verdicts = None

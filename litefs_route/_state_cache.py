@@ -56,7 +56,7 @@ from ._log_fields import log_fields
 from ._mount import NodeState, Role, read_node_state
 from ._wakeups import Wakeups
 
-__all__ = ["ESTABLISHED_AFTER", "StateCache"]
+__all__ = ["ESTABLISHED_AFTER", "PUSHED", "StateCache"]
 
 logger = logging.getLogger("litefs_route")
 
@@ -64,6 +64,9 @@ logger = logging.getLogger("litefs_route")
 _CLAIM_EXPIRY = 5.0
 #: Seconds a primary must be named without a break before writes are replayed to it.
 ESTABLISHED_AFTER = 0.1
+#: When a pushed reading (LiteFS's event stream's) was read, and until when it is fresh: it
+#: never expires, and counts as begun after any caller's request.
+PUSHED = math.inf
 # Two readings naming the same primary further apart than this (seconds) do not
 # show it was named in between: a flicker recurs about once a second.
 _UNBROKEN_GAP = 0.5
@@ -203,7 +206,7 @@ class StateCache:
         state = self._reader(self.litefs_dir, self.instance_id)
         with self._lock:
             self.reads += 1
-            previous, pushed = self._state, self._read_at == math.inf
+            previous, pushed = self._state, self._read_at == PUSHED
             if not pushed:
                 self._state, self._began_at, self._read_at = state, began, self.clock()
             # Tracked even while pushes lead: a settlement polls the mount until it names an established primary.
@@ -227,8 +230,7 @@ class StateCache:
         """A reading from LiteFS's event stream: current until the next push or :meth:`stream_down`."""
         with self._lock:  # after a read in flight, never overwritten by it
             previous, self._state = self._state, state
-            # Never expires, and counts as begun after any caller's request.
-            self._began_at = self._read_at = math.inf
+            self._began_at = self._read_at = PUSHED
             self._pushes += 1
             self._observe(state, previous, pushed=True)
         self._changes.notify()
@@ -238,7 +240,7 @@ class StateCache:
     def stream_down(self) -> None:
         """The event stream stopped: a pushed reading expires, and the TTL applies again."""
         with self._lock:
-            if self._read_at == math.inf:
+            if self._read_at == PUSHED:
                 self._began_at = self._read_at = self.routable_until = -math.inf
         self._changes.notify()  # waiters go back to polling
 
@@ -259,14 +261,14 @@ class StateCache:
         stream drops. Returns False at once when readings are not pushed: the
         caller polls.
         """
-        if self._read_at != math.inf:
+        if self._read_at != PUSHED:
             return False
         self._changes.wait(self._changed_since(seen), timeout)
         return True
 
     async def wait_for_change_async(self, seen: NodeState | None, timeout: float) -> bool:
         """:meth:`wait_for_change` for an event loop: the loop never blocks."""
-        if self._read_at != math.inf:
+        if self._read_at != PUSHED:
             return False
         await self._changes.wait_async(self._changed_since(seen), timeout)
         return True
@@ -276,7 +278,7 @@ class StateCache:
 
         def changed() -> bool:
             state = self._state
-            if self._pushes != pushes or self._read_at != math.inf:
+            if self._pushes != pushes or self._read_at != PUSHED:
                 return True
             if seen is None or state is None:
                 return False

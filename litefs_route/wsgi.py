@@ -181,8 +181,8 @@ class _WSGIRequest(RequestContext):
         if routing.counters.listened and not self.must_end_elsewhere and not self.response_started:
             routing.counters.observe("ran")  # its answer stands: it ran
         self.response_started = True
-        tagged, tags = routing.last_tags  # routing.tags()'s memo, without the call
-        if tagged is not self.state:
+        tags_for, tags = routing.last_tags  # routing.tags()'s memo, without the call
+        if tags_for is not self.state:
             tags = routing.tags(self.state)
         write = self.start(status, OUR_TAGS.tag(headers, tags), exc_info)
         # (replaced_by is only ever set once the request must end elsewhere: the slot's test first)
