@@ -68,9 +68,14 @@ def _register(cluster: LiteFSCluster, node: str, release: str, *extra: str) -> N
 
 def _register_all(cluster: LiteFSCluster, release: str) -> None:
     """node1 (the primary) creates the registry; the replicas register once it reached them (for their HALT lock)."""
-    _register(cluster, "node1", release)
+    _register_all_of(cluster, ["node1", "node2", "node3"], release)
+
+
+def _register_all_of(cluster: LiteFSCluster, nodes: list[str], release: str) -> None:
+    primary, *replicas = nodes
+    _register(cluster, primary, release)
     cluster.wait_replicated()
-    for node in ("node2", "node3"):
+    for node in replicas:
         _register(cluster, node, release)
 
 
@@ -93,6 +98,29 @@ def _status(cluster: LiteFSCluster, node: str) -> dict[str, str]:
     result = _run(cluster, node, "release", "status", "--json")
     assert result.returncode == EXIT_OK, result.stderr
     return {r["instance"]: r["release"] for r in json.loads(result.stdout)}
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_heartbeat_told_to_stop_ends_after_its_renewal_and_leaves_the_primary_readable(
+    litefs_real_cluster: LiteFSClusterFactory, signum: signal.Signals
+) -> None:
+    """On a replica (each renewal takes the HALT lock): a signal ends it between renewals, exit 0.
+
+    Killed in the middle of one instead, LiteFS v0.5.14 could be left stuck with
+    the primary's database locked (what a read of it checks here).
+    """
+    cluster = litefs_real_cluster(instances=2, lease="consul")
+    _register_all_of(cluster, ["node1", "node2"], "v1")
+    beat = _start(cluster, "node2", "release", "heartbeat", "--release", "v2", "--every", "0.05")
+    assert beat.stderr is not None
+    assert "registered on release v2" in beat.stderr.readline()
+    beat.send_signal(signum)
+    _, stderr = beat.communicate(timeout=30)
+    assert beat.returncode == EXIT_OK, stderr
+    assert {r.instance: r.release for r in instances(cluster.db_path("node1"), gone_after=None)} == {
+        "node1": "v1",
+        "node2": "v2",
+    }
 
 
 def test_a_rolling_deploy_runs_the_after_release_step_once_after_the_last_instance(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import signal
 import sqlite3
+import threading
 import time
 
 from .._ops.halt import HaltLockError
@@ -66,6 +68,22 @@ def add_parser(commands: Subcommands, common: argparse.ArgumentParser) -> None:
     registry_options(waits)
 
 
+def _stop_on_signals(beat: Heartbeat) -> None:
+    """SIGTERM, SIGINT and SIGHUP end the heartbeat after a renewal in flight, never in its middle.
+
+    Cut off mid-renewal on a replica, closing the HALT lock's file left LiteFS
+    v0.5.14 stuck, and the primary's database locked (see :class:`Heartbeat`).
+    """
+
+    def stop(signum: int, frame: object) -> None:
+        # From another thread: stopping takes the heartbeat's event lock, which the main
+        # thread (interrupted here) may hold at this very moment.
+        threading.Thread(target=beat.stop, name="litefs-route heartbeat stop", daemon=True).start()
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop)
+
+
 def run(args: argparse.Namespace, instance_id: str) -> int:
     litefs_dir = mount_dir(args)
     db_path = database(args, litefs_dir)
@@ -82,6 +100,8 @@ def run(args: argparse.Namespace, instance_id: str) -> int:
                 table=args.table,
                 every=every,
             )
+            if args.action == "heartbeat":
+                _stop_on_signals(beat)
             record = beat.renew(starting=True)
             say(f"{record.instance} registered on release {record.release}")
             if args.action == "heartbeat":
